@@ -1,0 +1,143 @@
+import { randomBytes } from 'node:crypto';
+import type { KvBudget } from './budget.ts';
+import { Session, type Tier } from './session.ts';
+
+export type AcquireResult = { ok: true; session: Session } | { ok: false; reason: 'busy' | 'not_found' };
+
+export interface EvictionEvent {
+  session: Session;
+  from: Tier;
+  to: Tier;
+}
+
+/** Moves an idle session one tier down; returns the tier it landed in and the bytes it now holds. */
+export type Demoter = (session: Session) => { tier: Tier; bytes: number };
+
+/** 128 random bits, URL-safe. */
+export function newSessionId(): string {
+  return `sess_${randomBytes(16).toString('base64url')}`;
+}
+
+/**
+ * Every session by owner and id, in least-recently-used order (a Map keeps insertion order; touching
+ * re-inserts). Sessions of different owners never meet: each owner has its own id space.
+ */
+export class SessionStore {
+  private readonly sessions = new Map<string, Session>();
+  private readonly listeners: Array<(event: EvictionEvent) => void> = [];
+  private demoter: Demoter = dropCache;
+
+  constructor(
+    readonly budget: KvBudget,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  setDemoter(demoter: Demoter): void {
+    this.demoter = demoter;
+  }
+
+  onEviction(listener: (event: EvictionEvent) => void): void {
+    this.listeners.push(listener);
+  }
+
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  get(owner: string, id: string): Session | undefined {
+    return this.sessions.get(storeKey(owner, id));
+  }
+
+  create(owner: string, id = newSessionId(), ephemeral = false): Session {
+    const session = new Session(id, owner, this.now(), ephemeral);
+    if (!ephemeral) {
+      const key = storeKey(owner, id);
+      if (this.sessions.has(key)) throw new Error(`session ${id} exists`);
+      this.sessions.set(key, session);
+    }
+    return session;
+  }
+
+  /** Marks the session busy; a session already running a request is refused. */
+  acquire(session: Session): boolean {
+    if (session.busy) return false;
+    session.busy = true;
+    this.touch(session);
+    return true;
+  }
+
+  release(session: Session): void {
+    session.busy = false;
+    this.touch(session);
+  }
+
+  touch(session: Session): void {
+    session.lastUsedAt = this.now();
+    if (session.ephemeral) return;
+    const key = storeKey(session.owner, session.id);
+    if (this.sessions.delete(key)) this.sessions.set(key, session);
+  }
+
+  /** Deletes a session and frees its memory. A busy session is refused. */
+  delete(session: Session): boolean {
+    if (session.busy) return false;
+    this.budget.resize(session, 0);
+    session.kv = null;
+    session.tier = 'evicted';
+    this.sessions.delete(storeKey(session.owner, session.id));
+    return true;
+  }
+
+  /** Least recently used first. */
+  *inLruOrder(): IterableIterator<Session> {
+    yield* this.sessions.values();
+  }
+
+  list(owner: string): Session[] {
+    return [...this.sessions.values()].filter((s) => s.owner === owner);
+  }
+
+  /**
+   * Grows (or shrinks) a session's reservation to `bytes`, demoting idle sessions least recently used
+   * first until it fits. Returns false, having demoted nothing more than needed, when it cannot fit.
+   */
+  reserve(session: Session, bytes: number): boolean {
+    while (!this.budget.resize(session, bytes)) {
+      if (!this.demoteOne(session)) return false;
+    }
+    return true;
+  }
+
+  /** Whether `bytes` could ever be reserved for one session if every idle session were evicted. */
+  couldEverFit(bytes: number): boolean {
+    return bytes <= this.budget.capacityBytes;
+  }
+
+  /** Demotes the least recently used idle session holding memory; false if there is none. */
+  demoteOne(except?: Session): boolean {
+    for (const candidate of this.sessions.values()) {
+      if (candidate.pinned || candidate === except || candidate.reservedBytes === 0) continue;
+      const from = candidate.tier;
+      const { tier: to, bytes } = this.demoter(candidate);
+      this.budget.resize(candidate, bytes);
+      for (const listener of this.listeners) listener({ session: candidate, from, to });
+      return true;
+    }
+    return false;
+  }
+}
+
+function storeKey(owner: string, id: string): string {
+  return `${owner}\u0000${id}`;
+}
+
+/**
+ * The base policy with no lower tiers: forget the KV, keep the transcript (recomputed on demand). The
+ * window state stays: it says which tokens the recomputed cache must hold.
+ */
+export function dropCache(session: Session): { tier: Tier; bytes: number } {
+  session.kv = null;
+  session.cachedLength = 0;
+  session.tier = 'evicted';
+  return { tier: 'evicted', bytes: 0 };
+}

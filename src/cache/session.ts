@@ -1,0 +1,48 @@
+import type { KvTensors } from '../model/types.ts';
+
+/** Where a session's KV lives: ready to run, quantized in memory, in a snapshot file, or nowhere. */
+export type Tier = 'hot' | 'int8' | 'disk' | 'evicted';
+
+/**
+ * How the cache maps onto the transcript once the sliding window has dropped tokens: the cache holds
+ * transcript[0, sinkTokens) followed by transcript[sinkTokens + droppedTokens, droppedTokens + cachedLength).
+ */
+export interface WindowState {
+  droppedTokens: number;
+  /** Transcript index of the token processed right after the latest drop (0 if none). */
+  lastDropAt: number;
+  dropEvents: number;
+}
+
+export const NO_WINDOW: WindowState = Object.freeze({ droppedTokens: 0, lastDropAt: 0, dropEvents: 0 });
+
+/** A conversation: the token transcript plus the KV of (a windowed prefix of) it. */
+export class Session {
+  /** Every token of the conversation so far: inputs and generated tokens. */
+  tokens: number[] = [];
+  /** Hot-tier KV, `// [1, numKvHeads, cachedLength, headDim]` per layer; null in other tiers. */
+  kv: KvTensors | null = null;
+  /** Tokens the cache holds, whatever its tier. */
+  cachedLength = 0;
+  tier: Tier = 'evicted';
+  window: WindowState = { ...NO_WINDOW };
+  /** Bytes this session holds in the KV budget. */
+  reservedBytes = 0;
+  /** A request is attached (queued or running): a second request gets "busy". */
+  busy = false;
+  /** The engine is computing with this session's cache: it cannot be demoted or evicted. */
+  pinned = false;
+  lastUsedAt: number;
+  /** Requests served, for the session API. */
+  requests = 0;
+
+  constructor(
+    readonly id: string,
+    readonly owner: string,
+    readonly createdAt: number,
+    /** Not kept after its request: requests that name no session. */
+    readonly ephemeral = false,
+  ) {
+    this.lastUsedAt = createdAt;
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * Every setting of the server: one zod schema, filled from environment variables and CLI flags
+ * (`--kv-cache-bytes 2GiB` equals `KV_CACHE_BYTES=2GiB`; flags win). Pure: main.ts passes the inputs.
+ */
+import { z } from 'zod';
+
+export const DEFAULT_MODEL_DIR = 'models/warmkv-brown';
+
+const SIZE_UNITS: Record<string, number> = {
+  '': 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, t: 1e12, tb: 1e12,
+  ki: 1024, kib: 1024, mi: 1024 ** 2, mib: 1024 ** 2, gi: 1024 ** 3, gib: 1024 ** 3, ti: 1024 ** 4, tib: 1024 ** 4,
+};
+
+/** "2GiB", "512mb", "1e9", "1073741824" -> bytes. */
+export function parseByteSize(text: string): number | null {
+  const match = /^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([a-z]*)\s*$/i.exec(text);
+  if (!match) return null;
+  const unit = SIZE_UNITS[match[2].toLowerCase()];
+  if (unit === undefined) return null;
+  return Math.floor(Number(match[1]) * unit);
+}
+
+const byteSize = z.union([z.number(), z.string()]).transform((value, ctx) => {
+  const bytes = typeof value === 'number' ? value : parseByteSize(value);
+  if (bytes === null || !Number.isFinite(bytes) || bytes <= 0) {
+    ctx.addIssue({ code: 'custom', message: `"${value}" is not a size (examples: 2GiB, 512MB, 1073741824)` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+const boolish = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+const seconds = z.coerce.number().min(0);
+const list = z.union([z.array(z.string()), z.string()]).transform((v) => (Array.isArray(v) ? v : v.split(',')).map((s) => s.trim()).filter(Boolean));
+
+export const configSchema = z.object({
+  port: int(0, 65535).default(8080),
+  host: z.string().min(1).default('0.0.0.0'),
+  /** Hugging Face-style model folder. */
+  model: z.string().min(1).default(DEFAULT_MODEL_DIR),
+  /** Name clients send as `model`; defaults to the folder name. */
+  modelId: z.string().min(1).optional(),
+  executionProvider: z.enum(['cpu', 'cuda', 'webgpu']).default('cpu'),
+  /** When the provider cannot start (no GPU visible), log it and run on the CPU instead of exiting. */
+  executionProviderFallback: boolish.default(false),
+  intraOpThreads: int(1).optional(),
+
+  /** Bytes all in-memory KV caches may use together; default half the free memory at start. */
+  kvCacheBytes: byteSize.optional(),
+  kvBlockTokens: int(1, 4096).default(16),
+  maxBatchSize: int(1, 1024).default(32),
+  maxQueue: int(0).default(256),
+  queueTimeoutSeconds: seconds.default(120),
+  prefillChunkTokens: int(1).default(512),
+
+  /** Context the model sees; default the model's own (max_position_embeddings / n_positions). */
+  maxContextTokens: int(8).optional(),
+  sinkTokens: int(0).default(4),
+  /** Tokens dropped at once when the window is full; default a quarter of the context. */
+  windowDropTokens: int(1).optional(),
+  windowStrategy: z.enum(['auto', 'shift', 'recompute']).default('auto'),
+  /** What a request that does not say gets when its sequence outgrows the context. */
+  defaultTruncation: z.enum(['auto', 'error']).default('auto'),
+
+  maxBodyBytes: byteSize.default(4 * 1024 * 1024),
+  /** Largest prompt in tokens; default no limit beyond what the window allows. */
+  maxPromptTokens: int(1).optional(),
+  /** Largest max_tokens a request may ask for. */
+  maxTokensLimit: int(1).default(4096),
+  /** max_tokens of a chat request that does not set it (completions default to 16, as OpenAI). */
+  defaultChatMaxTokens: int(1).default(512),
+  maxStopSequences: int(0).default(16),
+
+  snapshotDir: z.string().min(1).optional(),
+  /** Idle time before a hot session is quantized to int8, if memory is not needed sooner; 0 = only under pressure. */
+  int8AfterSeconds: seconds.default(0),
+  streamResumeSeconds: seconds.default(60),
+  drainSeconds: seconds.default(30),
+
+  apiKeys: list.default([]),
+  apiKeysFile: z.string().min(1).optional(),
+  metricsRequireKey: boolish.default(false),
+  maxSessionsPerKey: int(1).default(1000),
+  maxStreamsPerKey: int(1).default(64),
+
+  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+});
+
+export type Config = z.infer<typeof configSchema>;
+type ConfigKey = keyof z.input<typeof configSchema>;
+
+const KEYS = Object.keys(configSchema.shape) as ConfigKey[];
+
+/** `kvCacheBytes` -> `KV_CACHE_BYTES` and `--kv-cache-bytes`. */
+export function envName(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase();
+}
+
+export function flagName(key: string): string {
+  return `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+/** Environment names kept for compatibility with common conventions. */
+const ENV_ALIASES: Partial<Record<ConfigKey, string>> = { model: 'MODEL_DIR' };
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function parseArgs(argv: readonly string[]): Record<string, string | boolean> {
+  const byFlag = new Map(KEYS.map((k) => [flagName(k), k]));
+  const values: Record<string, string | boolean> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const [flag, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
+    const key = byFlag.get(flag);
+    if (!key) throw new ConfigError(`unknown option ${flag}; run with --help for the list`);
+    if (inline !== undefined) values[key] = inline;
+    else if (i + 1 < argv.length && !argv[i + 1].startsWith('--')) values[key] = argv[++i];
+    else values[key] = true;
+  }
+  return values;
+}
+
+export function loadConfig(env: Record<string, string | undefined>, argv: readonly string[] = []): Config {
+  const input: Record<string, unknown> = {};
+  for (const key of KEYS) {
+    const value = env[envName(key)] ?? (ENV_ALIASES[key] ? env[ENV_ALIASES[key]!] : undefined);
+    if (value !== undefined && value !== '') input[key] = value;
+  }
+  Object.assign(input, parseArgs(argv));
+  const parsed = configSchema.safeParse(input);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => {
+      const key = String(issue.path[0] ?? '');
+      return `  ${envName(key)} / ${flagName(key)}: ${issue.message}`;
+    });
+    throw new ConfigError(`invalid configuration:\n${problems.join('\n')}`);
+  }
+  return parsed.data;
+}
+
+/** Half the memory free at start, at most 64 GiB: room for activations, the model and the heap. */
+export function defaultKvCacheBytes(freeMemoryBytes: number): number {
+  return Math.max(64 * 1024 * 1024, Math.min(Math.floor(freeMemoryBytes / 2), 64 * 1024 ** 3));
+}
+
+export function helpText(): string {
+  const lines = ['Usage: npm start -- [options]   (every option is also an environment variable)', ''];
+  for (const key of KEYS) {
+    const field = configSchema.shape[key as keyof typeof configSchema.shape];
+    const fallback = field.safeParse(undefined);
+    const def = fallback.success && fallback.data !== undefined ? ` (default ${JSON.stringify(fallback.data)})` : '';
+    lines.push(`  ${flagName(key).padEnd(34)} ${envName(key)}${ENV_ALIASES[key as ConfigKey] ? ` or ${ENV_ALIASES[key as ConfigKey]}` : ''}${def}`);
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,201 @@
+import type { Rng } from '../lib/rng.ts';
+
+export interface SamplingParams {
+  /** 0 means greedy. */
+  temperature: number;
+  /** 0 disables. */
+  topK: number;
+  /** 1 disables. */
+  topP: number;
+  /** 0 disables: drop tokens below minP times the most likely token's probability. */
+  minP: number;
+  /** 1 disables; Hugging Face semantics (divide positive logits, multiply negative ones). */
+  repetitionPenalty: number;
+}
+
+export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 };
+
+/**
+ * Tokens seen so far (prompt and output) for the repetition penalty: a bitmap for O(1) membership and
+ * a list so applying the penalty costs the number of distinct tokens, not the vocabulary size.
+ */
+export class TokenSet {
+  private readonly seen: Uint8Array;
+  readonly ids: number[] = [];
+
+  constructor(vocabSize: number, initial: Iterable<number> = []) {
+    this.seen = new Uint8Array(vocabSize);
+    for (const id of initial) this.add(id);
+  }
+
+  add(id: number): void {
+    if (id >= 0 && id < this.seen.length && this.seen[id] === 0) {
+      this.seen[id] = 1;
+      this.ids.push(id);
+    }
+  }
+}
+
+/** Candidates at least this fraction of the top probability are sorted first; the rest only if needed. */
+const NUCLEUS_PREFILTER = 1e-4;
+
+/**
+ * Picks the next token from one row of logits. Order as in Hugging Face and vLLM: repetition penalty,
+ * temperature, top-k, top-p, min-p, then a draw from the renormalised distribution.
+ */
+export class Sampler {
+  private readonly scratch: Float32Array;
+  private readonly probs: Float32Array;
+  private readonly order: Int32Array;
+
+  constructor(private readonly vocabSize: number) {
+    this.scratch = new Float32Array(vocabSize);
+    this.probs = new Float32Array(vocabSize);
+    this.order = new Int32Array(vocabSize);
+  }
+
+  sample(logits: Float32Array, params: SamplingParams, rng: Rng | null, seen: TokenSet | null): number {
+    const vocab = this.vocabSize;
+    let row = logits;
+    if (params.repetitionPenalty !== 1 && seen && seen.ids.length > 0) {
+      row = this.scratch;
+      row.set(logits.subarray(0, vocab));
+      const penalty = params.repetitionPenalty;
+      for (const id of seen.ids) {
+        if (id < vocab) row[id] = row[id] > 0 ? row[id] / penalty : row[id] * penalty;
+      }
+    }
+    if (params.temperature <= 0 || !rng || params.topK === 1) return argmax(row, vocab);
+
+    const invTemperature = 1 / params.temperature;
+    let max = -Infinity;
+    for (let i = 0; i < vocab; i++) if (row[i] > max) max = row[i];
+    const probs = this.probs;
+    let total = 0;
+    for (let i = 0; i < vocab; i++) {
+      const p = Math.exp((row[i] - max) * invTemperature);
+      probs[i] = p;
+      total += p;
+    }
+    // probs are unnormalised: the most likely token has weight 1.
+
+    let count: number;
+    const order = this.order;
+    if (params.topK > 0 && params.topK < vocab) {
+      count = topKIndices(probs, vocab, params.topK, order);
+    } else if (params.topP < 1) {
+      count = 0;
+      let kept = 0;
+      for (let i = 0; i < vocab; i++) {
+        if (probs[i] >= NUCLEUS_PREFILTER) {
+          order[count++] = i;
+          kept += probs[i];
+        }
+      }
+      if (kept < params.topP * total) {
+        count = vocab;
+        for (let i = 0; i < vocab; i++) order[i] = i;
+      }
+      sortByProbability(order, count, probs);
+    } else {
+      count = vocab;
+      for (let i = 0; i < vocab; i++) order[i] = i;
+    }
+
+    if (params.topP < 1) {
+      // Top-p measures mass within what top-k left, or within the whole vocabulary without top-k
+      // (the prefilter above may have set aside a tail whose mass still counts).
+      let base = total;
+      if (params.topK > 0 && params.topK < vocab) {
+        base = 0;
+        for (let i = 0; i < count; i++) base += probs[order[i]];
+      }
+      const target = params.topP * base;
+      let cumulative = 0;
+      let cut = count;
+      for (let i = 0; i < count; i++) {
+        cumulative += probs[order[i]];
+        if (cumulative >= target) {
+          cut = i + 1;
+          break;
+        }
+      }
+      count = cut;
+    }
+    if (params.minP > 0) {
+      // After top-k / top-p the head token is still the most likely one, with weight 1.
+      let kept = 0;
+      for (let i = 0; i < count; i++) if (probs[order[i]] >= params.minP) order[kept++] = order[i];
+      count = Math.max(kept, 1);
+    }
+
+    let mass = 0;
+    for (let i = 0; i < count; i++) mass += probs[order[i]];
+    let threshold = rng.next() * mass;
+    for (let i = 0; i < count; i++) {
+      threshold -= probs[order[i]];
+      if (threshold < 0) return order[i];
+    }
+    return order[count - 1];
+  }
+}
+
+export function argmax(row: Float32Array, length: number): number {
+  let best = 0;
+  let bestValue = row[0];
+  for (let i = 1; i < length; i++) {
+    if (row[i] > bestValue) {
+      bestValue = row[i];
+      best = i;
+    }
+  }
+  return best;
+}
+
+/** Descending by probability, ties by id so results never depend on sort stability. */
+function sortByProbability(order: Int32Array, count: number, probs: Float32Array): void {
+  const view = order.subarray(0, count);
+  view.sort((a, b) => probs[b] - probs[a] || a - b);
+}
+
+/** The k most likely ids, in descending order, via a bounded min-heap: O(V log k). */
+function topKIndices(probs: Float32Array, vocab: number, k: number, out: Int32Array): number {
+  const heap = new Int32Array(k);
+  let size = 0;
+  const less = (a: number, b: number) => probs[a] < probs[b] || (probs[a] === probs[b] && a > b);
+  const siftDown = (start: number) => {
+    let i = start;
+    for (;;) {
+      const left = 2 * i + 1;
+      const right = left + 1;
+      let smallest = i;
+      if (left < size && less(heap[left], heap[smallest])) smallest = left;
+      if (right < size && less(heap[right], heap[smallest])) smallest = right;
+      if (smallest === i) return;
+      const tmp = heap[i];
+      heap[i] = heap[smallest];
+      heap[smallest] = tmp;
+      i = smallest;
+    }
+  };
+  for (let id = 0; id < vocab; id++) {
+    if (size < k) {
+      let i = size++;
+      heap[i] = id;
+      while (i > 0) {
+        const parent = (i - 1) >> 1;
+        if (!less(heap[i], heap[parent])) break;
+        const tmp = heap[i];
+        heap[i] = heap[parent];
+        heap[parent] = tmp;
+        i = parent;
+      }
+    } else if (less(heap[0], id)) {
+      heap[0] = id;
+      siftDown(0);
+    }
+  }
+  for (let i = 0; i < size; i++) out[i] = heap[i];
+  sortByProbability(out, size, probs);
+  return size;
+}

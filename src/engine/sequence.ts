@@ -1,0 +1,105 @@
+import { randomInt } from 'node:crypto';
+import type { Session, Tier, WindowState } from '../cache/session.ts';
+import { Channel } from '../lib/channel.ts';
+import { Rng } from '../lib/rng.ts';
+import type { KvTensors } from '../model/types.ts';
+import { IncrementalDetokenizer, type TokenDecoder } from './detokenizer.ts';
+import { Sampler, TokenSet } from './sampler.ts';
+import { StopStringMatcher } from './stop.ts';
+import type { EngineError, FinishReason, GenerationEvent, GenerationRequest } from './types.ts';
+
+export type SequenceState = 'queued' | 'prefill' | 'decode' | 'finished';
+
+/** One request's generation: its place in the cache, its sampler state and its event stream. */
+export class Sequence {
+  state: SequenceState = 'queued';
+  readonly events = new Channel<GenerationEvent>();
+  readonly enqueuedAt: number;
+  admittedAt = 0;
+  firstTokenAt = 0;
+
+  /** The whole sequence this request conditions on (set when admitted). */
+  fullInput: number[] = [];
+  /** Transcript before this request, to roll back to if it fails. */
+  originalTokens: number[] = [];
+
+  /** Own KV while not in the decode batch. `// [1, numKvHeads, cacheLength, headDim]` */
+  kv: KvTensors | null = null;
+  cacheLength = 0;
+  window!: WindowState;
+  /** Tokens still to feed, in order; `pending[pendingIndex]` is next. In decode, the last sampled token. */
+  pending: number[] = [];
+  pendingIndex = 0;
+  /** Row in the decode batch, or -1. */
+  batchRow = -1;
+
+  cachedTokens = 0;
+  restoredFrom: Tier = 'evicted';
+  droppedDuringRequest = 0;
+  readonly generated: number[] = [];
+  finishReason: FinishReason | null = null;
+  /** Set by the engine (e.g. when draining times out) to end the sequence with this error. */
+  abortReason: EngineError | null = null;
+  error: EngineError | undefined;
+
+  readonly rng: Rng;
+  seen: TokenSet | null = null;
+  private detokenizer: IncrementalDetokenizer;
+  private stoppedByString = false;
+  private readonly stopMatcher: StopStringMatcher;
+  private readonly eos: ReadonlySet<number>;
+
+  constructor(
+    readonly request: GenerationRequest,
+    readonly session: Session,
+    tokenizer: TokenDecoder,
+    eosTokenIds: readonly number[],
+    now: number,
+  ) {
+    this.enqueuedAt = now;
+    this.rng = new Rng(request.seed ?? randomInt(2 ** 47));
+    this.detokenizer = new IncrementalDetokenizer(tokenizer);
+    this.stopMatcher = new StopStringMatcher(request.stop);
+    this.eos = new Set(request.ignoreEos ? [] : eosTokenIds);
+    this.window = session.window;
+  }
+
+  /** Called once the prompt is known, so the first output tokens decode with the prompt's tail as context. */
+  startOutput(tokenizer: TokenDecoder, vocabSize: number): void {
+    this.detokenizer = new IncrementalDetokenizer(tokenizer, this.fullInput);
+    if (this.request.sampling.repetitionPenalty !== 1) this.seen = new TokenSet(vocabSize, this.fullInput);
+  }
+
+  get remainingPending(): number {
+    return this.pending.length - this.pendingIndex;
+  }
+
+  /**
+   * Records a sampled token: appends it to the transcript, streams its text, and decides whether
+   * generation ends here. Returns the finish reason or null to continue.
+   */
+  accept(tokenId: number): FinishReason | null {
+    this.generated.push(tokenId);
+    this.session.tokens.push(tokenId);
+    this.seen?.add(tokenId);
+    if (this.eos.has(tokenId)) {
+      this.events.push({ type: 'token', tokenId, text: '' });
+      return 'stop';
+    }
+    const { text, stopped } = this.stopMatcher.push(this.detokenizer.push(tokenId));
+    this.events.push({ type: 'token', tokenId, text });
+    if (stopped) {
+      this.stoppedByString = true;
+      return 'stop';
+    }
+    if (this.generated.length >= this.request.maxTokens) return 'length';
+    return null;
+  }
+
+  /** Text held back by the detokenizer or the stop matcher, released at the end. */
+  finalText(): string {
+    if (this.stoppedByString) return '';
+    const { text, stopped } = this.stopMatcher.push(this.detokenizer.flush());
+    return stopped ? text : text + this.stopMatcher.flush();
+  }
+}

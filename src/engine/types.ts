@@ -1,0 +1,73 @@
+import type { Tier } from '../cache/session.ts';
+import type { SamplingParams } from './sampler.ts';
+
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+
+export type EngineErrorKind =
+  | 'invalid_request'
+  | 'session_not_found'
+  | 'session_busy'
+  | 'context_length_exceeded'
+  | 'request_too_large'
+  | 'queue_full'
+  | 'cache_full'
+  | 'shutting_down'
+  | 'internal';
+
+/** Failures are values: the HTTP layer maps each kind to a status and an OpenAI error body. */
+export interface EngineError {
+  kind: EngineErrorKind;
+  message: string;
+  param?: string;
+  retryAfterSeconds?: number;
+}
+
+export interface GenerationRequest {
+  requestId: string;
+  /** The API key (or "" when the server runs open) the session belongs to. */
+  owner: string;
+  /** Absent: a one-off session that is not kept. */
+  sessionId?: string;
+  /** What an unknown `sessionId` does: create it, or fail with session_not_found. */
+  onUnknownSession: 'create' | 'fail';
+  /**
+   * replace: `input` is the whole sequence, and the session's longest matching cached prefix is reused.
+   * append: `input` is added to the end of the session's transcript.
+   */
+  mode: 'replace' | 'append';
+  input: number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  /** Makes sampling reproducible; absent: a random seed. */
+  seed?: number;
+  stop: string[];
+  ignoreEos: boolean;
+  /** auto: slide the window when the context fills up; error: refuse requests that would not fit. */
+  truncation: 'auto' | 'error';
+  signal?: AbortSignal;
+}
+
+export interface Usage {
+  /** Tokens the generation was conditioned on (the whole sequence, not only the uncached part). */
+  promptTokens: number;
+  completionTokens: number;
+  /** Prompt tokens whose KV came from the session's cache (any tier) rather than a prefill. */
+  cachedTokens: number;
+  /** Tokens the sliding window dropped from the cache during this request. */
+  droppedTokens: number;
+}
+
+export type GenerationEvent =
+  | {
+      type: 'start';
+      sessionId: string;
+      promptTokens: number;
+      cachedTokens: number;
+      /** Where the reused KV came from. */
+      restoredFrom: Tier;
+      queueMs: number;
+    }
+  | { type: 'token'; tokenId: number; text: string }
+  | { type: 'end'; finishReason: FinishReason; text: string; usage: Usage; error?: EngineError };
+
+export type SubmitResult = { ok: true; sessionId: string; events: AsyncIterable<GenerationEvent> } | { ok: false; error: EngineError };

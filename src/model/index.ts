@@ -1,0 +1,44 @@
+import type { Logger } from '../lib/logger.ts';
+import { readModelFolder, type ModelFolder } from './model-folder.ts';
+import { OnnxDecoder, type ExecutionProvider } from './onnx-decoder.ts';
+import { TextTokenizer } from './tokenizer.ts';
+import type { Decoder } from './types.ts';
+
+export * from './types.ts';
+export { readModelFolder, ModelFolderError, type ModelFolder, type GenerationDefaults } from './model-folder.ts';
+export { detectDecoderIo, UnsupportedModelError } from './layout.ts';
+export { OnnxDecoder, ExecutionProviderError, type ExecutionProvider } from './onnx-decoder.ts';
+export { TextTokenizer } from './tokenizer.ts';
+
+export interface LoadedModel {
+  folder: ModelFolder;
+  decoder: Decoder;
+  tokenizer: TextTokenizer;
+  /** Rows of the logits: at least the tokenizer's ids, more when the export pads the embedding. */
+  vocabSize: number;
+}
+
+export interface LoadModelOptions {
+  id?: string;
+  executionProvider?: ExecutionProvider;
+  fallbackToCpu?: boolean;
+  intraOpThreads?: number;
+  logger: Logger;
+}
+
+export async function loadModel(dir: string, options: LoadModelOptions): Promise<LoadedModel> {
+  const folder = readModelFolder(dir, options.id);
+  const tokenizer = new TextTokenizer(folder.tokenizerJson, folder.tokenizerConfig);
+  const decoder = await OnnxDecoder.load(
+    folder.onnxPath,
+    { numKvHeads: folder.numKvHeadsHint, headDim: folder.headDimHint },
+    {
+      executionProvider: options.executionProvider ?? 'cpu',
+      fallbackToCpu: options.fallbackToCpu ?? false,
+      intraOpThreads: options.intraOpThreads,
+      logger: options.logger,
+    },
+  );
+  const vocabSize = folder.vocabSize ?? tokenizer.size;
+  return { folder, decoder, tokenizer, vocabSize };
+}

@@ -1,0 +1,54 @@
+import { Tokenizer } from '@huggingface/tokenizers';
+
+function tokenContent(value: unknown): string | null {
+  if (typeof value === 'string') return value;
+  if (value && typeof value === 'object' && typeof (value as { content?: unknown }).content === 'string') {
+    return (value as { content: string }).content;
+  }
+  return null;
+}
+
+/** The model's tokenizer (`tokenizer.json` + `tokenizer_config.json`) with the few facts the engine needs. */
+export class TextTokenizer {
+  private readonly tokenizer: Tokenizer;
+  /** One past the largest id the tokenizer can produce. */
+  readonly size: number;
+  readonly specialTokenIds: ReadonlySet<number>;
+  readonly bosToken: string | null;
+  readonly eosToken: string | null;
+  readonly chatTemplate: string | null;
+
+  constructor(tokenizerJson: Record<string, unknown>, tokenizerConfig: Record<string, unknown>) {
+    this.tokenizer = new Tokenizer(tokenizerJson, tokenizerConfig);
+    const special = new Set<number>();
+    let maxId = -1;
+    for (const [id, token] of this.tokenizer.get_added_tokens_decoder()) {
+      if (token.special) special.add(id);
+      maxId = Math.max(maxId, id);
+    }
+    for (const id of this.tokenizer.get_vocab(true).values()) maxId = Math.max(maxId, id);
+    this.size = maxId + 1;
+    this.specialTokenIds = special;
+    this.bosToken = tokenContent(tokenizerConfig.bos_token);
+    this.eosToken = tokenContent(tokenizerConfig.eos_token);
+    const template = tokenizerConfig.chat_template;
+    if (typeof template === 'string') this.chatTemplate = template;
+    else if (Array.isArray(template)) {
+      // Some tokenizers ship named templates; "default" is the one apply_chat_template uses.
+      const named = template.find((t: { name?: string }) => t.name === 'default') as { template?: string } | undefined;
+      this.chatTemplate = named?.template ?? null;
+    } else this.chatTemplate = null;
+  }
+
+  encode(text: string, addSpecialTokens = true): number[] {
+    return this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  }
+
+  decode(ids: readonly number[], skipSpecialTokens = true): string {
+    return this.tokenizer.decode(ids as number[], { skip_special_tokens: skipSpecialTokens, clean_up_tokenization_spaces: false });
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.tokenizer.token_to_id(token);
+  }
+}

@@ -1,0 +1,170 @@
+/** Shared test fixtures: builder models on disk, an engine around them, and stream collection. */
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildModelFolder, type BuildOptions } from '../../tools/model-builder/index.ts';
+import { KvBudget } from '../../src/cache/budget.ts';
+import { SessionStore } from '../../src/cache/session-store.ts';
+import { resolveWindowPolicy, type WindowSettings } from '../../src/cache/window.ts';
+import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
+import { GREEDY, type SamplingParams } from '../../src/engine/sampler.ts';
+import type { GenerationEvent, GenerationRequest, SubmitResult, Usage } from '../../src/engine/types.ts';
+import { silentLogger } from '../../src/lib/logger.ts';
+import { loadModel, type Decoder, type DecoderOutput, type DecoderStep, type LoadedModel } from '../../src/model/index.ts';
+
+const building = new Map<string, Promise<string>>();
+
+/** A builder model folder under the OS temp dir, built once per option set (and reused across runs). */
+export function testModelDir(options: BuildOptions): Promise<string> {
+  const key = createHash('sha256').update(JSON.stringify(options)).digest('hex').slice(0, 16);
+  let pending = building.get(key);
+  if (!pending) {
+    const dir = join(tmpdir(), 'warmkv-test-models', `${options.family}-${key}`);
+    pending = existsSync(join(dir, 'config.json')) ? Promise.resolve(dir) : buildModelFolder(dir, options).then(() => dir);
+    building.set(key, pending);
+  }
+  return pending;
+}
+
+const loaded = new Map<string, Promise<LoadedModel>>();
+
+export function testModel(options: BuildOptions): Promise<LoadedModel> {
+  const key = JSON.stringify(options);
+  let model = loaded.get(key);
+  if (!model) {
+    model = testModelDir(options).then((dir) => loadModel(dir, { logger: silentLogger, intraOpThreads: 1 }));
+    loaded.set(key, model);
+  }
+  return model;
+}
+
+export const LLAMA: BuildOptions = { family: 'llama', seed: 7 };
+export const GPT2: BuildOptions = { family: 'gpt2', seed: 7 };
+
+export interface EngineFixtureOptions extends Partial<Omit<EngineOptions, 'window'>> {
+  model?: BuildOptions;
+  budgetBytes?: number;
+  blockTokens?: number;
+  capacity?: number;
+  window?: Partial<WindowSettings>;
+  wrapDecoder?: (decoder: Decoder) => Decoder;
+  eos?: number[];
+}
+
+export interface EngineFixture {
+  engine: Engine;
+  store: SessionStore;
+  model: LoadedModel;
+  decoder: Decoder;
+}
+
+export async function makeEngine(options: EngineFixtureOptions = {}): Promise<EngineFixture> {
+  const model = await testModel(options.model ?? LLAMA);
+  const decoder = options.wrapDecoder ? options.wrapDecoder(model.decoder) : model.decoder;
+  const store = new SessionStore(new KvBudget(options.budgetBytes ?? 256 * 1024 * 1024, options.blockTokens ?? 16));
+  const window = resolveWindowPolicy(
+    options.capacity ?? 1024,
+    { sinkTokens: 4, strategy: 'auto', ...options.window },
+    model.folder.positionEncoding,
+  );
+  const engine = new Engine(
+    {
+      decoder,
+      tokenizer: model.tokenizer,
+      vocabSize: model.vocabSize,
+      eosTokenIds: options.eos ?? model.folder.eosTokenIds,
+      positionEncoding: model.folder.positionEncoding,
+    },
+    store,
+    {
+      maxBatchSize: options.maxBatchSize ?? 8,
+      maxQueue: options.maxQueue ?? 64,
+      prefillChunkTokens: options.prefillChunkTokens ?? 64,
+      queueTimeoutMs: options.queueTimeoutMs ?? 30_000,
+      window,
+    },
+  );
+  return { engine, store, model, decoder };
+}
+
+export function request(input: number[], overrides: Partial<GenerationRequest> = {}): GenerationRequest {
+  return {
+    requestId: `req-${Math.random().toString(36).slice(2)}`,
+    owner: '',
+    onUnknownSession: 'create',
+    mode: 'replace',
+    input,
+    maxTokens: 16,
+    sampling: GREEDY,
+    stop: [],
+    ignoreEos: true,
+    truncation: 'auto',
+    ...overrides,
+  };
+}
+
+export function sampling(overrides: Partial<SamplingParams>): SamplingParams {
+  return { ...GREEDY, ...overrides };
+}
+
+export interface Collected {
+  tokens: number[];
+  text: string;
+  start: Extract<GenerationEvent, { type: 'start' }> | undefined;
+  end: Extract<GenerationEvent, { type: 'end' }>;
+  usage: Usage;
+}
+
+export async function collect(result: SubmitResult): Promise<Collected> {
+  if (!result.ok) throw new Error(`submit failed: ${JSON.stringify(result.error)}`);
+  const tokens: number[] = [];
+  let text = '';
+  let start: Collected['start'];
+  let end: Collected['end'] | undefined;
+  for await (const event of result.events) {
+    if (event.type === 'start') start = event;
+    else if (event.type === 'token') {
+      tokens.push(event.tokenId);
+      text += event.text;
+    } else {
+      end = event;
+      text += event.text;
+    }
+  }
+  if (!end) throw new Error('stream ended without an end event');
+  return { tokens, text, start, end, usage: end.usage };
+}
+
+/** A real decoder that remembers every call's inputs and outputs. */
+export class RecordingDecoder implements Decoder {
+  readonly calls: Array<{ step: DecoderStep; output: DecoderOutput }> = [];
+  constructor(private readonly inner: Decoder) {}
+  get io() {
+    return this.inner.io;
+  }
+  get executionProvider() {
+    return this.inner.executionProvider;
+  }
+  async run(step: DecoderStep): Promise<DecoderOutput> {
+    const output = await this.inner.run(step);
+    this.calls.push({ step, output });
+    return output;
+  }
+  dispose() {
+    return this.inner.dispose();
+  }
+}
+
+/** Random token ids below `limit` from a seeded generator (for prompts that are not text). */
+export function randomTokens(count: number, seed: number, limit = 600): number[] {
+  let state = seed >>> 0 || 1;
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    out.push((state >>> 0) % limit);
+  }
+  return out;
+}

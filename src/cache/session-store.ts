@@ -13,6 +13,9 @@ export interface EvictionEvent {
 /** Moves an idle session one tier down; returns the tier it landed in and the bytes it now holds. */
 export type Demoter = (session: Session) => { tier: Tier; bytes: number };
 
+/** Looks a session up outside memory; resolves undefined when there is none. */
+export type SessionFinder = (owner: string, id: string) => Promise<Session | undefined>;
+
 /** 128 random bits, URL-safe. */
 export function newSessionId(): string {
   return `sess_${randomBytes(16).toString('base64url')}`;
@@ -26,6 +29,8 @@ export class SessionStore {
   private readonly sessions = new Map<string, Session>();
   private readonly listeners: Array<(event: EvictionEvent) => void> = [];
   private demoter: Demoter = dropCache;
+  private finder: SessionFinder | null = null;
+  private readonly probes = new Map<string, Promise<Session | undefined>>();
 
   constructor(
     readonly budget: KvBudget,
@@ -46,6 +51,29 @@ export class SessionStore {
 
   get(owner: string, id: string): Session | undefined {
     return this.sessions.get(storeKey(owner, id));
+  }
+
+  /** A session in memory or, when a lower tier keeps snapshots, one found on disk (loaded lazily). */
+  async find(owner: string, id: string): Promise<Session | undefined> {
+    const inMemory = this.get(owner, id);
+    if (inMemory || !this.finder) return inMemory;
+    const key = storeKey(owner, id);
+    let probe = this.probes.get(key);
+    if (!probe) {
+      probe = this.finder(owner, id).finally(() => this.probes.delete(key));
+      this.probes.set(key, probe);
+    }
+    const found = await probe;
+    // Another request may have created it while the probe ran.
+    const raced = this.get(owner, id);
+    if (raced || !found) return raced;
+    this.sessions.set(key, found);
+    return found;
+  }
+
+  /** Where `find` looks for sessions not in memory (the snapshot directory). */
+  setFinder(finder: SessionFinder): void {
+    this.finder = finder;
   }
 
   create(owner: string, id = newSessionId(), ephemeral = false): Session {

@@ -133,7 +133,7 @@ export class Engine {
    * Queues a generation. Problems visible up front (bad tokens, busy or unknown session, full queue,
    * context overflow) come back at once as values; later failures arrive as the stream's end event.
    */
-  submit(request: GenerationRequest): SubmitResult {
+  async submit(request: GenerationRequest): Promise<SubmitResult> {
     const fail = (error: EngineError): SubmitResult => ({ ok: false, error });
     if (this.draining) return fail({ kind: 'shutting_down', message: 'the server is shutting down', retryAfterSeconds: 1 });
     const badToken = request.input.find((t) => !Number.isInteger(t) || t < 0 || t >= this.model.vocabSize);
@@ -144,10 +144,11 @@ export class Engine {
 
     let session: Session | undefined;
     if (request.sessionId !== undefined) {
-      session = this.store.get(request.owner, request.sessionId);
+      session = await this.store.find(request.owner, request.sessionId);
       if (!session) {
         if (request.onUnknownSession === 'fail') return fail({ kind: 'session_not_found', param: 'session_id', message: `session ${request.sessionId} not found` });
-        session = this.store.create(request.owner, request.sessionId);
+        // Another submit may have created it while this one awaited the lookup.
+        session = this.store.get(request.owner, request.sessionId) ?? this.store.create(request.owner, request.sessionId);
       }
     } else {
       session = this.store.create(request.owner, undefined, true);

@@ -133,7 +133,7 @@ describe('sessions and the budget', () => {
   test('a second request on a busy session is refused with session_busy', async () => {
     const { engine } = await makeEngine({});
     const first = engine.submit(request(randomTokens(10, 1), { sessionId: 'busy', maxTokens: 20 }));
-    const second = engine.submit(request(randomTokens(10, 2), { sessionId: 'busy' }));
+    const second = await engine.submit(request(randomTokens(10, 2), { sessionId: 'busy' }));
     assert.equal(second.ok, false);
     assert.equal(!second.ok && second.error.kind, 'session_busy');
     await collect(first);
@@ -143,7 +143,7 @@ describe('sessions and the budget', () => {
 
   test('unknown sessions are created or refused as asked, and owners never see each other', async () => {
     const { engine, store } = await makeEngine({});
-    const refused = engine.submit(request([1, 2, 3], { sessionId: 'nope', onUnknownSession: 'fail' }));
+    const refused = await engine.submit(request([1, 2, 3], { sessionId: 'nope', onUnknownSession: 'fail' }));
     assert.equal(!refused.ok && refused.error.kind, 'session_not_found');
     await collect(engine.submit(request(randomTokens(10, 3), { sessionId: 'shared-name', owner: 'alice' })));
     const bob = await collect(engine.submit(request(randomTokens(10, 3), { sessionId: 'shared-name', owner: 'bob' })));
@@ -153,13 +153,13 @@ describe('sessions and the budget', () => {
 
   test('truncation "error" refuses sequences longer than the context', async () => {
     const { engine } = await makeEngine({ capacity: 64 });
-    const result = engine.submit(request(randomTokens(60, 1), { maxTokens: 10, truncation: 'error' }));
+    const result = await engine.submit(request(randomTokens(60, 1), { maxTokens: 10, truncation: 'error' }));
     assert.equal(!result.ok && result.error.kind, 'context_length_exceeded');
   });
 
   test('tokens outside the vocabulary are refused', async () => {
     const { engine, model } = await makeEngine({});
-    const result = engine.submit(request([1, model.vocabSize]));
+    const result = await engine.submit(request([1, model.vocabSize]));
     assert.equal(!result.ok && result.error.kind, 'invalid_request');
   });
 });
@@ -180,7 +180,7 @@ describe('sampling, stops and cancellation', () => {
     const { engine, model } = await makeEngine({});
     const prompt = model.tokenizer.encode('Hello there, my friend. How are you');
     const pieces: string[] = [];
-    const free = engine.submit(request(prompt, { maxTokens: 40 }));
+    const free = await engine.submit(request(prompt, { maxTokens: 40 }));
     if (!free.ok) throw new Error('submit failed');
     let full = '';
     for await (const event of free.events) {
@@ -203,7 +203,7 @@ describe('sampling, stops and cancellation', () => {
   test('aborting a request stops generation within a step and keeps the session consistent', async () => {
     const { engine, store, model } = await makeEngine({});
     const controller = new AbortController();
-    const result = engine.submit(request(randomTokens(10, 8), { sessionId: 'abort', maxTokens: 500, signal: controller.signal }));
+    const result = await engine.submit(request(randomTokens(10, 8), { sessionId: 'abort', maxTokens: 500, signal: controller.signal }));
     if (!result.ok) throw new Error('submit failed');
     let tokens = 0;
     let tokensAtAbort = 0;

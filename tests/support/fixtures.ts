@@ -116,7 +116,8 @@ export interface Collected {
   usage: Usage;
 }
 
-export async function collect(result: SubmitResult): Promise<Collected> {
+export async function collect(submitted: SubmitResult | Promise<SubmitResult>): Promise<Collected> {
+  const result = await submitted;
   if (!result.ok) throw new Error(`submit failed: ${JSON.stringify(result.error)}`);
   const tokens: number[] = [];
   let text = '';

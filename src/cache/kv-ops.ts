@@ -120,3 +120,13 @@ export function shiftRotaryKeys(
     }
   }
 }
+
+/**
+ * The sliding window's shift: removes slots `[sinks, sinks + drop)` of a single-row cache and rotates
+ * the keys that move back by `drop` positions, so the kept tokens sit at contiguous positions again.
+ */
+export function dropAndShift(layout: KvLayout, kv: KvTensors, sinks: number, drop: number, inverseFrequencies: Float32Array): KvTensors {
+  const kept = gatherRows(layout, [{ kv, row: 0, segments: [[0, sinks], [sinks + drop, kv.length]] }]).kv;
+  for (const layer of kept.layers) shiftRotaryKeys(layout, layer.key, kept.length, 0, sinks, kept.length, -drop, inverseFrequencies);
+  return kept;
+}

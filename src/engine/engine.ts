@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { SessionStore } from '../cache/session-store.ts';
 import { NO_WINDOW, type Session, type Tier, type WindowState } from '../cache/session.ts';
-import { gatherRows, extractRow, prefixOf, rotaryInverseFrequencies, shiftRotaryKeys } from '../cache/kv-ops.ts';
+import { dropAndShift, gatherRows, extractRow, prefixOf, rotaryInverseFrequencies } from '../cache/kv-ops.ts';
 import { reusableSlots, type WindowPolicy } from '../cache/window.ts';
 import { halfArrayToFloat } from '../lib/float16.ts';
 import { silentLogger, type Logger } from '../lib/logger.ts';
@@ -524,11 +524,7 @@ export class Engine {
     };
     sequence.droppedDuringRequest += drop;
     if (policy.strategy === 'shift') {
-      const kept = gatherRows(this.layout, [{ kv: sequence.kv!, row: 0, segments: [[0, sinks], [sinks + drop, length]] }]).kv;
-      for (const layer of kept.layers) {
-        shiftRotaryKeys(this.layout, layer.key, kept.length, 0, sinks, kept.length, -drop, this.inverseFrequencies!);
-      }
-      sequence.kv = kept;
+      sequence.kv = dropAndShift(this.layout, sequence.kv!, sinks, drop, this.inverseFrequencies!);
       sequence.cacheLength = length - drop;
     } else {
       const tokens = sequence.session.tokens;

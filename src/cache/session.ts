@@ -1,4 +1,5 @@
 import type { KvTensors } from '../model/types.ts';
+import type { Int8Kv } from './int8.ts';
 
 /** Where a session's KV lives: ready to run, quantized in memory, in a snapshot file, or nowhere. */
 export type Tier = 'hot' | 'int8' | 'disk' | 'evicted';
@@ -22,6 +23,8 @@ export class Session {
   tokens: number[] = [];
   /** Hot-tier KV, `// [1, numKvHeads, cachedLength, headDim]` per layer; null in other tiers. */
   kv: KvTensors | null = null;
+  /** Int8-tier KV; null in other tiers. */
+  int8: Int8Kv | null = null;
   /** Tokens the cache holds, whatever its tier. */
   cachedLength = 0;
   tier: Tier = 'evicted';

@@ -7,6 +7,8 @@ import { buildModelFolder, type BuildOptions } from '../../tools/model-builder/i
 import { KvBudget } from '../../src/cache/budget.ts';
 import { SessionStore } from '../../src/cache/session-store.ts';
 import { resolveWindowPolicy, type WindowSettings } from '../../src/cache/window.ts';
+import type { KeyScaleMode } from '../../src/cache/int8.ts';
+import { TierManager } from '../../src/cache/tiers.ts';
 import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { GREEDY, type SamplingParams } from '../../src/engine/sampler.ts';
 import type { GenerationEvent, GenerationRequest, SubmitResult, Usage } from '../../src/engine/types.ts';
@@ -50,6 +52,8 @@ export interface EngineFixtureOptions extends Partial<Omit<EngineOptions, 'windo
   window?: Partial<WindowSettings>;
   wrapDecoder?: (decoder: Decoder) => Decoder;
   eos?: number[];
+  /** Enables the int8 / disk tiers (disk only with a snapshot directory). */
+  tiers?: { snapshotDir?: string; keyMode?: KeyScaleMode };
 }
 
 export interface EngineFixture {
@@ -57,6 +61,7 @@ export interface EngineFixture {
   store: SessionStore;
   model: LoadedModel;
   decoder: Decoder;
+  tiers: TierManager | null;
 }
 
 export async function makeEngine(options: EngineFixtureOptions = {}): Promise<EngineFixture> {
@@ -85,7 +90,20 @@ export async function makeEngine(options: EngineFixtureOptions = {}): Promise<En
       window,
     },
   );
-  return { engine, store, model, decoder };
+  let tiers: TierManager | null = null;
+  if (options.tiers) {
+    tiers = new TierManager(store, {
+      layout: model.decoder.io.kv,
+      keyMode: options.tiers.keyMode ?? 'channel',
+      snapshotDir: options.tiers.snapshotDir ?? null,
+      modelFingerprint: model.folder.modelFingerprint,
+      tokenizerFingerprint: model.folder.tokenizerFingerprint,
+      logger: silentLogger,
+    });
+    await tiers.init();
+    engine.setTierRestorer((session) => tiers!.restore(session));
+  }
+  return { engine, store, model, decoder, tiers };
 }
 
 export function request(input: number[], overrides: Partial<GenerationRequest> = {}): GenerationRequest {

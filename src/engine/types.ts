@@ -24,6 +24,8 @@ export interface EngineError {
 
 export interface GenerationRequest {
   requestId: string;
+  /** What kind of call this is, for telemetry labels only. */
+  operation?: 'chat' | 'text_completion';
   /** The API key (or "" when the server runs open) the session belongs to. */
   owner: string;
   /** Absent: a one-off session that is not kept. */

@@ -1,0 +1,104 @@
+/**
+ * Entry point: the only reader of process.env and argv. Validates the config, starts listening at
+ * once (healthz 200, readyz 503 while the model loads), loads the model, and drains on SIGTERM/SIGINT.
+ */
+import { serve } from '@hono/node-server';
+import pino from 'pino';
+import { ConfigError, helpText, loadConfig, type Config } from './config.ts';
+import type { Logger } from './lib/logger.ts';
+import { Runtime } from './runtime.ts';
+import { createApp } from './server/app.ts';
+
+/** pino behind the Logger interface the code uses. */
+function fromPino(logger: pino.Logger): Logger {
+  return {
+    debug: (fields, message) => logger.debug(fields, message),
+    info: (fields, message) => logger.info(fields, message),
+    warn: (fields, message) => logger.warn(fields, message),
+    error: (fields, message) => logger.error(fields, message),
+    child: (fields) => fromPino(logger.child(fields)),
+  };
+}
+
+function main(): void {
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`${helpText()}\n`);
+    return;
+  }
+  let config: Config;
+  try {
+    config = loadConfig(process.env, argv);
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      process.stderr.write(`warmkv: ${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+
+  const root = pino({ level: config.logLevel, base: { service: 'warmkv' } });
+  const logger = fromPino(root);
+  const runtime = new Runtime(config, { logger });
+  const app = createApp(runtime, { logger });
+
+  const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {
+    logger.info({ host: info.address, port: info.port, model: config.model }, 'listening');
+  });
+  server.on('error', (error: NodeJS.ErrnoException) => {
+    logger.error({ err: error.message, code: error.code }, 'cannot listen');
+    process.exit(1);
+  });
+
+  const started = performance.now();
+  runtime.ready.then(
+    (serving) => {
+      const model = serving.model;
+      logger.info(
+        {
+          model: model.id,
+          dir: model.loaded.folder.dir,
+          executionProvider: serving.engine.model.decoder.executionProvider,
+          contextLength: model.contextLength,
+          window: model.window,
+          chatTemplate: model.chatTemplate.source,
+          kvCacheBytes: serving.store.budget.capacityBytes,
+          loadMs: Math.round(performance.now() - started),
+        },
+        'model ready',
+      );
+      if (model.chatTemplate.compileError) {
+        logger.warn({ err: model.chatTemplate.compileError }, "the model's chat template does not compile; using the plain fallback template");
+      }
+    },
+    (error: Error) => {
+      logger.error({ err: error.message, name: error.name }, 'model failed to load');
+      process.stderr.write(`warmkv: cannot serve ${config.model}: ${error.message}\n`);
+      server.close();
+      process.exit(1);
+    },
+  );
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) {
+      logger.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    stopping = true;
+    logger.info({ signal, drainSeconds: config.drainSeconds }, 'draining');
+    runtime.markDraining();
+    await runtime.drain(config.drainSeconds * 1000);
+    server.close(() => {
+      logger.info({}, 'stopped');
+      process.exit(0);
+    });
+    // Idle keep-alive connections would hold close() open.
+    (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+main();

@@ -1,0 +1,168 @@
+/**
+ * Assembles what the server serves from a Config: the model, the session store under its KV budget,
+ * the window policy and the engine. Loading runs in the background so the HTTP server can listen
+ * (healthz 200, readyz 503) while the weights load.
+ */
+import { freemem } from 'node:os';
+import { basename, resolve } from 'node:path';
+import { KvBudget } from './cache/budget.ts';
+import { SessionStore } from './cache/session-store.ts';
+import { resolveWindowPolicy, type WindowPolicy } from './cache/window.ts';
+import { defaultKvCacheBytes, type Config } from './config.ts';
+import { Engine } from './engine/engine.ts';
+import { silentLogger, type Logger } from './lib/logger.ts';
+import { loadModel, type Decoder, type LoadedModel } from './model/index.ts';
+import { ChatTemplate } from './server/chat-template.ts';
+
+export type RuntimeState = 'loading' | 'ready' | 'draining' | 'failed';
+
+/** Facts about the served model the API needs. */
+export interface ServedModel {
+  id: string;
+  loaded: LoadedModel;
+  contextLength: number;
+  window: WindowPolicy;
+  chatTemplate: ChatTemplate;
+  /** Unix seconds the model finished loading (`created` in /v1/models). */
+  createdAt: number;
+  /** Short fingerprint of the weights, sent as `system_fingerprint`. */
+  fingerprint: string;
+}
+
+export interface Serving {
+  model: ServedModel;
+  engine: Engine;
+  store: SessionStore;
+}
+
+export class RuntimeError extends Error {
+  override name = 'RuntimeError';
+}
+
+export interface RuntimeOptions {
+  logger?: Logger;
+  /** Replaces loading from `config.model` (tests share one loaded model). */
+  load?: (config: Config, logger: Logger) => Promise<LoadedModel>;
+  /** Wraps the decoder (tests slow it down or count calls). */
+  wrapDecoder?: (decoder: Decoder) => Decoder;
+  /** Free memory used for the default KV budget. */
+  freeMemoryBytes?: () => number;
+}
+
+/** The model's context length under the config, checked against what the architecture allows. */
+export function contextLengthFor(config: Config, loaded: LoadedModel): number {
+  const folder = loaded.folder;
+  const length = config.maxContextTokens ?? folder.maxPositions ?? 2048;
+  const positions = folder.positionEncoding;
+  if (positions.kind === 'learned' && length > positions.maxPositions) {
+    throw new RuntimeError(
+      `MAX_CONTEXT_TOKENS=${length} exceeds the ${positions.maxPositions} positions of the model's learned position table (${folder.modelType}); use at most ${positions.maxPositions}`,
+    );
+  }
+  return length;
+}
+
+/** Builds the serving parts from a loaded model. Throws RuntimeError / WindowConfigError on bad settings. */
+export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOptions = {}): Serving {
+  const logger = options.logger ?? silentLogger;
+  const folder = loaded.folder;
+  const contextLength = contextLengthFor(config, loaded);
+  const window = resolveWindowPolicy(
+    contextLength,
+    { sinkTokens: config.sinkTokens, dropTokens: config.windowDropTokens, strategy: config.windowStrategy },
+    folder.positionEncoding,
+  );
+  const budgetBytes = config.kvCacheBytes ?? defaultKvCacheBytes((options.freeMemoryBytes ?? freemem)());
+  const store = new SessionStore(new KvBudget(budgetBytes, config.kvBlockTokens));
+  const decoder = options.wrapDecoder ? options.wrapDecoder(loaded.decoder) : loaded.decoder;
+  const engine = new Engine(
+    { decoder, tokenizer: loaded.tokenizer, vocabSize: loaded.vocabSize, eosTokenIds: folder.eosTokenIds, positionEncoding: folder.positionEncoding },
+    store,
+    {
+      maxBatchSize: config.maxBatchSize,
+      maxQueue: config.maxQueue,
+      prefillChunkTokens: config.prefillChunkTokens,
+      queueTimeoutMs: config.queueTimeoutSeconds * 1000,
+      window,
+    },
+    logger.child({ component: 'engine' }),
+  );
+  const model: ServedModel = {
+    id: config.modelId ?? folder.id,
+    loaded,
+    contextLength,
+    window,
+    chatTemplate: ChatTemplate.forTokenizer(loaded.tokenizer),
+    createdAt: Math.floor(Date.now() / 1000),
+    fingerprint: `fp_${folder.modelFingerprint.slice(0, 10)}`,
+  };
+  return { model, engine, store };
+}
+
+/**
+ * The server's view of the model: its state, and once loaded, the engine and store. `ready` settles
+ * when loading ends (rejecting with the load error).
+ */
+export class Runtime {
+  private currentState: RuntimeState = 'loading';
+  private parts: Serving | null = null;
+  private failure: Error | null = null;
+  readonly ready: Promise<Serving>;
+  /** Model name known before loading (for /v1/models and logs). */
+  readonly modelId: string;
+  readonly logger: Logger;
+
+  constructor(
+    readonly config: Config,
+    options: RuntimeOptions = {},
+  ) {
+    const logger = options.logger ?? silentLogger;
+    this.logger = logger;
+    this.modelId = config.modelId ?? basename(resolve(config.model));
+    const load = options.load ?? ((c, logger) => loadModel(c.model, {
+      id: c.modelId,
+      executionProvider: c.executionProvider,
+      fallbackToCpu: c.executionProviderFallback,
+      intraOpThreads: c.intraOpThreads,
+      logger,
+    }));
+    this.ready = (async () => {
+      try {
+        const loaded = await load(config, logger.child({ component: 'model' }));
+        const parts = assemble(config, loaded, { ...options, logger });
+        this.parts = parts;
+        if (this.currentState === 'loading') this.currentState = 'ready';
+        return parts;
+      } catch (error) {
+        this.failure = error as Error;
+        if (this.currentState === 'loading') this.currentState = 'failed';
+        throw error;
+      }
+    })();
+    // The server reports a failed load through readyz; main.ts decides whether to exit.
+    this.ready.catch(() => {});
+  }
+
+  get state(): RuntimeState {
+    return this.currentState;
+  }
+
+  get serving(): Serving | null {
+    return this.parts;
+  }
+
+  get error(): Error | null {
+    return this.failure;
+  }
+
+  /** Refuse new work from now on (readyz 503); running requests go on. */
+  markDraining(): void {
+    this.currentState = 'draining';
+  }
+
+  /** Marks draining and lets running requests finish for up to `timeoutMs` (the engine cancels the rest). */
+  async drain(timeoutMs: number): Promise<void> {
+    this.markDraining();
+    await this.parts?.engine.drain(timeoutMs);
+  }
+}

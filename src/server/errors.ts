@@ -1,0 +1,102 @@
+/**
+ * The one table from error kinds (the engine's and the HTTP layer's own) to status codes and OpenAI
+ * error bodies: `{"error": {"message", "type", "param", "code"}}`.
+ */
+import type { EngineError, EngineErrorKind } from '../engine/types.ts';
+
+export type HttpErrorKind =
+  | 'invalid_json'
+  | 'invalid_value'
+  | 'unsupported_parameter'
+  | 'prompt_too_long'
+  | 'model_not_found'
+  | 'not_found'
+  | 'method_not_allowed'
+  | 'session_exists'
+  | 'body_too_large'
+  | 'model_loading'
+  | 'model_failed';
+
+export type ErrorKind = EngineErrorKind | HttpErrorKind;
+
+interface ErrorSpec {
+  status: number;
+  type: string;
+  /** `code` in the body; null where OpenAI sends none. */
+  code: string | null;
+  /** Seconds for a `Retry-After` header (429 and 503 always carry one). */
+  retryAfter?: number;
+}
+
+export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
+  invalid_json: { status: 400, type: 'invalid_request_error', code: 'invalid_json' },
+  invalid_request: { status: 400, type: 'invalid_request_error', code: 'invalid_value' },
+  invalid_value: { status: 400, type: 'invalid_request_error', code: 'invalid_value' },
+  unsupported_parameter: { status: 400, type: 'invalid_request_error', code: 'unsupported_parameter' },
+  context_length_exceeded: { status: 400, type: 'invalid_request_error', code: 'context_length_exceeded' },
+  prompt_too_long: { status: 400, type: 'invalid_request_error', code: 'prompt_too_long' },
+  request_too_large: { status: 400, type: 'invalid_request_error', code: 'request_too_large' },
+  model_not_found: { status: 404, type: 'invalid_request_error', code: 'model_not_found' },
+  session_not_found: { status: 404, type: 'invalid_request_error', code: 'session_not_found' },
+  not_found: { status: 404, type: 'invalid_request_error', code: 'not_found' },
+  method_not_allowed: { status: 405, type: 'invalid_request_error', code: 'method_not_allowed' },
+  session_busy: { status: 409, type: 'invalid_request_error', code: 'session_busy' },
+  session_exists: { status: 409, type: 'invalid_request_error', code: 'session_exists' },
+  body_too_large: { status: 413, type: 'invalid_request_error', code: 'body_too_large' },
+  queue_full: { status: 429, type: 'rate_limit_error', code: 'queue_full', retryAfter: 1 },
+  cache_full: { status: 429, type: 'rate_limit_error', code: 'cache_full', retryAfter: 5 },
+  internal: { status: 500, type: 'server_error', code: 'internal_error' },
+  model_failed: { status: 503, type: 'service_unavailable_error', code: 'model_failed', retryAfter: 30 },
+  model_loading: { status: 503, type: 'service_unavailable_error', code: 'model_loading', retryAfter: 5 },
+  shutting_down: { status: 503, type: 'service_unavailable_error', code: 'shutting_down', retryAfter: 5 },
+};
+
+export interface OpenAiErrorBody {
+  error: { message: string; type: string; param: string | null; code: string | null };
+}
+
+/** An error on its way to the client; thrown inside handlers, turned into a response by `onError`. */
+export class ApiError extends Error {
+  override name = 'ApiError';
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+    readonly param: string | null = null,
+    readonly retryAfterSeconds?: number,
+  ) {
+    super(message);
+  }
+
+  static fromEngine(error: EngineError): ApiError {
+    return new ApiError(error.kind, error.message, error.param ?? null, error.retryAfterSeconds);
+  }
+
+  get status(): number {
+    return ERROR_TABLE[this.kind].status;
+  }
+
+  /** Internal errors never show their message: it may name internals. */
+  body(requestId?: string): OpenAiErrorBody {
+    const spec = ERROR_TABLE[this.kind];
+    const message =
+      this.kind === 'internal' ? `The server had an error while processing the request${requestId ? ` (request id ${requestId})` : ''}.` : this.message;
+    return { error: { message, type: spec.type, param: this.param, code: spec.code } };
+  }
+
+  headers(): Record<string, string> {
+    const spec = ERROR_TABLE[this.kind];
+    const retry = this.retryAfterSeconds ?? spec.retryAfter;
+    return retry !== undefined && (spec.status === 429 || spec.status === 503) ? { 'Retry-After': String(Math.max(1, Math.ceil(retry))) } : {};
+  }
+
+  toResponse(requestId?: string, extraHeaders: Record<string, string> = {}): Response {
+    return new Response(JSON.stringify(this.body(requestId)), {
+      status: this.status,
+      headers: { 'Content-Type': 'application/json', ...this.headers(), ...extraHeaders },
+    });
+  }
+}
+
+export function internalError(): ApiError {
+  return new ApiError('internal', 'internal error');
+}

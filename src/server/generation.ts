@@ -1,0 +1,205 @@
+/**
+ * Runs one generation for an HTTP request and answers in OpenAI's shapes: a JSON body, or an SSE
+ * stream of chunks. Response headers wait for the engine's first event, so anything that fails
+ * before generation starts (queue timeout, cache full) still gets its own status code.
+ */
+import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import type { FinishReason, GenerationEvent, GenerationRequest, Usage } from '../engine/types.ts';
+import type { Logger } from '../lib/logger.ts';
+import type { Serving } from '../runtime.ts';
+import { ApiError } from './errors.ts';
+import { SSE_HEADERS, sseStream, type SseWriter } from './sse.ts';
+
+export type ResponseFormat = 'completion' | 'chat';
+
+export interface GenerationJob {
+  format: ResponseFormat;
+  request: Omit<GenerationRequest, 'signal'>;
+  stream: boolean;
+  includeUsage: boolean;
+  /** Completions `echo`: text put before the output. */
+  echo: string;
+  /** For logs: which endpoint. */
+  route: string;
+}
+
+export interface GenerationContext {
+  serving: Serving;
+  logger: Logger;
+  /** Aborts when the client goes away (Hono's request signal). */
+  clientSignal: AbortSignal | undefined;
+  pingIntervalMs: number;
+  /** Headers every response of this request carries (X-Request-Id). */
+  headers: Record<string, string>;
+  now: () => number;
+}
+
+/** `cmpl-` / `chatcmpl-` and 128 random bits. */
+export function completionId(format: ResponseFormat): string {
+  return `${format === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(16).toString('hex')}`;
+}
+
+export interface OpenAiUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+}
+
+export function openAiUsage(usage: Usage): OpenAiUsage {
+  return {
+    prompt_tokens: usage.promptTokens,
+    completion_tokens: usage.completionTokens,
+    total_tokens: usage.promptTokens + usage.completionTokens,
+    prompt_tokens_details: { cached_tokens: usage.cachedTokens },
+  };
+}
+
+type EndEvent = Extract<GenerationEvent, { type: 'end' }>;
+type StartEvent = Extract<GenerationEvent, { type: 'start' }>;
+
+/** Finish reasons a client sees; cancelled and error never reach a choice. */
+function choiceFinish(reason: FinishReason): 'stop' | 'length' {
+  return reason === 'length' ? 'length' : 'stop';
+}
+
+/** The client went away before an answer could be sent: nobody reads the response. */
+export class ClientGoneError extends Error {
+  override name = 'ClientGoneError';
+}
+
+export async function runGeneration(ctx: GenerationContext, job: GenerationJob): Promise<Response> {
+  const { serving, logger } = ctx;
+  const began = performance.now();
+  const abort = new AbortController();
+  const onClientAbort = () => abort.abort();
+  if (ctx.clientSignal?.aborted) abort.abort();
+  ctx.clientSignal?.addEventListener('abort', onClientAbort, { once: true });
+  const detach = () => ctx.clientSignal?.removeEventListener('abort', onClientAbort);
+
+  const submitted = await serving.engine.submit({ ...job.request, signal: abort.signal });
+  if (!submitted.ok) {
+    detach();
+    throw ApiError.fromEngine(submitted.error);
+  }
+  const events = submitted.events[Symbol.asyncIterator]();
+  const first = await events.next();
+  if (first.done) {
+    detach();
+    throw new ApiError('internal', 'the generation ended without events');
+  }
+  if (first.value.type === 'end') {
+    detach();
+    const end = first.value;
+    if (end.error) throw ApiError.fromEngine(end.error);
+    throw new ClientGoneError();
+  }
+  const start = first.value as StartEvent;
+
+  const id = completionId(job.format);
+  const created = Math.floor(ctx.now() / 1000);
+  const sessionId = job.request.sessionId !== undefined ? submitted.sessionId : undefined;
+  const headers: Record<string, string> = { ...ctx.headers };
+  if (sessionId !== undefined) headers['X-Session-Id'] = sessionId;
+  const model = serving.model;
+  const log = logger.child({ sessionId, route: job.route });
+  let firstTokenMs: number | null = null;
+
+  const finished = (end: EndEvent) => {
+    detach();
+    const fields = {
+      finishReason: end.finishReason,
+      promptTokens: end.usage.promptTokens,
+      cachedTokens: end.usage.cachedTokens,
+      completionTokens: end.usage.completionTokens,
+      droppedTokens: end.usage.droppedTokens,
+      queueMs: start.queueMs,
+      ttftMs: firstTokenMs === null ? null : Math.round(firstTokenMs - began),
+      durationMs: Math.round(performance.now() - began),
+      stream: job.stream,
+      errorKind: end.error?.kind,
+    };
+    if (end.finishReason === 'error') log.warn(fields, 'generation failed');
+    else log.info(fields, 'generation finished');
+  };
+
+  if (!job.stream) {
+    let text = job.echo;
+    let end: EndEvent | undefined;
+    for (let next = await events.next(); !next.done; next = await events.next()) {
+      const event = next.value;
+      if (event.type === 'token') {
+        firstTokenMs ??= performance.now();
+        text += event.text;
+      } else if (event.type === 'end') {
+        end = event;
+        text += event.text;
+      }
+    }
+    if (!end) throw new ApiError('internal', 'the generation ended without an end event');
+    finished(end);
+    if (end.finishReason === 'error') throw ApiError.fromEngine(end.error ?? { kind: 'internal', message: 'generation failed' });
+    if (end.finishReason === 'cancelled') throw new ClientGoneError();
+    const finishReason = choiceFinish(end.finishReason);
+    const base = { id, object: job.format === 'chat' ? 'chat.completion' : 'text_completion', created, model: model.id, system_fingerprint: model.fingerprint };
+    const choice =
+      job.format === 'chat'
+        ? { index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: finishReason }
+        : { index: 0, text, logprobs: null, finish_reason: finishReason };
+    const body: Record<string, unknown> = { ...base, choices: [choice], usage: openAiUsage(end.usage) };
+    if (sessionId !== undefined) body.session_id = sessionId;
+    return new Response(JSON.stringify(body), { status: 200, headers: { 'Content-Type': 'application/json', ...headers } });
+  }
+
+  const object = job.format === 'chat' ? 'chat.completion.chunk' : 'text_completion';
+  const chunk = (choices: unknown[], usage?: OpenAiUsage): Record<string, unknown> => {
+    const out: Record<string, unknown> = { id, object, created, model: model.id, system_fingerprint: model.fingerprint, choices };
+    if (job.includeUsage) out.usage = usage ?? null;
+    if (sessionId !== undefined) out.session_id = sessionId;
+    return out;
+  };
+  const textChoice = (text: string, finishReason: 'stop' | 'length' | null = null) =>
+    job.format === 'chat'
+      ? { index: 0, delta: text === '' && finishReason ? {} : { content: text }, logprobs: null, finish_reason: finishReason }
+      : { index: 0, text, logprobs: null, finish_reason: finishReason };
+
+  const produce = async (writer: SseWriter) => {
+    let end: EndEvent | undefined;
+    try {
+      if (job.format === 'chat') writer.send(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
+      if (job.echo) writer.send(chunk([textChoice(job.echo)]));
+      for (let next = await events.next(); !next.done; next = await events.next()) {
+        const event = next.value;
+        if (event.type === 'token') {
+          firstTokenMs ??= performance.now();
+          if (event.text) writer.send(chunk([textChoice(event.text)]));
+        } else if (event.type === 'end') {
+          end = event;
+        }
+      }
+    } catch (error) {
+      log.error({ err: (error as Error).message }, 'stream failed');
+      abort.abort();
+      writer.send(new ApiError('internal', 'stream failed').body());
+      return;
+    }
+    if (!end) {
+      writer.send(new ApiError('internal', 'no end event').body());
+      return;
+    }
+    finished(end);
+    if (end.finishReason === 'cancelled') return;
+    if (end.finishReason === 'error') {
+      writer.send(ApiError.fromEngine(end.error ?? { kind: 'internal', message: 'generation failed' }).body());
+      return;
+    }
+    if (end.text) writer.send(chunk([textChoice(end.text)]));
+    writer.send(chunk([textChoice('', choiceFinish(end.finishReason))]));
+    if (job.includeUsage) writer.send(chunk([], openAiUsage(end.usage)));
+    writer.sendDone();
+  };
+
+  const body = sseStream({ pingIntervalMs: ctx.pingIntervalMs, onCancel: () => abort.abort() }, produce);
+  return new Response(body, { status: 200, headers: { ...SSE_HEADERS, ...headers } });
+}

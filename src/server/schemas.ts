@@ -1,0 +1,189 @@
+/**
+ * Request bodies: zod schemas for every endpoint, and the check that refuses fields that would change
+ * the output but are not implemented (rather than silently ignoring them). Unknown fields that do not
+ * change the output are accepted and dropped.
+ */
+import { z } from 'zod';
+import { ApiError } from './errors.ts';
+
+/** Session ids are chosen by clients on the OpenAI endpoints: printable, short, no path characters. */
+export const SESSION_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+export const sessionIdSchema = z
+  .string()
+  .regex(SESSION_ID_PATTERN, 'must be 1-128 characters of letters, digits, ".", "_", ":" and "-"');
+
+const tokenIds = z.array(z.number().int().min(0)).min(1, 'must hold at least one token id');
+const stop = z.union([z.string(), z.array(z.string())]);
+
+/** Fields shared by every generating endpoint. `null` means absent, as in OpenAI's API. */
+const generationFields = {
+  model: z.string().nullish(),
+  max_tokens: z.number().int().min(1).nullish(),
+  temperature: z.number().min(0).max(2).nullish(),
+  top_p: z.number().gt(0).max(1).nullish(),
+  /** -1 (vLLM) and 0 both disable top-k. */
+  top_k: z.number().int().min(-1).nullish(),
+  min_p: z.number().min(0).max(1).nullish(),
+  repetition_penalty: z.number().gt(0).nullish(),
+  seed: z.number().int().nullish(),
+  stop: stop.nullish(),
+  stream: z.boolean().nullish(),
+  stream_options: z.object({ include_usage: z.boolean().nullish() }).nullish(),
+  user: z.string().nullish(),
+  ignore_eos: z.boolean().nullish(),
+  truncation: z.enum(['auto', 'error']).nullish(),
+  n: z.number().int().nullish(),
+  presence_penalty: z.number().min(-2).max(2).nullish(),
+  frequency_penalty: z.number().min(-2).max(2).nullish(),
+  logit_bias: z.record(z.string(), z.number()).nullish(),
+};
+
+export const completionSchema = z.object({
+  ...generationFields,
+  prompt: z.union([z.string(), tokenIds, z.array(z.string()), z.array(tokenIds)]),
+  echo: z.boolean().nullish(),
+  session_id: sessionIdSchema.nullish(),
+  best_of: z.number().int().nullish(),
+  logprobs: z.number().int().nullish(),
+  suffix: z.string().nullish(),
+});
+export type CompletionBody = z.infer<typeof completionSchema>;
+
+const textPart = z.object({ type: z.literal('text'), text: z.string() });
+const otherPart = z.looseObject({ type: z.string() });
+const messageSchema = z.looseObject({
+  role: z.string(),
+  content: z.union([z.string(), z.array(z.union([textPart, otherPart]))]).nullish(),
+  name: z.string().nullish(),
+  tool_calls: z.array(z.unknown()).nullish(),
+});
+export type MessageBody = z.infer<typeof messageSchema>;
+const messages = z.array(messageSchema).min(1, 'must hold at least one message');
+
+export const chatSchema = z.object({
+  ...generationFields,
+  messages,
+  max_completion_tokens: z.number().int().min(1).nullish(),
+  session_id: sessionIdSchema.nullish(),
+  logprobs: z.boolean().nullish(),
+  top_logprobs: z.number().int().nullish(),
+});
+export type ChatBody = z.infer<typeof chatSchema>;
+
+/** Native append API: `prompt` is added to the session's transcript. */
+export const appendSchema = z.object({
+  ...generationFields,
+  prompt: z.union([z.string(), tokenIds]),
+  echo: z.boolean().nullish(),
+});
+export type AppendBody = z.infer<typeof appendSchema>;
+
+export const createSessionSchema = z
+  .object({
+    session_id: sessionIdSchema.nullish(),
+    prompt: z.union([z.string(), tokenIds]).nullish(),
+    messages: messages.nullish(),
+    /** With `messages`: end the prefill with the assistant turn's opening (default false). */
+    add_generation_prompt: z.boolean().nullish(),
+  })
+  .refine((b) => b.prompt == null || b.messages == null, { message: 'give prompt or messages, not both', path: ['messages'] });
+export type CreateSessionBody = z.infer<typeof createSessionSchema>;
+
+export const listSessionsQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  after: z.string().optional(),
+  order: z.enum(['asc', 'desc']).default('desc'),
+});
+
+/** `messages[0].content` style. */
+export function paramOf(path: ReadonlyArray<PropertyKey>): string | null {
+  if (path.length === 0) return null;
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out ? `.${String(part)}` : String(part);
+  }
+  return out;
+}
+
+export function parseWith<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
+  if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+    throw new ApiError('invalid_request', 'The request body must be a JSON object.');
+  }
+  const parsed = schema.safeParse(input, { reportInput: true });
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  const param = paramOf(issue.path);
+  const last = [...issue.path].reverse().find((p) => typeof p === 'string') as string | undefined;
+  let message = issue.message;
+  if (issue.input === undefined && (issue.code === 'invalid_type' || issue.code === 'invalid_union')) message = 'is required';
+  else if (issue.code === 'invalid_union') message = UNION_HINTS[last ?? ''] ?? 'has an invalid type';
+  throw new ApiError('invalid_request', param ? `Invalid value for '${param}': ${message}.` : `Invalid request: ${message}.`, param);
+}
+
+const UNION_HINTS: Record<string, string> = {
+  prompt: 'must be a string, an array of token ids, or a one-element array of either',
+  stop: 'must be a string or an array of strings',
+  content: 'must be a string or an array of content parts',
+};
+
+type Check = (value: unknown) => boolean;
+const isSet: Check = (v) => v !== undefined && v !== null;
+const notOne: Check = (v) => isSet(v) && v !== 1;
+const nonEmptyArray: Check = (v) => Array.isArray(v) && v.length > 0;
+const nonEmptyObject: Check = (v) => isSet(v) && typeof v === 'object' && Object.keys(v as object).length > 0;
+const isTrue: Check = (v) => v === true;
+const nonZero: Check = (v) => typeof v === 'number' && v !== 0;
+
+/** Fields that change the output and are not implemented: refused with 400 instead of ignored. */
+const UNSUPPORTED: Record<string, Check> = {
+  n: notOne,
+  best_of: notOne,
+  logit_bias: nonEmptyObject,
+  presence_penalty: nonZero,
+  frequency_penalty: nonZero,
+  tools: nonEmptyArray,
+  functions: nonEmptyArray,
+  tool_choice: (v) => isSet(v) && v !== 'none' && v !== 'auto',
+  function_call: (v) => isSet(v) && v !== 'none' && v !== 'auto',
+  response_format: (v) => isSet(v) && (v as { type?: unknown }).type !== 'text',
+  audio: isSet,
+  modalities: (v) => Array.isArray(v) && v.some((m) => m !== 'text'),
+  prediction: isSet,
+  // vLLM extensions that change the output.
+  min_tokens: nonZero,
+  use_beam_search: isTrue,
+  length_penalty: (v) => typeof v === 'number' && v !== 1,
+  stop_token_ids: nonEmptyArray,
+  bad_words: nonEmptyArray,
+  allowed_token_ids: nonEmptyArray,
+  prompt_logprobs: isSet,
+  include_stop_str_in_output: isTrue,
+  skip_special_tokens: (v) => v === false,
+  guided_json: isSet,
+  guided_regex: isSet,
+  guided_choice: isSet,
+  guided_grammar: isSet,
+  structured_outputs: isSet,
+  chat_template: isSet,
+  chat_template_kwargs: nonEmptyObject,
+  continue_final_message: isTrue,
+  add_generation_prompt: (v) => v === false,
+  truncate_prompt_tokens: isSet,
+};
+
+const UNSUPPORTED_BY_ENDPOINT: Record<'completions' | 'chat' | 'append', Record<string, Check>> = {
+  completions: { ...UNSUPPORTED, logprobs: isSet, suffix: (v) => typeof v === 'string' && v.length > 0 },
+  chat: { ...UNSUPPORTED, logprobs: isTrue, top_logprobs: nonZero, echo: isTrue },
+  append: { ...UNSUPPORTED, logprobs: isSet, suffix: (v) => typeof v === 'string' && v.length > 0 },
+};
+
+/** Throws 400 unsupported_parameter for the first field present with a value that is not implemented. */
+export function refuseUnsupported(body: Record<string, unknown>, endpoint: 'completions' | 'chat' | 'append'): void {
+  for (const [field, check] of Object.entries(UNSUPPORTED_BY_ENDPOINT[endpoint])) {
+    if (field in body && check(body[field])) {
+      const hint = field === 'presence_penalty' || field === 'frequency_penalty' ? ' (use repetition_penalty)' : '';
+      throw new ApiError('unsupported_parameter', `'${field}' with this value is not supported by this server${hint}.`, field);
+    }
+  }
+}

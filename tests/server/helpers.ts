@@ -1,0 +1,139 @@
+/** Server test support: runtimes around builder models, a listening server, SSE parsing. */
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
+import { loadConfig } from '../../src/config.ts';
+import type { Decoder, DecoderOutput, DecoderStep } from '../../src/model/index.ts';
+import { Runtime, type RuntimeOptions } from '../../src/runtime.ts';
+import { createApp, type AppOptions } from '../../src/server/app.ts';
+import { LLAMA, testModel, testModelDir } from '../support/fixtures.ts';
+
+export interface TestServerOptions extends AppOptions {
+  /** Settings as CLI flags without the dashes: { 'max-queue': '0' }. */
+  settings?: Record<string, string>;
+  wrapDecoder?: RuntimeOptions['wrapDecoder'];
+  /** Keeps the runtime loading until this resolves. */
+  loadGate?: Promise<void>;
+}
+
+export async function makeRuntime(options: TestServerOptions = {}): Promise<Runtime> {
+  const dir = await testModelDir(LLAMA);
+  const argv = ['--model', dir, '--kv-cache-bytes', '64MiB'];
+  for (const [key, value] of Object.entries(options.settings ?? {})) argv.push(`--${key}`, value);
+  const config = loadConfig({}, argv);
+  const runtime = new Runtime(config, {
+    load: async () => {
+      const model = await testModel(LLAMA);
+      await options.loadGate;
+      return model;
+    },
+    wrapDecoder: options.wrapDecoder,
+  });
+  if (!options.loadGate) await runtime.ready;
+  return runtime;
+}
+
+export async function makeApp(options: TestServerOptions = {}) {
+  const runtime = await makeRuntime(options);
+  const app = createApp(runtime, options);
+  return { runtime, app };
+}
+
+export interface Listening {
+  url: string;
+  runtime: Runtime;
+  close(): Promise<void>;
+}
+
+export async function listen(options: TestServerOptions = {}): Promise<Listening> {
+  const { runtime, app } = await makeApp(options);
+  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
+    const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
+  });
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    runtime,
+    close: () =>
+      new Promise<void>((resolve) => {
+        (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** A real decoder that sleeps before each call and counts calls; `failWhen` injects faults. */
+export class SlowDecoder implements Decoder {
+  calls = 0;
+  failWhen: ((step: DecoderStep) => boolean) | null = null;
+  /** Makes this token the most likely one at every position. */
+  forceToken: number | null = null;
+  constructor(
+    private readonly inner: Decoder,
+    public decodeDelayMs = 0,
+    public prefillDelayMs = 0,
+  ) {}
+  get io() {
+    return this.inner.io;
+  }
+  get executionProvider() {
+    return this.inner.executionProvider;
+  }
+  async run(step: DecoderStep): Promise<DecoderOutput> {
+    this.calls++;
+    const delay = step.seqLength > 1 ? this.prefillDelayMs : this.decodeDelayMs;
+    if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
+    if (this.failWhen?.(step)) throw new Error('injected fault: secret internals');
+    const output = await this.inner.run(step);
+    if (this.forceToken !== null && output.logits instanceof Float32Array) {
+      for (let row = 0; row < step.batchSize * step.seqLength; row++) output.logits[row * output.vocabSize + this.forceToken] = 1e9;
+    }
+    return output;
+  }
+  dispose() {
+    return this.inner.dispose();
+  }
+}
+
+export interface SseEvent {
+  id: string | null;
+  data: string;
+}
+
+/** Splits an SSE body into events (data + id) and comment lines. */
+export function parseSse(text: string): { events: SseEvent[]; comments: string[] } {
+  const events: SseEvent[] = [];
+  const comments: string[] = [];
+  for (const block of text.split('\n\n')) {
+    if (block === '') continue;
+    let id: string | null = null;
+    const data: string[] = [];
+    for (const line of block.split('\n')) {
+      if (line.startsWith(':')) comments.push(line.slice(1).trim());
+      else if (line.startsWith('id: ')) id = line.slice(4);
+      else if (line.startsWith('data: ')) data.push(line.slice(6));
+      else throw new Error(`unexpected SSE line ${JSON.stringify(line)}`);
+    }
+    if (data.length > 0) events.push({ id, data: data.join('\n') });
+  }
+  return { events, comments };
+}
+
+/** JSON payloads of a stream's events, without the final [DONE]. */
+export function chunksOf(text: string): { chunks: Array<Record<string, any>>; done: boolean; ids: Array<string | null>; comments: string[] } {
+  const { events, comments } = parseSse(text);
+  const done = events.at(-1)?.data === '[DONE]';
+  const payloads = done ? events.slice(0, -1) : events;
+  return { chunks: payloads.map((e) => JSON.parse(e.data)), done, ids: events.map((e) => e.id), comments };
+}
+
+export function post(body: unknown, headers: Record<string, string> = {}): RequestInit {
+  return { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) };
+}
+
+export async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const start = Date.now();
+  while (!condition()) {
+    if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}

@@ -1,0 +1,90 @@
+/** Shared pieces of the benchmarks: model loading, engine assembly, timing, result files. */
+import { mkdirSync, existsSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { loadConfig, type Config } from '../src/config.ts';
+import { assemble, type Serving } from '../src/runtime.ts';
+import { silentLogger } from '../src/lib/logger.ts';
+import { emptyKv, loadModel, type Decoder, type KvTensors, type LoadedModel } from '../src/model/index.ts';
+import { argmax } from '../src/engine/sampler.ts';
+import { buildModelFolder } from '../tools/model-builder/index.ts';
+
+export const DEFAULT_MODEL = 'models/warmkv-brown';
+export const RESULTS_DIR = 'bench/results';
+
+/** The default model, or a builder model of similar size while the trained one does not exist. */
+export async function benchModel(dir: string | undefined, threads: number): Promise<{ model: LoadedModel; source: string }> {
+  let path = dir ?? DEFAULT_MODEL;
+  let source = path;
+  if (!dir && !existsSync(join(path, 'config.json'))) {
+    path = '/tmp/warmkv-bench-builder-llama';
+    source = 'builder llama (hidden 256, 6 layers, 8 heads / 2 KV heads, vocab 4096): the trained default model is missing';
+    if (!existsSync(join(path, 'config.json'))) {
+      await buildModelFolder(path, { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, vocabSize: 4096, maxPositions: 4096 });
+    }
+  }
+  const model = await loadModel(path, { logger: silentLogger, intraOpThreads: threads });
+  return { model, source };
+}
+
+export function benchConfig(overrides: Record<string, string>): Config {
+  return loadConfig(overrides, []);
+}
+
+export function serving(config: Config, model: LoadedModel): Serving {
+  return assemble(config, model, { logger: silentLogger });
+}
+
+export function machine() {
+  return {
+    cpu: cpus()[0]?.model ?? 'unknown',
+    cores: cpus().length,
+    memoryGiB: Math.round(totalmem() / 1024 ** 3),
+    node: process.version,
+    onnxruntime: ort.env.versions.common,
+  };
+}
+
+export function writeResult(name: string, data: unknown): string {
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = join(RESULTS_DIR, `${name}.json`);
+  writeFileSync(file, `${JSON.stringify({ date: new Date().toISOString(), machine: machine(), ...(data as object) }, null, 2)}\n`);
+  return file;
+}
+
+export const median = (values: number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+};
+
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+}
+
+/** One decoder call on a single row: `tokens` after `past`, positions continuing from it. */
+export async function forward(decoder: Decoder, tokens: readonly number[], past: KvTensors) {
+  const n = tokens.length;
+  return decoder.run({
+    batchSize: 1,
+    seqLength: n,
+    inputIds: BigInt64Array.from(tokens, (t) => BigInt(t)),
+    attentionMask: new BigInt64Array(past.length + n).fill(1n),
+    positionIds: BigInt64Array.from(tokens, (_, i) => BigInt(past.length + i)),
+    past,
+  });
+}
+
+export function lastArgmax(logits: Float32Array | Uint16Array, rows: number, vocab: number): number {
+  if (!(logits instanceof Float32Array)) throw new Error('benchmarks expect float32 logits');
+  return argmax(logits.subarray((rows - 1) * vocab, rows * vocab), vocab);
+}
+
+export { emptyKv };
+
+export function table(headers: string[], rows: Array<Array<string | number>>): string {
+  return [`| ${headers.join(' | ')} |`, `| ${headers.map(() => '---').join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}

@@ -1,0 +1,14 @@
+/**
+ * Benchmark entry point: `npm run bench -- <name> [options]`. Each benchmark writes
+ * bench/results/<name>.json and prints a markdown table (summarised in docs/benchmarks.md).
+ */
+const BENCHMARKS: Record<string, string> = {
+  core: './core.ts',
+};
+
+const name = process.argv[2];
+if (!name || !(name in BENCHMARKS)) {
+  console.error(`usage: npm run bench -- <${Object.keys(BENCHMARKS).join('|')}> [options]`);
+  process.exit(name ? 2 : 0);
+}
+await import(BENCHMARKS[name]);

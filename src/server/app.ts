@@ -272,6 +272,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     checkModel(parts, b.model);
     const sessionId = sessionIdOf(c, b.session_id);
     let prompt: string | number[];
+    if (Array.isArray(b.prompt) && b.prompt.length === 0) throw new ApiError('invalid_request', "Invalid value for 'prompt': must not be empty.", 'prompt');
     if (typeof b.prompt === 'string' || typeof b.prompt[0] === 'number') prompt = b.prompt as string | number[];
     else if (b.prompt.length === 1) prompt = b.prompt[0] as string | number[];
     else throw new ApiError('unsupported_parameter', 'Only one prompt per request is supported.', 'prompt');

@@ -39,6 +39,7 @@ describe('request validation', () => {
       [{ prompt: 'x', stream: 'yes' }, 'stream'],
       [{ prompt: [1, -2] }, 'prompt[1]'],
       [{ prompt: [1, 100000] }, 'prompt'],
+      [{ prompt: [] }, 'prompt'],
     ];
     for (const [body, param] of cases) {
       await expectError(await app.request('/v1/completions', post(body)), 400, 'invalid_value', param);

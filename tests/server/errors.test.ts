@@ -156,7 +156,8 @@ describe('routing, sessions and capacity', () => {
     let slow!: SlowDecoder;
     const { app } = await makeApp({
       settings: { 'kv-cache-bytes': String(3 * 16 * 512), 'queue-timeout-seconds': '0.2' },
-      wrapDecoder: (d) => (slow = new SlowDecoder(d, 5)),
+      // 40 steps of 20 ms: the holder keeps the budget well past the second request's queue timeout.
+      wrapDecoder: (d) => (slow = new SlowDecoder(d, 20)),
     });
     const first = await app.request('/v1/completions', post({ prompt: 'Hello', max_tokens: 40, ignore_eos: true, stream: true, session_id: 'holder' }));
     assert.equal(first.status, 200);

@@ -8,6 +8,7 @@ import { ConfigError, helpText, loadConfig, type Config } from './config.ts';
 import type { Logger } from './lib/logger.ts';
 import { Runtime } from './runtime.ts';
 import { createApp } from './server/app.ts';
+import { otlpConfigured, startTracing } from './telemetry/otel.ts';
 
 /** pino behind the Logger interface the code uses. */
 function fromPino(logger: pino.Logger): Logger {
@@ -39,6 +40,8 @@ function main(): void {
 
   const root = pino({ level: config.logLevel, base: { service: 'warmkv' } });
   const logger = fromPino(root);
+  const tracing = startTracing({ enabled: otlpConfigured(process.env), serviceName: 'warmkv', serviceVersion: process.env.npm_package_version ?? '0.1.0' });
+  if (tracing.enabled) logger.info({ endpoint: process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT }, 'exporting traces over OTLP');
   const runtime = new Runtime(config, { logger });
   const app = createApp(runtime, { logger });
 
@@ -89,6 +92,13 @@ function main(): void {
     logger.info({ signal, drainSeconds: config.drainSeconds }, 'draining');
     runtime.markDraining();
     await runtime.drain(config.drainSeconds * 1000);
+    const tiers = runtime.serving?.tiers;
+    if (tiers?.snapshotsEnabled) {
+      const started = performance.now();
+      const { written, failed } = await tiers.flushAll();
+      logger.info({ written, failed, ms: Math.round(performance.now() - started) }, 'sessions snapshotted');
+    }
+    await tracing.shutdown().catch(() => {});
     server.close(() => {
       logger.info({}, 'stopped');
       process.exit(0);

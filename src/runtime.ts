@@ -9,10 +9,13 @@ import { KvBudget } from './cache/budget.ts';
 import { SessionStore } from './cache/session-store.ts';
 import { resolveWindowPolicy, type WindowPolicy } from './cache/window.ts';
 import { defaultKvCacheBytes, type Config } from './config.ts';
+import { TierManager } from './cache/tiers.ts';
 import { Engine } from './engine/engine.ts';
 import { silentLogger, type Logger } from './lib/logger.ts';
 import { loadModel, type Decoder, type LoadedModel } from './model/index.ts';
 import { ChatTemplate } from './server/chat-template.ts';
+import { Metrics } from './telemetry/metrics.ts';
+import { Tracing, globalTracer } from './telemetry/tracing.ts';
 
 export type RuntimeState = 'loading' | 'ready' | 'draining' | 'failed';
 
@@ -33,6 +36,9 @@ export interface Serving {
   model: ServedModel;
   engine: Engine;
   store: SessionStore;
+  tiers: TierManager;
+  metrics: Metrics;
+  tracing: Tracing;
 }
 
 export class RuntimeError extends Error {
@@ -47,6 +53,8 @@ export interface RuntimeOptions {
   wrapDecoder?: (decoder: Decoder) => Decoder;
   /** Free memory used for the default KV budget. */
   freeMemoryBytes?: () => number;
+  /** Node process metrics in /metrics (off in tests that create many runtimes). */
+  processMetrics?: boolean;
 }
 
 /** The model's context length under the config, checked against what the architecture allows. */
@@ -87,8 +95,31 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     },
     logger.child({ component: 'engine' }),
   );
+  const tiers = new TierManager(store, {
+    layout: decoder.io.kv,
+    keyMode: 'channel',
+    snapshotDir: config.snapshotDir ?? null,
+    modelFingerprint: folder.modelFingerprint,
+    tokenizerFingerprint: folder.tokenizerFingerprint,
+    logger: logger.child({ component: 'tiers' }),
+  });
+  engine.setTierRestorer((session) => tiers.restore(session));
+  const modelId = config.modelId ?? folder.id;
+  const metrics = new Metrics(
+    {
+      modelId,
+      engineStats: () => engine.stats(),
+      budget: () => ({ capacityBytes: store.budget.capacityBytes, reservedBytes: store.budget.reservedBytes }),
+      tiers: () => tiers.counts(),
+    },
+    { processMetrics: options.processMetrics ?? true },
+  );
+  engine.addObserver(metrics);
+  store.onEviction((event) => metrics.recordTierMove(event));
+  const tracing = new Tracing(globalTracer(), modelId);
+  engine.addObserver(tracing);
   const model: ServedModel = {
-    id: config.modelId ?? folder.id,
+    id: modelId,
     loaded,
     contextLength,
     window,
@@ -96,7 +127,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     createdAt: Math.floor(Date.now() / 1000),
     fingerprint: `fp_${folder.modelFingerprint.slice(0, 10)}`,
   };
-  return { model, engine, store };
+  return { model, engine, store, tiers, metrics, tracing };
 }
 
 /**
@@ -130,6 +161,7 @@ export class Runtime {
       try {
         const loaded = await load(config, logger.child({ component: 'model' }));
         const parts = assemble(config, loaded, { ...options, logger });
+        await parts.tiers.init();
         this.parts = parts;
         if (this.currentState === 'loading') this.currentState = 'ready';
         return parts;

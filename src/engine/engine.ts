@@ -140,7 +140,9 @@ export class Engine {
     if (badToken !== undefined) {
       return fail({ kind: 'invalid_request', param: 'prompt', message: `token id ${badToken} is outside the vocabulary [0, ${this.model.vocabSize})` });
     }
-    if (!(request.maxTokens >= 1)) return fail({ kind: 'invalid_request', param: 'max_tokens', message: 'max_tokens must be at least 1' });
+    if (!(Number.isInteger(request.maxTokens) && request.maxTokens >= 0)) {
+      return fail({ kind: 'invalid_request', param: 'max_tokens', message: 'max_tokens must be a non-negative integer' });
+    }
 
     let session: Session | undefined;
     if (request.sessionId !== undefined) {
@@ -444,6 +446,11 @@ export class Engine {
     sequence.pendingIndex += count;
     for (const o of this.observers) o.prefillChunk?.(sequence, { tokens: count, kvTokens: total, startMs, durationMs });
     if (sequence.remainingPending === 0) {
+      // max_tokens 0 only fills the cache (the native API's session prefill).
+      if (sequence.request.maxTokens === 0) {
+        this.finish(sequence, 'length');
+        return;
+      }
       sequence.state = 'decode';
       this.sampleNext(sequence, output.logits, count - 1, output.vocabSize);
     }

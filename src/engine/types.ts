@@ -38,6 +38,7 @@ export interface GenerationRequest {
    */
   mode: 'replace' | 'append';
   input: number[];
+  /** 0 prefills the input into the session's cache and generates nothing. */
   maxTokens: number;
   sampling: SamplingParams;
   /** Makes sampling reproducible; absent: a random seed. */

@@ -97,6 +97,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     clientSignal: c.req.raw.signal,
     pingIntervalMs,
     headers: { 'X-Request-Id': c.get('requestId') },
+    traceHeaders: { traceparent: c.req.header('traceparent'), tracestate: c.req.header('tracestate') },
     now,
   });
 
@@ -255,6 +256,13 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
       ready: runtime.state === 'ready',
     };
   };
+  app.get('/metrics', async (c) => {
+    const parts = runtime.serving;
+    if (!parts) return c.text('# the model is not loaded yet\n', 503, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
+    const { contentType, body } = await parts.metrics.render();
+    return c.body(body, 200, { 'Content-Type': contentType });
+  });
+
   app.get('/v1/models', (c) => c.json({ object: 'list', data: [modelCard()] }));
   app.get('/v1/models/:model{.+}', (c) => {
     const card = modelCard();
@@ -353,8 +361,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
       onUnknownSession: 'create',
       mode: 'replace',
       input,
-      // The engine always samples once after a prefill; that token is taken back below.
-      maxTokens: 1,
+      maxTokens: 0,
       sampling: GREEDY,
       stop: [],
       ignoreEos: true,
@@ -367,8 +374,6 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     if (end?.finishReason === 'error') throw ApiError.fromEngine(end.error ?? { kind: 'internal', message: 'prefill failed' });
     const session = parts.store.get(owner, id);
     if (!session) throw new ApiError('internal', 'session vanished after prefill');
-    // Drop the sampled token: it was never fed to the model, so the cache now holds exactly the prompt.
-    if (end?.finishReason !== 'cancelled' && !session.busy && session.tokens.length === input.length + 1) session.tokens.pop();
     c.get('logger').info({ sessionId: id, promptTokens: input.length }, 'session prefilled');
     return c.json(sessionView(session), 201, { 'X-Session-Id': id });
   });
@@ -409,6 +414,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     const parts = serving(false);
     const session = await findSession(c, parts);
     if (!parts.store.delete(session)) throw new ApiError('session_busy', `Session ${session.id} is busy with another request.`, 'session_id');
+    await parts.tiers.forget(session.owner, session.id);
     return c.json({ id: session.id, object: 'session.deleted', deleted: true });
   });
 
@@ -446,6 +452,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
   const allowed: Array<[string, string]> = [
     ['/healthz', 'GET'],
     ['/readyz', 'GET'],
+    ['/metrics', 'GET'],
     ['/v1/models', 'GET'],
     ['/v1/completions', 'POST'],
     ['/v1/chat/completions', 'POST'],

@@ -32,6 +32,8 @@ export interface GenerationContext {
   pingIntervalMs: number;
   /** Headers every response of this request carries (X-Request-Id). */
   headers: Record<string, string>;
+  /** The incoming traceparent / tracestate, so spans join the caller's trace. */
+  traceHeaders: Record<string, string | undefined>;
   now: () => number;
 }
 
@@ -78,26 +80,38 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
   ctx.clientSignal?.addEventListener('abort', onClientAbort, { once: true });
   const detach = () => ctx.clientSignal?.removeEventListener('abort', onClientAbort);
 
-  const submitted = await serving.engine.submit({ ...job.request, signal: abort.signal });
-  if (!submitted.ok) {
+  const id = completionId(job.format);
+  const requestId = job.request.requestId;
+  const { sampling } = job.request;
+  serving.tracing.startRequest({
+    requestId,
+    operation: job.format === 'chat' ? 'chat' : 'text_completion',
+    headers: ctx.traceHeaders,
+    maxTokens: job.request.maxTokens,
+    temperature: sampling.temperature,
+    topP: sampling.topP,
+    topK: sampling.topK,
+    seed: job.request.seed,
+    stream: job.stream,
+    sessionId: job.request.sessionId,
+  });
+  const failBeforeStart = (error: ApiError | ClientGoneError): never => {
     detach();
-    throw ApiError.fromEngine(submitted.error);
-  }
+    serving.tracing.endRequest(requestId, { errorType: error instanceof ApiError ? error.kind : 'client_gone' });
+    throw error;
+  };
+
+  const submitted = await serving.engine.submit({ ...job.request, operation: job.format === 'chat' ? 'chat' : 'text_completion', signal: abort.signal });
+  if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error));
   const events = submitted.events[Symbol.asyncIterator]();
   const first = await events.next();
-  if (first.done) {
-    detach();
-    throw new ApiError('internal', 'the generation ended without events');
-  }
+  if (first.done) return failBeforeStart(new ApiError('internal', 'the generation ended without events'));
   if (first.value.type === 'end') {
-    detach();
     const end = first.value;
-    if (end.error) throw ApiError.fromEngine(end.error);
-    throw new ClientGoneError();
+    return failBeforeStart(end.error ? ApiError.fromEngine(end.error) : new ClientGoneError());
   }
   const start = first.value as StartEvent;
 
-  const id = completionId(job.format);
   const created = Math.floor(ctx.now() / 1000);
   const sessionId = job.request.sessionId !== undefined ? submitted.sessionId : undefined;
   const headers: Record<string, string> = { ...ctx.headers };
@@ -108,6 +122,12 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
 
   const finished = (end: EndEvent) => {
     detach();
+    serving.tracing.endRequest(requestId, {
+      responseId: id,
+      finishReason: end.finishReason,
+      usage: end.usage,
+      errorType: end.finishReason === 'error' ? (end.error?.kind ?? '_OTHER') : end.finishReason === 'cancelled' ? 'cancelled' : undefined,
+    });
     const fields = {
       finishReason: end.finishReason,
       promptTokens: end.usage.promptTokens,
@@ -180,11 +200,13 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       }
     } catch (error) {
       log.error({ err: (error as Error).message }, 'stream failed');
+      serving.tracing.endRequest(requestId, { responseId: id, errorType: 'internal' });
       abort.abort();
       writer.send(new ApiError('internal', 'stream failed').body());
       return;
     }
     if (!end) {
+      serving.tracing.endRequest(requestId, { responseId: id, errorType: 'internal' });
       writer.send(new ApiError('internal', 'no end event').body());
       return;
     }

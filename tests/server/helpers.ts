@@ -27,6 +27,7 @@ export async function makeRuntime(options: TestServerOptions = {}): Promise<Runt
       return model;
     },
     wrapDecoder: options.wrapDecoder,
+    processMetrics: false,
   });
   if (!options.loadGate) await runtime.ready;
   return runtime;

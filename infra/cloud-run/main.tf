@@ -1,0 +1,172 @@
+# warmkv on Cloud Run with one NVIDIA L4 per instance.
+#
+# Sessions' KV caches live in instance memory. A Cloud Storage bucket is mounted at SNAPSHOT_DIR:
+# on SIGTERM (scale-in, new revision, scale to zero) the server writes its sessions there, and a
+# later instance restores a session by id when its next request arrives.
+
+locals {
+  snapshot_dir = "/var/lib/warmkv/snapshots"
+}
+
+resource "google_service_account" "warmkv" {
+  account_id   = "${var.service_name}-run"
+  display_name = "warmkv Cloud Run service"
+}
+
+resource "google_storage_bucket" "snapshots" {
+  name                        = "${var.project_id}-${var.service_name}-snapshots"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  # A session nobody resumed in two weeks is not worth keeping.
+  lifecycle_rule {
+    condition {
+      age = 14
+    }
+    action {
+      type = "Delete"
+    }
+  }
+}
+
+resource "google_storage_bucket_iam_member" "snapshots_rw" {
+  bucket = google_storage_bucket.snapshots.name
+  role   = "roles/storage.objectUser"
+  member = "serviceAccount:${google_service_account.warmkv.email}"
+}
+
+resource "google_cloud_run_v2_service" "warmkv" {
+  name                = var.service_name
+  location            = var.region
+  ingress             = "INGRESS_TRAFFIC_ALL"
+  deletion_protection = false
+
+  template {
+    service_account       = google_service_account.warmkv.email
+    execution_environment = "EXECUTION_ENVIRONMENT_GEN2"
+
+    # A streamed completion is one request for its whole length; 3600 s is Cloud Run's maximum.
+    timeout = "3600s"
+
+    # Cookie-based and best effort: clients that keep cookies return to the same instance; a miss
+    # costs a prefill (or a restore from the bucket), not a wrong answer.
+    session_affinity = true
+
+    max_instance_request_concurrency = var.concurrency
+
+    scaling {
+      min_instance_count = var.min_instances
+      max_instance_count = var.max_instances
+    }
+
+    node_selector {
+      accelerator = var.gpu_type
+    }
+    # Cheaper GPU seconds and the quota new projects get; an instance lost with its zone is
+    # restored from the snapshots anyway.
+    gpu_zonal_redundancy_disabled = true
+
+    volumes {
+      name = "snapshots"
+      gcs {
+        bucket    = google_storage_bucket.snapshots.name
+        read_only = false
+        # Files owned by the image's non-root user (uid/gid 10001).
+        mount_options = ["uid=10001", "gid=10001"]
+      }
+    }
+
+    containers {
+      image = var.image
+
+      ports {
+        container_port = 8080
+      }
+
+      resources {
+        limits = {
+          cpu              = var.cpu
+          memory           = var.memory
+          "nvidia.com/gpu" = "1"
+        }
+        # GPU services require CPU always allocated (instance-based billing); it also keeps the
+        # batching loop and the int8 demotion of idle sessions running between requests.
+        cpu_idle          = false
+        startup_cpu_boost = true
+      }
+
+      env {
+        name  = "EXECUTION_PROVIDER"
+        value = "cuda"
+      }
+      env {
+        # On an L4 (driver R535, CUDA 12.2) the CUDA 13 provider cannot start: log it and serve
+        # from the CPU rather than crash-looping (docs/deploy.md, "Cloud Run").
+        name  = "EXECUTION_PROVIDER_FALLBACK"
+        value = "true"
+      }
+      env {
+        name  = "KV_CACHE_BYTES"
+        value = var.kv_cache_bytes
+      }
+      env {
+        name  = "SNAPSHOT_DIR"
+        value = local.snapshot_dir
+      }
+      env {
+        name  = "DRAIN_SECONDS"
+        value = tostring(var.drain_seconds)
+      }
+      env {
+        # Idle sessions move to int8 after 5 minutes: half the memory and half the bytes to write
+        # in the 10 s between SIGTERM and SIGKILL.
+        name  = "INT8_AFTER_SECONDS"
+        value = "300"
+      }
+
+      volume_mounts {
+        name       = "snapshots"
+        mount_path = local.snapshot_dir
+      }
+
+      # Cloud Run sends traffic only after this passes: /readyz is 503 until the model is loaded.
+      startup_probe {
+        initial_delay_seconds = 0
+        period_seconds        = 5
+        timeout_seconds       = 3
+        failure_threshold     = 48
+        http_get {
+          path = "/readyz"
+          port = 8080
+        }
+      }
+
+      liveness_probe {
+        period_seconds    = 15
+        timeout_seconds   = 3
+        failure_threshold = 3
+        http_get {
+          path = "/healthz"
+          port = 8080
+        }
+      }
+    }
+  }
+
+  traffic {
+    type    = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
+    percent = 100
+  }
+
+  depends_on = [google_storage_bucket_iam_member.snapshots_rw]
+}
+
+resource "google_cloud_run_v2_service_iam_member" "public" {
+  count    = var.allow_unauthenticated ? 1 : 0
+  name     = google_cloud_run_v2_service.warmkv.name
+  location = google_cloud_run_v2_service.warmkv.location
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}

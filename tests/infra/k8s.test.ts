@@ -1,0 +1,189 @@
+/**
+ * The Kubernetes manifests, parsed: GPU request, probes on the right endpoints, a shutdown budget
+ * that covers preStop + drain + snapshots, labels that tie Deployment, Service, PDB, routes and the
+ * InferencePool together, header-hashed session affinity, and settings the server understands.
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { loadConfig, parseByteSize } from '../../src/config.ts';
+import { durationSeconds, parseDockerfile, parseYamlDocuments, quantityBytes, readRepoFile, ROOT, SERVER_ENV, stageEnv, stageNamed, type K8sObject } from './helpers.ts';
+
+const BASE = 'infra/k8s';
+
+function kustomizationResources(dir: string): string[] {
+  const [kustomization] = parseYamlDocuments(`${dir}/kustomization.yaml`) as unknown as { resources: string[] }[];
+  return kustomization.resources.map((resource) => `${dir}/${resource}`);
+}
+
+function load(dir: string): K8sObject[] {
+  return kustomizationResources(dir).flatMap((path) => parseYamlDocuments(path));
+}
+
+const base = load(BASE);
+const gateway = load(`${BASE}/gateway`);
+const inferenceExtension = parseYamlDocuments(`${BASE}/inference-extension/inferencepool.yaml`);
+const all = [...base, ...gateway, ...inferenceExtension];
+
+function one(objects: K8sObject[], kind: string): K8sObject {
+  const found = objects.filter((o) => o.kind === kind);
+  assert.equal(found.length, 1, `expected one ${kind}, found ${found.length}`);
+  return found[0];
+}
+
+function selects(selector: Record<string, string>, labels: Record<string, string>): boolean {
+  return Object.entries(selector).length > 0 && Object.entries(selector).every(([key, value]) => labels[key] === value);
+}
+
+const deployment = one(base, 'Deployment');
+const pod = deployment.spec.template;
+const container = pod.spec.containers[0];
+const env: Record<string, string> = Object.fromEntries(container.env.map((e: { name: string; value: string }) => [e.name, e.value]));
+const httpPort = container.ports.find((p: { name: string }) => p.name === 'http');
+
+describe('k8s: manifests', () => {
+  it('every file kustomize lists exists and parses, with apiVersion, kind and name', () => {
+    for (const dir of [BASE, `${BASE}/gateway`]) {
+      for (const path of kustomizationResources(dir)) assert.ok(existsSync(join(ROOT, path)), path);
+    }
+    for (const object of all) {
+      assert.ok(object.apiVersion && object.kind && object.metadata?.name, JSON.stringify(object).slice(0, 80));
+      assert.equal(object.metadata.namespace, undefined, `${object.kind} ${object.metadata.name}: leave the namespace to kubectl -n / kustomize`);
+    }
+  });
+
+  it('names are unique per kind', () => {
+    const keys = all.map((o) => `${o.kind}/${o.metadata.name}`);
+    assert.equal(new Set(keys).size, keys.length);
+  });
+});
+
+describe('k8s: Deployment', () => {
+  it('requests one NVIDIA GPU per pod', () => {
+    assert.equal(Number(container.resources.limits['nvidia.com/gpu']), 1);
+    const requested = container.resources.requests?.['nvidia.com/gpu'];
+    if (requested !== undefined) assert.equal(Number(requested), 1, 'GPU requests must equal limits');
+    assert.ok(pod.spec.tolerations.some((t: { key: string }) => t.key === 'nvidia.com/gpu'));
+  });
+
+  it('runs more than one replica, rolling one pod at a time without losing capacity', () => {
+    assert.ok(deployment.spec.replicas >= 2);
+    assert.equal(deployment.spec.strategy.rollingUpdate.maxUnavailable, 0);
+  });
+
+  it('probes: startup and readiness on /readyz, liveness on /healthz, all on the http port', () => {
+    assert.equal(container.startupProbe.httpGet.path, '/readyz');
+    assert.equal(container.readinessProbe.httpGet.path, '/readyz');
+    assert.equal(container.livenessProbe.httpGet.path, '/healthz');
+    for (const probe of [container.startupProbe, container.readinessProbe, container.livenessProbe]) {
+      assert.ok(probe.httpGet.port === 'http' || probe.httpGet.port === httpPort.containerPort);
+    }
+    const startupBudget = container.startupProbe.periodSeconds * container.startupProbe.failureThreshold;
+    assert.ok(startupBudget >= 120, `startup probe allows only ${startupBudget}s to load the model`);
+  });
+
+  it('gives preStop + DRAIN_SECONDS + snapshot time before SIGKILL', () => {
+    const preStop: string[] = container.lifecycle.preStop.exec.command;
+    assert.equal(preStop[0], 'sleep');
+    const preStopSeconds = Number(preStop[1]);
+    assert.ok(preStopSeconds > 0);
+    const drain = loadConfig(env).drainSeconds;
+    const grace = pod.spec.terminationGracePeriodSeconds;
+    assert.ok(grace >= preStopSeconds + drain + 15, `terminationGracePeriodSeconds ${grace} < preStop ${preStopSeconds} + drain ${drain} + 15 s for snapshots`);
+  });
+
+  it('sets only server settings, which parse, with the CUDA provider and an explicit KV budget under the memory limit', () => {
+    for (const name of Object.keys(env)) assert.ok(SERVER_ENV.has(name), `${name} is not a server setting`);
+    const config = loadConfig(env);
+    assert.equal(config.executionProvider, 'cuda');
+    assert.equal(config.port, httpPort.containerPort);
+    assert.ok(config.kvCacheBytes !== undefined, 'KV_CACHE_BYTES must be set: os.freemem() sees the node, not the pod');
+    const memoryLimit = quantityBytes(container.resources.limits.memory);
+    assert.ok(config.kvCacheBytes! <= memoryLimit * 0.6, `KV_CACHE_BYTES ${env.KV_CACHE_BYTES} leaves too little of ${container.resources.limits.memory}`);
+  });
+
+  it('mounts SNAPSHOT_DIR from the shared ReadWriteMany claim', () => {
+    const mount = container.volumeMounts.find((m: { mountPath: string }) => m.mountPath === env.SNAPSHOT_DIR);
+    assert.ok(mount, 'no volume mounted at SNAPSHOT_DIR');
+    const volume = pod.spec.volumes.find((v: { name: string }) => v.name === mount.name);
+    const claim = one(base, 'PersistentVolumeClaim');
+    assert.equal(volume.persistentVolumeClaim.claimName, claim.metadata.name);
+    assert.deepEqual(claim.spec.accessModes, ['ReadWriteMany']);
+    const snapshotBytes = deployment.spec.replicas * parseByteSize(env.KV_CACHE_BYTES)!;
+    assert.ok(quantityBytes(claim.spec.resources.requests.storage) >= snapshotBytes, 'claim smaller than replicas x KV_CACHE_BYTES');
+  });
+
+  it('runs as the image user, non-root, read-only root filesystem with a writable /tmp', () => {
+    const dockerUser = stageNamed(parseDockerfile(readRepoFile('Dockerfile')), 'cuda').instructions.find((i) => i.keyword === 'USER')!.args;
+    assert.equal(pod.spec.securityContext.runAsNonRoot, true);
+    assert.equal(`${pod.spec.securityContext.runAsUser}:${pod.spec.securityContext.runAsGroup}`, dockerUser);
+    assert.equal(container.securityContext.allowPrivilegeEscalation, false);
+    assert.equal(container.securityContext.readOnlyRootFilesystem, true);
+    assert.ok(container.volumeMounts.some((m: { mountPath: string }) => m.mountPath === '/tmp'));
+  });
+
+  it('overrides the image defaults it has to, and the image sets the rest', () => {
+    const image = stageEnv(stageNamed(parseDockerfile(readRepoFile('Dockerfile')), 'cuda'));
+    assert.equal(image.get('SNAPSHOT_DIR'), env.SNAPSHOT_DIR, 'the image creates this directory for the non-root user');
+    assert.equal(env.EXECUTION_PROVIDER_FALLBACK, 'false', 'a pod holding a GPU must not run on the CPU quietly');
+  });
+});
+
+describe('k8s: Service and PodDisruptionBudget', () => {
+  const labels = pod.metadata.labels as Record<string, string>;
+
+  it('the Service selects the pods and targets the named http port', () => {
+    const service = one(base, 'Service');
+    assert.ok(selects(service.spec.selector, labels));
+    assert.ok(selects(deployment.spec.selector.matchLabels, labels));
+    assert.equal(service.spec.ports[0].targetPort, 'http');
+  });
+
+  it('the PDB selects the pods and allows one disruption at a time', () => {
+    const pdb = one(base, 'PodDisruptionBudget');
+    assert.ok(selects(pdb.spec.selector.matchLabels, labels));
+    assert.equal(pdb.spec.maxUnavailable, 1);
+    assert.ok(deployment.spec.replicas > pdb.spec.maxUnavailable);
+  });
+});
+
+describe('k8s: routing', () => {
+  const service = one(base, 'Service');
+  const route = one(gateway, 'HTTPRoute');
+
+  it('the HTTPRoute attaches to the Gateway and sends traffic to the Service', () => {
+    const gw = one(gateway, 'Gateway');
+    assert.equal(route.spec.parentRefs[0].name, gw.metadata.name);
+    assert.equal(gw.spec.gatewayClassName, one(gateway, 'GatewayClass').metadata.name);
+    const backend = route.spec.rules[0].backendRefs[0];
+    assert.equal(backend.name, service.metadata.name);
+    assert.equal(backend.port, service.spec.ports[0].port);
+  });
+
+  it('allows streams as long as Cloud Run does (an hour)', () => {
+    const timeouts = route.spec.rules[0].timeouts;
+    assert.ok(durationSeconds(timeouts.request) >= 3600);
+    assert.ok(durationSeconds(timeouts.backendRequest) <= durationSeconds(timeouts.request));
+  });
+
+  it('Envoy Gateway hashes X-Session-Id onto the pods of that route', () => {
+    const policy = one(gateway, 'BackendTrafficPolicy');
+    assert.equal(policy.apiVersion, 'gateway.envoyproxy.io/v1alpha1');
+    assert.deepEqual(policy.spec.targetRefs, [{ group: 'gateway.networking.k8s.io', kind: 'HTTPRoute', name: route.metadata.name }]);
+    assert.equal(policy.spec.loadBalancer.type, 'ConsistentHash');
+    assert.equal(policy.spec.loadBalancer.consistentHash.type, 'Header');
+    assert.equal(policy.spec.loadBalancer.consistentHash.header.name.toLowerCase(), 'x-session-id');
+  });
+
+  it('the InferencePool selects the pods on the container port and names warmkv metrics for its picker', () => {
+    const pool = one(inferenceExtension, 'InferencePool');
+    assert.equal(pool.apiVersion, 'inference.networking.k8s.io/v1');
+    assert.ok(selects(pool.spec.selector.matchLabels, pod.metadata.labels));
+    assert.equal(pool.spec.targetPorts[0].number, httpPort.containerPort);
+    const text = readRepoFile(`${BASE}/inference-extension/inferencepool.yaml`);
+    for (const flag of ['--total-queued-requests-metric=warmkv_queue_size', '--total-running-requests-metric=warmkv_running_requests', '--kv-cache-usage-percentage-metric=warmkv_kv_cache_utilization']) {
+      assert.ok(text.includes(flag), flag);
+    }
+  });
+});

@@ -2,24 +2,23 @@
 #
 # warmkv container images. Two runtime targets:
 #
-#   docker build --platform linux/amd64 -t warmkv:cuda .                # default: NVIDIA GPU (CUDA 13 + cuDNN 9)
+#   docker build --platform linux/amd64 -t warmkv:cuda .                # default: NVIDIA GPU (CUDA 12 + cuDNN 9)
 #   docker build --platform linux/amd64 --target cpu -t warmkv:cpu .    # CPU only, no CUDA libraries
 #
 # Why these bases (details and sources in docs/deploy.md, "Image"):
-# - onnxruntime-node 1.30.0 fetches its CUDA execution provider from the NuGet package
-#   Microsoft.ML.OnnxRuntime.Gpu.Linux 1.30.0 (script/install-metadata.js; the install option is
-#   still called "cuda12", it is a manifest name, not a CUDA version). That build links
-#   libcudart.so.13 / libcublas.so.13 and cuDNN 9, so the GPU base is a CUDA 13 + cuDNN 9 runtime
-#   image. infra/docker/check-cuda-provider.sh fails this build if the provider and the base image
-#   ever disagree again (e.g. someone moves the base to CUDA 12).
-# - CUDA 13 needs an R580+ driver. Cloud Run's L4 still ships R535 (CUDA 12.2): there the
-#   provider cannot start and the image falls back to the CPU, loudly (EXECUTION_PROVIDER_FALLBACK).
+# - onnxruntime-node is pinned at 1.26.0, the last release whose CUDA execution provider (NuGet
+#   package Microsoft.ML.OnnxRuntime.Gpu.Linux 1.26.0, fetched by ONNXRUNTIME_NODE_INSTALL=cuda12)
+#   links CUDA 12 (libcudart.so.12) and cuDNN 9. From 1.27 on the NuGet build links CUDA 13, which
+#   needs an R580+ driver; Cloud Run's L4 runs R535 (CUDA 12.2), where a CUDA 12.x build runs through
+#   CUDA minor-version compatibility. So the GPU base is a CUDA 12 + cuDNN 9 runtime image.
+#   infra/docker/check-cuda-provider.sh fails this build if the provider and the base image ever
+#   disagree (e.g. someone bumps onnxruntime-node to a CUDA 13 build).
 # - Node: 24 LTS (Node 20 is end-of-life). The binary comes from the official node image, pinned
 #   by tag, so the GPU and CPU images run the very same node build, with no apt repository or
 #   signing key to trust at build time.
 
 ARG NODE_IMAGE=node:24.18.0-bookworm-slim
-ARG CUDA_IMAGE=nvidia/cuda:13.2.1-cudnn-runtime-ubuntu24.04
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 # ---------------------------------------------------------------------------------------------
 # build: compile src/ (TypeScript) to dist/ (JavaScript). Needs the dev dependencies (tsc).
@@ -94,7 +93,7 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
 ENTRYPOINT ["node", "/app/dist/main.js"]
 
 # ---------------------------------------------------------------------------------------------
-# cuda (default target): NVIDIA CUDA 13 + cuDNN 9 runtime, Ubuntu 24.04.
+# cuda (default target): NVIDIA CUDA 12 + cuDNN 9 runtime, Ubuntu 24.04.
 FROM ${CUDA_IMAGE} AS cuda
 # libvulkan1: the Vulkan loader that onnxruntime-node's WebGPU provider (Dawn) opens at run time,
 # for EXECUTION_PROVIDER=webgpu. The NVIDIA Vulkan driver itself is injected by the container

@@ -102,8 +102,9 @@ resource "google_cloud_run_v2_service" "warmkv" {
         value = "cuda"
       }
       env {
-        # On an L4 (driver R535, CUDA 12.2) the CUDA 13 provider cannot start: log it and serve
-        # from the CPU rather than crash-looping (docs/deploy.md, "Cloud Run").
+        # The image's CUDA 12 provider runs on the L4's R535 driver (CUDA 12.2) through CUDA
+        # minor-version compatibility. Should the GPU ever be missing, log it and serve from the
+        # CPU rather than crash-looping (docs/deploy.md, "Cloud Run").
         name  = "EXECUTION_PROVIDER_FALLBACK"
         value = "true"
       }

@@ -21,7 +21,7 @@ variable "image" {
 }
 
 variable "gpu_type" {
-  description = "Cloud Run accelerator. nvidia-l4 has driver R535 (CUDA 12.2): the CUDA 13 provider of the default image cannot start there and the server falls back to the CPU (docs/deploy.md). nvidia-rtx-pro-6000 has R580 (CUDA 13) and needs at least 20 CPU and 80 GiB."
+  description = "Cloud Run accelerator. nvidia-l4 has driver R535 (CUDA 12.2), which runs the image's CUDA 12 provider (docs/deploy.md). nvidia-rtx-pro-6000 (R580) runs it too and needs at least 20 CPU and 80 GiB."
   type        = string
   default     = "nvidia-l4"
 }

@@ -21,7 +21,7 @@ const runtimeStages = ['cpu', 'cuda'].map((name) => stageNamed(dockerfile, name)
  * docs/deploy.md. A bump of onnxruntime-node fails this test until someone checks the new package
  * and records its CUDA major here and in the Dockerfile's CUDA_IMAGE.
  */
-const ORT_CUDA_MAJOR: Record<string, number> = { '1.30.0': 13 };
+const ORT_CUDA_MAJOR: Record<string, number> = { '1.26.0': 12, '1.30.0': 13 };
 
 function installedOnnxruntimeVersion(): string {
   const lock = JSON.parse(readRepoFile('package-lock.json')) as { packages: Record<string, { version: string }> };

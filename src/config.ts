@@ -29,9 +29,14 @@ const byteSize = z.union([z.number(), z.string()]).transform((value, ctx) => {
   return bytes;
 });
 
-const boolish = z.union([z.boolean(), z.enum(['true', 'false', '1', '0', 'yes', 'no'])]).transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
-const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
-const seconds = z.coerce.number().min(0);
+const boolish = z
+  .union([z.boolean(), z.string().transform((v) => v.trim().toLowerCase()).pipe(z.enum(['true', 'false', '1', '0', 'yes', 'no']))])
+  .transform((v) => v === true || v === 'true' || v === '1' || v === 'yes');
+/** Numbers from text: blank means unset (the default applies); anything else must parse. */
+const numeric = (schema: z.ZodNumber) =>
+  z.preprocess((v) => (typeof v === 'string' ? (v.trim() === '' ? undefined : Number(v.trim())) : v), schema);
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => numeric(z.number().int().min(min).max(max));
+const seconds = numeric(z.number().min(0));
 const list = z.union([z.array(z.string()), z.string()]).transform((v) => (Array.isArray(v) ? v : v.split(',')).map((s) => s.trim()).filter(Boolean));
 
 export const configSchema = z.object({
@@ -91,6 +96,8 @@ export type Config = z.infer<typeof configSchema>;
 type ConfigKey = keyof z.input<typeof configSchema>;
 
 const KEYS = Object.keys(configSchema.shape) as ConfigKey[];
+/** Settings a bare flag (`--metrics-require-key`) switches on. */
+const BOOLEAN_KEYS = new Set<string>(['executionProviderFallback', 'metricsRequireKey']);
 
 /** `kvCacheBytes` -> `KV_CACHE_BYTES` and `--kv-cache-bytes`. */
 export function envName(key: string): string {
@@ -118,16 +125,19 @@ export function parseArgs(argv: readonly string[]): Record<string, string | bool
     if (!key) throw new ConfigError(`unknown option ${flag}; run with --help for the list`);
     if (inline !== undefined) values[key] = inline;
     else if (i + 1 < argv.length && !argv[i + 1].startsWith('--')) values[key] = argv[++i];
-    else values[key] = true;
+    else if (BOOLEAN_KEYS.has(key)) values[key] = true;
+    else throw new ConfigError(`invalid configuration:\n  ${envName(key)} / ${flag}: needs a value`);
   }
   return values;
 }
 
 export function loadConfig(env: Record<string, string | undefined>, argv: readonly string[] = []): Config {
   const input: Record<string, unknown> = {};
+  // Empty variables count as unset (compose files often pass `NAME=${NAME}`).
+  const read = (name: string | undefined) => (name !== undefined && env[name] !== '' ? env[name] : undefined);
   for (const key of KEYS) {
-    const value = env[envName(key)] ?? (ENV_ALIASES[key] ? env[ENV_ALIASES[key]!] : undefined);
-    if (value !== undefined && value !== '') input[key] = value;
+    const value = read(envName(key)) ?? read(ENV_ALIASES[key]);
+    if (value !== undefined) input[key] = value;
   }
   Object.assign(input, parseArgs(argv));
   const parsed = configSchema.safeParse(input);

@@ -130,6 +130,12 @@ export class SessionStore {
    * first until it fits. Returns false, having demoted nothing more than needed, when it cannot fit.
    */
   reserve(session: Session, bytes: number): boolean {
+    // Demoting every idle session frees at most what they hold; if even that is not enough, keep them warm.
+    let freeable = 0;
+    for (const candidate of this.sessions.values()) {
+      if (!candidate.pinned && candidate !== session) freeable += candidate.reservedBytes;
+    }
+    if (this.budget.reservedBytes - freeable - session.reservedBytes + bytes > this.budget.capacityBytes) return false;
     while (!this.budget.resize(session, bytes)) {
       if (!this.demoteOne(session)) return false;
     }

@@ -1,5 +1,5 @@
 /**
- * xoshiro128** seeded through splitmix32: small, fast and identical on every platform, so a request's
+ * xoshiro128** seeded through splitmix64: small, fast and identical on every platform, so a request's
  * `seed` reproduces its samples exactly, whatever else runs in the same batch.
  */
 export class Rng {
@@ -9,19 +9,22 @@ export class Rng {
   private s3: number;
 
   constructor(seed: number) {
-    // Fold a seed of up to 53 bits into the splitmix state.
-    let state = (seed >>> 0) ^ Math.floor(seed / 4294967296);
-    const next = () => {
-      state = (state + 0x9e3779b9) | 0;
+    // splitmix64 over the seed's 64-bit two's complement: every integer seed, negative or beyond
+    // 2^32, gets its own state.
+    let state = BigInt.asUintN(64, BigInt(Math.trunc(seed)));
+    const next = (): bigint => {
+      state = BigInt.asUintN(64, state + 0x9e3779b97f4a7c15n);
       let z = state;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-      return (z ^ (z >>> 16)) >>> 0;
+      z = BigInt.asUintN(64, (z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n);
+      z = BigInt.asUintN(64, (z ^ (z >> 27n)) * 0x94d049bb133111ebn);
+      return z ^ (z >> 31n);
     };
-    this.s0 = next();
-    this.s1 = next();
-    this.s2 = next();
-    this.s3 = next();
+    const a = next();
+    const b = next();
+    this.s0 = Number(a & 0xffffffffn);
+    this.s1 = Number(a >> 32n);
+    this.s2 = Number(b & 0xffffffffn);
+    this.s3 = Number(b >> 32n);
   }
 
   private nextUint32(): number {

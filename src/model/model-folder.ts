@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, statSync, openSync, readSync, closeSync } from 'node:fs';
-import { basename, join, resolve } from 'node:path';
+import { existsSync, readFileSync, readdirSync, statSync, openSync, readSync, closeSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { PositionEncoding } from './types.ts';
 
 /** Families whose exports apply RoPE in the Hugging Face rotate-half layout to the whole head (or a known part). */
@@ -53,11 +53,14 @@ function readJson(path: string, required: boolean): Record<string, unknown> | nu
     if (required) throw new ModelFolderError(`missing ${path}`);
     return null;
   }
+  let parsed: unknown;
   try {
-    return JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+    parsed = JSON.parse(readFileSync(path, 'utf8'));
   } catch (error) {
     throw new ModelFolderError(`cannot parse ${path}: ${(error as Error).message}`);
   }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new ModelFolderError(`${path} is not a JSON object`);
+  return parsed as Record<string, unknown>;
 }
 
 function numberField(config: Record<string, unknown>, ...names: string[]): number | undefined {
@@ -148,6 +151,11 @@ export function readModelFolder(dirArg: string, id?: string): ModelFolder {
 
   const modelHash = createHash('sha256').update(JSON.stringify(config));
   fileFingerprint(modelHash, onnxPath);
+  // Weights may live in external data files next to the graph (model.onnx_data, model.onnx.data, ...).
+  const onnxName = basename(onnxPath);
+  for (const file of readdirSync(dirname(onnxPath)).sort()) {
+    if (file !== onnxName && file.startsWith(onnxName.replace(/\.onnx$/, ''))) fileFingerprint(modelHash, join(dirname(onnxPath), file));
+  }
   const tokenizerHash = createHash('sha256').update(JSON.stringify(tokenizerJson)).update(JSON.stringify(tokenizerConfig));
 
   return {

@@ -142,7 +142,6 @@ describe('SessionStore', () => {
 
   test(
     'a reservation that cannot fit even after demoting every idle session demotes nothing',
-    { todo: 'SessionStore.reserve demotes idle sessions one by one before finding out that pinned sessions leave too little room, then returns false: warm caches are dropped for nothing (its doc says it demotes "nothing more than needed" when it cannot fit)' },
     () => {
       const { store: s } = store(1000);
       const events: string[] = [];

@@ -124,7 +124,6 @@ describe('readModelFolder on builder folders', () => {
 
   test(
     'the model fingerprint changes when external weight data (onnx/model.onnx_data) changes',
-    { todo: 'fileFingerprint hashes only the .onnx file; weights in the external-data file are not covered' },
     async () => {
       const dir = await testModelDir({ ...LLAMA, externalData: true });
       const copy = join(root, `copy${counter++}`);

@@ -4,6 +4,8 @@
  */
 const BENCHMARKS: Record<string, string> = {
   core: './core.ts',
+  load: './load.ts',
+  tracing: './tracing.ts',
 };
 
 const name = process.argv[2];

@@ -23,11 +23,41 @@ export interface EngineModel {
 export interface EngineOptions {
   maxBatchSize: number;
   maxQueue: number;
-  /** Most prompt tokens prefilled per loop iteration, so running streams keep getting tokens. */
+  /**
+   * Most prompt tokens prefilled per loop iteration (one chunk of one sequence). While no stream is
+   * decoding, chunks have this size; while streams decode, see `prefillStepShare`.
+   */
   prefillChunkTokens: number;
   /** A request still queued after this long is refused with cache_full / queue timeout. */
   queueTimeoutMs: number;
   window: WindowPolicy;
+  /**
+   * While streams are decoding, a prefill chunk is sized to take about this share of one decode step
+   * (both measured as the engine runs), times (prefilling + decoding) / decoding sequences, so a
+   * newcomer's prompt adds about that share to the running streams' inter-token latency, and a backlog
+   * of prompts gets more time. Default 1. `Infinity` always uses full chunks.
+   */
+  prefillStepShare?: number;
+  /** Smallest prefill chunk while streams decode, so prompts always progress. Default 16. */
+  minPrefillChunkTokens?: number;
+}
+
+/** Running totals, for benchmarks and profiling (what the loop spent its time on). */
+export interface EngineCounters {
+  decodeSteps: number;
+  /** Rows over all decode steps (mean batch size = decodeRows / decodeSteps). */
+  decodeRows: number;
+  decodeMs: number;
+  /** Cache slots of all decode steps' batches, and how many of them were left padding. */
+  batchSlots: number;
+  paddingSlots: number;
+  prefillChunks: number;
+  prefillTokens: number;
+  prefillMs: number;
+  /** Batch re-packs (every row copied into a new tensor), newcomers copied into a free row, and the copy time. */
+  repacks: number;
+  inPlaceJoins: number;
+  repackMs: number;
 }
 
 /** Hooks for telemetry; the engine itself knows nothing of spans or metrics. */
@@ -55,11 +85,23 @@ interface CachePlan {
 }
 
 interface DecodeBatch {
-  rows: Sequence[];
+  /**
+   * The sequence of each row, or null for a free row: its sequence left and the row waits for a
+   * newcomer. Free rows are still computed (on a dummy token) but nobody reads their output.
+   */
+  rows: Array<Sequence | null>;
   /** `// [rows.length, numKvHeads, length, headDim]`, row r left-padded by padding[r] slots. */
   kv: KvTensors;
   padding: number[];
+  /** Rows whose sequence is still in the batch. */
+  live: number;
 }
+
+/**
+ * Re-pack (copy every row into a new, tight tensor) when more than this share of the batch's cache
+ * slots could be saved by doing so (free rows, and padding beyond what the live rows need).
+ */
+const REPACK_WASTE_SHARE = 0.2;
 
 export interface EngineStats {
   running: number;
@@ -94,6 +136,13 @@ export class Engine {
   private restorer: TierRestorer | null = null;
   private readonly observers: EngineObserver[] = [];
   private readonly idleWaiters: Array<() => void> = [];
+  private readonly counterValues: EngineCounters = {
+    decodeSteps: 0, decodeRows: 0, decodeMs: 0, batchSlots: 0, paddingSlots: 0,
+    prefillChunks: 0, prefillTokens: 0, prefillMs: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0,
+  };
+  /** Moving averages of the decode step time and of the prefill time per prompt token (ms). */
+  private decodeStepMs = 0;
+  private prefillMsPerToken = 0;
 
   constructor(
     readonly model: EngineModel,
@@ -126,7 +175,11 @@ export class Engine {
   }
 
   stats(): EngineStats {
-    return { running: this.running.length, waiting: this.waiting.length, batchSize: this.batch?.rows.length ?? 0 };
+    return { running: this.running.length, waiting: this.waiting.length, batchSize: this.batch?.live ?? 0 };
+  }
+
+  counters(): EngineCounters {
+    return { ...this.counterValues };
   }
 
   /**
@@ -374,31 +427,62 @@ export class Engine {
     }
     const prefilling = this.running.find((s) => s.state === 'prefill');
     if (prefilling) {
-      await this.prefillChunk(prefilling);
+      let decodingRows = 0;
+      let prefillingRows = 0;
+      for (const s of this.running) {
+        if (s.state === 'decode') decodingRows++;
+        else if (s.state === 'prefill') prefillingRows++;
+      }
+      await this.prefillChunk(prefilling, decodingRows, prefillingRows);
       progressed = true;
     }
     return progressed;
+  }
+
+  /**
+   * Prompt tokens for the next prefill chunk. Alone, a full chunk (fastest time to first token). With
+   * streams decoding, as many tokens as fit in `prefillStepShare` of a decode step at the measured
+   * prefill cost per token, so each running stream's next token is delayed by about that much; the
+   * budget grows with the sequences waiting for their prefill, (prefilling + decoding) / decoding, so
+   * a backlog of prompts (many clients arriving at once) does not leave the decode batch half empty.
+   */
+  private chunkTokens(decodingRows: number, prefillingRows: number): number {
+    const max = this.options.prefillChunkTokens;
+    const share = this.options.prefillStepShare ?? 1;
+    if (decodingRows === 0 || !Number.isFinite(share) || this.decodeStepMs === 0) return max;
+    const min = Math.min(max, this.options.minPrefillChunkTokens ?? 16);
+    // Before any chunk was measured, a prompt token costs about what a decode row costs.
+    const perToken = this.prefillMsPerToken || this.decodeStepMs / Math.max(1, this.batch?.rows.length ?? 1);
+    const budgetMs = share * this.decodeStepMs * ((prefillingRows + decodingRows) / decodingRows);
+    return Math.max(min, Math.min(max, Math.floor(budgetMs / perToken)));
   }
 
   private async decodeStep(candidates: Sequence[]): Promise<void> {
     for (const sequence of candidates) {
       if (sequence.cacheLength >= this.options.window.capacity) this.dropWindow(sequence);
     }
-    const rows = candidates.filter((s) => s.state === 'decode');
-    if (rows.length === 0) return;
-    const batch = this.syncBatch(rows);
-    const batchSize = rows.length;
+    const decoding = candidates.filter((s) => s.state === 'decode');
+    if (decoding.length === 0) return;
+    const batch = this.syncBatch(decoding);
+    const slots = batch.rows;
+    const batchSize = slots.length;
     const pastLength = batch.kv.length;
     const totalLength = pastLength + 1;
     const inputIds = new BigInt64Array(batchSize); // [batch, 1]
     const positionIds = new BigInt64Array(batchSize); // [batch, 1]
     const attentionMask = new BigInt64Array(batchSize * totalLength); // [batch, past + 1]
     for (let r = 0; r < batchSize; r++) {
-      const sequence = rows[r];
-      inputIds[r] = BigInt(sequence.pending[sequence.pendingIndex]);
-      positionIds[r] = BigInt(sequence.cacheLength);
-      attentionMask.fill(1n, r * totalLength + batch.padding[r], (r + 1) * totalLength);
+      const sequence = slots[r];
+      if (sequence) {
+        inputIds[r] = BigInt(sequence.pending[sequence.pendingIndex]);
+        positionIds[r] = BigInt(sequence.cacheLength);
+        attentionMask.fill(1n, r * totalLength + batch.padding[r], (r + 1) * totalLength);
+      } else {
+        // A free row: token 0 at position 0 attending only to itself; its output is never read.
+        attentionMask[(r + 1) * totalLength - 1] = 1n;
+      }
     }
+    const rows = slots.filter((s): s is Sequence => s !== null);
     const startMs = performance.now();
     let output;
     try {
@@ -415,14 +499,24 @@ export class Engine {
       sequence.pendingIndex++;
       kvTokens += sequence.cacheLength;
     }
+    const c = this.counterValues;
+    c.decodeSteps++;
+    c.decodeRows += rows.length;
+    c.decodeMs += durationMs;
+    c.batchSlots += batchSize * totalLength;
+    c.paddingSlots += batchSize * totalLength - kvTokens;
+    this.decodeStepMs = this.decodeStepMs === 0 ? durationMs : 0.8 * this.decodeStepMs + 0.2 * durationMs;
     for (const o of this.observers) o.decodeStep?.({ sequences: rows, kvTokens, startMs, durationMs });
-    for (let r = 0; r < batchSize; r++) this.sampleNext(rows[r], output.logits, r, output.vocabSize);
+    for (let r = 0; r < batchSize; r++) {
+      const sequence = slots[r];
+      if (sequence) this.sampleNext(sequence, output.logits, r, output.vocabSize);
+    }
   }
 
-  private async prefillChunk(sequence: Sequence): Promise<void> {
+  private async prefillChunk(sequence: Sequence, decodingRows: number, prefillingRows: number): Promise<void> {
     const policy = this.options.window;
     if (sequence.cacheLength >= policy.capacity) this.dropWindow(sequence);
-    const count = Math.min(this.options.prefillChunkTokens, policy.capacity - sequence.cacheLength, sequence.remainingPending);
+    const count = Math.min(this.chunkTokens(decodingRows, prefillingRows), policy.capacity - sequence.cacheLength, sequence.remainingPending);
     const past = sequence.kv ?? emptyKv(this.layout, 1);
     const total = sequence.cacheLength + count;
     const inputIds = new BigInt64Array(count); // [1, count]
@@ -441,6 +535,15 @@ export class Engine {
       return;
     }
     const durationMs = performance.now() - startMs;
+    const c = this.counterValues;
+    c.prefillChunks++;
+    c.prefillTokens += count;
+    c.prefillMs += durationMs;
+    // Chunks of a few tokens are mostly per-call overhead; they would inflate the per-token estimate.
+    if (count >= 8) {
+      const perToken = durationMs / count;
+      this.prefillMsPerToken = this.prefillMsPerToken === 0 ? perToken : 0.7 * this.prefillMsPerToken + 0.3 * perToken;
+    }
     sequence.kv = output.present;
     sequence.cacheLength = total;
     sequence.pendingIndex += count;
@@ -476,20 +579,86 @@ export class Engine {
   }
 
   /**
-   * Makes the decode batch hold exactly `rows`, in order. Unchanged membership keeps the batch tensors
-   * as they are (the model's present output is fed straight back); a change re-packs every row once.
+   * Makes the decode batch hold exactly the sequences `decoding` (in any row order). While nobody
+   * joins or leaves, the batch stays as it is: the model's present output is fed straight back as the
+   * next past, without a copy. A sequence that leaves frees its row (no copy of the others); a newcomer
+   * that fits the batch length takes a free row and only its own cache is copied in. Everything is
+   * re-packed into a new, tight tensor only when a newcomer finds no free row or is longer than the
+   * batch, or when more than REPACK_WASTE_SHARE of the cache slots are free rows or avoidable padding.
    */
-  private syncBatch(rows: Sequence[]): DecodeBatch {
+  private syncBatch(decoding: Sequence[]): DecodeBatch {
     const current = this.batch;
-    if (current && current.rows.length === rows.length && rows.every((s, i) => current.rows[i] === s && s.batchRow === i)) {
-      return current;
+    const joining = decoding.filter((s) => s.batchRow < 0);
+    if (current && current.live + joining.length !== decoding.length) throw new Error('a batch row is not decoding');
+    if (current && joining.length === 0 && current.live === current.rows.length) return current;
+    if (current && joining.length <= current.rows.length - current.live) {
+      const length = current.kv.length;
+      if (joining.every((s) => s.kv!.length <= length) && this.wasteAfterJoin(current, joining) <= REPACK_WASTE_SHARE) {
+        this.joinInPlace(current, joining);
+        return current;
+      }
     }
+    return this.repack(decoding);
+  }
+
+  /** The share of cache slots a re-pack would save, once `joining` took free rows of `batch`. */
+  private wasteAfterJoin(batch: DecodeBatch, joining: readonly Sequence[]): number {
+    const length = batch.kv.length;
+    let longest = 0;
+    let used = 0;
+    batch.rows.forEach((s, r) => {
+      if (!s) return;
+      longest = Math.max(longest, length - batch.padding[r]);
+      used++;
+    });
+    for (const s of joining) longest = Math.max(longest, s.kv!.length);
+    used += joining.length;
+    // Slots now (all rows at the batch length) against slots after a re-pack (live rows at the longest).
+    const now = batch.rows.length * (length + 1);
+    const tight = used * (longest + 1);
+    return (now - tight) / now;
+  }
+
+  /** Copies each newcomer's own cache into a free row of the batch, left-padded to the batch length. */
+  private joinInPlace(batch: DecodeBatch, joining: readonly Sequence[]): void {
+    const copyStart = performance.now();
+    const { numKvHeads: heads, headDim, numLayers } = this.layout;
+    const length = batch.kv.length;
+    for (const sequence of joining) {
+      const row = batch.rows.indexOf(null);
+      const own = sequence.kv!;
+      const n = own.length;
+      const padding = length - n;
+      for (let layer = 0; layer < numLayers; layer++) {
+        const target = batch.kv.layers[layer];
+        const source = own.layers[layer];
+        for (let h = 0; h < heads; h++) {
+          const to = ((row * heads + h) * length + padding) * headDim;
+          const from = h * own.length * headDim;
+          (target.key as Float32Array).set((source.key as Float32Array).subarray(from, from + n * headDim), to);
+          (target.value as Float32Array).set((source.value as Float32Array).subarray(from, from + n * headDim), to);
+        }
+      }
+      batch.rows[row] = sequence;
+      batch.padding[row] = padding;
+      batch.live++;
+      sequence.batchRow = row;
+      sequence.kv = null;
+    }
+    this.counterValues.inPlaceJoins += joining.length;
+    this.counterValues.repackMs += performance.now() - copyStart;
+  }
+
+  /** A new batch of exactly `rows`, each copied once (a single newcomer alone is used as it is). */
+  private repack(rows: Sequence[]): DecodeBatch {
+    const current = this.batch;
     let kv: KvTensors;
     let padding: number[];
     if (rows.length === 1 && rows[0].batchRow < 0) {
       kv = rows[0].kv!;
       padding = [0];
     } else {
+      const copyStart = performance.now();
       const packed = gatherRows(
         this.layout,
         rows.map((s) => {
@@ -499,22 +668,27 @@ export class Engine {
       );
       kv = packed.kv;
       padding = packed.padding;
+      this.counterValues.repacks++;
+      this.counterValues.repackMs += performance.now() - copyStart;
     }
     rows.forEach((s, i) => {
       s.batchRow = i;
       s.kv = null;
     });
-    this.batch = { rows: rows.slice(), kv, padding };
+    this.batch = { rows: rows.slice(), kv, padding, live: rows.length };
     return this.batch;
   }
 
-  /** Gives a sequence its own KV back out of the decode batch. */
+  /** Gives a sequence its own KV back out of the decode batch; its row becomes free. */
   private leaveBatch(sequence: Sequence): void {
     const batch = this.batch;
     if (sequence.batchRow < 0 || !batch) return;
     sequence.kv = extractRow(this.layout, batch.kv, sequence.batchRow, batch.padding[sequence.batchRow]);
+    batch.rows[sequence.batchRow] = null;
+    batch.live--;
     sequence.batchRow = -1;
-    if (batch.rows.every((s) => s.batchRow < 0)) this.batch = null;
+    // With nobody left, the batch goes (a lone row's tensor may now be the session's cache itself).
+    if (batch.live === 0) this.batch = null;
   }
 
   /** The cache is full: drop `dropTokens` tokens after the sinks, by shifting keys or by recomputing. */

@@ -26,12 +26,15 @@ import {
   refuseUnsupported,
   type MessageBody,
 } from './schemas.ts';
+import { StreamRegistry, connectionCloser, resumeCursor } from './streams.ts';
 
 export interface AppOptions {
   logger?: Logger;
   /** Keep-alive comment interval on streams while nothing else is sent. */
   pingIntervalMs?: number;
   now?: () => number;
+  /** Resumable streams; by default kept for STREAM_RESUME_SECONDS. */
+  streams?: StreamRegistry;
 }
 
 type AppEnv = { Variables: { requestId: string; logger: Logger } };
@@ -91,11 +94,15 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
 
   const body = async (c: Ctx, allowEmpty = false) => readJsonBody(c.req.raw, config.maxBodyBytes, allowEmpty);
 
+  const streams = options.streams ?? new StreamRegistry({ resumeMs: config.streamResumeSeconds * 1000, logger: baseLogger.child({ component: 'streams' }) });
+
   const generationContext = (c: Ctx, parts: Serving): GenerationContext => ({
     serving: parts,
     logger: c.get('logger'),
     clientSignal: c.req.raw.signal,
     pingIntervalMs,
+    streams,
+    closeConnection: connectionCloser(c.env),
     headers: { 'X-Request-Id': c.get('requestId') },
     traceHeaders: { traceparent: c.req.header('traceparent'), tracestate: c.req.header('tracestate') },
     now,
@@ -448,6 +455,19 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     });
   });
 
+  // ---- resumable streams (streams.ts) ----
+
+  app.get('/v1/streams/:id', (c) => {
+    const after = resumeCursor(c.req.header('last-event-id'), c.req.query('after'));
+    return streams.resume(c.req.param('id'), ownerOf(c), after, { pingIntervalMs, closeConnection: connectionCloser(c.env) });
+  });
+
+  app.delete('/v1/streams/:id', async (c) => {
+    const id = c.req.param('id');
+    if (!(await streams.cancel(id, ownerOf(c)))) throw new ApiError('stream_not_found', `Stream ${id} not found; it may have expired.`);
+    return c.json({ id, object: 'stream.deleted', deleted: true });
+  });
+
   // Known paths with another method: 405 with Allow.
   const allowed: Array<[string, string]> = [
     ['/healthz', 'GET'],
@@ -459,6 +479,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     ['/v1/sessions', 'GET, POST'],
     ['/v1/sessions/:id', 'GET, DELETE'],
     ['/v1/sessions/:id/completions', 'POST'],
+    ['/v1/streams/:id', 'GET, DELETE'],
   ];
   for (const [path, allow] of allowed) {
     app.all(path, (c) =>

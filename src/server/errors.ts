@@ -13,6 +13,8 @@ export type HttpErrorKind =
   | 'not_found'
   | 'method_not_allowed'
   | 'session_exists'
+  | 'stream_not_found'
+  | 'stream_events_dropped'
   | 'body_too_large'
   | 'model_loading'
   | 'model_failed';
@@ -38,10 +40,12 @@ export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
   request_too_large: { status: 400, type: 'invalid_request_error', code: 'request_too_large' },
   model_not_found: { status: 404, type: 'invalid_request_error', code: 'model_not_found' },
   session_not_found: { status: 404, type: 'invalid_request_error', code: 'session_not_found' },
+  stream_not_found: { status: 404, type: 'invalid_request_error', code: 'stream_not_found' },
   not_found: { status: 404, type: 'invalid_request_error', code: 'not_found' },
   method_not_allowed: { status: 405, type: 'invalid_request_error', code: 'method_not_allowed' },
   session_busy: { status: 409, type: 'invalid_request_error', code: 'session_busy' },
   session_exists: { status: 409, type: 'invalid_request_error', code: 'session_exists' },
+  stream_events_dropped: { status: 410, type: 'invalid_request_error', code: 'stream_events_dropped' },
   body_too_large: { status: 413, type: 'invalid_request_error', code: 'body_too_large' },
   queue_full: { status: 429, type: 'rate_limit_error', code: 'queue_full', retryAfter: 1 },
   cache_full: { status: 429, type: 'rate_limit_error', code: 'cache_full', retryAfter: 5 },

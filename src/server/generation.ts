@@ -2,6 +2,10 @@
  * Runs one generation for an HTTP request and answers in OpenAI's shapes: a JSON body, or an SSE
  * stream of chunks. Response headers wait for the engine's first event, so anything that fails
  * before generation starts (queue timeout, cache full) still gets its own status code.
+ *
+ * A stream's chunks go into an event log (streams.ts) that the connection reads; with resumption on,
+ * the generation no longer depends on the connection: a client that loses it resumes with
+ * GET /v1/streams/{id}, and only DELETE (or nobody coming back in time) stops it early.
  */
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -9,7 +13,8 @@ import type { FinishReason, GenerationEvent, GenerationRequest, Usage } from '..
 import type { Logger } from '../lib/logger.ts';
 import type { Serving } from '../runtime.ts';
 import { ApiError } from './errors.ts';
-import { SSE_HEADERS, sseStream, type SseWriter } from './sse.ts';
+import { SSE_HEADERS } from './sse.ts';
+import type { EventLog, StreamRegistry } from './streams.ts';
 
 export type ResponseFormat = 'completion' | 'chat';
 
@@ -30,6 +35,10 @@ export interface GenerationContext {
   /** Aborts when the client goes away (Hono's request signal). */
   clientSignal: AbortSignal | undefined;
   pingIntervalMs: number;
+  /** Where streams are kept for resumption (and which says whether they are). */
+  streams: StreamRegistry;
+  /** Drops the connection under the response (a stalled stream reader); absent outside a Node server. */
+  closeConnection?: () => void;
   /** Headers every response of this request carries (X-Request-Id). */
   headers: Record<string, string>;
   /** The incoming traceparent / tracestate, so spans join the caller's trace. */
@@ -184,7 +193,8 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       ? { index: 0, delta: text === '' && finishReason ? {} : { content: text }, logprobs: null, finish_reason: finishReason }
       : { index: 0, text, logprobs: null, finish_reason: finishReason };
 
-  const produce = async (writer: SseWriter) => {
+  /** Reads the engine's events into the log, whoever reads the log, until the generation ends. */
+  const produce = async (writer: EventLog) => {
     let end: EndEvent | undefined;
     try {
       if (job.format === 'chat') writer.send(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
@@ -222,6 +232,16 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     writer.sendDone();
   };
 
-  const body = sseStream({ pingIntervalMs: ctx.pingIntervalMs, onCancel: () => abort.abort() }, produce);
+  const eventLog = ctx.streams.open({ id, owner: job.request.owner, abort, maxTokens: job.request.maxTokens });
+  // A resumable stream outlives its connection: only DELETE or the registry stop it from now on.
+  // Otherwise the client signal and the connection's reader both stop it, as before.
+  if (ctx.streams.enabled) {
+    detach();
+    headers['X-Stream-Id'] = id;
+  }
+  void produce(eventLog)
+    .catch(() => {})
+    .finally(() => eventLog.end());
+  const body = eventLog.reader(0, { pingIntervalMs: ctx.pingIntervalMs, closeConnection: ctx.closeConnection });
   return new Response(body, { status: 200, headers: { ...SSE_HEADERS, ...headers } });
 }

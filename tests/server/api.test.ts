@@ -218,6 +218,8 @@ describe('sessions on the OpenAI endpoints', () => {
     });
     await first.body!.cancel();
     assert.ok(slow.calls > 0);
+    // The stream outlives its connection (resumable); DELETE stops it.
+    assert.equal((await app.request(`/v1/streams/${first.headers.get('x-stream-id')}`, { method: 'DELETE' })).status, 200);
   });
 
   test('session ids are validated and the header must agree with the body', async () => {
@@ -231,10 +233,11 @@ describe('sessions on the OpenAI endpoints', () => {
 });
 
 describe('disconnects and keep-alive', () => {
-  test('cancelling the stream stops generation within one step and leaves the session consistent', async () => {
+  test('without resumption, cancelling the stream stops generation within one step and leaves the session consistent', async () => {
     let slow!: SlowDecoder;
-    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = new SlowDecoder(d, 2)) });
+    const { app, runtime } = await makeApp({ settings: { 'stream-resume-seconds': '0' }, wrapDecoder: (d) => (slow = new SlowDecoder(d, 2)) });
     const res = await app.request('/v1/completions', post({ prompt: 'Hello there', max_tokens: 1000, ignore_eos: true, stream: true, session_id: 'gone' }));
+    assert.equal(res.headers.get('x-stream-id'), null, 'not resumable');
     const reader = res.body!.getReader();
     let received = '';
     while ((received.match(/data: /g) ?? []).length < 5) received += new TextDecoder().decode((await reader.read()).value);

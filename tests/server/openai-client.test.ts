@@ -96,7 +96,7 @@ describe('openai client against a listening server', () => {
     assert.ok((usage?.prompt_tokens_details?.cached_tokens ?? 0) >= cached);
   });
 
-  test('aborting a stream stops the generation and frees the session', async () => {
+  test('aborting a stream leaves it running (resumable); DELETE /v1/streams/{id} stops it and frees the session', async () => {
     slow.decodeDelayMs = 3;
     try {
       const stream = await client.completions.create({
@@ -108,10 +108,19 @@ describe('openai client against a listening server', () => {
         session_id: 'openai-abort',
       } as unknown as OpenAI.CompletionCreateParamsStreaming);
       let chunks = 0;
-      for await (const _ of stream) if (++chunks === 5) break; // break aborts the request
+      let id = '';
+      for await (const chunk of stream) {
+        id = chunk.id;
+        if (++chunks === 5) break; // break aborts the request
+      }
       const session = server.runtime.serving!.store.get('', 'openai-abort')!;
-      await waitFor(() => !session.busy);
-      assert.ok(session.tokens.length < 200, `${session.tokens.length} tokens`);
+      const length = session.tokens.length;
+      await waitFor(() => session.tokens.length > length + 5);
+      assert.ok(session.busy, 'the generation goes on after the disconnect');
+      const deleted = await fetch(`${server.url}/v1/streams/${id}`, { method: 'DELETE' });
+      assert.deepEqual(await deleted.json(), { id, object: 'stream.deleted', deleted: true });
+      assert.ok(!session.busy, 'DELETE answers once the generation has stopped');
+      assert.ok(session.tokens.length < 1000, `${session.tokens.length} tokens`);
       assert.equal(session.cachedLength, session.tokens.length - 1);
     } finally {
       slow.decodeDelayMs = 0;
@@ -155,9 +164,14 @@ describe('openai client against a listening server', () => {
         client.chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }], session_id: 'openai-busy' } as OpenAI.ChatCompletionCreateParamsNonStreaming),
         (e: unknown) => e instanceof OpenAI.ConflictError && e.code === 'session_busy',
       );
-      holder.controller.abort();
+      let id = '';
+      for await (const chunk of holder) {
+        id = chunk.id;
+        break;
+      }
+      await fetch(`${server.url}/v1/streams/${id}`, { method: 'DELETE' });
       const session = server.runtime.serving!.store.get('', 'openai-busy')!;
-      await waitFor(() => !session.busy);
+      assert.ok(!session.busy);
     } finally {
       slow.decodeDelayMs = 0;
     }

@@ -5,7 +5,10 @@
 const BENCHMARKS: Record<string, string> = {
   core: './core.ts',
   load: './load.ts',
+  soak: './soak.ts',
   tracing: './tracing.ts',
+  window: './window.ts',
+  tiers: './tiers.ts',
 };
 
 const name = process.argv[2];

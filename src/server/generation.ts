@@ -125,6 +125,8 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
   const sessionId = job.request.sessionId !== undefined ? submitted.sessionId : undefined;
   const headers: Record<string, string> = { ...ctx.headers };
   if (sessionId !== undefined) headers['X-Session-Id'] = sessionId;
+  // Headers go out after the engine's start event, so the time spent waiting for admission is known.
+  headers['X-Queue-Time-Ms'] = String(Math.round(start.queueMs));
   const model = serving.model;
   const log = logger.child({ sessionId, route: job.route });
   let firstTokenMs: number | null = null;

@@ -9,6 +9,7 @@ import { describe, test } from 'node:test';
 import type { Sequence } from '../../src/engine/sequence.ts';
 import type { Decoder, DecoderOutput, DecoderStep } from '../../src/model/index.ts';
 import { GPT2, LLAMA, RecordingDecoder, collect, makeEngine, randomTokens, request, sampling } from '../support/fixtures.ts';
+import { SlowDecoder, listen, post } from '../server/helpers.ts';
 
 /** What one model call did, in call order, from the engine's observers. */
 type CallRecord = { kind: 'decode'; ids: string[]; rows: number } | { kind: 'prefill'; id: string; tokens: number };
@@ -331,5 +332,26 @@ describe('admission', () => {
     const finished = order.indexOf('finish holder');
     assert.equal(order[finished + 1], 'start waiter', `admitted right after: ${order.slice(finished, finished + 3).join(', ')}`);
     assert.ok(w.start!.queueMs >= 40 * 3, `queue time ${w.start!.queueMs} ms covers the holder's run`);
+  });
+});
+
+describe('queue time per request', () => {
+  test('reaches the client as X-Queue-Time-Ms, on streams and on JSON responses', async () => {
+    // One row: the second and third requests wait for the first (20 tokens of >= 10 ms).
+    const server = await listen({ settings: { 'max-batch-size': '1' }, wrapDecoder: (d) => new SlowDecoder(d, 10) });
+    try {
+      const body = (stream: boolean) => ({ prompt: 'Once upon a time', max_tokens: 20, stream, ignore_eos: true });
+      const first = fetch(`${server.url}/v1/completions`, post(body(true)));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      const [a, b, c] = await Promise.all([first, fetch(`${server.url}/v1/completions`, post(body(true))), fetch(`${server.url}/v1/completions`, post(body(false)))]);
+      const queued = [a, b, c].map((r) => Number(r.headers.get('x-queue-time-ms')));
+      await Promise.all([a.text(), b.text(), c.text()]);
+      assert.ok([a, b, c].every((r) => r.status === 200));
+      assert.ok(queued.every(Number.isInteger), JSON.stringify(queued));
+      assert.ok(queued[0] < 100, `the first request did not wait (${queued[0]} ms)`);
+      assert.ok(Math.max(queued[1], queued[2]) >= 200, `the last admitted waited for two others (${queued} ms)`);
+    } finally {
+      await server.close();
+    }
   });
 });

@@ -8,6 +8,7 @@ import { ConfigError, helpText, loadConfig, type Config } from './config.ts';
 import type { Logger } from './lib/logger.ts';
 import { Runtime } from './runtime.ts';
 import { createApp } from './server/app.ts';
+import { ApiKeyAuth, loadApiKeys } from './server/auth.ts';
 import { otlpConfigured, startTracing } from './telemetry/otel.ts';
 
 /** pino behind the Logger interface the code uses. */
@@ -28,8 +29,10 @@ function main(): void {
     return;
   }
   let config: Config;
+  let auth: ApiKeyAuth;
   try {
     config = loadConfig(process.env, argv);
+    auth = new ApiKeyAuth(loadApiKeys(config));
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`warmkv: ${error.message}\n`);
@@ -43,7 +46,20 @@ function main(): void {
   const tracing = startTracing({ enabled: otlpConfigured(process.env), serviceName: 'warmkv', serviceVersion: process.env.npm_package_version ?? '0.1.0' });
   if (tracing.enabled) logger.info({ endpoint: process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT }, 'exporting traces over OTLP');
   const runtime = new Runtime(config, { logger });
-  const app = createApp(runtime, { logger });
+  const app = createApp(runtime, { logger, auth });
+  // SIGHUP re-reads API_KEYS_FILE (API_KEYS stays as started); a file that fails the checks changes nothing.
+  process.on('SIGHUP', () => {
+    if (config.apiKeysFile === undefined) {
+      logger.warn({}, 'SIGHUP: no API_KEYS_FILE to reload');
+      return;
+    }
+    try {
+      auth.replace(loadApiKeys(config));
+      logger.info({ keys: auth.size }, 'API keys reloaded');
+    } catch (error) {
+      logger.error({ err: (error as Error).message }, 'API keys not reloaded: keeping the current keys');
+    }
+  });
 
   const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {
     logger.info({ host: info.address, port: info.port, model: config.model }, 'listening');

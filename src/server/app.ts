@@ -11,10 +11,12 @@ import { GREEDY, type SamplingParams } from '../engine/sampler.ts';
 import type { GenerationRequest } from '../engine/types.ts';
 import { silentLogger, type Logger } from '../lib/logger.ts';
 import type { Runtime, Serving } from '../runtime.ts';
+import { ApiKeyAuth, isPublicPath, loadApiKeys } from './auth.ts';
 import { readJsonBody } from './body.ts';
 import { ChatTemplateError, type ChatMessage } from './chat-template.ts';
 import { ApiError } from './errors.ts';
 import { ClientGoneError, runGeneration, type GenerationContext, type GenerationJob } from './generation.ts';
+import { KeyLimits } from './limits.ts';
 import {
   SESSION_ID_PATTERN,
   appendSchema,
@@ -35,9 +37,11 @@ export interface AppOptions {
   now?: () => number;
   /** Resumable streams; by default kept for STREAM_RESUME_SECONDS. */
   streams?: StreamRegistry;
+  /** API keys; by default read from the config (API_KEYS, API_KEYS_FILE). main.ts passes its own to reload it on SIGHUP. */
+  auth?: ApiKeyAuth;
 }
 
-type AppEnv = { Variables: { requestId: string; logger: Logger } };
+type AppEnv = { Variables: { requestId: string; logger: Logger; owner: string } };
 type Ctx = Context<AppEnv>;
 
 /** OpenAI's default for /v1/completions. */
@@ -45,11 +49,14 @@ const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
 const REQUEST_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /**
- * Whose sessions a request may see. The server runs open for now: every client is the owner "".
- * API keys will plug in here.
+ * Whose sessions (and streams) a request may see: its API key's id (`key_…`, see auth.ts), or "" when
+ * the server runs without keys. The auth middleware sets it on every route but /healthz, /readyz (and
+ * /metrics unless METRICS_REQUIRE_KEY); elsewhere this fails closed with a 500.
  */
-export function ownerOf(_c: Ctx): string {
-  return '';
+export function ownerOf(c: Ctx): string {
+  const owner = c.get('owner') as string | undefined;
+  if (owner === undefined) throw new ApiError('internal', 'ownerOf used on a route without authentication');
+  return owner;
 }
 
 export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppEnv> {
@@ -58,6 +65,10 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
   const pingIntervalMs = options.pingIntervalMs ?? 10_000;
   const now = options.now ?? Date.now;
   const app = new Hono<AppEnv>();
+  const auth = options.auth ?? new ApiKeyAuth(loadApiKeys(config));
+  if (auth.enabled) baseLogger.info({ keys: auth.size, metricsRequireKey: config.metricsRequireKey }, 'API keys required');
+  else baseLogger.warn({}, 'no API keys configured (API_KEYS / API_KEYS_FILE): the server is open to every client that can reach it');
+  const limits = new KeyLimits(config.maxStreamsPerKey, config.maxSessionsPerKey);
 
   app.use('*', async (c, next) => {
     const incoming = c.req.header('x-request-id');
@@ -71,6 +82,15 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     const fields = { method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) };
     if (c.req.path === '/healthz' || c.req.path === '/readyz') logger.debug(fields, 'request');
     else logger.info(fields, 'request');
+  });
+
+  // Every route but the public ones needs a key (401 invalid_api_key otherwise) and gets its owner.
+  app.use('*', async (c, next) => {
+    if (isPublicPath(c.req.path, config.metricsRequireKey)) return next();
+    const owner = auth.ownerFor(c.req.header('authorization'));
+    c.set('owner', owner);
+    if (owner !== '') c.set('logger', c.get('logger').child({ owner }));
+    await next();
   });
 
   app.onError((error, c) => {
@@ -87,9 +107,34 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
   const serving = (forNewWork: boolean): Serving => {
     if (runtime.state === 'draining' && forNewWork) throw new ApiError('shutting_down', 'The server is shutting down.');
     const parts = runtime.serving;
-    if (parts) return parts;
+    if (parts) return guard(parts);
     if (runtime.state === 'failed') throw new ApiError('model_failed', 'The model failed to load; see the server log.');
     throw new ApiError('model_loading', 'The model is still loading.');
+  };
+
+  let guarded: { parts: Serving; serving: Serving } | null = null;
+  /** The serving parts with the engine behind the per-key generation limit (its counter observes the engine). */
+  const guard = (parts: Serving): Serving => {
+    if (guarded?.parts !== parts) {
+      parts.engine.addObserver(limits);
+      guarded = { parts, serving: { ...parts, engine: limits.gate(parts.engine) } };
+    }
+    return guarded.serving;
+  };
+
+  /**
+   * Per-key limits before a generation: concurrent generations, and for a session that does not exist
+   * yet, the number of sessions. The new session is created here, in the same tick as the count, so
+   * concurrent requests cannot overshoot the limit.
+   */
+  const admitGeneration = async (c: Ctx, parts: Serving, sessionId: string | undefined) => {
+    const owner = ownerOf(c);
+    limits.checkStreams(owner);
+    if (sessionId === undefined) return;
+    if (parts.store.get(owner, sessionId) ?? (await parts.store.find(owner, sessionId))) return;
+    if (parts.store.get(owner, sessionId)) return;
+    limits.checkSessions(parts.store.list(owner).length);
+    parts.store.create(owner, sessionId);
   };
 
   const body = async (c: Ctx, allowEmpty = false) => readJsonBody(c.req.raw, config.maxBodyBytes, allowEmpty);
@@ -310,6 +355,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
         stop: stopsOf(b.stop),
       },
     };
+    await admitGeneration(c, parts, sessionId);
     return runGeneration(generationContext(c, parts), job);
   });
 
@@ -343,6 +389,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
         stop: [...stopsOf(b.stop), ...parts.model.chatTemplate.implicitStops],
       },
     };
+    await admitGeneration(c, parts, sessionId);
     return runGeneration(generationContext(c, parts), job);
   });
 
@@ -354,13 +401,21 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     const b = parseWith(createSessionSchema, raw);
     const owner = ownerOf(c);
     const id = b.session_id ?? newSessionId();
-    if (await parts.store.find(owner, id)) throw new ApiError('session_exists', `Session ${id} already exists.`, 'session_id');
+    const exists = () => new ApiError('session_exists', `Session ${id} already exists.`, 'session_id');
+    if (await parts.store.find(owner, id)) throw exists();
     if (b.prompt == null && b.messages == null) {
+      if (parts.store.get(owner, id)) throw exists();
+      limits.checkSessions(parts.store.list(owner).length);
       const session = parts.store.create(owner, id);
       return c.json(sessionView(session), 201, { 'X-Session-Id': id });
     }
     const input = b.messages != null ? renderChat(parts, b.messages, b.add_generation_prompt ?? false) : encodePrompt(parts, b.prompt!, true);
     checkPromptLength(input, b.messages != null ? 'messages' : 'prompt');
+    limits.checkStreams(owner);
+    if (parts.store.get(owner, id)) throw exists();
+    limits.checkSessions(parts.store.list(owner).length);
+    // Created now so the count holds; removed again if the prefill does not happen (201 or nothing).
+    const created = parts.store.create(owner, id);
     const submitted = await parts.engine.submit({
       requestId: c.get('requestId'),
       owner,
@@ -375,10 +430,16 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
       truncation: config.defaultTruncation,
       signal: c.req.raw.signal,
     });
-    if (!submitted.ok) throw ApiError.fromEngine(submitted.error);
+    if (!submitted.ok) {
+      parts.store.delete(created);
+      throw ApiError.fromEngine(submitted.error);
+    }
     let end;
     for await (const event of submitted.events) if (event.type === 'end') end = event;
-    if (end?.finishReason === 'error') throw ApiError.fromEngine(end.error ?? { kind: 'internal', message: 'prefill failed' });
+    if (end?.finishReason === 'error') {
+      parts.store.delete(created);
+      throw ApiError.fromEngine(end.error ?? { kind: 'internal', message: 'prefill failed' });
+    }
     const session = parts.store.get(owner, id);
     if (!session) throw new ApiError('internal', 'session vanished after prefill');
     c.get('logger').info({ sessionId: id, promptTokens: input.length }, 'session prefilled');
@@ -445,6 +506,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
       maxTokens: maxTokensOf(b.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, 'max_tokens'),
       stop: stopsOf(b.stop),
     };
+    await admitGeneration(c, parts, undefined);
     return runGeneration(generationContext(c, parts), {
       format: 'completion',
       route: 'session_completions',

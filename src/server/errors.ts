@@ -16,6 +16,9 @@ export type HttpErrorKind =
   | 'stream_not_found'
   | 'stream_events_dropped'
   | 'body_too_large'
+  | 'invalid_api_key'
+  | 'too_many_sessions'
+  | 'too_many_streams'
   | 'model_loading'
   | 'model_failed';
 
@@ -28,6 +31,8 @@ interface ErrorSpec {
   code: string | null;
   /** Seconds for a `Retry-After` header (429 and 503 always carry one). */
   retryAfter?: number;
+  /** Extra response headers. */
+  headers?: Record<string, string>;
 }
 
 export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
@@ -38,6 +43,8 @@ export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
   context_length_exceeded: { status: 400, type: 'invalid_request_error', code: 'context_length_exceeded' },
   prompt_too_long: { status: 400, type: 'invalid_request_error', code: 'prompt_too_long' },
   request_too_large: { status: 400, type: 'invalid_request_error', code: 'request_too_large' },
+  invalid_api_key: { status: 401, type: 'invalid_request_error', code: 'invalid_api_key', headers: { 'WWW-Authenticate': 'Bearer realm="warmkv"' } },
+  too_many_sessions: { status: 403, type: 'invalid_request_error', code: 'too_many_sessions' },
   model_not_found: { status: 404, type: 'invalid_request_error', code: 'model_not_found' },
   session_not_found: { status: 404, type: 'invalid_request_error', code: 'session_not_found' },
   stream_not_found: { status: 404, type: 'invalid_request_error', code: 'stream_not_found' },
@@ -49,6 +56,7 @@ export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
   body_too_large: { status: 413, type: 'invalid_request_error', code: 'body_too_large' },
   queue_full: { status: 429, type: 'rate_limit_error', code: 'queue_full', retryAfter: 1 },
   cache_full: { status: 429, type: 'rate_limit_error', code: 'cache_full', retryAfter: 5 },
+  too_many_streams: { status: 429, type: 'rate_limit_error', code: 'too_many_streams', retryAfter: 1 },
   internal: { status: 500, type: 'server_error', code: 'internal_error' },
   model_failed: { status: 503, type: 'service_unavailable_error', code: 'model_failed', retryAfter: 30 },
   model_loading: { status: 503, type: 'service_unavailable_error', code: 'model_loading', retryAfter: 5 },
@@ -90,7 +98,9 @@ export class ApiError extends Error {
   headers(): Record<string, string> {
     const spec = ERROR_TABLE[this.kind];
     const retry = this.retryAfterSeconds ?? spec.retryAfter;
-    return retry !== undefined && (spec.status === 429 || spec.status === 503) ? { 'Retry-After': String(Math.max(1, Math.ceil(retry))) } : {};
+    const headers = { ...spec.headers };
+    if (retry !== undefined && (spec.status === 429 || spec.status === 503)) headers['Retry-After'] = String(Math.max(1, Math.ceil(retry)));
+    return headers;
   }
 
   toResponse(requestId?: string, extraHeaders: Record<string, string> = {}): Response {

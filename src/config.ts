@@ -78,8 +78,12 @@ export const configSchema = z.object({
   maxStopSequences: int(0).default(16),
 
   snapshotDir: z.string().min(1).optional(),
+  /** Whether idle sessions pass through the int8 tier (lossy) before disk / eviction (exact). */
+  int8Tier: boolish.default(true),
   /** Idle time before a hot session is quantized to int8, if memory is not needed sooner; 0 = only under pressure. */
   int8AfterSeconds: seconds.default(0),
+  /** Idle time after which a session is deleted (memory and snapshot); 0 keeps sessions until deleted. */
+  sessionIdleSeconds: seconds.default(86400),
   streamResumeSeconds: seconds.default(60),
   drainSeconds: seconds.default(30),
 
@@ -97,7 +101,7 @@ type ConfigKey = keyof z.input<typeof configSchema>;
 
 const KEYS = Object.keys(configSchema.shape) as ConfigKey[];
 /** Settings a bare flag (`--metrics-require-key`) switches on. */
-const BOOLEAN_KEYS = new Set<string>(['executionProviderFallback', 'metricsRequireKey']);
+const BOOLEAN_KEYS = new Set<string>(['executionProviderFallback', 'metricsRequireKey', 'int8Tier']);
 
 /** `kvCacheBytes` -> `KV_CACHE_BYTES` and `--kv-cache-bytes`. */
 export function envName(key: string): string {

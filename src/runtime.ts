@@ -97,6 +97,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
   );
   const tiers = new TierManager(store, {
     layout: decoder.io.kv,
+    int8: config.int8Tier,
     keyMode: 'channel',
     snapshotDir: config.snapshotDir ?? null,
     modelFingerprint: folder.modelFingerprint,
@@ -162,6 +163,7 @@ export class Runtime {
         const loaded = await load(config, logger.child({ component: 'model' }));
         const parts = assemble(config, loaded, { ...options, logger });
         await parts.tiers.init();
+        parts.tiers.startSweeps({ int8AfterMs: config.int8AfterSeconds * 1000, idleTtlMs: config.sessionIdleSeconds * 1000 });
         this.parts = parts;
         if (this.currentState === 'loading') this.currentState = 'ready';
         return parts;

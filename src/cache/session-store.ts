@@ -151,13 +151,18 @@ export class SessionStore {
   demoteOne(except?: Session): boolean {
     for (const candidate of this.sessions.values()) {
       if (candidate.pinned || candidate === except || candidate.reservedBytes === 0) continue;
-      const from = candidate.tier;
-      const { tier: to, bytes } = this.demoter(candidate);
-      this.budget.resize(candidate, bytes);
-      for (const listener of this.listeners) listener({ session: candidate, from, to });
+      this.demote(candidate);
       return true;
     }
     return false;
+  }
+
+  /** Moves one session down (with the installed demoter, or `move`), re-accounts it and tells listeners. */
+  demote(session: Session, move: Demoter = this.demoter): void {
+    const from = session.tier;
+    const { tier: to, bytes } = move(session);
+    this.budget.resize(session, bytes);
+    for (const listener of this.listeners) listener({ session, from, to });
   }
 }
 

@@ -19,6 +19,8 @@ import { decodeSnapshotHead, decodeSnapshotPayload, encodeSnapshot, headLengthHi
 
 export interface TierOptions {
   layout: KvLayout;
+  /** false: idle sessions skip the (lossy) int8 tier and go straight to disk or eviction. */
+  int8: boolean;
   keyMode: KeyScaleMode;
   /** null: no disk tier (int8 sessions under pressure are evicted to their transcript). */
   snapshotDir: string | null;
@@ -79,15 +81,11 @@ export class TierManager {
 
   /** One tier down for an idle session; returns where it landed and the bytes it now holds. */
   demote(session: Session): { tier: Tier; bytes: number } {
-    if (session.tier === 'hot' && session.kv) {
-      session.int8 = quantizeKv(this.options.layout, session.kv, this.options.keyMode);
-      session.kv = null;
-      session.tier = 'int8';
-      return { tier: 'int8', bytes: this.int8Bytes(session.cachedLength) };
-    }
-    if (session.tier === 'int8' && this.snapshotDir) {
+    if (session.tier === 'hot' && session.kv && this.options.int8) return this.quantize(session);
+    if ((session.tier === 'int8' || session.tier === 'hot') && this.snapshotDir) {
       try {
         this.writeSync(session);
+        session.kv = null;
         session.int8 = null;
         session.tier = 'disk';
         return { tier: 'disk', bytes: 0 };
@@ -100,6 +98,42 @@ export class TierManager {
     session.cachedLength = 0;
     session.tier = 'evicted';
     return { tier: 'evicted', bytes: 0 };
+  }
+
+  private quantize(session: Session): { tier: Tier; bytes: number } {
+    session.int8 = quantizeKv(this.options.layout, session.kv!, this.options.keyMode);
+    session.kv = null;
+    session.tier = 'int8';
+    return { tier: 'int8', bytes: this.int8Bytes(session.cachedLength) };
+  }
+
+  /**
+   * Housekeeping for idle sessions, run every `intervalMs`: hot sessions idle for `int8AfterMs` are
+   * quantized (memory for others, before pressure forces it), and sessions idle for `idleTtlMs` are
+   * deleted with their snapshot. 0 turns either off. Returns a function that stops it.
+   */
+  startSweeps(options: { int8AfterMs: number; idleTtlMs: number; intervalMs?: number; now?: () => number }): () => void {
+    const now = options.now ?? Date.now;
+    const sweep = () => {
+      const time = now();
+      for (const session of [...this.store.inLruOrder()]) {
+        if (session.busy || session.pinned) continue;
+        const idle = time - session.lastUsedAt;
+        if (options.idleTtlMs > 0 && idle >= options.idleTtlMs) {
+          this.store.delete(session);
+          void this.forget(session.owner, session.id);
+          this.options.logger.debug({ sessionId: session.id, idleMs: idle }, 'idle session expired');
+        } else if (options.int8AfterMs > 0 && this.options.int8 && idle >= options.int8AfterMs && session.tier === 'hot' && session.kv) {
+          this.store.demote(session, () => this.quantize(session));
+        }
+      }
+    };
+    const intervals = [options.int8AfterMs, options.idleTtlMs].filter((ms) => ms > 0);
+    if (intervals.length === 0) return () => {};
+    const interval = options.intervalMs ?? Math.max(1000, Math.min(60_000, Math.min(...intervals) / 4));
+    const timer = setInterval(sweep, interval);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   /**

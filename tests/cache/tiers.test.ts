@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync, copyFileSync, truncateSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
@@ -191,5 +191,46 @@ describe('snapshots across restarts', () => {
     assert.equal(tiers!.snapshotsEnabled, false);
     const result = await collect(engine.submit(request(randomTokens(5, 1), { sessionId: 's', maxTokens: 3 })));
     assert.equal(result.end.finishReason, 'length');
+  });
+});
+
+describe('tier options and housekeeping', () => {
+  test('with the int8 tier off, idle sessions go from hot straight to an exact snapshot', async () => {
+    const snapshotDir = tempDir();
+    const { engine, store } = await makeEngine({ budgetBytes: 2 * 16384, tiers: { snapshotDir, int8: false } });
+    const events: EvictionEvent[] = [];
+    store.onEviction((e) => events.push(e));
+    await collect(engine.submit(request(randomTokens(20, 1), { sessionId: 'a', maxTokens: 12 })));
+    await collect(engine.submit(request(randomTokens(20, 2), { sessionId: 'b', maxTokens: 12 })));
+    await collect(engine.submit(request(randomTokens(20, 3), { sessionId: 'c', maxTokens: 12 })));
+    assert.deepEqual(moves(events), ['a:hot->disk']);
+    const next = randomTokens(5, 4);
+    const resumed = await collect(engine.submit(request(next, { sessionId: 'a', mode: 'append', maxTokens: 8 })));
+    assert.equal(resumed.start?.restoredFrom, 'disk');
+    const reference = await makeEngine({});
+    await collect(reference.engine.submit(request(randomTokens(20, 1), { sessionId: 'a', maxTokens: 12 })));
+    const warm = await collect(reference.engine.submit(request(next, { sessionId: 'a', mode: 'append', maxTokens: 8 })));
+    assert.deepEqual(resumed.tokens, warm.tokens, 'a native snapshot is exact');
+  });
+
+  test('sweeps quantize sessions idle for INT8_AFTER_SECONDS and delete sessions idle for SESSION_IDLE_SECONDS', async () => {
+    const snapshotDir = tempDir();
+    const { engine, store, tiers } = await makeEngine({ tiers: { snapshotDir } });
+    await collect(engine.submit(request(randomTokens(20, 1), { sessionId: 'old', maxTokens: 4 })));
+    await collect(engine.submit(request(randomTokens(20, 2), { sessionId: 'older', maxTokens: 4 })));
+    await tiers!.flushAll();
+    const now = Date.now();
+    store.get('', 'old')!.lastUsedAt = now - 10_000;
+    store.get('', 'older')!.lastUsedAt = now - 100_000;
+    const hotBytes = store.get('', 'old')!.reservedBytes;
+    const stop = tiers!.startSweeps({ int8AfterMs: 5_000, idleTtlMs: 60_000, intervalMs: 5, now: () => now });
+    await new Promise((resolve) => setTimeout(resolve, 40));
+    stop();
+    const old = store.get('', 'old')!;
+    assert.equal(old.tier, 'int8');
+    assert.ok(old.reservedBytes < hotBytes / 3);
+    assert.equal(store.get('', 'older'), undefined, 'expired');
+    assert.ok(!existsSync(tiers!.pathOf('', 'older')), 'its snapshot is gone too');
+    assert.ok(existsSync(tiers!.pathOf('', 'old')));
   });
 });

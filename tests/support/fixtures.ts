@@ -53,7 +53,7 @@ export interface EngineFixtureOptions extends Partial<Omit<EngineOptions, 'windo
   wrapDecoder?: (decoder: Decoder) => Decoder;
   eos?: number[];
   /** Enables the int8 / disk tiers (disk only with a snapshot directory). */
-  tiers?: { snapshotDir?: string; keyMode?: KeyScaleMode };
+  tiers?: { snapshotDir?: string; keyMode?: KeyScaleMode; int8?: boolean };
 }
 
 export interface EngineFixture {
@@ -94,6 +94,7 @@ export async function makeEngine(options: EngineFixtureOptions = {}): Promise<En
   if (options.tiers) {
     tiers = new TierManager(store, {
       layout: model.decoder.io.kv,
+      int8: options.tiers.int8 ?? true,
       keyMode: options.tiers.keyMode ?? 'channel',
       snapshotDir: options.tiers.snapshotDir ?? null,
       modelFingerprint: model.folder.modelFingerprint,

@@ -7,7 +7,8 @@ import { loadConfig, type Config } from '../src/config.ts';
 import { assemble, type Serving } from '../src/runtime.ts';
 import { silentLogger } from '../src/lib/logger.ts';
 import { emptyKv, loadModel, type Decoder, type KvTensors, type LoadedModel } from '../src/model/index.ts';
-import { argmax } from '../src/engine/sampler.ts';
+import { GREEDY, argmax } from '../src/engine/sampler.ts';
+import type { GenerationRequest } from '../src/engine/types.ts';
 import { buildModelFolder } from '../tools/model-builder/index.ts';
 
 export const DEFAULT_MODEL = 'models/warmkv-brown';
@@ -87,4 +88,21 @@ export { emptyKv };
 
 export function table(headers: string[], rows: Array<Array<string | number>>): string {
   return [`| ${headers.join(' | ')} |`, `| ${headers.map(() => '---').join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}
+
+/** A greedy request that ignores end-of-text, so every run does the same work; `overrides` adjust it. */
+export function greedyRequest(input: number[], overrides: Partial<GenerationRequest> = {}): GenerationRequest {
+  return {
+    requestId: `bench-${Math.random().toString(36).slice(2)}`,
+    owner: '',
+    onUnknownSession: 'create',
+    mode: 'replace',
+    input,
+    maxTokens: 1,
+    sampling: GREEDY,
+    stop: [],
+    ignoreEos: true,
+    truncation: 'auto',
+    ...overrides,
+  };
 }

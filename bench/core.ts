@@ -11,12 +11,11 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { GREEDY } from '../src/engine/sampler.ts';
 import type { GenerationRequest } from '../src/engine/types.ts';
 import type { Engine } from '../src/engine/engine.ts';
 import type { LoadedModel } from '../src/model/index.ts';
 import { readBrownDocuments } from '../tools/eval/brown.ts';
-import { benchConfig, benchModel, emptyKv, forward, lastArgmax, median, serving, table, writeResult } from './common.ts';
+import { benchConfig, benchModel, emptyKv, forward, greedyRequest as request, lastArgmax, median, serving, table, writeResult } from './common.ts';
 
 const { values } = parseArgs({
   args: process.argv.slice(3),
@@ -85,22 +84,6 @@ async function bareDecodeSeconds(model: LoadedModel, prompt: number[], steps: nu
     token = lastArgmax(out.logits, 1, out.vocabSize);
   }
   return (performance.now() - start) / 1000;
-}
-
-function request(input: number[], overrides: Partial<GenerationRequest> = {}): GenerationRequest {
-  return {
-    requestId: `bench-${Math.random().toString(36).slice(2)}`,
-    owner: '',
-    onUnknownSession: 'create',
-    mode: 'replace',
-    input,
-    maxTokens: 1,
-    sampling: GREEDY,
-    stop: [],
-    ignoreEos: true,
-    truncation: 'auto',
-    ...overrides,
-  };
 }
 
 /** Runs a request; returns seconds to the first token and from the first to the last token. */

@@ -11,10 +11,9 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import type { Tier } from '../src/cache/session.ts';
 import { int8BytesPerToken } from '../src/cache/int8.ts';
-import { GREEDY } from '../src/engine/sampler.ts';
 import type { GenerationRequest } from '../src/engine/types.ts';
 import type { Serving } from '../src/runtime.ts';
-import { benchConfig, benchModel, median, serving, table, writeResult } from './common.ts';
+import { benchConfig, benchModel, greedyRequest as request, median, serving, table, writeResult } from './common.ts';
 
 const { values } = parseArgs({
   args: process.argv.slice(3),
@@ -25,10 +24,6 @@ const { values } = parseArgs({
     lengths: { type: 'string', default: '512,2048' },
   },
 });
-
-function request(input: number[], overrides: Partial<GenerationRequest>): GenerationRequest {
-  return { requestId: `tiers-${Math.random()}`, owner: '', onUnknownSession: 'create', mode: 'replace', input, maxTokens: 1, sampling: GREEDY, stop: [], ignoreEos: true, truncation: 'auto', ...overrides };
-}
 
 async function drain(parts: Serving, req: GenerationRequest): Promise<{ ttftMs: number; cachedTokens: number; restoredFrom: Tier | undefined }> {
   const submitted = performance.now();

@@ -8,10 +8,9 @@
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace-base';
-import { GREEDY } from '../src/engine/sampler.ts';
 import type { Serving } from '../src/runtime.ts';
 import { Tracing } from '../src/telemetry/tracing.ts';
-import { benchConfig, benchModel, median, serving, table, writeResult } from './common.ts';
+import { benchConfig, benchModel, greedyRequest, median, serving, table, writeResult } from './common.ts';
 
 const { values } = parseArgs({
   args: process.argv.slice(3),
@@ -48,18 +47,7 @@ async function run(parts: Serving, tracing: Tracing, tokens: number, streams: nu
     Array.from({ length: streams }, async () => {
       const requestId = `trace-${counter++}`;
       tracing.startRequest({ requestId, operation: 'text_completion', headers: {}, maxTokens: tokens, stream: true });
-      const submitted = await parts.engine.submit({
-        requestId,
-        owner: '',
-        onUnknownSession: 'create',
-        mode: 'replace',
-        input: prompt,
-        maxTokens: tokens,
-        sampling: GREEDY,
-        stop: [],
-        ignoreEos: true,
-        truncation: 'auto',
-      });
+      const submitted = await parts.engine.submit(greedyRequest(prompt, { requestId, maxTokens: tokens }));
       if (!submitted.ok) throw new Error(submitted.error.message);
       for await (const event of submitted.events) {
         if (event.type === 'token') decoded++;

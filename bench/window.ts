@@ -6,9 +6,8 @@
  */
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { GREEDY } from '../src/engine/sampler.ts';
 import type { LoadedModel } from '../src/model/index.ts';
-import { benchConfig, benchModel, median, percentile, serving, table, writeResult } from './common.ts';
+import { benchConfig, benchModel, greedyRequest, median, percentile, serving, table, writeResult } from './common.ts';
 
 const { values } = parseArgs({
   args: process.argv.slice(3),
@@ -52,18 +51,7 @@ async function generate(model: LoadedModel, name: string, settings: Record<strin
     },
   });
   const prompt = Array.from({ length: promptTokens }, (_, i) => (i * 131) % 500);
-  const submitted = await parts.engine.submit({
-    requestId: `window-${name}`,
-    owner: '',
-    onUnknownSession: 'create',
-    mode: 'replace',
-    input: prompt,
-    maxTokens: tokens,
-    sampling: GREEDY,
-    stop: [],
-    ignoreEos: true,
-    truncation: 'auto',
-  });
+  const submitted = await parts.engine.submit(greedyRequest(prompt, { requestId: `window-${name}`, maxTokens: tokens }));
   if (!submitted.ok) throw new Error(submitted.error.message);
   const arrivals: number[] = [];
   for await (const event of submitted.events) if (event.type === 'token') arrivals.push(performance.now());

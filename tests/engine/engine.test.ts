@@ -1,22 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { emptyKv, type Decoder } from '../../src/model/index.ts';
 import { argmax } from '../../src/engine/sampler.ts';
-import { GPT2, LLAMA, RecordingDecoder, collect, makeEngine, randomTokens, request, sampling, testModel } from '../support/fixtures.ts';
-
-/** Last-position logits of `tokens` computed from scratch: no cache at all. */
-async function fullRecompute(decoder: Decoder, tokens: number[]): Promise<Float32Array> {
-  const n = tokens.length;
-  const out = await decoder.run({
-    batchSize: 1,
-    seqLength: n,
-    inputIds: BigInt64Array.from(tokens.map(BigInt)),
-    attentionMask: new BigInt64Array(n).fill(1n),
-    positionIds: BigInt64Array.from(tokens.map((_, i) => BigInt(i))),
-    past: emptyKv(decoder.io.kv, 1),
-  });
-  return (out.logits as Float32Array).slice((n - 1) * out.vocabSize, n * out.vocabSize);
-}
+import { GPT2, LLAMA, RecordingDecoder, collect, fullRecompute, makeEngine, randomTokens, request, sampling, testModel } from '../support/fixtures.ts';
 
 for (const [family, modelOptions] of [['llama', LLAMA], ['gpt2', GPT2]] as const) {
   describe(`engine on a ${family} builder model`, () => {

@@ -2,21 +2,13 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { resolveWindowPolicy } from '../../src/cache/window.ts';
 import { scoreTokens } from '../../src/engine/scorer.ts';
-import { emptyKv } from '../../src/model/index.ts';
-import { LLAMA, collect, makeEngine, randomTokens, request, testModel } from '../support/fixtures.ts';
+import { LLAMA, collect, makeEngine, randomTokens, request, runFromScratch, testModel } from '../support/fixtures.ts';
 
 test('dense scoring in chunks equals the log-likelihood of one full forward pass', async () => {
   const model = await testModel(LLAMA);
   const tokens = randomTokens(90, 4);
   const scored = await scoreTokens(model.decoder, tokens, { window: null, positionEncoding: model.folder.positionEncoding, chunkTokens: 16 });
-  const out = await model.decoder.run({
-    batchSize: 1,
-    seqLength: tokens.length,
-    inputIds: BigInt64Array.from(tokens, BigInt),
-    attentionMask: new BigInt64Array(tokens.length).fill(1n),
-    positionIds: BigInt64Array.from(tokens, (_, i) => BigInt(i)),
-    past: emptyKv(model.decoder.io.kv, 1),
-  });
+  const out = await runFromScratch(model.decoder, tokens);
   const logits = out.logits as Float32Array;
   let nll = 0;
   for (let i = 0; i < tokens.length - 1; i++) {

@@ -1,26 +1,14 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { resolveWindowPolicy, WindowConfigError } from '../../src/cache/window.ts';
-import { emptyKv, type Decoder } from '../../src/model/index.ts';
 import type { Session } from '../../src/cache/session.ts';
-import { GPT2, LLAMA, RecordingDecoder, collect, makeEngine, randomTokens, request, testModel } from '../support/fixtures.ts';
+import { GPT2, LLAMA, RecordingDecoder, collect, makeEngine, randomTokens, request, runFromScratch, testModel } from '../support/fixtures.ts';
 
 /** The transcript tokens a windowed session's cache holds, slot by slot. */
 function cachedTokensOf(session: Session, sinks: number): number[] {
   const dropped = session.window.droppedTokens;
   if (dropped === 0) return session.tokens.slice(0, session.cachedLength);
   return session.tokens.slice(0, sinks).concat(session.tokens.slice(sinks + dropped, dropped + session.cachedLength));
-}
-
-async function freshPresent(decoder: Decoder, tokens: number[], positionOffset = 0) {
-  return decoder.run({
-    batchSize: 1,
-    seqLength: tokens.length,
-    inputIds: BigInt64Array.from(tokens.map(BigInt)),
-    attentionMask: new BigInt64Array(tokens.length).fill(1n),
-    positionIds: BigInt64Array.from(tokens.map((_, i) => BigInt(i + positionOffset))),
-    past: emptyKv(decoder.io.kv, 1),
-  });
 }
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -40,14 +28,14 @@ describe('sliding window with attention sinks', () => {
     const session = store.get('', 'rot')!;
     assert.ok(session.window.dropEvents >= 3, `only ${session.window.dropEvents} drops`);
     const cached = cachedTokensOf(session, 4);
-    const fresh = await freshPresent(model.decoder, cached);
+    const fresh = await runFromScratch(model.decoder, cached);
     // Layer 0 depends only on each token and its position, so shifted keys must equal fresh ones.
     const keyDiff = maxAbsDiff(session.kv!.layers[0].key, fresh.present.layers[0].key);
     const valueDiff = maxAbsDiff(session.kv!.layers[0].value, fresh.present.layers[0].value);
     assert.ok(keyDiff < 1e-4, `layer-0 key difference ${keyDiff}`);
     assert.ok(valueDiff < 1e-5, `layer-0 value difference ${valueDiff}`);
     // Keys one position off are far from these: the comparison is sensitive to the rotation.
-    const offByOne = await freshPresent(model.decoder, cached, 1);
+    const offByOne = await runFromScratch(model.decoder, cached, 1);
     assert.ok(maxAbsDiff(session.kv!.layers[0].key, offByOne.present.layers[0].key) > 1e-2);
   });
 

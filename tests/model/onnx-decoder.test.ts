@@ -5,7 +5,7 @@ import { buildModelBytes, type BuildOptions } from '../../tools/model-builder/in
 import { argmax } from '../../src/engine/sampler.ts';
 import type { Logger } from '../../src/lib/logger.ts';
 import { emptyKv, ExecutionProviderError, OnnxDecoder, type Decoder } from '../../src/model/index.ts';
-import { LLAMA, GPT2, RecordingDecoder, collect, makeEngine, randomTokens, request, testModel, testModelDir } from '../support/fixtures.ts';
+import { LLAMA, GPT2, RecordingDecoder, collect, fullRecompute, makeEngine, randomTokens, request, testModel, testModelDir } from '../support/fixtures.ts';
 
 interface LogEntry {
   level: string;
@@ -22,20 +22,6 @@ function capturingLogger(entries: LogEntry[]): Logger {
     child: () => logger,
   };
   return logger;
-}
-
-/** Last-position logits of `tokens` computed from scratch: no cache at all. */
-async function fullRecompute(decoder: Decoder, tokens: number[]): Promise<Float32Array> {
-  const n = tokens.length;
-  const out = await decoder.run({
-    batchSize: 1,
-    seqLength: n,
-    inputIds: BigInt64Array.from(tokens.map(BigInt)),
-    attentionMask: new BigInt64Array(n).fill(1n),
-    positionIds: BigInt64Array.from(tokens.map((_, i) => BigInt(i))),
-    past: emptyKv(decoder.io.kv, 1),
-  });
-  return (out.logits as Float32Array).slice((n - 1) * out.vocabSize, n * out.vocabSize);
 }
 
 describe('OnnxDecoder execution providers on a CPU-only machine', () => {

@@ -13,7 +13,7 @@ import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { GREEDY, type SamplingParams } from '../../src/engine/sampler.ts';
 import type { GenerationEvent, GenerationRequest, SubmitResult, Usage } from '../../src/engine/types.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
-import { loadModel, type Decoder, type DecoderOutput, type DecoderStep, type LoadedModel } from '../../src/model/index.ts';
+import { emptyKv, loadModel, type Decoder, type DecoderOutput, type DecoderStep, type LoadedModel } from '../../src/model/index.ts';
 
 const building = new Map<string, Promise<string>>();
 
@@ -187,4 +187,23 @@ export function randomTokens(count: number, seed: number, limit = 600): number[]
     out.push((state >>> 0) % limit);
   }
   return out;
+}
+
+/** One model call on `tokens` with no cache at all (positions start at `positionOffset`). */
+export function runFromScratch(decoder: Decoder, tokens: readonly number[], positionOffset = 0): Promise<DecoderOutput> {
+  return decoder.run({
+    batchSize: 1,
+    seqLength: tokens.length,
+    inputIds: BigInt64Array.from(tokens, (t) => BigInt(t)),
+    attentionMask: new BigInt64Array(tokens.length).fill(1n),
+    positionIds: BigInt64Array.from(tokens, (_, i) => BigInt(i + positionOffset)),
+    past: emptyKv(decoder.io.kv, 1),
+  });
+}
+
+/** Last-position logits of `tokens` computed from scratch (full recomputation, no cache). */
+export async function fullRecompute(decoder: Decoder, tokens: readonly number[]): Promise<Float32Array> {
+  const out = await runFromScratch(decoder, tokens);
+  const n = tokens.length;
+  return (out.logits as Float32Array).slice((n - 1) * out.vocabSize, n * out.vocabSize);
 }

@@ -141,7 +141,7 @@ def write_configs(model, out, ctx, vocab):
         "num_attention_heads": cfg.num_attention_heads,
         "num_key_value_heads": cfg.num_key_value_heads,
         "head_dim": cfg.head_dim,
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": ctx,
         "warmkv_trained_context": ctx,
         "rope_theta": cfg.rope_theta,
         "rope_scaling": None,

@@ -4,7 +4,7 @@
  * lookup/restore, every prefill chunk and every decode step. Counts and ids only, never text.
  * The only module (with otel.ts) that imports OpenTelemetry.
  */
-import { context, propagation, trace, SpanKind, SpanStatusCode, type Span, type Tracer } from '@opentelemetry/api';
+import { context, propagation, trace, SpanKind, SpanStatusCode, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { performance } from 'node:perf_hooks';
 import type { Tier } from '../cache/session.ts';
 import type { EngineObserver } from '../engine/engine.ts';
@@ -37,7 +37,8 @@ export interface RequestSpanEnd {
 const toEpoch = (ms: number) => performance.timeOrigin + ms;
 
 export class Tracing implements EngineObserver {
-  private readonly spans = new Map<string, Span>();
+  /** Open request spans with the context their children start in (made once, not per step). */
+  private readonly spans = new Map<string, { span: Span; context: Context }>();
 
   constructor(
     private readonly tracer: Tracer,
@@ -61,14 +62,15 @@ export class Tracing implements EngineObserver {
     if (info.seed !== undefined) attributes['gen_ai.request.seed'] = info.seed;
     if (info.sessionId) attributes['gen_ai.conversation.id'] = info.sessionId;
     const span = this.tracer.startSpan(`${info.operation} ${this.modelId}`, { kind: SpanKind.SERVER, attributes }, parent);
-    this.spans.set(info.requestId, span);
+    this.spans.set(info.requestId, { span, context: trace.setSpan(parent, span) });
   }
 
   /** Closes the request span: call when the response (or stream) has ended. */
   endRequest(requestId: string, end: RequestSpanEnd): void {
-    const span = this.spans.get(requestId);
-    if (!span) return;
+    const open = this.spans.get(requestId);
+    if (!open) return;
     this.spans.delete(requestId);
+    const span = open.span;
     if (end.responseId) span.setAttribute('gen_ai.response.id', end.responseId);
     if (end.finishReason) span.setAttribute('gen_ai.response.finish_reasons', [end.finishReason]);
     if (end.usage) {
@@ -87,8 +89,7 @@ export class Tracing implements EngineObserver {
   private child(sequence: Sequence, name: string, start: number, end: number, attributes: Record<string, string | number>): void {
     const parent = this.spans.get(sequence.request.requestId);
     if (!parent) return;
-    const span = this.tracer.startSpan(name, { startTime: start, attributes }, trace.setSpan(context.active(), parent));
-    span.end(end);
+    this.tracer.startSpan(name, { startTime: start, attributes }, parent.context).end(end);
   }
 
   requestStarted(sequence: Sequence, info: { restoredFrom: Tier; restoreMs: number }): void {
@@ -123,7 +124,7 @@ export class Tracing implements EngineObserver {
   }
 
   windowDrop(sequence: Sequence, info: { droppedTokens: number; strategy: string }): void {
-    this.spans.get(sequence.request.requestId)?.addEvent('window.drop', { 'warmkv.window.dropped_tokens': info.droppedTokens, 'warmkv.window.strategy': info.strategy });
+    this.spans.get(sequence.request.requestId)?.span.addEvent('window.drop', { 'warmkv.window.dropped_tokens': info.droppedTokens, 'warmkv.window.strategy': info.strategy });
   }
 }
 

@@ -126,17 +126,41 @@ async function main(): Promise<void> {
   const prompt = promptTokens(model, 64);
   const bare: number[] = [];
   const engineRuns: number[] = [];
+  const engineModelUsPerStep: number[] = [];
+  const engineOtherUsPerStep: number[] = [];
   // Warm-up: the first runs pay for onnxruntime's allocation plans and V8's compilation.
   await bareDecodeSeconds(model, prompt, 16);
   await timed(engine, request(prompt, { maxTokens: 17 }));
   for (let i = 0; i < repeats; i++) {
     bare.push(steps / (await bareDecodeSeconds(model, prompt, steps)));
     // steps + 1 tokens: the first comes from the prefill, then `steps` decode steps like the bare loop.
+    const before = engine.counters();
     const run = await timed(engine, request(prompt, { maxTokens: steps + 1 }));
+    const after = engine.counters();
     engineRuns.push((run.tokens - 1) / run.decode);
+    // Where the engine's decode time went: inside decoder.run (onnxruntime) or in the rest of the loop.
+    const modelMs = after.decodeMs - before.decodeMs;
+    engineModelUsPerStep.push((modelMs / steps) * 1000);
+    engineOtherUsPerStep.push(((run.decode * 1000 - modelMs) / steps) * 1000);
   }
-  const overhead = { steps, repeats, bareTokensPerSecond: median(bare), engineTokensPerSecond: median(engineRuns), ratio: median(engineRuns) / median(bare), bareRuns: bare, engineRuns };
-  console.error(`(b) decode: bare ${overhead.bareTokensPerSecond.toFixed(1)} tok/s, engine ${overhead.engineTokensPerSecond.toFixed(1)} tok/s, ratio ${overhead.ratio.toFixed(3)}`);
+  const overhead = {
+    steps,
+    repeats,
+    bareTokensPerSecond: median(bare),
+    engineTokensPerSecond: median(engineRuns),
+    ratio: median(engineRuns) / median(bare),
+    // Each repeat runs the bare loop and then the engine: the median of the per-repeat ratios is less
+    // sensitive to a shared CPU whose speed drifts between repeats.
+    pairedRatioMedian: median(engineRuns.map((e, i) => e / bare[i])),
+    bareRuns: bare,
+    engineRuns,
+    engineModelUsPerStep: median(engineModelUsPerStep),
+    engineOtherUsPerStep: median(engineOtherUsPerStep),
+  };
+  console.error(
+    `(b) decode: bare ${overhead.bareTokensPerSecond.toFixed(1)} tok/s, engine ${overhead.engineTokensPerSecond.toFixed(1)} tok/s, ratio ${overhead.ratio.toFixed(3)} (paired ${overhead.pairedRatioMedian.toFixed(3)}); ` +
+      `engine step: ${overhead.engineModelUsPerStep.toFixed(0)} us in decoder.run, ${overhead.engineOtherUsPerStep.toFixed(0)} us elsewhere`,
+  );
 
   const history = promptTokens(model, values.quick ? 500 : 2016);
   const historyLength = history.length - 16;
@@ -162,8 +186,8 @@ async function main(): Promise<void> {
     ),
     '',
     table(
-      ['decode steps', 'bare onnxruntime (tok/s)', 'warmkv engine (tok/s)', 'ratio (goal >= 0.95)'],
-      [[steps, overhead.bareTokensPerSecond.toFixed(1), overhead.engineTokensPerSecond.toFixed(1), overhead.ratio.toFixed(3)]],
+      ['decode steps', 'repeats', 'bare onnxruntime (tok/s)', 'warmkv engine (tok/s)', 'ratio (goal >= 0.95)', 'engine step: in decoder.run / elsewhere (us)'],
+      [[steps, repeats, overhead.bareTokensPerSecond.toFixed(1), overhead.engineTokensPerSecond.toFixed(1), overhead.ratio.toFixed(3), `${overhead.engineModelUsPerStep.toFixed(0)} / ${overhead.engineOtherUsPerStep.toFixed(0)}`]],
     ),
     '',
     table(

@@ -23,6 +23,8 @@ interface Run {
   name: string;
   tokensPerSecond: number;
   medianGapMs: number;
+  /** Median step without the steps that carried a drop. */
+  steadyMedianGapMs: number;
   p99GapMs: number;
   dropEvents: number;
   meanDropGapMs: number;
@@ -31,24 +33,16 @@ interface Run {
 
 async function generate(model: LoadedModel, name: string, settings: Record<string, string>, tokens: number, promptTokens = 64): Promise<Run> {
   const parts = serving(benchConfig({ KV_CACHE_BYTES: '1GiB', ...settings }), model);
-  let dropPending = false;
-  const dropSteps = new Set<number>();
-  let step = 0;
+  // Indices of the output tokens that a window drop delayed: the drop happens right before the next
+  // token is computed (a shift before a decode step; with recompute, a prefill that yields the token),
+  // so the delayed token's index is the count generated so far. Counting by decode steps would be
+  // wrong after the first recompute drop, whose token comes from a prefill, not a decode step.
+  const dropTokens = new Set<number>();
   let maxKvTokens = 0;
   parts.engine.addObserver({
-    windowDrop: () => (dropPending = true),
-    decodeStep: (info) => {
-      step++;
-      maxKvTokens = Math.max(maxKvTokens, info.kvTokens);
-      if (dropPending) dropSteps.add(step);
-      dropPending = false;
-    },
-    prefillChunk: (_s, info) => {
-      maxKvTokens = Math.max(maxKvTokens, info.kvTokens);
-      // With recompute the drop is a prefill; the token after it is sampled from that prefill.
-      if (dropPending) dropSteps.add(step + 1);
-      dropPending = false;
-    },
+    windowDrop: (sequence) => dropTokens.add(sequence.generated.length),
+    decodeStep: (info) => (maxKvTokens = Math.max(maxKvTokens, info.kvTokens)),
+    prefillChunk: (_s, info) => (maxKvTokens = Math.max(maxKvTokens, info.kvTokens)),
   });
   const prompt = Array.from({ length: promptTokens }, (_, i) => (i * 131) % 500);
   const submitted = await parts.engine.submit(greedyRequest(prompt, { requestId: `window-${name}`, maxTokens: tokens }));
@@ -56,14 +50,16 @@ async function generate(model: LoadedModel, name: string, settings: Record<strin
   const arrivals: number[] = [];
   for await (const event of submitted.events) if (event.type === 'token') arrivals.push(performance.now());
   const gaps = arrivals.slice(1).map((t, i) => t - arrivals[i]);
-  // gaps[i] is the time to token i + 1, produced by decode step i + 1.
-  const dropGaps = gaps.filter((_, i) => dropSteps.has(i + 1));
+  // gaps[i] is the time from token i to token i + 1.
+  const dropGaps = gaps.filter((_, i) => dropTokens.has(i + 1));
+  const steadyGaps = gaps.filter((_, i) => !dropTokens.has(i + 1));
   const run: Run = {
     name,
     tokensPerSecond: (arrivals.length - 1) / ((arrivals.at(-1)! - arrivals[0]) / 1000),
     medianGapMs: median(gaps),
     p99GapMs: percentile(gaps, 99),
-    dropEvents: dropSteps.size,
+    dropEvents: dropTokens.size,
+    steadyMedianGapMs: median(steadyGaps),
     meanDropGapMs: dropGaps.length ? dropGaps.reduce((a, b) => a + b, 0) / dropGaps.length : 0,
     maxKvTokens,
   };

@@ -18,6 +18,7 @@
  * for the default tag). Loopback only; every level stops by itself after --level-seconds.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { setMaxListeners } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { loadavg } from 'node:os';
@@ -104,7 +105,7 @@ async function copyCost(model: LoadedModel): Promise<CopyCostRow[]> {
       const sources = Array.from({ length: rows }, () => ({ kv: single, row: 0, segments: [[0, context] as const] }));
       const gatherTimes: number[] = [];
       let packed = gatherRows(layout, sources);
-      for (let i = 0; i < 7; i++) {
+      for (let i = 0; i < 11; i++) {
         const t = performance.now();
         packed = gatherRows(layout, sources);
         gatherTimes.push(performance.now() - t);
@@ -119,7 +120,7 @@ async function copyCost(model: LoadedModel): Promise<CopyCostRow[]> {
       };
       await decoder.run(step);
       const stepTimes: number[] = [];
-      for (let i = 0; i < 7; i++) {
+      for (let i = 0; i < 11; i++) {
         const t = performance.now();
         await decoder.run(step);
         stepTimes.push(performance.now() - t);
@@ -320,6 +321,8 @@ async function runLevel(server: Server, modelId: string, concurrency: number, ne
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: levelSeconds * 1000 + 60_000 });
   const deadline = performance.now() + levelSeconds * 1000;
   const controller = new AbortController();
+  // Every request of the level listens on this one signal.
+  setMaxListeners(0, controller.signal);
   const hardStop = setTimeout(() => controller.abort(), levelSeconds * 1000 + 60_000);
   const records: RequestRecord[] = [];
   const before = await scrape(url);
@@ -404,7 +407,7 @@ const loadBefore = loadavg();
 let copy: CopyCostRow[] = [];
 if (!values['skip-copy']) {
   copy = await copyCost(model);
-  console.log('\nRe-packing a decode batch (gatherRows) against one decode step, medians of 7:\n');
+  console.log('\nRe-packing a decode batch (gatherRows) against one decode step, medians of 11:\n');
   console.log(
     table(
       ['rows', 'context', 'decode step ms', 'gatherRows ms', 'copy / step'],

@@ -38,7 +38,11 @@ export interface EngineOptions {
    * of prompts gets more time. Default 1. `Infinity` always uses full chunks.
    */
   prefillStepShare?: number;
-  /** Smallest prefill chunk while streams decode, so prompts always progress. Default 16. */
+  /**
+   * Smallest prefill chunk while streams decode. Default 128: smaller chunks cost more per token (each
+   * call re-reads the weights and copies the prompt's cache so far) and keep newcomers out of the decode
+   * batch for more iterations, which cost more throughput than they save in inter-token latency.
+   */
   minPrefillChunkTokens?: number;
 }
 
@@ -450,7 +454,7 @@ export class Engine {
     const max = this.options.prefillChunkTokens;
     const share = this.options.prefillStepShare ?? 1;
     if (decodingRows === 0 || !Number.isFinite(share) || this.decodeStepMs === 0) return max;
-    const min = Math.min(max, this.options.minPrefillChunkTokens ?? 16);
+    const min = Math.min(max, this.options.minPrefillChunkTokens ?? 128);
     // Before any chunk was measured, a prompt token costs about what a decode row costs.
     const perToken = this.prefillMsPerToken || this.decodeStepMs / Math.max(1, this.batch?.rows.length ?? 1);
     const budgetMs = share * this.decodeStepMs * ((prefillingRows + decodingRows) / decodingRows);

@@ -117,6 +117,7 @@ describe('batching across sessions', () => {
         dispose: () => inner.dispose(),
       }),
     });
+    engine.options.minPrefillChunkTokens = 16;
     const chunks: Array<{ id: string; tokens: number; decoding: number }> = [];
     engine.addObserver({
       prefillChunk: (s, info) => chunks.push({ id: s.request.requestId, tokens: info.tokens, decoding: engine.stats().running - 1 }),

@@ -4,6 +4,7 @@
  *   npm run eval -- [--model DIR] [--text FILE | --heldout] [--tokens N] [--chunk 64]
  *                   [--context N] [--sinks 4] [--drop N] [--strategy shift|recompute|none] [--int8 channel|token]
  *   npm run eval -- --suite streaming|int8 [--tokens N] [--out bench/results]
+ *   npm run eval -- [custom options] --name NAME     also writes <out>/eval-NAME.json for a custom run
  *
  * Without --context the whole text is attended densely (no truncation). --strategy none with a context
  * scores independent context-sized chunks (each starts from an empty cache). The suites run the
@@ -33,6 +34,7 @@ const { values } = parseArgs({
     strategy: { type: 'string', default: 'shift' },
     int8: { type: 'string' },
     suite: { type: 'string' },
+    name: { type: 'string' },
     out: { type: 'string', default: 'bench/results' },
     threads: { type: 'string' },
     help: { type: 'boolean', default: false },
@@ -115,7 +117,7 @@ function agreement(a: Int32Array, b: Int32Array): number {
 function table(results: RunResult[], baseline: RunResult | undefined): string {
   const lines = ['| configuration | tokens | perplexity | vs baseline | top-1 agreement | drops | tokens/s |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: |'];
   for (const r of results) {
-    const delta = baseline && r !== baseline ? `${(((r.perplexity - baseline.perplexity) / baseline.perplexity) * 100).toFixed(2)}%` : '—';
+    const delta = baseline && r !== baseline ? `${(((r.perplexity - baseline.perplexity) / baseline.perplexity) * 100).toFixed(3)}%` : '—';
     const top1 = r.top1Agreement === undefined ? '—' : `${(r.top1Agreement * 100).toFixed(2)}%`;
     lines.push(`| ${r.name} | ${r.tokens} | ${r.perplexity.toFixed(2)} | ${delta} | ${top1} | ${r.dropEvents} | ${r.tokensPerSecond.toFixed(0)} |`);
   }
@@ -181,9 +183,9 @@ async function main(): Promise<void> {
   const baseline = values.suite === 'streaming' ? results[0] : values.suite === 'int8' ? results[0] : undefined;
   const markdown = table(results, baseline);
   console.log(markdown);
-  if (values.suite) {
+  if (values.suite || values.name) {
     mkdirSync(values.out!, { recursive: true });
-    const file = join(values.out!, `eval-${values.suite}.json`);
+    const file = join(values.out!, `eval-${values.suite ?? values.name}.json`);
     writeFileSync(file, JSON.stringify({ model: model.folder.id, modelFingerprint: model.folder.modelFingerprint, chunk, date: new Date().toISOString(), results, markdown }, null, 2));
     console.error(`wrote ${file}`);
   }

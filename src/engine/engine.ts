@@ -5,7 +5,7 @@ import { dropAndShift, gatherRows, extractRow, prefixOf, rotaryInverseFrequencie
 import { reusableSlots, type WindowPolicy } from '../cache/window.ts';
 import { halfArrayToFloat } from '../lib/float16.ts';
 import { silentLogger, type Logger } from '../lib/logger.ts';
-import { emptyKv, type Decoder, type KvData, type KvTensors, type PositionEncoding } from '../model/types.ts';
+import { emptyKv, kvOnHost, type Decoder, type KvData, type KvTensors, type PositionEncoding } from '../model/types.ts';
 import type { TokenDecoder } from './detokenizer.ts';
 import { Sampler } from './sampler.ts';
 import { Sequence } from './sequence.ts';
@@ -279,6 +279,9 @@ export class Engine {
     try {
       while (this.waiting.length > 0 || this.running.length > 0) {
         this.woken = false;
+        // Cancelled sequences leave with their KV on the host (awaited only when some is on a device,
+        // so a request that finds room is still admitted in the same tick it was submitted).
+        if (this.hasDeviceKv() && this.running.some((s) => s.abortReason || s.request.signal?.aborted)) await this.hostAll();
         this.reapCancelled();
         await this.admit();
         const progressed = await this.iterate();
@@ -287,6 +290,7 @@ export class Engine {
     } catch (error) {
       this.logger.error({ err: (error as Error).message, stack: (error as Error).stack }, 'engine loop failed');
       const engineError: EngineError = { kind: 'internal', message: 'internal error in the generation loop' };
+      await this.hostAll().catch(() => {});
       for (const sequence of [...this.running, ...this.waiting]) this.finish(sequence, 'error', engineError);
     } finally {
       this.looping = false;
@@ -462,6 +466,11 @@ export class Engine {
   }
 
   private async decodeStep(candidates: Sequence[]): Promise<void> {
+    // Device-resident KV stays put while the batch does not change; anything else works on the host.
+    const joining = candidates.filter((s) => s.batchRow < 0).length;
+    if (this.hasDeviceKv() && (candidates.some((s) => s.cacheLength >= this.options.window.capacity) || (joining > 0 && (this.batch || joining > 1)))) {
+      await this.hostAll();
+    }
     for (const sequence of candidates) {
       if (sequence.cacheLength >= this.options.window.capacity) this.dropWindow(sequence);
     }
@@ -492,7 +501,7 @@ export class Engine {
     try {
       output = await this.model.decoder.run({ batchSize, seqLength: 1, inputIds, attentionMask, positionIds, past: batch.kv });
     } catch (error) {
-      this.failStep(rows, error);
+      await this.failStep(rows, error);
       return;
     }
     const durationMs = performance.now() - startMs;
@@ -511,15 +520,22 @@ export class Engine {
     c.paddingSlots += batchSize * totalLength - kvTokens;
     this.decodeStepMs = this.decodeStepMs === 0 ? durationMs : 0.8 * this.decodeStepMs + 0.2 * durationMs;
     for (const o of this.observers) o.decodeStep?.({ sequences: rows, kvTokens, startMs, durationMs });
+    const finished: Array<[Sequence, FinishReason]> = [];
     for (let r = 0; r < batchSize; r++) {
       const sequence = slots[r];
-      if (sequence) this.sampleNext(sequence, output.logits, r, output.vocabSize);
+      const reason = sequence ? this.sampleNext(sequence, output.logits, r, output.vocabSize) : null;
+      if (reason) finished.push([sequence!, reason]);
     }
+    if (finished.length > 0 && this.hasDeviceKv()) await this.hostAll();
+    for (const [sequence, reason] of finished) this.finish(sequence, reason);
   }
 
   private async prefillChunk(sequence: Sequence, decodingRows: number, prefillingRows: number): Promise<void> {
     const policy = this.options.window;
-    if (sequence.cacheLength >= policy.capacity) this.dropWindow(sequence);
+    if (sequence.cacheLength >= policy.capacity) {
+      await this.hostSequence(sequence);
+      this.dropWindow(sequence);
+    }
     const count = Math.min(this.chunkTokens(decodingRows, prefillingRows), policy.capacity - sequence.cacheLength, sequence.remainingPending);
     const past = sequence.kv ?? emptyKv(this.layout, 1);
     const total = sequence.cacheLength + count;
@@ -535,7 +551,7 @@ export class Engine {
     try {
       output = await this.model.decoder.run({ batchSize: 1, seqLength: count, inputIds, attentionMask, positionIds, past });
     } catch (error) {
-      this.failStep([sequence], error);
+      await this.failStep([sequence], error);
       return;
     }
     const durationMs = performance.now() - startMs;
@@ -554,17 +570,19 @@ export class Engine {
     for (const o of this.observers) o.prefillChunk?.(sequence, { tokens: count, kvTokens: total, startMs, durationMs });
     if (sequence.remainingPending === 0) {
       // max_tokens 0 only fills the cache (the native API's session prefill).
-      if (sequence.request.maxTokens === 0) {
-        this.finish(sequence, 'length');
-        return;
-      }
-      sequence.state = 'decode';
-      this.sampleNext(sequence, output.logits, count - 1, output.vocabSize);
+      const reason = sequence.request.maxTokens === 0 ? 'length' : this.sampleNext(sequence, output.logits, count - 1, output.vocabSize);
+      if (reason) {
+        if (sequence.kv?.device) await this.hostSequence(sequence);
+        this.finish(sequence, reason);
+      } else sequence.state = 'decode';
     }
   }
 
-  /** Samples the token after row `row` of the logits and either finishes the sequence or queues the token. */
-  private sampleNext(sequence: Sequence, logits: KvData, row: number, vocabSize: number): void {
+  /**
+   * Samples the token after row `row` of the logits; returns why the sequence ends, or null after
+   * queueing the token as the next input.
+   */
+  private sampleNext(sequence: Sequence, logits: KvData, row: number, vocabSize: number): FinishReason | null {
     const offset = row * vocabSize;
     let rowLogits: Float32Array;
     if (logits instanceof Float32Array) rowLogits = logits.subarray(offset, offset + this.model.vocabSize);
@@ -574,12 +592,24 @@ export class Engine {
     const token = this.sampler.sample(rowLogits, request.sampling, greedy ? null : sequence.rng, sequence.seen);
     if (sequence.firstTokenAt === 0) sequence.firstTokenAt = this.now();
     const reason = sequence.accept(token);
-    if (reason) {
-      this.finish(sequence, reason);
-      return;
-    }
+    if (reason) return reason;
     sequence.pending = [token];
     sequence.pendingIndex = 0;
+    return null;
+  }
+
+  private hasDeviceKv(): boolean {
+    return Boolean(this.batch?.kv.device) || this.running.some((s) => s.kv?.device);
+  }
+
+  /** Brings the batch's and every running sequence's KV to host memory, where the cache code works. */
+  private async hostAll(): Promise<void> {
+    if (this.batch?.kv.device) this.batch.kv = await kvOnHost(this.batch.kv);
+    for (const sequence of this.running) await this.hostSequence(sequence);
+  }
+
+  private async hostSequence(sequence: Sequence): Promise<void> {
+    if (sequence.kv?.device) sequence.kv = await kvOnHost(sequence.kv);
   }
 
   /**
@@ -724,9 +754,10 @@ export class Engine {
   }
 
   /** A model call failed: its sequences end with an error; their caches still hold the state before the call. */
-  private failStep(sequences: Sequence[], error: unknown): void {
+  private async failStep(sequences: Sequence[], error: unknown): Promise<void> {
     this.logger.error({ err: (error as Error).message, sequences: sequences.map((s) => s.request.requestId) }, 'model step failed');
     const engineError: EngineError = { kind: 'internal', message: 'the model failed while generating' };
+    await this.hostAll();
     for (const sequence of sequences) this.finish(sequence, 'error', engineError);
   }
 

@@ -8,7 +8,7 @@ import { dequantizeKv, quantizeKv, type KeyScaleMode } from '../cache/int8.ts';
 import { dropAndShift, rotaryInverseFrequencies } from '../cache/kv-ops.ts';
 import type { WindowPolicy } from '../cache/window.ts';
 import { halfToFloat } from '../lib/float16.ts';
-import { emptyKv, type Decoder, type KvTensors, type PositionEncoding } from '../model/types.ts';
+import { emptyKv, kvOnHost, type Decoder, type KvTensors, type PositionEncoding } from '../model/types.ts';
 
 export interface ScoreOptions {
   /** null: dense attention over everything (no truncation at all). */
@@ -75,6 +75,7 @@ export async function scoreTokens(decoder: Decoder, tokens: readonly number[], o
     if (policy && kv.length >= policy.capacity) {
       const { sinkTokens: sinks, dropTokens: drop } = policy;
       dropEvents++;
+      kv = await kvOnHost(kv);
       if (policy.strategy === 'shift') {
         kv = dropAndShift(layout, kv, sinks, drop, inverseFrequencies!);
         cacheTokens = cacheTokens.slice(0, sinks).concat(cacheTokens.slice(sinks + drop));
@@ -112,7 +113,7 @@ export async function scoreTokens(decoder: Decoder, tokens: readonly number[], o
       top1[next + j] = best;
     }
     next += count;
-    if (options.int8) kv = dequantizeKv(layout, quantizeKv(layout, kv, options.int8.keyMode));
+    if (options.int8) kv = dequantizeKv(layout, quantizeKv(layout, await kvOnHost(kv), options.int8.keyMode));
     options.onProgress?.(next);
   }
   return { count: target, totalNll, perplexity: Math.exp(totalNll / Math.max(1, target)), top1, dropEvents, maxAttended };

@@ -2,12 +2,17 @@ import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import type { Logger } from '../lib/logger.ts';
 import { detectDecoderIo, type ConfigHints, type ValueInfo } from './layout.ts';
-import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, KvData, KvTensors } from './types.ts';
+import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, DeviceKv, KvData, KvTensors } from './types.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda' | 'webgpu';
 
 export interface DecoderOptions {
   executionProvider: ExecutionProvider;
+  /**
+   * WebGPU only: keep present.* in GPU memory between steps (`preferredOutputLocation: 'gpu-buffer'`)
+   * instead of copying the whole cache to the host and back every step. Default true.
+   */
+  keepKvOnDevice?: boolean;
   /** Use the CPU when the requested provider cannot start, with a warning, instead of failing. */
   fallbackToCpu: boolean;
   intraOpThreads?: number;
@@ -18,8 +23,9 @@ export class ExecutionProviderError extends Error {
   override name = 'ExecutionProviderError';
 }
 
-function sessionOptions(provider: ExecutionProvider, threads: number): ort.InferenceSession.SessionOptions {
+function sessionOptions(provider: ExecutionProvider, threads: number, deviceOutputs: string[]): ort.InferenceSession.SessionOptions {
   return {
+    ...(deviceOutputs.length > 0 ? { preferredOutputLocation: Object.fromEntries(deviceOutputs.map((name) => [name, 'gpu-buffer' as const])) } : {}),
     executionProviders: [provider],
     graphOptimizationLevel: 'all',
     executionMode: 'sequential',
@@ -43,8 +49,15 @@ export class OnnxDecoder implements Decoder {
     const requested = options.executionProvider;
     let session: ort.InferenceSession;
     let provider = requested;
-    const create = (p: ExecutionProvider) =>
-      typeof source === 'string' ? ort.InferenceSession.create(source, sessionOptions(p, threads)) : ort.InferenceSession.create(source, sessionOptions(p, threads));
+    // The present.* names are only known from the metadata; by convention they match past_key_values.*.
+    const deviceOutputs = (p: ExecutionProvider, layers: number) =>
+      p === 'webgpu' && (options.keepKvOnDevice ?? true)
+        ? Array.from({ length: layers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()
+        : [];
+    const create = (p: ExecutionProvider, layers = 0) =>
+      typeof source === 'string'
+        ? ort.InferenceSession.create(source, sessionOptions(p, threads, deviceOutputs(p, layers)))
+        : ort.InferenceSession.create(source, sessionOptions(p, threads, deviceOutputs(p, layers)));
     try {
       session = await create(requested);
     } catch (error) {
@@ -58,7 +71,13 @@ export class OnnxDecoder implements Decoder {
       provider = 'cpu';
       session = await create('cpu');
     }
-    const io = detectDecoderIo(session.inputMetadata as readonly ValueInfo[], session.outputMetadata as readonly ValueInfo[], hints);
+    let io = detectDecoderIo(session.inputMetadata as readonly ValueInfo[], session.outputMetadata as readonly ValueInfo[], hints);
+    if (provider === 'webgpu' && (options.keepKvOnDevice ?? true)) {
+      // Recreate the session now that the layer count is known, with the KV outputs left on the GPU.
+      await session.release();
+      session = await create('webgpu', io.kv.numLayers);
+      io = detectDecoderIo(session.inputMetadata as readonly ValueInfo[], session.outputMetadata as readonly ValueInfo[], hints);
+    }
     options.logger.info(
       { provider, threads, layers: io.kv.numLayers, kvHeads: io.kv.numKvHeads, headDim: io.kv.headDim, kvDtype: io.kv.dtype },
       'decoder loaded',
@@ -78,23 +97,58 @@ export class OnnxDecoder implements Decoder {
     if (names.positionIds) feeds[names.positionIds] = new ort.Tensor('int64', step.positionIds, [batch, step.seqLength]);
     if (names.useCacheBranch) feeds[names.useCacheBranch] = new ort.Tensor('bool', Uint8Array.of(pastLength > 0 ? 1 : 0), [1]);
     const pastDims = [batch, kv.numKvHeads, pastLength, kv.headDim];
+    const onDevice = step.past.device instanceof GpuKv ? step.past.device : null;
     for (let layer = 0; layer < kv.numLayers; layer++) {
-      feeds[names.pastKeys[layer]] = new ort.Tensor(kv.dtype, step.past.layers[layer].key, pastDims);
-      feeds[names.pastValues[layer]] = new ort.Tensor(kv.dtype, step.past.layers[layer].value, pastDims);
+      if (onDevice) {
+        feeds[names.pastKeys[layer]] = onDevice.tensors[2 * layer];
+        feeds[names.pastValues[layer]] = onDevice.tensors[2 * layer + 1];
+      } else {
+        feeds[names.pastKeys[layer]] = new ort.Tensor(kv.dtype, step.past.layers[layer].key, pastDims);
+        feeds[names.pastValues[layer]] = new ort.Tensor(kv.dtype, step.past.layers[layer].value, pastDims);
+      }
     }
     const results = await this.session.run(feeds);
+    // The past is consumed: its GPU buffers can go (after a failure they stay, and so does the past).
+    onDevice?.release();
     const logits = results[names.logits] as ort.Tensor;
+    const outputs: ort.Tensor[] = [];
+    for (let layer = 0; layer < kv.numLayers; layer++) {
+      outputs.push(results[names.presentKeys[layer]] as ort.Tensor, results[names.presentValues[layer]] as ort.Tensor);
+    }
+    if (outputs[0].location === 'gpu-buffer') {
+      return { logits: logits.data as KvData, vocabSize: logits.dims[2], present: { batchSize: batch, length: total, layers: [], device: new GpuKv(outputs) } };
+    }
     const present: KvTensors = { batchSize: batch, length: total, layers: [] };
     for (let layer = 0; layer < kv.numLayers; layer++) {
-      present.layers.push({
-        key: (results[names.presentKeys[layer]] as ort.Tensor).data as KvData,
-        value: (results[names.presentValues[layer]] as ort.Tensor).data as KvData,
-      });
+      present.layers.push({ key: outputs[2 * layer].data as KvData, value: outputs[2 * layer + 1].data as KvData });
     }
     return { logits: logits.data as KvData, vocabSize: logits.dims[2], present };
   }
 
   async dispose(): Promise<void> {
     await this.session.release();
+  }
+}
+
+/** Present tensors left in GPU buffers by the WebGPU provider, in layer order (key, value, key, ...). */
+class GpuKv implements DeviceKv {
+  private released = false;
+
+  constructor(readonly tensors: ort.Tensor[]) {}
+
+  async download(): Promise<Array<{ key: KvData; value: KvData }>> {
+    const layers: Array<{ key: KvData; value: KvData }> = [];
+    for (let i = 0; i < this.tensors.length; i += 2) {
+      // getData(true) copies to the host and releases the GPU buffer.
+      layers.push({ key: (await this.tensors[i].getData(true)) as KvData, value: (await this.tensors[i + 1].getData(true)) as KvData });
+    }
+    this.released = true;
+    return layers;
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    for (const tensor of this.tensors) tensor.dispose();
   }
 }

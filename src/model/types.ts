@@ -16,11 +16,22 @@ export interface KvLayout {
 /**
  * Keys and values of a batch of sequences, one tensor pair per layer.
  * Every tensor is `// [batchSize, numKvHeads, length, headDim]`, row-major.
+ * When `device` is set the tensors stay on the accelerator and `layers` is empty: only the decoder that
+ * made them can use them, as the next step's past; `kvOnHost` brings them to host memory.
  */
 export interface KvTensors {
   batchSize: number;
   length: number;
   layers: Array<{ key: KvData; value: KvData }>;
+  device?: DeviceKv;
+}
+
+/** KV kept in accelerator memory between steps; opaque outside the decoder that made it. */
+export interface DeviceKv {
+  /** Copies the tensors to host memory and frees the device buffers. */
+  download(): Promise<Array<{ key: KvData; value: KvData }>>;
+  /** Frees the device buffers (the KV is no longer needed). */
+  release(): void;
 }
 
 /** How the model turns positions into signal: what the sliding window may do to a cache depends on it. */
@@ -89,6 +100,16 @@ export interface Decoder {
   readonly io: DecoderIo;
   /** The execution provider actually in use (after any fallback). */
   readonly executionProvider: string;
+  /**
+   * Runs one step. A `past` on the device is consumed: once the step succeeded it must not be used
+   * again (its buffers may be reused or freed); after a failure it is still valid.
+   */
   run(step: DecoderStep): Promise<DecoderOutput>;
   dispose(): Promise<void>;
+}
+
+/** The same KV in host memory: host KV as it is, device KV downloaded (and its device copy freed). */
+export async function kvOnHost(kv: KvTensors): Promise<KvTensors> {
+  if (!kv.device) return kv;
+  return { batchSize: kv.batchSize, length: kv.length, layers: await kv.device.download() };
 }

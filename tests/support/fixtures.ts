@@ -13,7 +13,7 @@ import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { GREEDY, type SamplingParams } from '../../src/engine/sampler.ts';
 import type { GenerationEvent, GenerationRequest, SubmitResult, Usage } from '../../src/engine/types.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
-import { emptyKv, loadModel, type Decoder, type DecoderOutput, type DecoderStep, type LoadedModel } from '../../src/model/index.ts';
+import { emptyKv, loadModel, type Decoder, type DecoderOutput, type DecoderStep, type DeviceKv, type KvData, type LoadedModel } from '../../src/model/index.ts';
 
 const building = new Map<string, Promise<string>>();
 
@@ -206,4 +206,57 @@ export async function fullRecompute(decoder: Decoder, tokens: readonly number[])
   const out = await runFromScratch(decoder, tokens);
   const n = tokens.length;
   return (out.logits as Float32Array).slice((n - 1) * out.vocabSize, n * out.vocabSize);
+}
+
+/**
+ * A real decoder whose KV outputs behave like device memory (as with WebGPU's gpu-buffer outputs): the
+ * returned present has no host layers, only a handle that can be fed back once or downloaded once.
+ * Any engine code that reads device KV as host arrays, or uses it twice, fails loudly.
+ */
+export class DeviceLikeDecoder implements Decoder {
+  downloads = 0;
+  deviceSteps = 0;
+  constructor(private readonly inner: Decoder) {}
+  get io() {
+    return this.inner.io;
+  }
+  get executionProvider() {
+    return 'device-like';
+  }
+  async run(step: DecoderStep): Promise<DecoderOutput> {
+    let past = step.past;
+    const handle = past.device as FakeDeviceKv | undefined;
+    if (handle) {
+      past = { batchSize: past.batchSize, length: past.length, layers: handle.use() };
+      this.deviceSteps++;
+    }
+    const output = await this.inner.run({ ...step, past });
+    handle?.release();
+    const device = new FakeDeviceKv(output.present.layers, () => this.downloads++);
+    return { ...output, present: { batchSize: output.present.batchSize, length: output.present.length, layers: [], device } };
+  }
+  dispose() {
+    return this.inner.dispose();
+  }
+}
+
+class FakeDeviceKv implements DeviceKv {
+  private gone = false;
+  constructor(
+    private readonly layers: Array<{ key: KvData; value: KvData }>,
+    private readonly onDownload: () => void,
+  ) {}
+  use() {
+    if (this.gone) throw new Error('device KV used after it was consumed or freed');
+    return this.layers;
+  }
+  async download() {
+    const layers = this.use();
+    this.gone = true;
+    this.onDownload();
+    return layers;
+  }
+  release() {
+    this.gone = true;
+  }
 }

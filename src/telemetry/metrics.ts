@@ -31,7 +31,8 @@ export class Metrics implements EngineObserver {
   private readonly tpot: Histogram<string>;
   private readonly duration: Histogram<string>;
   private readonly queueTime: Histogram<string>;
-  private readonly stepTime: Histogram<string>;
+  /** Bound to the model label once: observed every decode step, where label hashing would show. */
+  private readonly stepTime: ReturnType<Histogram<string>['labels']>;
   private readonly promptTokens: Counter<string>;
   private readonly generatedTokens: Counter<string>;
   private readonly cacheQueryTokens: Counter<string>;
@@ -50,7 +51,7 @@ export class Metrics implements EngineObserver {
     this.tpot = new Histogram({ name: 'gen_ai_server_time_per_output_token_seconds', help: 'Time per output token generated after the first token for successful responses.', labelNames: labels, buckets: TPOT_BUCKETS, registers });
     this.duration = new Histogram({ name: 'gen_ai_server_request_duration_seconds', help: 'Generative AI server request duration, to the last output token.', labelNames: [...labels, 'error_type'], buckets: DURATION_BUCKETS, registers });
     this.queueTime = new Histogram({ name: 'warmkv_queue_time_seconds', help: 'Time requests waited in the queue before admission.', labelNames: ['gen_ai_request_model'], buckets: TTFT_BUCKETS, registers });
-    this.stepTime = new Histogram({ name: 'warmkv_decode_step_seconds', help: 'Latency of one batched decode step (one model call).', labelNames: ['gen_ai_request_model'], buckets: STEP_BUCKETS, registers });
+    this.stepTime = new Histogram({ name: 'warmkv_decode_step_seconds', help: 'Latency of one batched decode step (one model call).', labelNames: ['gen_ai_request_model'], buckets: STEP_BUCKETS, registers }).labels({ gen_ai_request_model: sources.modelId });
     this.promptTokens = new Counter({ name: 'warmkv_prompt_tokens_total', help: 'Prompt tokens of finished requests (cached ones included).', labelNames: ['gen_ai_request_model'], registers });
     this.generatedTokens = new Counter({ name: 'warmkv_generation_tokens_total', help: 'Generated tokens.', labelNames: ['gen_ai_request_model'], registers });
     this.cacheQueryTokens = new Counter({ name: 'warmkv_prefix_cache_queries_total', help: 'Prompt tokens looked up in session caches.', labelNames: ['gen_ai_request_model'], registers });
@@ -88,7 +89,7 @@ export class Metrics implements EngineObserver {
   }
 
   decodeStep(info: { sequences: readonly Sequence[]; durationMs: number }): void {
-    this.stepTime.observe({ gen_ai_request_model: this.sources.modelId }, info.durationMs / 1000);
+    this.stepTime.observe(info.durationMs / 1000);
   }
 
   windowDrop(_sequence: Sequence, info: { strategy: string }): void {

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { Logger } from '../lib/logger.ts';
 import type { KvLayout } from '../model/types.ts';
 import type { KvBudget } from './budget.ts';
-import { dequantizeKv, int8FixedBytes, int8BytesPerToken, quantizeKv, type KeyScaleMode } from './int8.ts';
+import { dequantizeKv, int8Bytes as int8BytesExact, int8FixedBytes, int8BytesPerToken, quantizeKv, type KeyScaleMode } from './int8.ts';
 import { Session, type Tier } from './session.ts';
 import type { SessionStore } from './session-store.ts';
 import { decodeSnapshotHead, decodeSnapshotPayload, encodeSnapshot, headLengthHint, SnapshotFormatError, type SnapshotHeader } from './snapshot.ts';
@@ -31,7 +31,10 @@ export interface TierOptions {
 
 export interface TierCounts {
   sessions: Record<Tier, number>;
+  /** Reserved bytes (whole blocks) per tier. */
   bytes: Record<Tier, number>;
+  /** Bytes the cached tokens of idle and running sessions actually occupy (reserved minus block slack). */
+  usedBytes: number;
 }
 
 export class TierManager {
@@ -238,14 +241,28 @@ export class TierManager {
     await unlink(this.pathOf(owner, id)).catch(() => {});
   }
 
+  /** Bytes a session's KV actually occupies in memory (reserved bytes include the unused rest of blocks). */
+  usedBytes(session: Session): number {
+    if (session.tier === 'hot') return session.cachedLength * this.options.layout.bytesPerToken;
+    if (session.tier === 'int8') return int8BytesExact(this.options.layout, session.cachedLength, this.options.keyMode);
+    return 0;
+  }
+
+  /** Budget blocks a session's cache holds in its in-memory tier. */
+  blocks(session: Session): number {
+    return session.tier === 'hot' || session.tier === 'int8' ? this.budget.blocksFor(session.cachedLength) : 0;
+  }
+
   counts(): TierCounts {
     const sessions: Record<Tier, number> = { hot: 0, int8: 0, disk: 0, evicted: 0 };
     const bytes: Record<Tier, number> = { hot: 0, int8: 0, disk: 0, evicted: 0 };
+    let usedBytes = 0;
     for (const session of this.store.inLruOrder()) {
       sessions[session.tier]++;
       bytes[session.tier] += session.reservedBytes;
+      usedBytes += this.usedBytes(session);
     }
-    return { sessions, bytes };
+    return { sessions, bytes, usedBytes };
   }
 
   pathOf(owner: string, id: string): string {

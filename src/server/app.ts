@@ -273,14 +273,18 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     truncation: b.truncation ?? config.defaultTruncation,
   });
 
-  const sessionView = (session: Session) => ({
+  const sessionView = ({ tiers }: Serving, session: Session) => ({
     id: session.id,
     object: 'session',
     tokens: session.tokens.length,
     cached_tokens: session.cachedLength,
     bytes: session.reservedBytes,
+    used_bytes: tiers.usedBytes(session),
+    blocks: tiers.blocks(session),
     state: session.busy ? 'busy' : 'idle',
     tier: session.tier,
+    dropped_tokens: session.window.droppedTokens,
+    window_drops: session.window.dropEvents,
     requests: session.requests,
     created_at: Math.floor(session.createdAt / 1000),
     last_used_at: Math.floor(session.lastUsedAt / 1000),
@@ -407,7 +411,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
       if (parts.store.get(owner, id)) throw exists();
       limits.checkSessions(parts.store.list(owner).length);
       const session = parts.store.create(owner, id);
-      return c.json(sessionView(session), 201, { 'X-Session-Id': id });
+      return c.json(sessionView(parts, session), 201, { 'X-Session-Id': id });
     }
     const input = b.messages != null ? renderChat(parts, b.messages, b.add_generation_prompt ?? false) : encodePrompt(parts, b.prompt!, true);
     checkPromptLength(input, b.messages != null ? 'messages' : 'prompt');
@@ -443,7 +447,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     const session = parts.store.get(owner, id);
     if (!session) throw new ApiError('internal', 'session vanished after prefill');
     c.get('logger').info({ sessionId: id, promptTokens: input.length }, 'session prefilled');
-    return c.json(sessionView(session), 201, { 'X-Session-Id': id });
+    return c.json(sessionView(parts, session), 201, { 'X-Session-Id': id });
   });
 
   app.get('/v1/sessions', (c) => {
@@ -459,7 +463,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
       if (index < 0) throw new ApiError('invalid_request', `Invalid value for 'after': no session ${query.after}.`, 'after');
       start = index + 1;
     }
-    const page = sorted.slice(start, start + query.limit).map(sessionView);
+    const page = sorted.slice(start, start + query.limit).map((session) => sessionView(parts, session));
     return c.json({
       object: 'list',
       data: page,
@@ -476,7 +480,10 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     return session;
   };
 
-  app.get('/v1/sessions/:id', async (c) => c.json(sessionView(await findSession(c, serving(false)))));
+  app.get('/v1/sessions/:id', async (c) => {
+    const parts = serving(false);
+    return c.json(sessionView(parts, await findSession(c, parts)));
+  });
 
   app.delete('/v1/sessions/:id', async (c) => {
     const parts = serving(false);

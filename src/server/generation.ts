@@ -56,6 +56,8 @@ export interface OpenAiUsage {
   completion_tokens: number;
   total_tokens: number;
   prompt_tokens_details: { cached_tokens: number };
+  /** warmkv: tokens the sliding window dropped from the session's cache during this request. */
+  dropped_tokens: number;
 }
 
 export function openAiUsage(usage: Usage): OpenAiUsage {
@@ -64,6 +66,7 @@ export function openAiUsage(usage: Usage): OpenAiUsage {
     completion_tokens: usage.completionTokens,
     total_tokens: usage.promptTokens + usage.completionTokens,
     prompt_tokens_details: { cached_tokens: usage.cachedTokens },
+    dropped_tokens: usage.droppedTokens,
   };
 }
 

@@ -22,7 +22,7 @@ export interface MetricsSources {
   modelId: string;
   engineStats(): { running: number; waiting: number; batchSize: number };
   budget(): { capacityBytes: number; reservedBytes: number };
-  tiers(): { sessions: Record<Tier, number>; bytes: Record<Tier, number> };
+  tiers(): { sessions: Record<Tier, number>; bytes: Record<Tier, number>; usedBytes: number };
 }
 
 export class Metrics implements EngineObserver {
@@ -76,6 +76,7 @@ export class Metrics implements EngineObserver {
       const counts = sources.tiers();
       for (const tier of TIERS) g.set({ tier }, counts.bytes[tier]);
     }, ['tier']);
+    gauge('warmkv_kv_cache_used_bytes', 'Bytes the cached tokens occupy; reserved (warmkv_kv_cache_bytes) minus this is block fragmentation.', (g) => g.set(sources.tiers().usedBytes));
     gauge('warmkv_sessions', 'Sessions per tier.', (g) => {
       const counts = sources.tiers();
       for (const tier of TIERS) g.set({ tier }, counts.sessions[tier]);

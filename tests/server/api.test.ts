@@ -28,6 +28,7 @@ describe('POST /v1/completions', () => {
       completion_tokens: 6,
       total_tokens: promptTokens + 6,
       prompt_tokens_details: { cached_tokens: 0 },
+      dropped_tokens: 0,
     });
     assert.equal(body.session_id, 'c1');
     const stateless = await (await app.request('/v1/completions', post({ prompt: 'Once upon a time', max_tokens: 6, temperature: 0, ignore_eos: true }))).json() as any;

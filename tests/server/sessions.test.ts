@@ -81,11 +81,19 @@ describe('native session API', () => {
       await new Promise((resolve) => setTimeout(resolve, 2)); // distinct creation times
     }
     const view = (await (await app.request('/v1/sessions/a1')).json()) as any;
-    assert.deepEqual(Object.keys(view).sort(), ['bytes', 'cached_tokens', 'created_at', 'id', 'last_used_at', 'object', 'requests', 'state', 'tier', 'tokens']);
+    assert.deepEqual(Object.keys(view).sort(), [
+      'blocks', 'bytes', 'cached_tokens', 'created_at', 'dropped_tokens', 'id', 'last_used_at', 'object', 'requests', 'state', 'tier', 'tokens', 'used_bytes', 'window_drops',
+    ]);
     assert.equal(view.object, 'session');
     assert.equal(view.state, 'idle');
     assert.equal(view.tier, 'hot');
-    assert.ok(view.bytes > 0);
+    // Whole 16-token blocks are reserved; the cached tokens use part of the last one.
+    const bytesPerToken = runtime.serving!.model.loaded.decoder.io.kv.bytesPerToken;
+    assert.equal(view.blocks, Math.ceil(view.cached_tokens / 16));
+    assert.equal(view.bytes, view.blocks * 16 * bytesPerToken);
+    assert.equal(view.used_bytes, view.cached_tokens * bytesPerToken);
+    assert.equal(view.dropped_tokens, 0);
+    assert.equal(view.window_drops, 0);
     assert.equal(view.requests, 1);
 
     const page1 = (await (await app.request('/v1/sessions?limit=2&order=asc')).json()) as any;
@@ -117,5 +125,21 @@ describe('native session API', () => {
     await running.body!.cancel();
     slow.decodeDelayMs = 0;
     await waitFor(() => runtime.serving!.store.get('', 'a2')!.busy === false);
+  });
+});
+
+describe('sliding window through the API', () => {
+  test('usage and the session view report the tokens the window dropped', async () => {
+    const { app } = await makeApp({ settings: { 'max-context-tokens': '32', 'window-drop-tokens': '8' } });
+    const res = await app.request('/v1/completions', post({ prompt: 'The quick brown fox jumps over the lazy dog again and again', max_tokens: 40, temperature: 0, ignore_eos: true, session_id: 'w' }));
+    assert.equal(res.status, 200);
+    const body = (await res.json()) as any;
+    assert.ok(body.usage.dropped_tokens >= 8, `dropped ${body.usage.dropped_tokens}`);
+    assert.equal(body.usage.dropped_tokens % 8, 0);
+    const view = (await (await app.request('/v1/sessions/w')).json()) as any;
+    assert.equal(view.dropped_tokens, body.usage.dropped_tokens);
+    assert.equal(view.window_drops, body.usage.dropped_tokens / 8);
+    assert.ok(view.cached_tokens <= 32);
+    assert.equal(view.tokens, view.dropped_tokens + view.cached_tokens + 1);
   });
 });

@@ -11,7 +11,7 @@ test('every metric the Grafana dashboard queries is one warmkv exports', async (
     modelId: 'm',
     engineStats: () => ({ running: 0, waiting: 0, batchSize: 0 }),
     budget: () => ({ capacityBytes: 1, reservedBytes: 0 }),
-    tiers: () => ({ sessions: { hot: 0, int8: 0, disk: 0, evicted: 0 }, bytes: { hot: 0, int8: 0, disk: 0, evicted: 0 } }),
+    tiers: () => ({ sessions: { hot: 0, int8: 0, disk: 0, evicted: 0 }, bytes: { hot: 0, int8: 0, disk: 0, evicted: 0 }, usedBytes: 0 }),
   });
   const exported = new Set((await metrics.registry.getMetricsAsJSON()).map((m) => m.name));
   const queried = new Set<string>();

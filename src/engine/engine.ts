@@ -466,15 +466,19 @@ export class Engine {
   }
 
   private async decodeStep(candidates: Sequence[]): Promise<void> {
-    // Device-resident KV stays put while the batch does not change; anything else works on the host.
-    const joining = candidates.filter((s) => s.batchRow < 0).length;
-    if (this.hasDeviceKv() && (candidates.some((s) => s.cacheLength >= this.options.window.capacity) || (joining > 0 && (this.batch || joining > 1)))) {
-      await this.hostAll();
-    }
+    const capacity = this.options.window.capacity;
+    let joining = 0;
+    let full = 0;
     for (const sequence of candidates) {
-      if (sequence.cacheLength >= this.options.window.capacity) this.dropWindow(sequence);
+      if (sequence.batchRow < 0) joining++;
+      if (sequence.cacheLength >= capacity) full++;
     }
-    const decoding = candidates.filter((s) => s.state === 'decode');
+    // Device-resident KV stays put while the batch does not change; anything else works on the host.
+    if ((full > 0 || (joining > 0 && (this.batch || joining > 1))) && this.hasDeviceKv()) await this.hostAll();
+    if (full > 0) {
+      for (const sequence of candidates) if (sequence.cacheLength >= capacity) this.dropWindow(sequence);
+    }
+    const decoding = full > 0 ? candidates.filter((s) => s.state === 'decode') : candidates;
     if (decoding.length === 0) return;
     const batch = this.syncBatch(decoding);
     const slots = batch.rows;
@@ -520,13 +524,14 @@ export class Engine {
     c.paddingSlots += batchSize * totalLength - kvTokens;
     this.decodeStepMs = this.decodeStepMs === 0 ? durationMs : 0.8 * this.decodeStepMs + 0.2 * durationMs;
     for (const o of this.observers) o.decodeStep?.({ sequences: rows, kvTokens, startMs, durationMs });
-    const finished: Array<[Sequence, FinishReason]> = [];
+    let finished: Array<[Sequence, FinishReason]> | null = null;
     for (let r = 0; r < batchSize; r++) {
       const sequence = slots[r];
       const reason = sequence ? this.sampleNext(sequence, output.logits, r, output.vocabSize) : null;
-      if (reason) finished.push([sequence!, reason]);
+      if (reason) (finished ??= []).push([sequence!, reason]);
     }
-    if (finished.length > 0 && this.hasDeviceKv()) await this.hostAll();
+    if (!finished) return;
+    if (this.hasDeviceKv()) await this.hostAll();
     for (const [sequence, reason] of finished) this.finish(sequence, reason);
   }
 

@@ -4,6 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Hono, type Context } from 'hono';
+import type { z } from 'zod';
 import { newSessionId } from '../cache/session-store.ts';
 import type { Session } from '../cache/session.ts';
 import type { Config } from '../config.ts';
@@ -157,6 +158,15 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     if (model != null && model !== parts.model.id) {
       throw new ApiError('model_not_found', `The model '${model}' does not exist; this server serves '${parts.model.id}'.`, 'model');
     }
+  };
+
+  /** A generation request's body: fields that would change the output unsupported are refused, the rest validated. */
+  const generationBody = async <S extends z.ZodType<{ model?: string | null }>>(c: Ctx, parts: Serving, schema: S, endpoint: 'completions' | 'chat' | 'append'): Promise<z.infer<S>> => {
+    const raw = await body(c);
+    if (raw && typeof raw === 'object' && !Array.isArray(raw)) refuseUnsupported(raw as Record<string, unknown>, endpoint);
+    const parsed = parseWith(schema, raw);
+    checkModel(parts, parsed.model);
+    return parsed;
   };
 
   /** `session_id` from the body or the X-Session-Id header (they must agree). */
@@ -330,10 +340,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
 
   app.post('/v1/completions', async (c) => {
     const parts = serving(true);
-    const raw = (await body(c)) as Record<string, unknown>;
-    if (raw && typeof raw === 'object' && !Array.isArray(raw)) refuseUnsupported(raw, 'completions');
-    const b = parseWith(completionSchema, raw);
-    checkModel(parts, b.model);
+    const b = await generationBody(c, parts, completionSchema, 'completions');
     const sessionId = sessionIdOf(c, b.session_id);
     let prompt: string | number[];
     if (Array.isArray(b.prompt) && b.prompt.length === 0) throw new ApiError('invalid_request', "Invalid value for 'prompt': must not be empty.", 'prompt');
@@ -365,10 +372,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
 
   app.post('/v1/chat/completions', async (c) => {
     const parts = serving(true);
-    const raw = (await body(c)) as Record<string, unknown>;
-    if (raw && typeof raw === 'object' && !Array.isArray(raw)) refuseUnsupported(raw, 'chat');
-    const b = parseWith(chatSchema, raw);
-    checkModel(parts, b.model);
+    const b = await generationBody(c, parts, chatSchema, 'chat');
     const sessionId = sessionIdOf(c, b.session_id);
     const input = renderChat(parts, b.messages, true);
     checkPromptLength(input, 'messages');
@@ -497,10 +501,7 @@ export function createApp(runtime: Runtime, options: AppOptions = {}): Hono<AppE
     const parts = serving(true);
     const id = c.req.param('id');
     if (!SESSION_ID_PATTERN.test(id)) throw new ApiError('session_not_found', `Session ${id} not found.`, 'session_id');
-    const raw = (await body(c)) as Record<string, unknown>;
-    if (raw && typeof raw === 'object' && !Array.isArray(raw)) refuseUnsupported(raw, 'append');
-    const b = parseWith(appendSchema, raw);
-    checkModel(parts, b.model);
+    const b = await generationBody(c, parts, appendSchema, 'append');
     const input = encodePrompt(parts, b.prompt, false);
     checkPromptLength(input, 'prompt');
     const echo = b.echo ? (typeof b.prompt === 'string' ? b.prompt : parts.model.loaded.tokenizer.decode(b.prompt, false)) : '';

@@ -90,7 +90,7 @@ async function main(): Promise<void> {
     [[streams, tokens, median(off).toFixed(1), median(on).toFixed(1), ratio.toFixed(3), spansPerRun.toFixed(0)]],
   );
   console.log(markdown);
-  const file = writeResult(`tracing-${streams}`, { model: source, threads, repeats, tokens, streams, off, on, ratio, spansPerRun, markdown });
+  const file = writeResult(`tracing-${streams}x${tokens}`, { model: source, threads, repeats, tokens, streams, off, on, ratio, spansPerRun, markdown });
   console.error(`wrote ${file}`);
   await provider.shutdown();
 }

@@ -3,6 +3,7 @@ import { mkdirSync, existsSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
+import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { loadConfig, type Config } from '../src/config.ts';
 import { assemble, type Serving } from '../src/runtime.ts';
 import { silentLogger } from '../src/lib/logger.ts';
@@ -105,4 +106,14 @@ export function greedyRequest(input: number[], overrides: Partial<GenerationRequ
     truncation: 'auto',
     ...overrides,
   };
+}
+
+/** Counts what it would send: the export cost that remains is serialisation-free, as with a fast collector. */
+export class CountingExporter implements SpanExporter {
+  spans = 0;
+  export(spans: ReadableSpan[], done: (result: { code: number }) => void): void {
+    this.spans += spans.length;
+    done({ code: 0 });
+  }
+  async shutdown(): Promise<void> {}
 }

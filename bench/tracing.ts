@@ -7,10 +7,10 @@
  */
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor, type ReadableSpan, type SpanExporter } from '@opentelemetry/sdk-trace-base';
+import { AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import type { Serving } from '../src/runtime.ts';
 import { Tracing } from '../src/telemetry/tracing.ts';
-import { benchConfig, benchModel, greedyRequest, median, serving, table, writeResult } from './common.ts';
+import { CountingExporter, benchConfig, benchModel, greedyRequest, median, serving, table, writeResult } from './common.ts';
 
 const { values } = parseArgs({
   args: process.argv.slice(3),
@@ -22,16 +22,6 @@ const { values } = parseArgs({
     streams: { type: 'string', default: '1' },
   },
 });
-
-/** Counts what it would send: the export cost that remains is serialisation-free, as with a fast collector. */
-class CountingExporter implements SpanExporter {
-  spans = 0;
-  export(spans: ReadableSpan[], done: (result: { code: number }) => void): void {
-    this.spans += spans.length;
-    done({ code: 0 });
-  }
-  async shutdown(): Promise<void> {}
-}
 
 let counter = 0;
 

@@ -8,9 +8,9 @@
  */
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor, type ReadableSpan, type SpanExporter, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor, type SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { Tracing } from '../../src/telemetry/tracing.ts';
-import { benchConfig, benchModel, greedyRequest, median, serving } from '../common.ts';
+import { CountingExporter, benchConfig, benchModel, greedyRequest, median, serving } from '../common.ts';
 
 const { values } = parseArgs({
   options: {
@@ -32,15 +32,6 @@ new PerformanceObserver((list) => {
     if (((entry as { detail?: { kind?: number } }).detail)?.kind === 4) markCompacts++;
   }
 }).observe({ entryTypes: ['gc'] });
-
-class CountingExporter implements SpanExporter {
-  spans = 0;
-  export(spans: ReadableSpan[], done: (result: { code: number }) => void): void {
-    this.spans += spans.length;
-    done({ code: 0 });
-  }
-  async shutdown(): Promise<void> {}
-}
 
 const processors: Record<string, () => SpanProcessor[]> = {
   bench: () => [new BatchSpanProcessor(new CountingExporter(), { maxQueueSize: 65536, maxExportBatchSize: 4096 })],

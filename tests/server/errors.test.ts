@@ -2,19 +2,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ERROR_TABLE } from '../../src/server/errors.ts';
-import { SlowDecoder, chunksOf, makeApp, post } from './helpers.ts';
-
-async function expectError(res: Response, status: number, code: string, param?: string | null) {
-  const text = await res.text();
-  assert.equal(res.status, status, text);
-  assert.equal(res.headers.get('content-type'), 'application/json');
-  const body = JSON.parse(text);
-  assert.deepEqual(Object.keys(body.error).sort(), ['code', 'message', 'param', 'type']);
-  assert.equal(body.error.code, code);
-  if (param !== undefined) assert.equal(body.error.param, param);
-  assert.ok(!/at .*\.ts:\d+/.test(text), 'no stack trace');
-  return body.error;
-}
+import { SlowDecoder, chunksOf, expectError, makeApp, post } from './helpers.ts';
 
 describe('request validation', () => {
   test('invalid JSON, empty and non-object bodies are 400', async () => {

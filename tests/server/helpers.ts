@@ -1,4 +1,5 @@
 /** Server test support: runtimes around builder models, a listening server, SSE parsing. */
+import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { loadConfig } from '../../src/config.ts';
@@ -137,4 +138,17 @@ export async function waitFor(condition: () => boolean, timeoutMs = 5000): Promi
     if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
+}
+
+/** Asserts an OpenAI-style error response (status, JSON body shape, code, optional param, no stack trace). */
+export async function expectError(res: Response, status: number, code: string, param?: string | null) {
+  const text = await res.text();
+  assert.equal(res.status, status, text);
+  assert.equal(res.headers.get('content-type'), 'application/json');
+  const body = JSON.parse(text);
+  assert.deepEqual(Object.keys(body.error).sort(), ['code', 'message', 'param', 'type']);
+  assert.equal(body.error.code, code);
+  if (param !== undefined) assert.equal(body.error.param, param);
+  assert.ok(!/at .*\.ts:\d+/.test(text), 'no stack trace');
+  return body.error as { message: string; type: string; param: string | null; code: string };
 }

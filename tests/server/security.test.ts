@@ -13,7 +13,7 @@ import { describe, test } from 'node:test';
 import { ConfigError, loadConfig } from '../../src/config.ts';
 import { ApiKeyAuth, keyId, loadApiKeys, MIN_API_KEY_LENGTH } from '../../src/server/auth.ts';
 import { LLAMA, testModelDir } from '../support/fixtures.ts';
-import { SlowDecoder, chunksOf, makeApp, post, waitFor } from './helpers.ts';
+import { SlowDecoder, chunksOf, expectError, makeApp, post, waitFor } from './helpers.ts';
 import { appWithLogger, captureLogger } from './log-capture.ts';
 
 const KEY_A = 'sk-test-alpha-0123456789abcdef';
@@ -24,16 +24,6 @@ const B = { Authorization: `Bearer ${KEY_B}` };
 
 function get(headers: Record<string, string> = {}): RequestInit {
   return { method: 'GET', headers };
-}
-
-async function expectError(res: Response, status: number, code: string) {
-  const text = await res.text();
-  assert.equal(res.status, status, text);
-  assert.equal(res.headers.get('content-type'), 'application/json');
-  const body = JSON.parse(text);
-  assert.deepEqual(Object.keys(body.error).sort(), ['code', 'message', 'param', 'type']);
-  assert.equal(body.error.code, code);
-  return body.error as { message: string; type: string; param: string | null; code: string };
 }
 
 describe('API keys', () => {

@@ -232,7 +232,7 @@ export class Engine {
       return fail({ kind: 'session_busy', param: 'session_id', message: `session ${session.id} is busy with another request` });
     }
 
-    const sequence = new Sequence(request, session, this.model.tokenizer, this.model.eosTokenIds, this.now());
+    const sequence = new Sequence(request, session, this.model.eosTokenIds, this.now());
     this.waiting.push(sequence);
     request.signal?.addEventListener('abort', () => this.wake(), { once: true });
     for (const o of this.observers) o.requestQueued?.(sequence);

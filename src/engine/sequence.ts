@@ -44,7 +44,8 @@ export class Sequence {
 
   readonly rng: Rng;
   seen: TokenSet | null = null;
-  private detokenizer: IncrementalDetokenizer;
+  /** Made when the request is admitted, with the prompt's tail as context (see startOutput). */
+  private detokenizer!: IncrementalDetokenizer;
   private stoppedByString = false;
   private readonly stopMatcher: StopStringMatcher;
   private readonly eos: ReadonlySet<number>;
@@ -52,13 +53,11 @@ export class Sequence {
   constructor(
     readonly request: GenerationRequest,
     readonly session: Session,
-    tokenizer: TokenDecoder,
     eosTokenIds: readonly number[],
     now: number,
   ) {
     this.enqueuedAt = now;
     this.rng = new Rng(request.seed ?? randomInt(2 ** 47));
-    this.detokenizer = new IncrementalDetokenizer(tokenizer);
     this.stopMatcher = new StopStringMatcher(request.stop);
     this.eos = new Set(request.ignoreEos ? [] : eosTokenIds);
     this.window = session.window;

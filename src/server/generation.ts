@@ -11,10 +11,12 @@ import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { FinishReason, GenerationEvent, GenerationRequest, Usage } from '../engine/types.ts';
 import type { Logger } from '../lib/logger.ts';
-import type { Serving } from '../runtime.ts';
+import type { Serving } from '../serving.ts';
+import type { Admitted } from './admission.ts';
 import { ApiError } from './errors.ts';
 import { SSE_HEADERS } from './sse.ts';
-import type { EventLog, StreamRegistry } from './streams.ts';
+import type { EventLog } from '../streams/registry.ts';
+import type { StreamRegistry } from './streams.ts';
 
 export type ResponseFormat = 'completion' | 'chat';
 
@@ -31,6 +33,8 @@ export interface GenerationJob {
 
 export interface GenerationContext {
   serving: Serving;
+  /** How this request submits, and undoes its admission when it never starts (admission.ts). */
+  admitted: Admitted;
   logger: Logger;
   /** Aborts when the client goes away (Hono's request signal). */
   clientSignal: AbortSignal | undefined;
@@ -109,11 +113,18 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
   });
   const failBeforeStart = (error: ApiError | ClientGoneError): never => {
     detach();
+    ctx.admitted.refused();
     serving.tracing.endRequest(requestId, { errorType: error instanceof ApiError ? error.kind : 'client_gone' });
     throw error;
   };
 
-  const submitted = await serving.engine.submit({ ...job.request, operation: job.format === 'chat' ? 'chat' : 'text_completion', signal: abort.signal });
+  let submitted;
+  try {
+    submitted = await ctx.admitted.submit({ ...job.request, operation: job.format === 'chat' ? 'chat' : 'text_completion', signal: abort.signal });
+  } catch (error) {
+    if (error instanceof ApiError) return failBeforeStart(error);
+    throw error;
+  }
   if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error));
   const events = submitted.events[Symbol.asyncIterator]();
   const first = await events.next();

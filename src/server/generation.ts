@@ -51,11 +51,11 @@ export interface GenerationContext {
 }
 
 /** `cmpl-` / `chatcmpl-` and 128 random bits. */
-export function completionId(format: ResponseFormat): string {
+function completionId(format: ResponseFormat): string {
   return `${format === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(16).toString('hex')}`;
 }
 
-export interface OpenAiUsage {
+interface OpenAiUsage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
@@ -64,7 +64,7 @@ export interface OpenAiUsage {
   dropped_tokens: number;
 }
 
-export function openAiUsage(usage: Usage): OpenAiUsage {
+function openAiUsage(usage: Usage): OpenAiUsage {
   return {
     prompt_tokens: usage.promptTokens,
     completion_tokens: usage.completionTokens,

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { expectError, makeApp, post } from './helpers.ts';
+import { SlowDecoder, expectError, makeApp, post } from './helpers.ts';
 
 /** A context of 64 tokens, refusals instead of a sliding window, and room for one session per key. */
 const settings = { 'max-context-tokens': '64', 'default-truncation': 'error', 'max-sessions-per-key': '1' };
@@ -73,5 +73,22 @@ describe('admission: a refused request leaves the sessions as it found them', ()
     await expectError(await app.request('/v1/sessions', post({ prompt: 'Hi', session_id: 'late' })), 429, 'too_many_streams');
     assert.equal(parts.store.get('', 'late'), undefined);
     await running.body!.cancel();
+  });
+
+  test('a request queued, then refused before it started (cache full past the queue timeout), removes the session it created', async () => {
+    // 512 bytes per token, 16-token blocks: the budget fits one 48-token request at a time.
+    const { app, runtime } = await makeApp({
+      settings: { 'kv-cache-bytes': String(3 * 16 * 512), 'queue-timeout-seconds': '0.2' },
+      wrapDecoder: (d) => new SlowDecoder(d, 20),
+    });
+    const store = runtime.serving!.store;
+    const holder = await app.request('/v1/completions', post({ prompt: 'Hello', max_tokens: 40, ignore_eos: true, stream: true, session_id: 'holder' }));
+    assert.equal(holder.status, 200);
+    await expectError(await app.request('/v1/completions', post({ prompt: 'Hi', max_tokens: 40, session_id: 'waiter' })), 429, 'cache_full');
+    assert.equal(store.get('', 'waiter'), undefined, 'completions: no session left behind');
+    await expectError(await app.request('/v1/sessions', post({ prompt: Array(40).fill(7), session_id: 'prefill' })), 429, 'cache_full');
+    assert.equal(store.get('', 'prefill'), undefined, 'POST /v1/sessions: no session left behind');
+    assert.deepEqual(store.list('').map((s) => s.id), ['holder']);
+    await holder.body!.cancel();
   });
 });

@@ -3,7 +3,7 @@
  * stream of chunks. Response headers wait for the engine's first event, so anything that fails
  * before generation starts (queue timeout, cache full) still gets its own status code.
  *
- * A stream's chunks go into an event log (streams.ts) that the connection reads; with resumption on,
+ * A stream's chunks go into an event log (src/streams/) that the connection reads; with resumption on,
  * the generation no longer depends on the connection: a client that loses it resumes with
  * GET /v1/streams/{id}, and only DELETE (or nobody coming back in time) stops it early.
  */

@@ -36,7 +36,7 @@ import type { Logger } from '../src/lib/logger.ts';
 import { Runtime } from '../src/runtime.ts';
 import { createApp } from '../src/server/app.ts';
 import { keyId } from '../src/server/auth.ts';
-import type { ChatMessage } from '../src/server/chat-template.ts';
+import type { ChatMessage } from '../src/model/chat-template.ts';
 import { RESULTS_DIR, benchModel, percentile, table, writeResult } from './common.ts';
 
 const { values } = parseArgs({

@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 import type { Tier } from '../src/cache/session.ts';
 import { int8BytesPerToken } from '../src/cache/int8.ts';
 import type { GenerationRequest } from '../src/engine/types.ts';
-import type { Serving } from '../src/runtime.ts';
+import type { Serving } from '../src/serving.ts';
 import { benchConfig, benchModel, greedyRequest as request, median, serving, table, writeResult } from './common.ts';
 
 const { values } = parseArgs({

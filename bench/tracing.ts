@@ -8,7 +8,7 @@
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
-import type { Serving } from '../src/runtime.ts';
+import type { Serving } from '../src/serving.ts';
 import { Tracing } from '../src/telemetry/tracing.ts';
 import { CountingExporter, benchConfig, benchModel, greedyRequest, median, serving, table, writeResult } from './common.ts';
 

@@ -9,6 +9,7 @@ import type { Logger } from './lib/logger.ts';
 import { Runtime } from './runtime.ts';
 import { createApp } from './server/app.ts';
 import { ApiKeyAuth, loadApiKeys } from './server/auth.ts';
+import { StreamRegistry } from './server/streams.ts';
 import { otlpConfigured, startTracing } from './telemetry/otel.ts';
 
 /** pino behind the Logger interface the code uses. */
@@ -45,8 +46,10 @@ function main(): void {
   const logger = fromPino(root);
   const tracing = startTracing({ enabled: otlpConfigured(process.env), serviceName: 'warmkv', serviceVersion: process.env.npm_package_version ?? '0.1.0' });
   if (tracing.enabled) logger.info({ endpoint: process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT }, 'exporting traces over OTLP');
-  const runtime = new Runtime(config, { logger });
-  const app = createApp(runtime, { logger, auth });
+  // The streams belong to the server's API but live as long as the runtime: close() closes both.
+  const streams = new StreamRegistry({ resumeMs: config.streamResumeSeconds * 1000, logger: logger.child({ component: 'streams' }) });
+  const runtime = new Runtime(config, { logger, streams });
+  const app = createApp(runtime, { logger, auth, streams });
   // SIGHUP re-reads API_KEYS_FILE (API_KEYS stays as started); a file that fails the checks changes nothing.
   process.on('SIGHUP', () => {
     if (config.apiKeysFile === undefined) {
@@ -69,6 +72,7 @@ function main(): void {
     process.exit(1);
   });
 
+  let stopping = false;
   const started = performance.now();
   runtime.ready.then(
     (serving) => {
@@ -91,6 +95,8 @@ function main(): void {
       }
     },
     (error: Error) => {
+      // Closed on shutdown while loading: the stop below exits.
+      if (stopping) return;
       logger.error({ err: error.message, name: error.name }, 'model failed to load');
       process.stderr.write(`warmkv: cannot serve ${config.model}: ${error.message}\n`);
       server.close();
@@ -98,7 +104,6 @@ function main(): void {
     },
   );
 
-  let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) {
       logger.warn({ signal }, 'second signal: exiting now');
@@ -114,6 +119,8 @@ function main(): void {
       const { written, failed } = await tiers.flushAll();
       logger.info({ written, failed, ms: Math.round(performance.now() - started) }, 'sessions snapshotted');
     }
+    // Sweeps, streams and the decoder; the snapshots above were the last use of the sessions.
+    await runtime.close().catch((error: Error) => logger.warn({ err: error.message }, 'runtime did not close cleanly'));
     await tracing.shutdown().catch(() => {});
     server.close(() => {
       logger.info({}, 'stopped');

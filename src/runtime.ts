@@ -7,39 +7,17 @@ import { freemem } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { KvBudget } from './cache/budget.ts';
 import { SessionStore } from './cache/session-store.ts';
-import { resolveWindowPolicy, type WindowPolicy } from './cache/window.ts';
+import { resolveWindowPolicy } from './cache/window.ts';
 import { defaultKvCacheBytes, type Config } from './config.ts';
 import { TierManager } from './cache/tiers.ts';
 import { Engine } from './engine/engine.ts';
 import { silentLogger, type Logger } from './lib/logger.ts';
 import { loadModel, type Decoder, type LoadedModel } from './model/index.ts';
-import { ChatTemplate } from './server/chat-template.ts';
+import { ChatTemplate } from './model/chat-template.ts';
+import type { RuntimeState, ServedModel, Serving, ServingSource } from './serving.ts';
+import type { EventLogRegistry } from './streams/registry.ts';
 import { Metrics } from './telemetry/metrics.ts';
 import { Tracing, globalTracer } from './telemetry/tracing.ts';
-
-export type RuntimeState = 'loading' | 'ready' | 'draining' | 'failed';
-
-/** Facts about the served model the API needs. */
-export interface ServedModel {
-  id: string;
-  loaded: LoadedModel;
-  contextLength: number;
-  window: WindowPolicy;
-  chatTemplate: ChatTemplate;
-  /** Unix seconds the model finished loading (`created` in /v1/models). */
-  createdAt: number;
-  /** Short fingerprint of the weights, sent as `system_fingerprint`. */
-  fingerprint: string;
-}
-
-export interface Serving {
-  model: ServedModel;
-  engine: Engine;
-  store: SessionStore;
-  tiers: TierManager;
-  metrics: Metrics;
-  tracing: Tracing;
-}
 
 export class RuntimeError extends Error {
   override name = 'RuntimeError';
@@ -55,6 +33,8 @@ export interface RuntimeOptions {
   freeMemoryBytes?: () => number;
   /** Node process metrics in /metrics (off in tests that create many runtimes). */
   processMetrics?: boolean;
+  /** The resumable streams the server keeps; `close` closes them with the rest. */
+  streams?: EventLogRegistry;
 }
 
 /** The model's context length under the config, checked against what the architecture allows. */
@@ -135,14 +115,18 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
  * The server's view of the model: its state, and once loaded, the engine and store. `ready` settles
  * when loading ends (rejecting with the load error).
  */
-export class Runtime {
+export class Runtime implements ServingSource {
   private currentState: RuntimeState = 'loading';
   private parts: Serving | null = null;
   private failure: Error | null = null;
+  /** Stops the tier sweeps; set once they run. */
+  private stopSweeps: (() => void) | null = null;
+  private closing: Promise<void> | null = null;
   readonly ready: Promise<Serving>;
   /** Model name known before loading (for /v1/models and logs). */
   readonly modelId: string;
   readonly logger: Logger;
+  private readonly streams: EventLogRegistry | null;
 
   constructor(
     readonly config: Config,
@@ -150,6 +134,7 @@ export class Runtime {
   ) {
     const logger = options.logger ?? silentLogger;
     this.logger = logger;
+    this.streams = options.streams ?? null;
     this.modelId = config.modelId ?? basename(resolve(config.model));
     const load = options.load ?? ((c, logger) => loadModel(c.model, {
       id: c.modelId,
@@ -163,7 +148,12 @@ export class Runtime {
         const loaded = await load(config, logger.child({ component: 'model' }));
         const parts = assemble(config, loaded, { ...options, logger });
         await parts.tiers.init();
-        parts.tiers.startSweeps({ int8AfterMs: config.int8AfterSeconds * 1000, idleTtlMs: config.sessionIdleSeconds * 1000 });
+        if (this.closing) {
+          // Closed while loading: nothing was served with these parts.
+          await parts.engine.model.decoder.dispose();
+          throw new RuntimeError('the runtime was closed while the model loaded');
+        }
+        this.stopSweeps = parts.tiers.startSweeps({ int8AfterMs: config.int8AfterSeconds * 1000, idleTtlMs: config.sessionIdleSeconds * 1000 });
         this.parts = parts;
         if (this.currentState === 'loading') this.currentState = 'ready';
         return parts;
@@ -198,5 +188,23 @@ export class Runtime {
   async drain(timeoutMs: number): Promise<void> {
     this.markDraining();
     await this.parts?.engine.drain(timeoutMs);
+  }
+
+  /**
+   * Frees what the runtime built, the pair of its constructor: cancels what still runs, stops the tier
+   * sweeps, closes the resumable streams and disposes the decoder. Call after `drain`; idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.markDraining();
+      this.streams?.close();
+      const parts = this.parts;
+      if (!parts) return;
+      await parts.engine.drain(0);
+      this.stopSweeps?.();
+      this.stopSweeps = null;
+      await parts.engine.model.decoder.dispose();
+    })();
+    return this.closing;
   }
 }

@@ -1,5 +1,7 @@
-/** Reads a JSON request body under a byte limit: the declared Content-Length and the bytes actually read. */
+/** Reads JSON request bodies under a byte limit: the declared Content-Length and the bytes actually read. */
+import type { z } from 'zod';
 import { ApiError } from './errors.ts';
+import { parseWith, refuseUnsupported } from './schemas.ts';
 
 function tooLarge(limit: number): ApiError {
   return new ApiError('body_too_large', `The request body is larger than the limit of ${limit} bytes.`);
@@ -34,4 +36,24 @@ export async function readJsonBody(request: Request, limit: number, allowEmpty =
   } catch (error) {
     throw new ApiError('invalid_json', `The request body is not valid JSON: ${(error as Error).message}.`);
   }
+}
+
+/**
+ * A generation request's body: fields that would change the output unsupported are refused, the rest
+ * validated, and a `model` other than the served one is 404 model_not_found.
+ */
+export async function readGenerationBody<S extends z.ZodType<{ model?: string | null }>>(
+  request: Request,
+  limit: number,
+  schema: S,
+  endpoint: 'completions' | 'chat' | 'append',
+  servedModel: string,
+): Promise<z.infer<S>> {
+  const raw = await readJsonBody(request, limit);
+  if (raw && typeof raw === 'object' && !Array.isArray(raw)) refuseUnsupported(raw as Record<string, unknown>, endpoint);
+  const parsed = parseWith(schema, raw);
+  if (parsed.model != null && parsed.model !== servedModel) {
+    throw new ApiError('model_not_found', `The model '${parsed.model}' does not exist; this server serves '${servedModel}'.`, 'model');
+  }
+  return parsed;
 }

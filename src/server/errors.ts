@@ -110,7 +110,3 @@ export class ApiError extends Error {
     });
   }
 }
-
-export function internalError(): ApiError {
-  return new ApiError('internal', 'internal error');
-}

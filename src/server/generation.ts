@@ -3,7 +3,7 @@
  * stream of chunks. Response headers wait for the engine's first event, so anything that fails
  * before generation starts (queue timeout, cache full) still gets its own status code.
  *
- * A stream's chunks go into an event log (streams.ts) that the connection reads; with resumption on,
+ * A stream's chunks go into an event log (src/streams/) that the connection reads; with resumption on,
  * the generation no longer depends on the connection: a client that loses it resumes with
  * GET /v1/streams/{id}, and only DELETE (or nobody coming back in time) stops it early.
  */
@@ -11,10 +11,12 @@ import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { FinishReason, GenerationEvent, GenerationRequest, Usage } from '../engine/types.ts';
 import type { Logger } from '../lib/logger.ts';
-import type { Serving } from '../runtime.ts';
+import type { Serving } from '../serving.ts';
+import type { Admitted } from './admission.ts';
 import { ApiError } from './errors.ts';
 import { SSE_HEADERS } from './sse.ts';
-import type { EventLog, StreamRegistry } from './streams.ts';
+import type { EventLog } from '../streams/registry.ts';
+import type { StreamRegistry } from './streams.ts';
 
 export type ResponseFormat = 'completion' | 'chat';
 
@@ -31,6 +33,8 @@ export interface GenerationJob {
 
 export interface GenerationContext {
   serving: Serving;
+  /** How this request submits, and undoes its admission when it never starts (admission.ts). */
+  admitted: Admitted;
   logger: Logger;
   /** Aborts when the client goes away (Hono's request signal). */
   clientSignal: AbortSignal | undefined;
@@ -47,11 +51,11 @@ export interface GenerationContext {
 }
 
 /** `cmpl-` / `chatcmpl-` and 128 random bits. */
-export function completionId(format: ResponseFormat): string {
+function completionId(format: ResponseFormat): string {
   return `${format === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomBytes(16).toString('hex')}`;
 }
 
-export interface OpenAiUsage {
+interface OpenAiUsage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
@@ -60,7 +64,7 @@ export interface OpenAiUsage {
   dropped_tokens: number;
 }
 
-export function openAiUsage(usage: Usage): OpenAiUsage {
+function openAiUsage(usage: Usage): OpenAiUsage {
   return {
     prompt_tokens: usage.promptTokens,
     completion_tokens: usage.completionTokens,
@@ -109,11 +113,18 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
   });
   const failBeforeStart = (error: ApiError | ClientGoneError): never => {
     detach();
+    ctx.admitted.refused();
     serving.tracing.endRequest(requestId, { errorType: error instanceof ApiError ? error.kind : 'client_gone' });
     throw error;
   };
 
-  const submitted = await serving.engine.submit({ ...job.request, operation: job.format === 'chat' ? 'chat' : 'text_completion', signal: abort.signal });
+  let submitted;
+  try {
+    submitted = await ctx.admitted.submit({ ...job.request, operation: job.format === 'chat' ? 'chat' : 'text_completion', signal: abort.signal });
+  } catch (error) {
+    if (error instanceof ApiError) return failBeforeStart(error);
+    throw error;
+  }
   if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error));
   const events = submitted.events[Symbol.asyncIterator]();
   const first = await events.next();

@@ -1,31 +1,6 @@
-/**
- * Server-sent events with exact control over the bytes: every event is `id: <n>\ndata: <json>\n\n`
- * with a per-stream sequence number, keep-alive comments are `: ping\n\n`, and nothing else is ever
- * written (no `event:` lines: OpenAI clients treat named events differently). Frames are encoded once
- * and kept as bytes in the stream's event log (streams.ts), so a replay sends exactly the same bytes.
- */
-
-const encoder = new TextEncoder();
-
+/** The response headers of every SSE stream; the frames themselves are streams/frames.ts. */
 export const SSE_HEADERS: Record<string, string> = {
   'Content-Type': 'text/event-stream',
   'Cache-Control': 'no-cache',
   'X-Accel-Buffering': 'no',
 };
-
-/** `id: <id>\ndata: <JSON of value>\n\n`. JSON never holds a raw newline, so one data line suffices. */
-export function encodeEvent(id: number, value: unknown): Uint8Array {
-  return encoder.encode(`id: ${id}\ndata: ${JSON.stringify(value)}\n\n`);
-}
-
-/** The stream's last event on success. */
-export function encodeDone(id: number): Uint8Array {
-  return encoder.encode(`id: ${id}\ndata: [DONE]\n\n`);
-}
-
-/** A comment line: clients ignore it; proxies see traffic. Comments carry no id. */
-export function encodeComment(text: string): Uint8Array {
-  return encoder.encode(`: ${text}\n\n`);
-}
-
-export const PING = encodeComment('ping');

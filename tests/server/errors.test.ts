@@ -111,6 +111,32 @@ describe('routing, sessions and capacity', () => {
     await expectError(await app.request('/v1/sessions/x', { method: 'PUT' }), 405, 'method_not_allowed');
   });
 
+  test('every known path answers another method with 405 in the OpenAI format and an Allow header', async () => {
+    const { app, runtime } = await makeApp();
+    const model = runtime.serving!.model.id;
+    const paths: Array<[string, string, string]> = [
+      ['/healthz', 'POST', 'GET, HEAD'],
+      ['/readyz', 'DELETE', 'GET, HEAD'],
+      ['/metrics', 'POST', 'GET, HEAD'],
+      ['/v1/models', 'POST', 'GET, HEAD'],
+      [`/v1/models/${model}`, 'DELETE', 'GET, HEAD'],
+      ['/v1/models/some/other-model', 'POST', 'GET, HEAD'],
+      ['/v1/completions', 'GET', 'POST'],
+      ['/v1/chat/completions', 'PUT', 'POST'],
+      ['/v1/sessions', 'DELETE', 'POST, GET, HEAD'],
+      ['/v1/sessions/abc', 'POST', 'GET, HEAD, DELETE'],
+      ['/v1/sessions/abc/completions', 'GET', 'POST'],
+      ['/v1/streams/abc', 'POST', 'GET, HEAD, DELETE'],
+    ];
+    for (const [path, method, allow] of paths) {
+      const res = await app.request(path, { method });
+      assert.deepEqual(res.headers.get('allow')?.split(', ').sort(), allow.split(', ').sort(), `${method} ${path}`);
+      const error = await expectError(res, 405, 'method_not_allowed');
+      assert.match(error.message, new RegExp(`^${method} is not allowed on `));
+      assert.ok(res.headers.get('x-request-id'), `${method} ${path} carries X-Request-Id`);
+    }
+  });
+
   test('an unknown session on the append API is 404', async () => {
     const { app } = await makeApp();
     await expectError(await app.request('/v1/sessions/nope/completions', post({ prompt: 'x' })), 404, 'session_not_found', 'session_id');

@@ -28,6 +28,7 @@ export async function makeRuntime(options: TestServerOptions = {}): Promise<Runt
       return model;
     },
     wrapDecoder: options.wrapDecoder,
+    streams: options.streams,
     processMetrics: false,
   });
   if (!options.loadGate) await runtime.ready;

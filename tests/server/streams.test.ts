@@ -17,7 +17,8 @@ import type { Decoder, DecoderOutput, DecoderStep } from '../../src/model/index.
 import type { GenerationRequest } from '../../src/engine/types.ts';
 import { createApp } from '../../src/server/app.ts';
 import { ApiError } from '../../src/server/errors.ts';
-import { StreamRegistry, type StreamRegistryOptions } from '../../src/server/streams.ts';
+import { StreamRegistry } from '../../src/server/streams.ts';
+import type { StreamRegistryOptions } from '../../src/streams/registry.ts';
 import { makeRuntime, parseSse, waitFor, type SseEvent } from './helpers.ts';
 
 /** A real decoder that can sleep per decode step and hold one chosen decode call until released. */

@@ -1,7 +1,7 @@
 /** Chat rendering: the model's Jinja template, the documented fallback, and template errors. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ChatTemplate, ChatTemplateError, FALLBACK_STOP } from '../../src/server/chat-template.ts';
+import { ChatTemplate, ChatTemplateError, FALLBACK_STOP } from '../../src/model/chat-template.ts';
 
 const messages = [
   { role: 'system' as const, content: 'Be brief.' },

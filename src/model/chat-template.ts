@@ -3,7 +3,7 @@
  * chat template (`tokenizer_config.json`) through @huggingface/jinja, or a plain fallback.
  */
 import { Template } from '@huggingface/jinja';
-import type { TextTokenizer } from '../model/tokenizer.ts';
+import type { TextTokenizer } from './tokenizer.ts';
 
 export interface ChatMessage {
   role: 'system' | 'user' | 'assistant';

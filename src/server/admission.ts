@@ -1,0 +1,84 @@
+/**
+ * Admission: the one place a request's session is created and its per-key limits are applied, for
+ * every entry point (completions, chat, POST /v1/sessions, the session append API).
+ *
+ * - A session a request names that does not exist yet is created here, in the same tick as the
+ *   MAX_SESSIONS_PER_KEY count, so concurrent requests cannot overshoot the limit.
+ * - Submission goes through `Admitted.submit`, which refuses a key at MAX_STREAMS_PER_KEY and counts
+ *   the request while the engine takes it (limits.ts).
+ * - When the request never starts (refused by the limit or the engine, or ended before its first
+ *   event), `Admitted.refused` removes the session that this request created; a session that existed
+ *   before is untouched. So a refused request leaves the store as it found it, on every path.
+ */
+import type { Session } from '../cache/session.ts';
+import type { SessionStore } from '../cache/session-store.ts';
+import type { Engine } from '../engine/engine.ts';
+import type { GenerationRequest, SubmitResult } from '../engine/types.ts';
+import type { Serving } from '../serving.ts';
+import { KeyLimits } from './limits.ts';
+
+/** One admitted request: how it submits, and how it undoes its admission when it never starts. */
+export interface Admitted {
+  /** This request created the session it names (it did not exist before). */
+  readonly created: boolean;
+  /** Submits to the engine under the per-key generation limit; throws 429 too_many_streams at the limit. */
+  submit(request: GenerationRequest): Promise<SubmitResult>;
+  /** The request never started: removes the session it created, if any (idempotent). */
+  refused(): void;
+}
+
+export class Admission {
+  readonly limits: KeyLimits;
+  /** Engines whose queue/finish events the limits already observe. */
+  private readonly observed = new WeakSet<Engine>();
+
+  constructor(maxStreamsPerKey: number, maxSessionsPerKey: number) {
+    this.limits = new KeyLimits(maxStreamsPerKey, maxSessionsPerKey);
+  }
+
+  /**
+   * Admits a generation (or a prefill) for `owner`: checks the generation limit, and when `sessionId`
+   * names a session that does not exist, checks the session limit and creates it. `sessionId`
+   * undefined: a one-off request, or the append API (where the engine refuses unknown sessions).
+   */
+  async admit(parts: Serving, owner: string, sessionId: string | undefined): Promise<Admitted> {
+    this.observe(parts.engine);
+    this.limits.checkStreams(owner);
+    let created: Session | null = null;
+    if (sessionId !== undefined && !(parts.store.get(owner, sessionId) ?? (await parts.store.find(owner, sessionId)))) {
+      // The lookup may have awaited the snapshot directory: another request may have created it meanwhile.
+      if (!parts.store.get(owner, sessionId)) created = this.createSession(parts.store, owner, sessionId);
+    }
+    return this.admitted(parts, created);
+  }
+
+  /** Creates an empty session under the per-key session limit (POST /v1/sessions without a prompt). */
+  createSession(store: SessionStore, owner: string, id: string): Session {
+    this.limits.checkSessions(store.list(owner).length);
+    return store.create(owner, id);
+  }
+
+  private admitted(parts: Serving, created: Session | null): Admitted {
+    const limits = this.limits;
+    let undone = false;
+    return {
+      created: created !== null,
+      async submit(request) {
+        limits.checkStreams(request.owner);
+        return limits.whileSubmitting(request, () => parts.engine.submit(request));
+      },
+      refused() {
+        if (undone || !created) return;
+        undone = true;
+        // Only the very session this request made, and only if nothing else holds it now.
+        if (parts.store.get(created.owner, created.id) === created) parts.store.delete(created);
+      },
+    };
+  }
+
+  private observe(engine: Engine): void {
+    if (this.observed.has(engine)) return;
+    this.observed.add(engine);
+    engine.addObserver(this.limits);
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * The app-wide middleware, as small factories: the request context (id, logger, access log), API-key
+ * authentication, and the answers for errors, unknown routes and wrong methods in OpenAI's format.
+ */
+import { randomBytes } from 'node:crypto';
+import type { ErrorHandler, MiddlewareHandler, NotFoundHandler } from 'hono';
+import type { Logger } from '../lib/logger.ts';
+import { isPublicPath, type ApiKeyAuth } from './auth.ts';
+import type { AppEnv, Ctx } from './context.ts';
+import { ApiError } from './errors.ts';
+import { ClientGoneError } from './generation.ts';
+
+const REQUEST_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/**
+ * Gives every request an id (a well-formed incoming X-Request-Id, else a random one) and a logger
+ * that carries it; answers with X-Request-Id and logs one line per request (health probes at debug).
+ */
+export function requestContext(baseLogger: Logger): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const incoming = c.req.header('x-request-id');
+    const requestId = incoming && REQUEST_ID_PATTERN.test(incoming) ? incoming : `req_${randomBytes(12).toString('hex')}`;
+    const logger = baseLogger.child({ requestId });
+    c.set('requestId', requestId);
+    c.set('logger', logger);
+    const started = performance.now();
+    await next();
+    c.res.headers.set('X-Request-Id', requestId);
+    const fields = { method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) };
+    if (c.req.path === '/healthz' || c.req.path === '/readyz') logger.debug(fields, 'request');
+    else logger.info(fields, 'request');
+  };
+}
+
+/** Every route but the public ones needs a key (401 invalid_api_key otherwise) and gets its owner. */
+export function apiKeyAuth(auth: ApiKeyAuth, metricsRequireKey: boolean): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    if (isPublicPath(c.req.path, metricsRequireKey)) return next();
+    const owner = auth.ownerFor(c.req.header('authorization'));
+    c.set('owner', owner);
+    if (owner !== '') c.set('logger', c.get('logger').child({ owner }));
+    await next();
+  };
+}
+
+/** ApiErrors as OpenAI error bodies; a gone client gets 499; anything else is a logged 500 that names no internals. */
+export function errorHandler(baseLogger: Logger): ErrorHandler<AppEnv> {
+  return (error, c) => {
+    const requestId = c.get('requestId');
+    if (error instanceof ClientGoneError) return new Response(null, { status: 499 });
+    if (error instanceof ApiError) return error.toResponse(requestId);
+    (c.get('logger') ?? baseLogger).error({ err: error.message, stack: error.stack }, 'unhandled error');
+    return new ApiError('internal', 'internal').toResponse(requestId);
+  };
+}
+
+export const notFound: NotFoundHandler<AppEnv> = (c) =>
+  new ApiError('not_found', `No route for ${c.req.method} ${c.req.path}.`).toResponse(c.get('requestId'));
+
+/** For Hono's methodNotAllowed middleware: a known path with another method is 405 with Allow. */
+export function methodNotAllowedAnswer(c: Ctx, methods: string[]): Response {
+  const allow = methods.join(', ');
+  return new ApiError('method_not_allowed', `${c.req.method} is not allowed on ${c.req.path}; use ${allow}.`).toResponse(c.get('requestId'), { Allow: allow });
+}

@@ -1,0 +1,238 @@
+/**
+ * Request bodies into engine requests: prompts and chat messages into token ids, OpenAI's sampling
+ * fields with the model's defaults, the server's limits on max_tokens, stops and prompt length. Every
+ * generation endpoint builds its job with `generationJob`; no HTTP here beyond the error kinds.
+ */
+import type { Config } from '../config.ts';
+import { GREEDY, type SamplingParams } from '../engine/sampler.ts';
+import type { GenerationRequest } from '../engine/types.ts';
+import { ChatTemplateError, type ChatMessage } from '../model/chat-template.ts';
+import type { Serving } from '../serving.ts';
+import { ApiError } from './errors.ts';
+import type { GenerationJob, ResponseFormat } from './generation.ts';
+import { SESSION_ID_PATTERN, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type MessageBody } from './schemas.ts';
+
+/** OpenAI's default for /v1/completions. */
+const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
+
+/** Who asks: the request id (logs, spans) and the owner (whose sessions). */
+export interface Caller {
+  requestId: string;
+  owner: string;
+}
+
+interface SamplingFields {
+  temperature?: number | null;
+  top_p?: number | null;
+  top_k?: number | null;
+  min_p?: number | null;
+  repetition_penalty?: number | null;
+}
+
+interface GenerationFields extends SamplingFields {
+  seed?: number | null;
+  ignore_eos?: boolean | null;
+  truncation?: 'auto' | 'error' | null;
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean | null } | null;
+}
+
+/** `session_id` from the body or the X-Session-Id header (they must agree). */
+export function sessionIdOf(header: string | undefined, fromBody: string | null | undefined): string | undefined {
+  if (header !== undefined && !SESSION_ID_PATTERN.test(header)) {
+    throw new ApiError('invalid_request', "Invalid value for 'X-Session-Id': must be 1-128 characters of letters, digits, '.', '_', ':' and '-'.", 'session_id');
+  }
+  if (header !== undefined && fromBody != null && header !== fromBody) {
+    throw new ApiError('invalid_request', 'session_id in the body and the X-Session-Id header differ.', 'session_id');
+  }
+  return fromBody ?? header;
+}
+
+/** Turns one endpoint's body into the engine's terms, for one server config and loaded model. */
+export class Translator {
+  constructor(
+    private readonly config: Config,
+    private readonly parts: Serving,
+  ) {}
+
+  /** POST /v1/completions. */
+  completion(caller: Caller, b: CompletionBody, sessionId: string | undefined): GenerationJob {
+    let prompt: string | number[];
+    if (Array.isArray(b.prompt) && b.prompt.length === 0) throw new ApiError('invalid_request', "Invalid value for 'prompt': must not be empty.", 'prompt');
+    if (typeof b.prompt === 'string' || typeof b.prompt[0] === 'number') prompt = b.prompt as string | number[];
+    else if (b.prompt.length === 1) prompt = b.prompt[0] as string | number[];
+    else throw new ApiError('unsupported_parameter', 'Only one prompt per request is supported.', 'prompt');
+    const input = this.encodePrompt(prompt, true);
+    this.checkPromptLength(input, 'prompt');
+    const echo = b.echo ? this.echoOf(prompt) : '';
+    const maxTokens = this.maxTokensOf(b.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, 'max_tokens');
+    return this.generationJob(caller, b, { format: 'completion', route: 'completions', echo, sessionId, mode: 'replace', input, maxTokens, stop: this.stopsOf(b.stop) });
+  }
+
+  /** POST /v1/chat/completions. */
+  chat(caller: Caller, b: ChatBody, sessionId: string | undefined): GenerationJob {
+    const input = this.renderChat(b.messages, true);
+    this.checkPromptLength(input, 'messages');
+    const param = b.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
+    const truncation = b.truncation ?? this.config.defaultTruncation;
+    // Without an explicit limit under truncation "error", the default shrinks to what the context has left.
+    const room = truncation === 'error' ? Math.max(1, this.parts.model.contextLength - input.length) : Infinity;
+    const maxTokens = this.maxTokensOf(b.max_completion_tokens ?? b.max_tokens, Math.min(this.config.defaultChatMaxTokens, room), param);
+    const stop = [...this.stopsOf(b.stop), ...this.parts.model.chatTemplate.implicitStops];
+    return this.generationJob(caller, b, { format: 'chat', route: 'chat', echo: '', sessionId, mode: 'replace', input, maxTokens, stop });
+  }
+
+  /** POST /v1/sessions/{id}/completions: the prompt continues the session's transcript. */
+  append(caller: Caller, sessionId: string, b: AppendBody): GenerationJob {
+    const input = this.encodePrompt(b.prompt, false);
+    this.checkPromptLength(input, 'prompt');
+    const echo = b.echo ? this.echoOf(b.prompt) : '';
+    const maxTokens = this.maxTokensOf(b.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, 'max_tokens');
+    return this.generationJob(caller, b, { format: 'completion', route: 'session_completions', echo, sessionId, mode: 'append', input, maxTokens, stop: this.stopsOf(b.stop) });
+  }
+
+  /** The prompt of POST /v1/sessions, as token ids. */
+  prefillInput(b: CreateSessionBody): number[] {
+    const input = b.messages != null ? this.renderChat(b.messages, b.add_generation_prompt ?? false) : this.encodePrompt(b.prompt!, true);
+    this.checkPromptLength(input, b.messages != null ? 'messages' : 'prompt');
+    return input;
+  }
+
+  /** POST /v1/sessions with a prompt: prefill the session's cache, generate nothing. */
+  prefill(caller: Caller, sessionId: string, input: number[]): Omit<GenerationRequest, 'signal'> {
+    return {
+      ...caller,
+      sessionId,
+      onUnknownSession: 'create',
+      mode: 'replace',
+      input,
+      maxTokens: 0,
+      sampling: GREEDY,
+      stop: [],
+      ignoreEos: true,
+      truncation: this.config.defaultTruncation,
+    };
+  }
+
+  /** The one builder of a generation: the endpoint's parts plus what every body shares. */
+  private generationJob(
+    caller: Caller,
+    b: GenerationFields,
+    job: { format: ResponseFormat; route: string; echo: string; sessionId: string | undefined; mode: 'replace' | 'append'; input: number[]; maxTokens: number; stop: string[] },
+  ): GenerationJob {
+    const stream = b.stream ?? false;
+    return {
+      format: job.format,
+      route: job.route,
+      stream,
+      includeUsage: stream && (b.stream_options?.include_usage ?? false),
+      echo: job.echo,
+      request: {
+        ...caller,
+        sampling: this.samplingOf(b),
+        seed: b.seed ?? undefined,
+        ignoreEos: b.ignore_eos ?? false,
+        truncation: b.truncation ?? this.config.defaultTruncation,
+        sessionId: job.sessionId,
+        // The append API names a session that must exist; the others create it (admission.ts does).
+        onUnknownSession: job.mode === 'append' ? 'fail' : 'create',
+        mode: job.mode,
+        input: job.input,
+        maxTokens: job.maxTokens,
+        stop: job.stop,
+      },
+    };
+  }
+
+  private echoOf(prompt: string | number[]): string {
+    return typeof prompt === 'string' ? prompt : this.parts.model.loaded.tokenizer.decode(prompt, false);
+  }
+
+  private checkPromptLength(input: number[], param: string): void {
+    const limit = this.config.maxPromptTokens;
+    if (limit !== undefined && input.length > limit) {
+      throw new ApiError('prompt_too_long', `The prompt has ${input.length} tokens; this server accepts at most ${limit}.`, param);
+    }
+  }
+
+  private maxTokensOf(requested: number | null | undefined, fallback: number, param: string): number {
+    const limit = this.config.maxTokensLimit;
+    if (requested != null) {
+      if (requested > limit) throw new ApiError('invalid_request', `Invalid value for '${param}': at most ${limit} on this server.`, param);
+      return requested;
+    }
+    return Math.min(fallback, limit);
+  }
+
+  private stopsOf(stop: string | string[] | null | undefined): string[] {
+    const list = (stop == null ? [] : Array.isArray(stop) ? stop : [stop]).filter((s) => s.length > 0);
+    if (list.length > this.config.maxStopSequences) {
+      throw new ApiError('invalid_request', `Invalid value for 'stop': at most ${this.config.maxStopSequences} stop sequences.`, 'stop');
+    }
+    return list;
+  }
+
+  /** The request's values, else the model's generation_config defaults, else OpenAI's (temperature 1, top_p 1). */
+  private samplingOf(b: SamplingFields): SamplingParams {
+    const defaults = this.parts.model.loaded.folder.generationDefaults;
+    const topK = b.top_k ?? defaults.topK ?? 0;
+    return {
+      temperature: b.temperature ?? defaults.temperature ?? 1,
+      topP: b.top_p ?? defaults.topP ?? 1,
+      topK: topK < 0 ? 0 : topK,
+      minP: b.min_p ?? defaults.minP ?? 0,
+      repetitionPenalty: b.repetition_penalty ?? defaults.repetitionPenalty ?? 1,
+    };
+  }
+
+  private encodePrompt(prompt: string | number[], atStart: boolean): number[] {
+    if (typeof prompt !== 'string') return prompt;
+    const ids = this.parts.model.loaded.tokenizer.encode(prompt, atStart);
+    // An empty prompt conditions on the start of a document, as OpenAI's models do.
+    const bos = this.parts.model.loaded.folder.bosTokenId;
+    if (ids.length === 0 && atStart && bos !== null) return [bos];
+    return ids;
+  }
+
+  private renderChat(messages: MessageBody[], addGenerationPrompt: boolean): number[] {
+    let text: string;
+    try {
+      text = this.parts.model.chatTemplate.render(chatMessages(messages), addGenerationPrompt);
+    } catch (error) {
+      if (error instanceof ChatTemplateError) {
+        throw new ApiError('invalid_request', `The model's chat template cannot render these messages: ${error.message}`, 'messages');
+      }
+      throw error;
+    }
+    return this.parts.model.loaded.tokenizer.encode(text, false);
+  }
+}
+
+/** OpenAI messages into the template's roles; tool messages and non-text parts are refused. */
+function chatMessages(messages: MessageBody[]): ChatMessage[] {
+  return messages.map((m, i) => {
+    const param = `messages[${i}]`;
+    let role: ChatMessage['role'];
+    if (m.role === 'system' || m.role === 'developer') role = 'system';
+    else if (m.role === 'user' || m.role === 'assistant') role = m.role;
+    else if (m.role === 'tool' || m.role === 'function') throw new ApiError('unsupported_parameter', `Tool messages are not supported by this server.`, `${param}.role`);
+    else throw new ApiError('invalid_request', `Invalid value for '${param}.role': '${m.role}' is not one of system, developer, user, assistant.`, `${param}.role`);
+    if (Array.isArray(m.tool_calls) && m.tool_calls.length > 0) {
+      throw new ApiError('unsupported_parameter', 'Tool calls are not supported by this server.', `${param}.tool_calls`);
+    }
+    let content: string;
+    if (typeof m.content === 'string') content = m.content;
+    else if (Array.isArray(m.content)) {
+      content = m.content
+        .map((part, j) => {
+          if (part.type !== 'text' || typeof (part as { text?: unknown }).text !== 'string') {
+            throw new ApiError('unsupported_parameter', `Content parts of type '${part.type}' are not supported; send text.`, `${param}.content[${j}].type`);
+          }
+          return (part as { text: string }).text;
+        })
+        .join('\n');
+    } else if (role === 'assistant') content = '';
+    else throw new ApiError('invalid_request', `Invalid value for '${param}.content': is required.`, `${param}.content`);
+    return m.name != null ? { role, content, name: m.name } : { role, content };
+  });
+}

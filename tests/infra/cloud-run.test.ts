@@ -106,8 +106,15 @@ describe('cloud-run: GPU service', () => {
     assert.equal(value(hclBlock(hclBlock(container.body, 'liveness_probe').body, 'http_get').body, 'path'), '/healthz');
   });
 
-  it('listens where the image listens', () => {
-    assert.equal(value(hclBlock(container.body, 'ports').body, 'container_port'), '8080');
+  it('listens where the image listens, and probes where it listens', () => {
+    const port = value(hclBlock(container.body, 'ports').body, 'container_port');
+    assert.equal(port, '8080');
+    // Cloud Run sets PORT to container_port; arguments (flags win) must not move the server elsewhere.
+    const args = hclAttribute(container.body, 'args');
+    assert.equal(loadConfig({ ...env, PORT: port }, args ? (JSON.parse(args) as string[]) : []).port, Number(port));
+    for (const probe of ['startup_probe', 'liveness_probe']) {
+      assert.equal(value(hclBlock(hclBlock(container.body, probe).body, 'http_get').body, 'port'), port, probe);
+    }
   });
 });
 

@@ -81,6 +81,9 @@ describe('k8s: Deployment', () => {
     for (const probe of [container.startupProbe, container.readinessProbe, container.livenessProbe]) {
       assert.ok(probe.httpGet.port === 'http' || probe.httpGet.port === httpPort.containerPort);
     }
+    // The probes follow the server's own configuration (environment and arguments, flags winning),
+    // as the image's HEALTHCHECK does: `args: [--port, "9000"]` without a matching port would fail here.
+    assert.equal(loadConfig(env, container.args ?? []).port, httpPort.containerPort);
     const startupBudget = container.startupProbe.periodSeconds * container.startupProbe.failureThreshold;
     assert.ok(startupBudget >= 120, `startup probe allows only ${startupBudget}s to load the model`);
   });

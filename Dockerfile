@@ -20,47 +20,38 @@
 ARG NODE_IMAGE=node:24.18.0-bookworm-slim
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
+# Every install and build step is a script under infra/docker/ that CI (.ci/run) also runs: the
+# CPU path whole, the CUDA path with its download taken from a local stand-in package. They use
+# only npm flags that npm 10 and 11 read alike; npm's cache lives in a BuildKit cache mount, so it
+# never lands in a layer.
+
 # ---------------------------------------------------------------------------------------------
 # build: compile src/ (TypeScript) to dist/ (JavaScript). Needs the dev dependencies (tsc).
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app
-ENV ONNXRUNTIME_NODE_INSTALL=skip
 COPY package.json package-lock.json .npmrc ./
-RUN npm ci --no-audit --no-fund
-COPY tsconfig.json ./
-COPY infra/docker/tsconfig.image.json infra/docker/
+COPY infra/docker/install-deps.sh infra/docker/build.sh infra/docker/
+RUN --mount=type=cache,target=/root/.npm sh infra/docker/install-deps.sh build
+COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-RUN npx tsc -p infra/docker/tsconfig.image.json
+RUN sh infra/docker/build.sh
 
 # ---------------------------------------------------------------------------------------------
-# deps-cpu: production dependencies only. The CUDA download is skipped (as in CI and .npmrc).
+# deps-cpu: production dependencies only, no CUDA download.
 FROM ${NODE_IMAGE} AS deps-cpu
 WORKDIR /app
-ENV ONNXRUNTIME_NODE_INSTALL=skip
 COPY package.json package-lock.json .npmrc ./
-RUN npm ci --omit=dev --no-audit --no-fund \
- && rm -rf node_modules/onnxruntime-node/bin/napi-v6/darwin node_modules/onnxruntime-node/bin/napi-v6/win32 \
- && npm cache clean --force
+COPY infra/docker/install-deps.sh infra/docker/
+RUN --mount=type=cache,target=/root/.npm sh infra/docker/install-deps.sh cpu
 
 # ---------------------------------------------------------------------------------------------
-# deps-cuda: production dependencies plus the CUDA execution provider from NuGet (~240 MB).
-# The environment variable wins over .npmrc's onnxruntime-node-install=skip (script/install-utils.js
-# reads ONNXRUNTIME_NODE_INSTALL first). npm 11 warns about dependency install scripts that
-# package.json does not list in allowScripts, and a strict npm skips them: --allow-scripts names
-# this one, and if the provider still is not there the installer is run directly.
+# deps-cuda: production dependencies plus the CUDA execution provider from NuGet (~240 MB), which
+# install-deps.sh fetches by running onnxruntime-node's installer with ONNXRUNTIME_NODE_INSTALL=cuda12.
 FROM ${NODE_IMAGE} AS deps-cuda
 WORKDIR /app
-ENV ONNXRUNTIME_NODE_INSTALL=cuda12
 COPY package.json package-lock.json .npmrc ./
-RUN npm ci --omit=dev --no-audit --no-fund --allow-scripts=onnxruntime-node \
- && ort=node_modules/onnxruntime-node \
- && bin="$ort/bin/napi-v6/linux/x64" \
- && { test -f "$bin/libonnxruntime_providers_cuda.so" || node "$ort/script/install.js"; } \
- && test -f "$bin/libonnxruntime_providers_cuda.so" \
- && test -f "$bin/libonnxruntime_providers_shared.so" \
- && rm -f "$bin/libonnxruntime_providers_tensorrt.so" \
- && rm -rf "$ort/bin/napi-v6/darwin" "$ort/bin/napi-v6/win32" "$ort/bin/napi-v6/linux/arm64" \
- && npm cache clean --force
+COPY infra/docker/install-deps.sh infra/docker/extract-cuda-provider.cjs infra/docker/
+RUN --mount=type=cache,target=/root/.npm sh infra/docker/install-deps.sh cuda
 
 # ---------------------------------------------------------------------------------------------
 # node: where the runtime stages take the node binary from.

@@ -10,21 +10,18 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
 import type { GenerationRequest } from '../src/engine/types.ts';
 import type { Engine } from '../src/engine/engine.ts';
 import type { LoadedModel } from '../src/model/index.ts';
 import { readBrownDocuments } from '../tools/eval/brown.ts';
 import { benchConfig, benchModel, emptyKv, forward, greedyRequest as request, lastArgmax, median, serving, table, writeResult } from './common.ts';
+import { parseBenchArgs } from './cli.ts';
 
-const { values } = parseArgs({
-  args: process.argv.slice(3),
-  options: {
-    model: { type: 'string' },
-    threads: { type: 'string', default: '2' },
-    repeats: { type: 'string', default: '3' },
-    quick: { type: 'boolean', default: false },
-  },
+const values = parseBenchArgs('core', 'Decode tokens/s with the KV cache against full recomputation, per-step overhead, and the cost of resuming a session, on the default model (or --model). --quick: one length, fewer steps (bench/results/core-quick.json).', {
+  model: { type: 'string', value: 'DIR', help: 'model folder' },
+  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
+  repeats: { type: 'string', default: '3', value: 'N', help: 'runs per measurement (the median is reported)' },
+  quick: { type: 'boolean', default: false, help: 'a short run: prompt 256 only, 64 steps, a shorter resume history; writes core-quick.json' },
 });
 
 const threads = Number(values.threads);

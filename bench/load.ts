@@ -24,7 +24,6 @@ import { createServer, type AddressInfo } from 'node:net';
 import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
 import OpenAI from 'openai';
 import { serve } from '@hono/node-server';
 import { gatherRows } from '../src/cache/kv-ops.ts';
@@ -37,27 +36,25 @@ import { silentLogger } from '../src/lib/logger.ts';
 import { listBrownFiles, readBrownDocuments } from '../tools/eval/brown.ts';
 import { RESULTS_DIR, benchModel, emptyKv, forward, median, percentile, table, writeResult } from './common.ts';
 import { plotSvg } from './plot.ts';
+import { parseBenchArgs } from './cli.ts';
 
-const { values } = parseArgs({
-  args: process.argv.slice(3),
-  options: {
-    concurrency: { type: 'string', default: '1,4,8,16,32' },
-    'requests-per-client': { type: 'string', default: '8' },
-    'min-requests': { type: 'string', default: '16' },
-    turns: { type: 'string', default: '4' },
-    'max-tokens': { type: 'string', default: '64' },
-    'prompt-tokens': { type: 'string', default: '128' },
-    'turn-tokens': { type: 'string', default: '24' },
-    model: { type: 'string' },
-    threads: { type: 'string', default: '2' },
-    'in-process': { type: 'boolean', default: false },
-    set: { type: 'string', multiple: true, default: [] },
-    engine: { type: 'string', multiple: true, default: [] },
-    'level-seconds': { type: 'string', default: '120' },
-    'skip-copy': { type: 'boolean', default: false },
-    tag: { type: 'string', default: 'load' },
-    plot: { type: 'string' },
-  },
+const values = parseBenchArgs('load', 'The real HTTP server under N concurrent streaming openai clients (multi-turn chat sessions): tokens/s, time to first token, inter-token latency and queue time per concurrency level.', {
+  concurrency: { type: 'string', default: '1,4,8,16,32', value: 'LIST', help: 'comma-separated client counts, one level each' },
+  'requests-per-client': { type: 'string', default: '8', value: 'N', help: 'requests each client sends per level' },
+  'min-requests': { type: 'string', default: '16', value: 'N', help: 'at least this many requests per level' },
+  turns: { type: 'string', default: '4', value: 'N', help: 'turns per chat session' },
+  'max-tokens': { type: 'string', default: '64', value: 'N', help: 'tokens per reply (ignore_eos)' },
+  'prompt-tokens': { type: 'string', default: '128', value: 'N', help: 'tokens of the first prompt' },
+  'turn-tokens': { type: 'string', default: '24', value: 'N', help: 'tokens each later user turn adds' },
+  model: { type: 'string', value: 'DIR', help: 'model folder' },
+  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
+  'in-process': { type: 'boolean', default: false, help: 'run the server in this process instead of a child' },
+  set: { type: 'string', multiple: true, default: [], value: 'KEY=VALUE', help: 'a server setting, config flag name without the dashes (e.g. prefill-chunk-tokens=64)' },
+  engine: { type: 'string', multiple: true, default: [], value: 'KEY=VALUE', help: 'an engine option that has no setting (with --in-process only)' },
+  'level-seconds': { type: 'string', default: '120', value: 'S', help: 'time limit per level' },
+  'skip-copy': { type: 'boolean', default: false, help: 'skip the gatherRows copy measurement' },
+  tag: { type: 'string', default: 'load', value: 'NAME', help: 'result name: bench/results/NAME.json' },
+  plot: { type: 'string', value: 'FILE', help: 'also write an SVG plot to FILE' },
 });
 
 const levels = values.concurrency.split(',').map(Number);

@@ -11,10 +11,41 @@ const BENCHMARKS: Record<string, string> = {
   tiers: './tiers.ts',
 };
 
+/** One line per benchmark for the top-level help; each benchmark's own --help lists its options. */
+const SUMMARIES: Record<keyof typeof BENCHMARKS, string> = {
+  core: 'cached decoding against recomputation, step overhead, resume cost (--quick: a short run)',
+  load: 'the HTTP server under concurrent streaming openai clients: tokens/s, TTFT, ITL, queue time',
+  soak: 'mixed load for M minutes, every session checked against a one-shot recomputation',
+  tracing: 'decode throughput with every step traced, against tracing off',
+  window: 'sliding-window truncation (shift, recompute) against no truncation',
+  tiers: 'bytes per token per cache tier, and time to first token resuming from each',
+};
+
+function usage(): string {
+  const width = Math.max(...Object.keys(BENCHMARKS).map((key) => key.length)) + 2;
+  return [
+    'usage: npm run bench -- <name> [options]       npm run bench -- <name> --help   (its options)',
+    '',
+    'Each writes bench/results/<name>.json and prints a markdown table (docs/benchmarks.md).',
+    '',
+    ...Object.keys(BENCHMARKS).map((key) => `  ${key.padEnd(width)}${SUMMARIES[key]}`),
+    '',
+    'Quick variants (results in bench/results/*-quick.json, which git ignores):',
+    '  core --quick',
+    '  load --concurrency 1,4 --requests-per-client 2 --level-seconds 30 --tag load-quick',
+    '  soak --minutes 0.5 --clients 2 --tag soak-quick',
+    'tiers, tracing and window have no quick variant: they rewrite their committed result files.',
+  ].join('\n');
+}
+
 const name = process.argv[2];
-if (!name || !(name in BENCHMARKS)) {
-  console.error(`usage: npm run bench -- <${Object.keys(BENCHMARKS).join('|')}> [options]`);
-  process.exit(name ? 2 : 0);
+if (name === undefined || name === '--help' || name === '-h') {
+  console.log(usage());
+  process.exit(0);
+}
+if (!(name in BENCHMARKS)) {
+  console.error(`bench: unknown benchmark "${name}"\n\n${usage()}`);
+  process.exit(2);
 }
 // `npm run bench -- window -- --context 512` passes the second `--` through; the benchmarks parse
 // process.argv.slice(3) with node:util parseArgs, which would take everything after it as positionals.

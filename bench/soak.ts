@@ -27,7 +27,6 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
 import { serve } from '@hono/node-server';
 import { loadConfig } from '../src/config.ts';
 import { GREEDY } from '../src/engine/sampler.ts';
@@ -38,19 +37,17 @@ import { createApp } from '../src/server/app.ts';
 import { keyId } from '../src/server/auth.ts';
 import type { ChatMessage } from '../src/model/chat-template.ts';
 import { RESULTS_DIR, benchModel, percentile, table, writeResult } from './common.ts';
+import { parseBenchArgs } from './cli.ts';
 
-const { values } = parseArgs({
-  args: process.argv.slice(3),
-  options: {
-    clients: { type: 'string', default: '8' },
-    minutes: { type: 'string', default: '2' },
-    model: { type: 'string' },
-    threads: { type: 'string', default: '2' },
-    'kv-cache-bytes': { type: 'string', default: '24MiB' },
-    'max-tokens': { type: 'string', default: '24' },
-    seed: { type: 'string', default: '1' },
-    tag: { type: 'string', default: 'soak' },
-  },
+const values = parseBenchArgs('soak', 'Soak test: the real server and concurrent clients with two API keys for M minutes (appends, resends, dropped and resumed streams, deletions, bad requests); every session is checked against a one-shot recomputation.', {
+  clients: { type: 'string', default: '8', value: 'N', help: 'concurrent clients' },
+  minutes: { type: 'string', default: '2', value: 'M', help: 'how long the load runs' },
+  model: { type: 'string', value: 'DIR', help: 'model folder' },
+  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
+  'kv-cache-bytes': { type: 'string', default: '24MiB', value: 'SIZE', help: 'KV budget (small, so sessions move between tiers)' },
+  'max-tokens': { type: 'string', default: '24', value: 'N', help: 'tokens per reply' },
+  seed: { type: 'string', default: '1', value: 'N', help: 'seed of the client schedule' },
+  tag: { type: 'string', default: 'soak', value: 'NAME', help: 'result name: bench/results/NAME.json' },
 });
 
 const CLIENTS = Number(values.clients);

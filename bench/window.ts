@@ -5,18 +5,15 @@
  *   npm run bench -- window [--model DIR] [--threads N] [--context 512] [--tokens 2048]
  */
 import { performance } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
 import type { LoadedModel } from '../src/model/index.ts';
 import { benchConfig, benchModel, greedyRequest, median, percentile, serving, table, writeResult } from './common.ts';
+import { parseBenchArgs } from './cli.ts';
 
-const { values } = parseArgs({
-  args: process.argv.slice(3),
-  options: {
-    model: { type: 'string' },
-    threads: { type: 'string', default: '2' },
-    context: { type: 'string', default: '512' },
-    tokens: { type: 'string', default: '2048' },
-  },
+const values = parseBenchArgs('window', 'Cost of the sliding window: decode tokens/s of a long generation with truncation events (shift and recompute) against one that never truncates.', {
+  model: { type: 'string', value: 'DIR', help: 'model folder' },
+  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
+  context: { type: 'string', default: '512', value: 'N', help: 'context in tokens (small, so the window drops often)' },
+  tokens: { type: 'string', default: '2048', value: 'N', help: 'tokens generated' },
 });
 
 interface Run {

@@ -5,7 +5,9 @@
 # later instance restores a session by id when its next request arrives.
 
 locals {
-  snapshot_dir = "/var/lib/warmkv/snapshots"
+  snapshot_dir  = "/var/lib/warmkv/snapshots"
+  api_keys_dir  = "/etc/warmkv/api-keys"
+  api_keys_file = "keys"
 }
 
 resource "google_service_account" "warmkv" {
@@ -35,6 +37,23 @@ resource "google_storage_bucket_iam_member" "snapshots_rw" {
   bucket = google_storage_bucket.snapshots.name
   role   = "roles/storage.objectUser"
   member = "serviceAccount:${google_service_account.warmkv.email}"
+}
+
+# warmkv's API keys, one per line (docs/security.md). Terraform creates the secret, never its
+# value, so no key lands in the Terraform state: add the keys as a version before the service
+# starts (docs/deploy.md, "Cloud Run"):
+#   gcloud secrets versions add warmkv-api-keys --data-file=api-keys.txt
+resource "google_secret_manager_secret" "api_keys" {
+  secret_id = "${var.service_name}-api-keys"
+  replication {
+    auto {}
+  }
+}
+
+resource "google_secret_manager_secret_iam_member" "api_keys_read" {
+  secret_id = google_secret_manager_secret.api_keys.id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.warmkv.email}"
 }
 
 resource "google_cloud_run_v2_service" "warmkv" {
@@ -75,6 +94,20 @@ resource "google_cloud_run_v2_service" "warmkv" {
         read_only = false
         # Files owned by the image's non-root user (uid/gid 10001).
         mount_options = ["uid=10001", "gid=10001"]
+      }
+    }
+
+    # The latest version of the keys secret, as the file API_KEYS_FILE. Cloud Run fetches the value
+    # when the file is read; the server reads it at start, so instances started after a new version
+    # (a new revision, a scale-out) serve the new keys.
+    volumes {
+      name = "api-keys"
+      secret {
+        secret = google_secret_manager_secret.api_keys.secret_id
+        items {
+          version = "latest"
+          path    = local.api_keys_file
+        }
       }
     }
 
@@ -127,9 +160,18 @@ resource "google_cloud_run_v2_service" "warmkv" {
         value = "300"
       }
 
+      env {
+        name  = "API_KEYS_FILE"
+        value = "${local.api_keys_dir}/${local.api_keys_file}"
+      }
+
       volume_mounts {
         name       = "snapshots"
         mount_path = local.snapshot_dir
+      }
+      volume_mounts {
+        name       = "api-keys"
+        mount_path = local.api_keys_dir
       }
 
       # Cloud Run sends traffic only after this passes: /readyz is 503 until the model is loaded.
@@ -161,7 +203,7 @@ resource "google_cloud_run_v2_service" "warmkv" {
     percent = 100
   }
 
-  depends_on = [google_storage_bucket_iam_member.snapshots_rw]
+  depends_on = [google_storage_bucket_iam_member.snapshots_rw, google_secret_manager_secret_iam_member.api_keys_read]
 }
 
 resource "google_cloud_run_v2_service_iam_member" "public" {

@@ -12,3 +12,8 @@ output "service_account" {
   description = "Identity the instances run as."
   value       = google_service_account.warmkv.email
 }
+
+output "api_keys_secret" {
+  description = "Secret Manager secret whose latest version holds the API keys (one per line)."
+  value       = google_secret_manager_secret.api_keys.secret_id
+}

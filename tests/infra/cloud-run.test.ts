@@ -106,8 +106,15 @@ describe('cloud-run: GPU service', () => {
     assert.equal(value(hclBlock(hclBlock(container.body, 'liveness_probe').body, 'http_get').body, 'path'), '/healthz');
   });
 
-  it('listens where the image listens', () => {
-    assert.equal(value(hclBlock(container.body, 'ports').body, 'container_port'), '8080');
+  it('listens where the image listens, and probes where it listens', () => {
+    const port = value(hclBlock(container.body, 'ports').body, 'container_port');
+    assert.equal(port, '8080');
+    // Cloud Run sets PORT to container_port; arguments (flags win) must not move the server elsewhere.
+    const args = hclAttribute(container.body, 'args');
+    assert.equal(loadConfig({ ...env, PORT: port }, args ? (JSON.parse(args) as string[]) : []).port, Number(port));
+    for (const probe of ['startup_probe', 'liveness_probe']) {
+      assert.equal(value(hclBlock(hclBlock(container.body, probe).body, 'http_get').body, 'port'), port, probe);
+    }
   });
 });
 
@@ -142,5 +149,33 @@ describe('cloud-run: sessions survive scale-to-zero', () => {
     assert.equal(config.executionProvider, 'cuda');
     assert.equal(config.executionProviderFallback, true);
     assert.ok(config.snapshotDir);
+  });
+});
+
+describe('cloud-run: API keys from Secret Manager', () => {
+  /** `"${local.a}/${local.b}"` with the locals filled in. */
+  const interpolated = (text: string | undefined) => text?.replace(/^"|"$/g, '').replace(/\$\{local\.(\w+)\}/g, (_, name: string) => hclValue(locals.get(name), variables) ?? '');
+
+  it('creates the secret (never its value) and lets the service account read it', () => {
+    const secrets = hclBlocks(text, 'resource').filter((b) => b.labels[0] === 'google_secret_manager_secret');
+    assert.equal(secrets.length, 1);
+    assert.equal(hclBlocks(text, 'resource').filter((b) => b.labels[0] === 'google_secret_manager_secret_version').length, 0, 'a version in Terraform puts the keys in its state');
+    const grant = hclBlocks(text, 'resource').find((b) => b.labels[0] === 'google_secret_manager_secret_iam_member');
+    assert.ok(grant);
+    assert.equal(value(grant.body, 'role'), 'roles/secretmanager.secretAccessor');
+    assert.match(hclAttribute(grant.body, 'member') ?? '', /google_service_account\.warmkv\.email/);
+  });
+
+  it('mounts its latest version as the file API_KEYS_FILE', () => {
+    const volume = hclBlocks(template.body, 'volumes').find((v) => hclBlocks(v.body, 'secret').length > 0);
+    assert.ok(volume, 'no secret volume');
+    const secret = hclBlock(volume.body, 'secret').body;
+    assert.match(hclAttribute(secret, 'secret') ?? '', /^google_secret_manager_secret\.\w+\.secret_id$/);
+    const item = hclBlock(secret, 'items').body;
+    assert.equal(value(item, 'version'), 'latest');
+    const mount = hclBlocks(container.body, 'volume_mounts').find((m) => value(m.body, 'name') === value(volume.body, 'name'));
+    assert.ok(mount);
+    const file = interpolated(hclAttribute(hclBlocks(container.body, 'env').find((b) => value(b.body, 'name') === 'API_KEYS_FILE')!.body, 'value'));
+    assert.equal(file, `${value(mount.body, 'mount_path')}/${value(item, 'path')}`);
   });
 });

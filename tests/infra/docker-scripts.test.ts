@@ -4,9 +4,10 @@
  * HEALTHCHECK client.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -91,42 +92,80 @@ describe('check-cuda-provider.sh', () => {
 });
 
 describe('healthcheck.mjs', () => {
-  let server: Server;
-  let port: number;
-  let status = 200;
+  let dir: string;
+  let standIn: string;
+  const servers: ChildProcess[] = [];
 
-  before(async () => {
-    server = createServer((request, response) => {
-      response.statusCode = request.url === '/healthz' ? status : 404;
-      response.end();
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    port = (server.address() as AddressInfo).port;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'warmkv-health-'));
+    // Listens where warmkv would for these arguments and environment (a --port flag wins over PORT),
+    // and answers /healthz with STATUS.
+    standIn = join(dir, 'main.js');
+    writeFileSync(
+      standIn,
+      [
+        "import { createServer } from 'node:http';",
+        "const flag = process.argv.indexOf('--port');",
+        'const port = Number(flag === -1 ? process.env.PORT : process.argv[flag + 1]);',
+        "createServer((request, response) => { response.statusCode = request.url === '/healthz' ? Number(process.env.STATUS) : 404; response.end(); })",
+        "  .listen(port, '127.0.0.1', () => console.log('listening'));",
+      ].join('\n'),
+    );
   });
-  after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  after(() => {
+    for (const server of servers) server.kill();
+    rmSync(dir, { recursive: true, force: true });
+  });
 
-  function run(env: Record<string, string>): Promise<number | null> {
+  async function freePort(): Promise<number> {
+    const probe = createServer();
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    const { port } = probe.address() as AddressInfo;
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    return port;
+  }
+
+  /** Starts the stand-in as `node --max-semi-space-size=64 main.js ARGS` and waits until it listens. */
+  async function startServer(args: string[], env: Record<string, string>): Promise<number> {
+    const child = spawn(process.execPath, ['--max-semi-space-size=64', standIn, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+    servers.push(child);
+    await once(child.stdout!, 'data');
+    return child.pid!;
+  }
+
+  function healthcheck(pid: number): Promise<number | null> {
     return new Promise((resolve) => {
-      const child = spawn(process.execPath, [HEALTHCHECK], { env: { ...process.env, ...env }, stdio: 'ignore' });
+      const child = spawn(process.execPath, ['--import', 'tsx', HEALTHCHECK, String(pid)], { stdio: 'ignore' });
       child.on('exit', (code) => resolve(code));
     });
   }
 
-  it('exits 0 when /healthz answers 200 on PORT', async () => {
-    status = 200;
-    assert.equal(await run({ PORT: String(port) }), 0);
+  it('probes the port given as --port, which wins over PORT, as in the server', async () => {
+    const port = await freePort();
+    const pid = await startServer(['--port', String(port)], { PORT: '1', HOST: '0.0.0.0', STATUS: '200' });
+    assert.equal(await healthcheck(pid), 0);
+  });
+
+  it('probes PORT when no flag is given', async () => {
+    const port = await freePort();
+    const pid = await startServer([], { PORT: String(port), STATUS: '200' });
+    assert.equal(await healthcheck(pid), 0);
   });
 
   it('exits 1 when /healthz answers an error', async () => {
-    status = 503;
-    assert.equal(await run({ PORT: String(port) }), 1);
+    const port = await freePort();
+    const pid = await startServer(['--port', String(port)], { STATUS: '503' });
+    assert.equal(await healthcheck(pid), 1);
   });
 
-  it('exits 1 when nothing listens', async () => {
-    const closed = createServer();
-    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
-    const unused = (closed.address() as AddressInfo).port;
-    await new Promise<void>((resolve) => closed.close(() => resolve()));
-    assert.equal(await run({ PORT: String(unused) }), 1);
+  it('exits 1 when nothing listens where the configuration says', async () => {
+    const port = await freePort();
+    const pid = await startServer(['--port', String(port)], { STATUS: '200' });
+    const unused = await freePort();
+    // A process whose configuration names a port nobody listens on.
+    const idle = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)', '--', 'main.js', '--port', String(unused)], { stdio: 'ignore' });
+    servers.push(idle);
+    assert.equal(await healthcheck(idle.pid!), 1);
+    assert.equal(await healthcheck(pid), 0);
   });
 });

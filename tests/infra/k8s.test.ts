@@ -4,9 +4,11 @@
  * InferencePool together, header-hashed session affinity, and settings the server understands.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { parseAllDocuments } from 'yaml';
 import { loadConfig, parseByteSize } from '../../src/config.ts';
 import { durationSeconds, parseDockerfile, parseYamlDocuments, quantityBytes, readRepoFile, ROOT, SERVER_ENV, stageEnv, stageNamed, type K8sObject } from './helpers.ts';
 
@@ -79,6 +81,9 @@ describe('k8s: Deployment', () => {
     for (const probe of [container.startupProbe, container.readinessProbe, container.livenessProbe]) {
       assert.ok(probe.httpGet.port === 'http' || probe.httpGet.port === httpPort.containerPort);
     }
+    // The probes follow the server's own configuration (environment and arguments, flags winning),
+    // as the image's HEALTHCHECK does: `args: [--port, "9000"]` without a matching port would fail here.
+    assert.equal(loadConfig(env, container.args ?? []).port, httpPort.containerPort);
     const startupBudget = container.startupProbe.periodSeconds * container.startupProbe.failureThreshold;
     assert.ok(startupBudget >= 120, `startup probe allows only ${startupBudget}s to load the model`);
   });
@@ -184,6 +189,72 @@ describe('k8s: routing', () => {
     const text = readRepoFile(`${BASE}/inference-extension/inferencepool.yaml`);
     for (const flag of ['--total-queued-requests-metric=warmkv_queue_size', '--total-running-requests-metric=warmkv_running_requests', '--kv-cache-usage-percentage-metric=warmkv_kv_cache_utilization']) {
       assert.ok(text.includes(flag), flag);
+    }
+  });
+});
+
+describe('k8s: API keys and TLS', () => {
+  it('reads the API keys from the Secret warmkv-api-keys, mounted read-only at API_KEYS_FILE, and the pod needs it', () => {
+    const file = env.API_KEYS_FILE;
+    assert.ok(file, 'API_KEYS_FILE is set');
+    const mount = container.volumeMounts.find((m: { mountPath: string }) => file.startsWith(`${m.mountPath}/`));
+    assert.ok(mount, `no volume is mounted above ${file}`);
+    assert.equal(mount.readOnly, true);
+    const volume = pod.spec.volumes.find((v: { name: string }) => v.name === mount.name);
+    assert.equal(volume.secret.secretName, 'warmkv-api-keys');
+    assert.notEqual(volume.secret.optional, true, 'an optional Secret would start the server open');
+    assert.deepEqual(volume.secret.items.map((i: { path: string }) => `${mount.mountPath}/${i.path}`), [file]);
+  });
+
+  it('the Gateway listens on HTTPS only, terminating TLS with a certificate Secret, and the route attaches to it', () => {
+    const gw = one(gateway, 'Gateway');
+    assert.ok(gw.spec.listeners.length > 0);
+    for (const listener of gw.spec.listeners) {
+      assert.equal(listener.protocol, 'HTTPS', `listener ${listener.name} is ${listener.protocol}`);
+      assert.equal(listener.tls.mode, 'Terminate');
+      assert.equal(listener.tls.certificateRefs[0].kind, 'Secret');
+      assert.ok(listener.tls.certificateRefs[0].name);
+    }
+    const route = one(gateway, 'HTTPRoute');
+    assert.ok(gw.spec.listeners.some((l: { name: string }) => l.name === route.spec.parentRefs[0].sectionName));
+  });
+});
+
+describe('k8s: snapshot storage class', () => {
+  const OVERLAYS = ['infra/k8s-overlays/gke-filestore', 'infra/k8s-overlays/eks-efs'];
+  const params = one(base, 'ConfigMap');
+
+  it('is a parameter (a local-config ConfigMap) that a replacement copies into the claim', () => {
+    assert.equal(params.metadata.annotations['config.kubernetes.io/local-config'], 'true');
+    assert.ok(params.data.storageClassName);
+    const [kustomization] = parseYamlDocuments(`${BASE}/kustomization.yaml`) as unknown as { replacements: { source: { name: string; fieldPath: string }; targets: { select: { kind: string }; fieldPaths: string[] }[] }[] }[];
+    const replacement = kustomization.replacements.find((r) => r.source.fieldPath === 'data.storageClassName');
+    assert.equal(replacement?.source.name, params.metadata.name);
+    assert.deepEqual(replacement?.targets.map((t) => [t.select.kind, t.fieldPaths]), [['PersistentVolumeClaim', ['spec.storageClassName']]]);
+    assert.deepEqual(one(base, 'PersistentVolumeClaim').spec.accessModes, ['ReadWriteMany']);
+  });
+
+  it('the GKE and EKS examples build on the base and set their class', () => {
+    for (const dir of OVERLAYS) {
+      const [kustomization] = parseYamlDocuments(`${dir}/kustomization.yaml`) as unknown as { resources: string[]; patches: { target: { name: string } }[] }[];
+      assert.ok(kustomization.resources.includes('../../k8s'), `${dir} builds on infra/k8s`);
+      assert.ok(kustomization.patches.some((p) => p.target.name === params.metadata.name), `${dir} sets the parameter`);
+    }
+  });
+
+  it('renders the class each example names into the claim (kubectl kustomize), when kubectl is installed', (t) => {
+    const expected: Record<string, string> = { 'infra/k8s': 'standard-rwx', 'infra/k8s-overlays/gke-filestore': 'standard-rwx', 'infra/k8s-overlays/eks-efs': 'efs-sc' };
+    for (const [dir, storageClass] of Object.entries(expected)) {
+      const result = spawnSync('kubectl', ['kustomize', join(ROOT, dir)], { encoding: 'utf8' });
+      if (result.error) {
+        t.skip('kubectl is not installed');
+        return;
+      }
+      assert.equal(result.status, 0, result.stderr);
+      const objects = parseAllDocuments(result.stdout).map((d) => d.toJSON() as K8sObject);
+      const claim = objects.find((o) => o.kind === 'PersistentVolumeClaim');
+      assert.equal(claim?.spec.storageClassName, storageClass, dir);
+      assert.ok(!objects.some((o) => o.kind === 'ConfigMap' && o.metadata.name === params.metadata.name), `${dir} applies its parameters ConfigMap`);
     }
   });
 });

@@ -7,9 +7,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { Sequence } from '../../src/engine/sequence.ts';
-import type { Decoder, DecoderOutput, DecoderStep } from '../../src/model/index.ts';
-import { GPT2, LLAMA, RecordingDecoder, collect, makeEngine, randomTokens, request, sampling } from '../support/fixtures.ts';
-import { SlowDecoder, listen, post } from '../server/helpers.ts';
+import { GPT2, LLAMA, collect, makeEngine, randomTokens, request, sampling } from '../support/fixtures.ts';
+import { listen, post } from '../server/helpers.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 /** What one model call did, in call order, from the engine's observers. */
 type CallRecord = { kind: 'decode'; ids: string[]; rows: number } | { kind: 'prefill'; id: string; tokens: number };
@@ -24,27 +24,6 @@ function callLog() {
   return { calls, observer };
 }
 
-/** A real decoder that waits `delayMs` before every call (so the test can act while a request runs). */
-class DelayDecoder implements Decoder {
-  constructor(
-    private readonly inner: Decoder,
-    private readonly delayMs: number,
-  ) {}
-  get io() {
-    return this.inner.io;
-  }
-  get executionProvider() {
-    return this.inner.executionProvider;
-  }
-  async run(step: DecoderStep): Promise<DecoderOutput> {
-    await new Promise((resolve) => setTimeout(resolve, this.delayMs));
-    return this.inner.run(step);
-  }
-  dispose() {
-    return this.inner.dispose();
-  }
-}
-
 const SAMPLED = sampling({ temperature: 0.9, topK: 40, topP: 0.95, repetitionPenalty: 1.05 });
 
 describe('batching across sessions', () => {
@@ -54,8 +33,8 @@ describe('batching across sessions', () => {
       const target = () => request(prompt, { sampling: SAMPLED, seed: 1234, maxTokens: 30, requestId: 'target' });
       const alone = await collect((await makeEngine({ model: modelOptions })).engine.submit(target()));
 
-      let recorder!: RecordingDecoder;
-      const { engine } = await makeEngine({ model: modelOptions, wrapDecoder: (d) => (recorder = new RecordingDecoder(d)) });
+      let recorder!: TestDecoder;
+      const { engine } = await makeEngine({ model: modelOptions, wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
       const neighbours = [
         request(randomTokens(5, 12), { sampling: SAMPLED, seed: 7, maxTokens: 40 }),
         request(randomTokens(61, 13), { maxTokens: 25 }),
@@ -65,13 +44,13 @@ describe('batching across sessions', () => {
       const batched = results[2];
       assert.equal(batched.tokens.length, 30);
       assert.deepEqual(batched.tokens, alone.tokens);
-      assert.ok(Math.max(...recorder.calls.filter((c) => c.step.seqLength === 1).map((c) => c.step.batchSize)) >= 3, 'the target shared decode steps with neighbours');
+      assert.ok(Math.max(...recorder.recorded.filter((c) => c.step.seqLength === 1).map((c) => c.step.batchSize)) >= 3, 'the target shared decode steps with neighbours');
     });
   }
 
   test('a running stream gets a token every iteration while newcomers with long prompts keep arriving', async () => {
-    let recorder!: RecordingDecoder;
-    const { engine } = await makeEngine({ prefillChunkTokens: 32, wrapDecoder: (d) => (recorder = new RecordingDecoder(d)) });
+    let recorder!: TestDecoder;
+    const { engine } = await makeEngine({ prefillChunkTokens: 32, wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
     const { calls, observer } = callLog();
     engine.addObserver(observer);
     const running = await engine.submit(request(randomTokens(10, 1), { maxTokens: 80, requestId: 'running' }));
@@ -88,7 +67,7 @@ describe('batching across sessions', () => {
     }
     await Promise.all(newcomers);
     assert.equal(tokens, 80);
-    assert.equal(calls.length, recorder.calls.length, 'every model call was observed');
+    assert.equal(calls.length, recorder.recorded.length, 'every model call was observed');
 
     const mine = calls.flatMap((c, i) => (c.kind === 'decode' && c.ids.includes('running') ? [i] : []));
     assert.equal(mine.length, 79, 'one prefill call and 79 decode steps');
@@ -107,15 +86,7 @@ describe('batching across sessions', () => {
     // waiting, the budget is 2 x 12 ms, about 48 tokens (the bounds leave room for a busy machine).
     const { engine } = await makeEngine({
       prefillChunkTokens: 256,
-      wrapDecoder: (inner) => ({
-        io: inner.io,
-        executionProvider: inner.executionProvider,
-        run: async (step) => {
-          await new Promise((resolve) => setTimeout(resolve, step.seqLength === 1 ? 12 : step.seqLength * 0.5));
-          return inner.run(step);
-        },
-        dispose: () => inner.dispose(),
-      }),
+      wrapDecoder: (inner) => wrapDecoder(inner, { delayMs: (step) => (step.seqLength === 1 ? 12 : step.seqLength * 0.5) }),
     });
     engine.options.minPrefillChunkTokens = 16;
     const chunks: Array<{ id: string; tokens: number; decoding: number }> = [];
@@ -140,8 +111,8 @@ describe('batching across sessions', () => {
   });
 
   test('a cancelled stream leaves the batch at the next iteration', async () => {
-    let recorder!: RecordingDecoder;
-    const { engine } = await makeEngine({ wrapDecoder: (d) => (recorder = new RecordingDecoder(d)) });
+    let recorder!: TestDecoder;
+    const { engine } = await makeEngine({ wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
     const controller = new AbortController();
     let steps = 0;
     let abortedAfterCall = -1;
@@ -149,7 +120,7 @@ describe('batching across sessions', () => {
       decodeStep: (info) => {
         if (info.sequences.length === 3 && ++steps === 5) {
           controller.abort();
-          abortedAfterCall = recorder.calls.length;
+          abortedAfterCall = recorder.recorded.length;
         }
       },
     });
@@ -163,14 +134,14 @@ describe('batching across sessions', () => {
     assert.equal(a.tokens.length, 30);
     assert.equal(c.tokens.length, 30);
     assert.ok(abortedAfterCall > 0);
-    const next = recorder.calls[abortedAfterCall];
+    const next = recorder.recorded[abortedAfterCall];
     assert.equal(next.step.seqLength, 1);
-    assert.equal(recorder.calls[abortedAfterCall - 1].step.batchSize, 3);
+    assert.equal(recorder.recorded[abortedAfterCall - 1].step.batchSize, 3);
     assert.equal(next.step.batchSize, 2, 'the next decode call no longer carries the cancelled row (1 free row of 3 is re-packed away)');
   });
 
   test('a cancelled request leaves the queue at once', async () => {
-    const { engine } = await makeEngine({ maxBatchSize: 1, wrapDecoder: (d) => new DelayDecoder(d, 5) });
+    const { engine } = await makeEngine({ maxBatchSize: 1, wrapDecoder: (d) => wrapDecoder(d, { delayMs: 5 }) });
     const holder = collect(engine.submit(request(randomTokens(8, 1), { maxTokens: 20 })));
     const controller = new AbortController();
     const queued = collect(engine.submit(request(randomTokens(8, 2), { signal: controller.signal })));
@@ -184,11 +155,11 @@ describe('batching across sessions', () => {
   });
 
   test('MAX_BATCH_SIZE bounds the rows of every model call, and the outputs equal one-by-one runs', async () => {
-    let recorder!: RecordingDecoder;
-    const { engine } = await makeEngine({ maxBatchSize: 3, wrapDecoder: (d) => (recorder = new RecordingDecoder(d)) });
+    let recorder!: TestDecoder;
+    const { engine } = await makeEngine({ maxBatchSize: 3, wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
     const prompts = Array.from({ length: 8 }, (_, i) => randomTokens(4 + 9 * i, 40 + i));
     const results = await Promise.all(prompts.map((p, i) => collect(engine.submit(request(p, { maxTokens: 10 + i })))));
-    const rows = recorder.calls.map((c) => c.step.batchSize);
+    const rows = recorder.recorded.map((c) => c.step.batchSize);
     assert.equal(Math.max(...rows), 3);
     assert.ok(results.every((r, i) => r.tokens.length === 10 + i));
     const single = await makeEngine({ maxBatchSize: 1 });
@@ -202,33 +173,33 @@ describe('batching across sessions', () => {
   });
 
   test('unchanged batch membership feeds the previous present back as past: no re-packing', async () => {
-    let recorder!: RecordingDecoder;
-    const { engine } = await makeEngine({ wrapDecoder: (d) => (recorder = new RecordingDecoder(d)) });
+    let recorder!: TestDecoder;
+    const { engine } = await makeEngine({ wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
     const { calls, observer } = callLog();
     engine.addObserver(observer);
 
     // One stream: never a copy, from the prefill's present onwards.
     await collect(engine.submit(request(randomTokens(12, 1), { maxTokens: 20 })));
-    for (let i = 1; i < recorder.calls.length; i++) {
-      assert.equal(recorder.calls[i].step.past.layers[0].key, recorder.calls[i - 1].output.present.layers[0].key, `call ${i} reuses the present of call ${i - 1}`);
+    for (let i = 1; i < recorder.recorded.length; i++) {
+      assert.equal(recorder.recorded[i].step.past.layers[0].key, recorder.recorded[i - 1].output.present.layers[0].key, `call ${i} reuses the present of call ${i - 1}`);
     }
     assert.equal(engine.counters().repacks, 0);
 
     // Four streams of different lengths and lengths of output: copies only when a row joins or leaves.
-    const start = recorder.calls.length;
+    const start = recorder.recorded.length;
     const logStart = calls.length;
     await Promise.all([5, 33, 70, 18].map((n, i) => collect(engine.submit(request(randomTokens(n, 10 + i), { maxTokens: 12 + 5 * i })))));
     let previous: { ids: string[]; call: number } | null = null;
     let unchanged = 0;
     let changes = 0;
-    for (let i = start; i < recorder.calls.length; i++) {
+    for (let i = start; i < recorder.recorded.length; i++) {
       const record = calls[logStart + (i - start)];
       if (record.kind !== 'decode') continue;
       if (previous) {
         if (previous.ids.join() === record.ids.join()) {
           unchanged++;
-          const past = recorder.calls[i].step.past.layers[0].key;
-          assert.equal(past, recorder.calls[previous.call].output.present.layers[0].key, `decode call ${i}: unchanged membership, fed back as it is`);
+          const past = recorder.recorded[i].step.past.layers[0].key;
+          assert.equal(past, recorder.recorded[previous.call].output.present.layers[0].key, `decode call ${i}: unchanged membership, fed back as it is`);
         } else changes++;
       }
       previous = { ids: record.ids, call: i };
@@ -240,8 +211,8 @@ describe('batching across sessions', () => {
 
   for (const [family, modelOptions] of [['llama', LLAMA], ['gpt2', GPT2]] as const) {
     test(`${family}: a stream that leaves frees its row and a newcomer takes it, copying only its own cache; outputs unchanged`, async () => {
-      let recorder!: RecordingDecoder;
-      const { engine } = await makeEngine({ model: modelOptions, wrapDecoder: (d) => (recorder = new RecordingDecoder(d)) });
+      let recorder!: TestDecoder;
+      const { engine } = await makeEngine({ model: modelOptions, wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
       // Six streams; the shortest one ends first, so its row is the only waste (1 of 6 rows).
       const prompts = [randomTokens(3, 21), randomTokens(20, 22), randomTokens(24, 23), randomTokens(28, 24), randomTokens(31, 25), randomTokens(35, 26)];
       const maxTokens = [14, 40, 40, 40, 40, 40];
@@ -254,8 +225,8 @@ describe('batching across sessions', () => {
           if (s.request.requestId === 'short') newcomer = collect(engine.submit(request(newcomerPrompt, { maxTokens: 12, requestId: 'newcomer' })));
         },
         decodeStep: (info) => {
-          if (info.sequences.length === 5 && recorder.calls.at(-1)!.step.batchSize === 6) sawFreeRow = true;
-          if (!atJoin && info.sequences.some((s) => s.request.requestId === 'newcomer')) atJoin = { ...engine.counters(), rows: recorder.calls.at(-1)!.step.batchSize };
+          if (info.sequences.length === 5 && recorder.recorded.at(-1)!.step.batchSize === 6) sawFreeRow = true;
+          if (!atJoin && info.sequences.some((s) => s.request.requestId === 'newcomer')) atJoin = { ...engine.counters(), rows: recorder.recorded.at(-1)!.step.batchSize };
         },
       });
       const results = await Promise.all(prompts.map((p, i) => collect(engine.submit(request(p, { maxTokens: maxTokens[i], requestId: i === 0 ? 'short' : `long-${i}` })))));
@@ -264,7 +235,7 @@ describe('batching across sessions', () => {
       assert.equal(atJoin?.inPlaceJoins, 1, 'the newcomer took the free row');
       assert.equal(atJoin?.repacks, 5, 'full re-packs only while the first six joined');
       assert.equal(atJoin?.rows, 6);
-      assert.equal(Math.max(...recorder.calls.map((c) => c.step.batchSize)), 6);
+      assert.equal(Math.max(...recorder.recorded.map((c) => c.step.batchSize)), 6);
 
       const single = await makeEngine({ model: modelOptions, maxBatchSize: 1 });
       for (let i = 0; i < prompts.length; i++) {
@@ -279,7 +250,7 @@ describe('batching across sessions', () => {
 
 describe('admission', () => {
   test('a full queue refuses at once with queue_full and a retry time', async () => {
-    const { engine } = await makeEngine({ maxBatchSize: 1, maxQueue: 2, wrapDecoder: (d) => new DelayDecoder(d, 2) });
+    const { engine } = await makeEngine({ maxBatchSize: 1, maxQueue: 2, wrapDecoder: (d) => wrapDecoder(d, { delayMs: 2 }) });
     const running = collect(engine.submit(request(randomTokens(8, 1), { maxTokens: 20 })));
     const queued = [collect(engine.submit(request(randomTokens(8, 2)))), collect(engine.submit(request(randomTokens(8, 3))))];
     const refused = await engine.submit(request(randomTokens(8, 4)));
@@ -294,7 +265,7 @@ describe('admission', () => {
   const BUDGET = 4 * 16 * 512;
 
   test('no room with only busy sessions: the request waits, then ends with cache_full after the queue timeout', async () => {
-    const { engine, store } = await makeEngine({ budgetBytes: BUDGET, queueTimeoutMs: 150, wrapDecoder: (d) => new DelayDecoder(d, 10) });
+    const { engine, store } = await makeEngine({ budgetBytes: BUDGET, queueTimeoutMs: 150, wrapDecoder: (d) => wrapDecoder(d, { delayMs: 10 }) });
     // The holder reserves 10 + 50 tokens (4 blocks) and runs for ~500 ms.
     let holderDone = 0;
     const holder = collect(await engine.submit(request(randomTokens(10, 1), { sessionId: 'holder', maxTokens: 50 }))).then((r) => {
@@ -317,7 +288,7 @@ describe('admission', () => {
   });
 
   test('a request waiting for room is admitted in the iteration right after room frees', async () => {
-    const { engine } = await makeEngine({ budgetBytes: BUDGET, wrapDecoder: (d) => new DelayDecoder(d, 3) });
+    const { engine } = await makeEngine({ budgetBytes: BUDGET, wrapDecoder: (d) => wrapDecoder(d, { delayMs: 3 }) });
     const order: string[] = [];
     engine.addObserver({
       requestStarted: (s) => order.push(`start ${s.request.requestId}`),
@@ -339,7 +310,7 @@ describe('admission', () => {
 describe('queue time per request', () => {
   test('reaches the client as X-Queue-Time-Ms, on streams and on JSON responses', async () => {
     // One row: the second and third requests wait for the first (20 tokens of >= 10 ms).
-    const server = await listen({ settings: { 'max-batch-size': '1' }, wrapDecoder: (d) => new SlowDecoder(d, 10) });
+    const server = await listen({ settings: { 'max-batch-size': '1' }, wrapDecoder: (d) => wrapDecoder(d, { decodeDelayMs: 10 }) });
     try {
       const body = (stream: boolean) => ({ prompt: 'Once upon a time', max_tokens: 20, stream, ignore_eos: true });
       const first = fetch(`${server.url}/v1/completions`, post(body(true)));

@@ -6,11 +6,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { Decoder } from '../../src/model/index.ts';
-import { DeviceLikeDecoder, collect, makeEngine, randomTokens, request, sampling, type EngineFixtureOptions } from '../support/fixtures.ts';
+import { collect, makeEngine, randomTokens, request, sampling, type EngineFixtureOptions } from '../support/fixtures.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 async function pair(options: EngineFixtureOptions = {}) {
-  let device!: DeviceLikeDecoder;
-  const onDevice = await makeEngine({ ...options, wrapDecoder: (d: Decoder) => (device = new DeviceLikeDecoder(options.wrapDecoder ? options.wrapDecoder(d) : d)) });
+  let device!: TestDecoder;
+  const onDevice = await makeEngine({ ...options, wrapDecoder: (d: Decoder) => (device = wrapDecoder(options.wrapDecoder ? options.wrapDecoder(d) : d, { deviceLike: true })) });
   const onHost = await makeEngine(options);
   return { onDevice, onHost, device: () => device };
 }
@@ -54,15 +55,7 @@ describe('KV kept on the device between steps', () => {
     let calls = 0;
     const { onDevice } = await pair({
       tiers: {},
-      wrapDecoder: (inner) => ({
-        io: inner.io,
-        executionProvider: inner.executionProvider,
-        run: (step) => {
-          if (++calls === failAt) throw new Error('injected fault');
-          return inner.run(step);
-        },
-        dispose: () => inner.dispose(),
-      }),
+      wrapDecoder: (inner) => wrapDecoder(inner, { failWhen: () => ++calls === failAt, faultMessage: 'injected fault' }),
     });
     const { engine, store } = onDevice;
     // Prefill only: the session caches exactly its prompt, in host memory.

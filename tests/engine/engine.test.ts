@@ -1,26 +1,27 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { argmax } from '../../src/engine/sampler.ts';
-import { GPT2, LLAMA, RecordingDecoder, collect, fullRecompute, makeEngine, randomTokens, request, sampling, testModel } from '../support/fixtures.ts';
+import { GPT2, LLAMA, collect, fullRecompute, makeEngine, randomTokens, request, sampling, testModel } from '../support/fixtures.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 for (const [family, modelOptions] of [['llama', LLAMA], ['gpt2', GPT2]] as const) {
   describe(`engine on a ${family} builder model`, () => {
     test('greedy decoding with the KV cache equals full recomputation at every step (64 steps, logits within 1e-4)', async () => {
-      let recorder!: RecordingDecoder;
+      let recorder!: TestDecoder;
       const { engine, model } = await makeEngine({
         model: modelOptions,
-        wrapDecoder: (d) => (recorder = new RecordingDecoder(d)),
+        wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })),
       });
       const prompt = model.tokenizer.encode('The quick brown fox jumps over the lazy dog. It was a bright cold day');
       const result = await collect(engine.submit(request(prompt, { maxTokens: 64 })));
       assert.equal(result.tokens.length, 64);
       assert.equal(result.end.finishReason, 'length');
-      assert.equal(recorder.calls.length, 64, 'one prefill call and 63 single-token decode calls');
+      assert.equal(recorder.recorded.length, 64, 'one prefill call and 63 single-token decode calls');
 
       const sequence = prompt.slice();
       let maxDiff = 0;
       for (let step = 0; step < 64; step++) {
-        const { output, step: input } = recorder.calls[step];
+        const { output, step: input } = recorder.recorded[step];
         const cached = (output.logits as Float32Array).subarray((input.seqLength - 1) * output.vocabSize, input.seqLength * output.vocabSize);
         const full = await fullRecompute(model.decoder, sequence);
         for (let i = 0; i < full.length; i++) maxDiff = Math.max(maxDiff, Math.abs(full[i] - cached[i]));
@@ -218,15 +219,7 @@ describe('sampling, stops and cancellation', () => {
   test('a model failure ends the stream with an error and rolls the session back', async () => {
     let failNext = false;
     const { engine, store } = await makeEngine({
-      wrapDecoder: (inner) => ({
-        io: inner.io,
-        executionProvider: inner.executionProvider,
-        run: (step) => {
-          if (failNext && step.seqLength === 1) throw new Error('injected fault');
-          return inner.run(step);
-        },
-        dispose: () => inner.dispose(),
-      }),
+      wrapDecoder: (inner) => wrapDecoder(inner, { failWhen: (step) => failNext && step.seqLength === 1, faultMessage: 'injected fault' }),
     });
     const first = await collect(engine.submit(request(randomTokens(10, 1), { sessionId: 'fault', maxTokens: 6 })));
     const before = store.get('', 'fault')!.tokens.slice();

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { resolveWindowPolicy, WindowConfigError } from '../../src/cache/window.ts';
 import type { Session } from '../../src/cache/session.ts';
-import { GPT2, LLAMA, RecordingDecoder, collect, makeEngine, randomTokens, request, runFromScratch, testModel } from '../support/fixtures.ts';
+import { GPT2, LLAMA, collect, makeEngine, randomTokens, request, runFromScratch, testModel } from '../support/fixtures.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 /** The transcript tokens a windowed session's cache holds, slot by slot. */
 function cachedTokensOf(session: Session, sinks: number): number[] {
@@ -40,14 +41,14 @@ describe('sliding window with attention sinks', () => {
   });
 
   test('a session generates ten times the context length in bounded memory', async () => {
-    let recorder!: RecordingDecoder;
+    let recorder!: TestDecoder;
     const capacity = 64;
-    const { engine, store } = await makeEngine({ capacity, window: WINDOW, wrapDecoder: (d) => (recorder = new RecordingDecoder(d)) });
+    const { engine, store } = await makeEngine({ capacity, window: WINDOW, wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
     let peakReserved = 0;
     engine.addObserver({ decodeStep: () => (peakReserved = Math.max(peakReserved, store.budget.reservedBytes)) });
     const result = await collect(engine.submit(request(randomTokens(30, 5), { sessionId: 'long', maxTokens: 10 * capacity })));
     assert.equal(result.tokens.length, 10 * capacity);
-    const maxPast = Math.max(...recorder.calls.map((c) => c.step.past.length + c.step.seqLength));
+    const maxPast = Math.max(...recorder.recorded.map((c) => c.step.past.length + c.step.seqLength));
     assert.ok(maxPast <= capacity, `the model saw ${maxPast} tokens`);
     const session = store.get('', 'long')!;
     assert.ok(session.cachedLength <= capacity);
@@ -121,16 +122,16 @@ describe('sliding window with attention sinks', () => {
   });
 
   test('learned-position models use recompute and never exceed their position table', async () => {
-    let recorder!: RecordingDecoder;
+    let recorder!: TestDecoder;
     const gpt2 = { ...GPT2, maxPositions: 40 };
     const model = await testModel(gpt2);
     assert.equal(model.folder.positionEncoding.kind, 'learned');
     assert.throws(() => resolveWindowPolicy(40, { sinkTokens: 4, strategy: 'shift' }, model.folder.positionEncoding), WindowConfigError);
-    const { engine } = await makeEngine({ model: gpt2, capacity: 40, window: { sinkTokens: 4 }, wrapDecoder: (d) => (recorder = new RecordingDecoder(d)) });
+    const { engine } = await makeEngine({ model: gpt2, capacity: 40, window: { sinkTokens: 4 }, wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
     assert.equal(engine.options.window.strategy, 'recompute');
     const result = await collect(engine.submit(request(randomTokens(20, 2), { maxTokens: 200 })));
     assert.equal(result.tokens.length, 200);
-    const maxPosition = Math.max(...recorder.calls.flatMap((c) => Array.from(c.step.positionIds, Number)));
+    const maxPosition = Math.max(...recorder.recorded.flatMap((c) => Array.from(c.step.positionIds, Number)));
     assert.ok(maxPosition < 40, `position ${maxPosition}`);
   });
 });

@@ -6,7 +6,8 @@ import { buildModelBytes, type BuildOptions } from '../../tools/model-builder/in
 import { argmax } from '../../src/engine/sampler.ts';
 import type { Logger } from '../../src/lib/logger.ts';
 import { emptyKv, ExecutionProviderError, OnnxDecoder, type Decoder } from '../../src/model/index.ts';
-import { LLAMA, GPT2, RecordingDecoder, collect, fullRecompute, makeEngine, randomTokens, request, testModel, testModelDir } from '../support/fixtures.ts';
+import { LLAMA, GPT2, collect, fullRecompute, makeEngine, randomTokens, request, testModel, testModelDir } from '../support/fixtures.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 // The CUDA tests below expect the provider to fail on this CPU-only machine; onnxruntime would print
 // that expected failure itself, in red, on stderr. Its own log (not the decoder's errors) only at fatal.
@@ -162,21 +163,21 @@ describe('float16 KV cache through the engine', () => {
 
   for (const family of [LLAMA, GPT2]) {
     test(`${family.family}: greedy decoding with an fp16 cache stays close to full recomputation (40 steps)`, async () => {
-      let recorder!: RecordingDecoder;
+      let recorder!: TestDecoder;
       const { engine, model } = await makeEngine({
         model: { ...family, kvDtype: 'float16' },
-        wrapDecoder: (d) => (recorder = new RecordingDecoder(d)),
+        wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })),
       });
       const prompt = model.tokenizer.encode('Once upon a time there was a small village by the sea');
       const steps = 40;
       const result = await collect(engine.submit(request(prompt, { maxTokens: steps })));
       assert.equal(result.tokens.length, steps);
-      assert.equal(recorder.calls.length, steps);
+      assert.equal(recorder.recorded.length, steps);
       const sequence = prompt.slice();
       let maxDiff = 0;
       let agreed = 0;
       for (let step = 0; step < steps; step++) {
-        const { output, step: input } = recorder.calls[step];
+        const { output, step: input } = recorder.recorded[step];
         const cached = (output.logits as Float32Array).subarray((input.seqLength - 1) * output.vocabSize, input.seqLength * output.vocabSize);
         const full = await fullRecompute(model.decoder, sequence);
         let stepDiff = 0;

@@ -1,7 +1,8 @@
 /** The HTTP API through `app.request()`: response shapes, streaming format, sessions, limits. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { SlowDecoder, chunksOf, makeApp, post, waitFor } from './helpers.ts';
+import { chunksOf, makeApp, post, waitFor } from './helpers.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 const USER = [{ role: 'user', content: 'Tell me about the old castle.' }];
 
@@ -112,8 +113,8 @@ describe('POST /v1/completions', () => {
   });
 
   test('the end-of-turn token stops generation with finish_reason stop unless ignore_eos is set', async () => {
-    let slow!: SlowDecoder;
-    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = new SlowDecoder(d)) });
+    let slow!: TestDecoder;
+    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = wrapDecoder(d)) });
     slow.forceToken = runtime.serving!.model.loaded.tokenizer.tokenToId('<|im_end|>')!;
     const chat = await (await app.request('/v1/chat/completions', post({ messages: USER, max_tokens: 5 }))).json() as any;
     assert.equal(chat.choices[0].finish_reason, 'stop');
@@ -208,8 +209,8 @@ describe('sessions on the OpenAI endpoints', () => {
   });
 
   test('a request on a busy session gets 409 with an OpenAI error body', async () => {
-    let slow!: SlowDecoder;
-    const { app } = await makeApp({ wrapDecoder: (d) => (slow = new SlowDecoder(d, 5)) });
+    let slow!: TestDecoder;
+    const { app } = await makeApp({ wrapDecoder: (d) => (slow = wrapDecoder(d, { decodeDelayMs: 5 })) });
     const first = await app.request('/v1/completions', post({ prompt: 'Hello', max_tokens: 400, stream: true, ignore_eos: true, session_id: 'busy' }));
     assert.equal(first.status, 200);
     const second = await app.request('/v1/chat/completions', post({ messages: USER, session_id: 'busy' }));
@@ -235,8 +236,8 @@ describe('sessions on the OpenAI endpoints', () => {
 
 describe('disconnects and keep-alive', () => {
   test('without resumption, cancelling the stream stops generation within one step and leaves the session consistent', async () => {
-    let slow!: SlowDecoder;
-    const { app, runtime } = await makeApp({ settings: { 'stream-resume-seconds': '0' }, wrapDecoder: (d) => (slow = new SlowDecoder(d, 2)) });
+    let slow!: TestDecoder;
+    const { app, runtime } = await makeApp({ settings: { 'stream-resume-seconds': '0' }, wrapDecoder: (d) => (slow = wrapDecoder(d, { decodeDelayMs: 2 })) });
     const res = await app.request('/v1/completions', post({ prompt: 'Hello there', max_tokens: 1000, ignore_eos: true, stream: true, session_id: 'gone' }));
     assert.equal(res.headers.get('x-stream-id'), null, 'not resumable');
     const reader = res.body!.getReader();
@@ -256,7 +257,7 @@ describe('disconnects and keep-alive', () => {
   });
 
   test('keep-alive comments are sent while a long prefill runs', async () => {
-    const { app } = await makeApp({ pingIntervalMs: 20, wrapDecoder: (d) => new SlowDecoder(d, 0, 150) });
+    const { app } = await makeApp({ pingIntervalMs: 20, wrapDecoder: (d) => wrapDecoder(d, { decodeDelayMs: 0, prefillDelayMs: 150 }) });
     const res = await app.request('/v1/completions', post({ prompt: 'A long prompt to prefill', max_tokens: 2, stream: true }));
     const text = await res.text();
     const { comments, done } = chunksOf(text);

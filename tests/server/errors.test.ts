@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ERROR_TABLE } from '../../src/server/errors.ts';
-import { SlowDecoder, chunksOf, expectError, makeApp, post } from './helpers.ts';
+import { chunksOf, expectError, makeApp, post } from './helpers.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 describe('request validation', () => {
   test('invalid JSON, empty and non-object bodies are 400', async () => {
@@ -167,11 +168,11 @@ describe('routing, sessions and capacity', () => {
 
   test('a cache that stays full past the queue timeout is 429 cache_full with Retry-After', async () => {
     // 512 bytes per token, 16-token blocks: the budget fits one 48-token request at a time.
-    let slow!: SlowDecoder;
+    let slow!: TestDecoder;
     const { app } = await makeApp({
       settings: { 'kv-cache-bytes': String(3 * 16 * 512), 'queue-timeout-seconds': '0.2' },
       // 40 steps of 20 ms: the holder keeps the budget well past the second request's queue timeout.
-      wrapDecoder: (d) => (slow = new SlowDecoder(d, 20)),
+      wrapDecoder: (d) => (slow = wrapDecoder(d, { decodeDelayMs: 20 })),
     });
     const first = await app.request('/v1/completions', post({ prompt: 'Hello', max_tokens: 40, ignore_eos: true, stream: true, session_id: 'holder' }));
     assert.equal(first.status, 200);
@@ -188,8 +189,8 @@ describe('routing, sessions and capacity', () => {
   });
 
   test('a model failure is 500 without internals, and after the stream started an error event with no [DONE]', async () => {
-    let slow!: SlowDecoder;
-    const { app } = await makeApp({ wrapDecoder: (d) => (slow = new SlowDecoder(d)) });
+    let slow!: TestDecoder;
+    const { app } = await makeApp({ wrapDecoder: (d) => (slow = wrapDecoder(d)) });
     slow.failWhen = () => true;
     const res = await app.request('/v1/completions', post({ prompt: 'Hello', max_tokens: 5 }));
     const error = await expectError(res, 500, 'internal_error', null);

@@ -9,8 +9,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { SlowDecoder, chunksOf, makeApp, post, waitFor } from './helpers.ts';
+import { chunksOf, makeApp, post, waitFor } from './helpers.ts';
 import { appWithLogger, captureLogger } from './log-capture.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 const GREEDY = { temperature: 0, ignore_eos: true };
 
@@ -25,8 +26,8 @@ async function oneShot(app: { request: (path: string, init: RequestInit) => Resp
 
 describe('model errors', () => {
   test('an onnxruntime error mid-stream ends that stream with an error chunk, rolls the session back, and the server keeps serving', async () => {
-    let slow!: SlowDecoder;
-    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = new SlowDecoder(d)) });
+    let slow!: TestDecoder;
+    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = wrapDecoder(d)) });
     const serving = runtime.serving!;
     const tokenizer = serving.model.loaded.tokenizer;
     assert.equal((await app.request('/v1/sessions', post({ session_id: 'story', prompt: 'Once upon a time' }))).status, 201);
@@ -72,8 +73,8 @@ describe('model errors', () => {
   });
 
   test('a fault in a batched decode step ends every stream of the batch; each session rolls back on its own', async () => {
-    let slow!: SlowDecoder;
-    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = new SlowDecoder(d, 5)) });
+    let slow!: TestDecoder;
+    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = wrapDecoder(d, { decodeDelayMs: 5 })) });
     const store = runtime.serving!.store;
     const prompts = { a: 'The river ran', b: 'In the old town the bells' };
     for (const [id, prompt] of Object.entries(prompts)) {
@@ -103,8 +104,8 @@ describe('model errors', () => {
   });
 
   test('a fault during a prefill (non-streaming) is a 500 without internals and leaves the session as it was', async () => {
-    let slow!: SlowDecoder;
-    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = new SlowDecoder(d)), settings: { 'prefill-chunk-tokens': '4' } });
+    let slow!: TestDecoder;
+    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = wrapDecoder(d)), settings: { 'prefill-chunk-tokens': '4' } });
     const store = runtime.serving!.store;
     assert.equal((await app.request('/v1/completions', post({ prompt: 'A short start', max_tokens: 2, session_id: 'p', ...GREEDY }))).status, 200);
     const before = store.get('', 'p')!.tokens.slice();
@@ -127,8 +128,8 @@ describe('model errors', () => {
   });
 
   test('POST /v1/sessions whose prefill fails creates nothing (201 or nothing)', async () => {
-    let slow!: SlowDecoder;
-    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = new SlowDecoder(d)) });
+    let slow!: TestDecoder;
+    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = wrapDecoder(d)) });
     slow.failWhen = () => true;
     const res = await app.request('/v1/sessions', post({ session_id: 'never', prompt: 'Hello there' }));
     assert.equal(res.status, 500);

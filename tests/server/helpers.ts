@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { loadConfig } from '../../src/config.ts';
-import type { Decoder, DecoderOutput, DecoderStep } from '../../src/model/index.ts';
 import { Runtime, type RuntimeOptions } from '../../src/runtime.ts';
 import { createApp, type AppOptions } from '../../src/server/app.ts';
 import { LLAMA, testModel, testModelDir } from '../support/fixtures.ts';
@@ -62,39 +61,6 @@ export async function listen(options: TestServerOptions = {}): Promise<Listening
         server.close(() => resolve());
       }),
   };
-}
-
-/** A real decoder that sleeps before each call and counts calls; `failWhen` injects faults. */
-export class SlowDecoder implements Decoder {
-  calls = 0;
-  failWhen: ((step: DecoderStep) => boolean) | null = null;
-  /** Makes this token the most likely one at every position. */
-  forceToken: number | null = null;
-  constructor(
-    private readonly inner: Decoder,
-    public decodeDelayMs = 0,
-    public prefillDelayMs = 0,
-  ) {}
-  get io() {
-    return this.inner.io;
-  }
-  get executionProvider() {
-    return this.inner.executionProvider;
-  }
-  async run(step: DecoderStep): Promise<DecoderOutput> {
-    this.calls++;
-    const delay = step.seqLength > 1 ? this.prefillDelayMs : this.decodeDelayMs;
-    if (delay > 0) await new Promise((resolve) => setTimeout(resolve, delay));
-    if (this.failWhen?.(step)) throw new Error('injected fault: secret internals');
-    const output = await this.inner.run(step);
-    if (this.forceToken !== null && output.logits instanceof Float32Array) {
-      for (let row = 0; row < step.batchSize * step.seqLength; row++) output.logits[row * output.vocabSize + this.forceToken] = 1e9;
-    }
-    return output;
-  }
-  dispose() {
-    return this.inner.dispose();
-  }
 }
 
 export interface SseEvent {

@@ -1,30 +1,19 @@
 /** `npm start` end to end (src/main.ts in a child process) and the runtime's start-up checks. */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { describe, test } from 'node:test';
 import { loadConfig } from '../../src/config.ts';
 import { contextLengthFor, Runtime, RuntimeError } from '../../src/runtime.ts';
 import { createApp } from '../../src/server/app.ts';
 import { GPT2, LLAMA, testModel, testModelDir } from '../support/fixtures.ts';
+import { startServerProcess } from '../support/server-process.ts';
 
-function start(args: string[], env: Record<string, string> = {}) {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, exited, stderr: () => stderr };
-}
+const start = (args: string[], env: Record<string, string> = {}) => startServerProcess({ args, env });
 
 describe('main.ts', () => {
   test('--help lists every setting; an invalid setting exits 2 with a clear message', async () => {
     const help = start(['--help']);
-    let out = '';
-    help.child.stdout.on('data', (d) => (out += d));
     assert.equal(await help.exited, 0);
+    const out = help.stdout();
     assert.match(out, /--port\s+PORT \(default 8080\)/);
     assert.match(out, /--model\s+MODEL or MODEL_DIR/);
     const bad = start(['--max-batch-size', '0'], { PORT: 'eighty' });
@@ -46,20 +35,8 @@ describe('main.ts', () => {
   test('serves MODEL_DIR with JSON logs, answers a completion, and drains on SIGTERM', async () => {
     const dir = await testModelDir(LLAMA);
     const run = start(['--port', '0', '--host', '127.0.0.1', '--kv-cache-bytes', '32MiB'], { MODEL_DIR: dir, LOG_LEVEL: 'info' });
-    const lines: Array<Record<string, any>> = [];
-    const port = await new Promise<number>((resolve, reject) => {
-      createInterface({ input: run.child.stdout }).on('line', (line) => {
-        const entry = JSON.parse(line);
-        lines.push(entry);
-        if (entry.msg === 'listening') resolve(entry.port);
-      });
-      void run.exited.then(() => reject(new Error(`exited early: ${run.stderr()}`)));
-    });
-    const url = `http://127.0.0.1:${port}`;
-    for (let i = 0; (await fetch(`${url}/readyz`)).status !== 200; i++) {
-      assert.ok(i < 200, 'ready within 10 s');
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
+    const lines = run.logs;
+    const url = await run.ready(10_000);
     const res = await fetch(`${url}/v1/completions`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },

@@ -4,17 +4,17 @@
  * limits, each answered with its 4xx and OpenAI's error body.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { describe, test } from 'node:test';
 import { ConfigError, loadConfig } from '../../src/config.ts';
 import { ApiKeyAuth, keyId, loadApiKeys, MIN_API_KEY_LENGTH } from '../../src/server/auth.ts';
 import { LLAMA, testModelDir } from '../support/fixtures.ts';
-import { SlowDecoder, chunksOf, expectError, makeApp, post, waitFor } from './helpers.ts';
+import { startServerProcess } from '../support/server-process.ts';
+import { chunksOf, expectError, makeApp, post, waitFor } from './helpers.ts';
 import { appWithLogger, captureLogger } from './log-capture.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 const KEY_A = 'sk-test-alpha-0123456789abcdef';
 const KEY_B = 'sk-test-bravo-0123456789abcdef';
@@ -157,24 +157,11 @@ describe('API keys', () => {
     const keysFile = join(mkdtempSync(join(tmpdir(), 'warmkv-keys-')), 'keys');
     writeFileSync(keysFile, `${KEY_A}\n`);
     const start = (env: Record<string, string>) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--port', '0', '--host', '127.0.0.1', '--kv-cache-bytes', '16MiB'], {
-        env: { ...process.env, MODEL_DIR: dir, LOG_LEVEL: 'info', API_KEYS: '', API_KEYS_FILE: '', ...env },
-        stdio: ['ignore', 'pipe', 'pipe'],
+      const server = startServerProcess({
+        args: ['--port', '0', '--host', '127.0.0.1', '--kv-cache-bytes', '16MiB'],
+        env: { MODEL_DIR: dir, LOG_LEVEL: 'info', API_KEYS: '', API_KEYS_FILE: '', ...env },
       });
-      let stderr = '';
-      child.stderr.on('data', (d) => (stderr += d));
-      const lines: Array<Record<string, any>> = [];
-      const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-      const port = new Promise<number>((resolve, reject) => {
-        createInterface({ input: child.stdout }).on('line', (line) => {
-          const entry = JSON.parse(line);
-          lines.push(entry);
-          if (entry.msg === 'listening') resolve(entry.port);
-        });
-        void exited.then(() => reject(new Error(`exited: ${stderr}`)));
-      });
-      port.catch(() => {});
-      return { child, exited, port, lines, stderr: () => stderr };
+      return { ...server, lines: server.logs };
     };
 
     const bad = start({ API_KEYS: 'too-short' });
@@ -184,11 +171,7 @@ describe('API keys', () => {
 
     const run = start({ API_KEYS_FILE: keysFile });
     try {
-      const url = `http://127.0.0.1:${await run.port}`;
-      for (let i = 0; (await fetch(`${url}/readyz`)).status !== 200; i++) {
-        assert.ok(i < 200, 'ready within 10 s');
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
+      const url = await run.ready(10_000);
       const status = async (key: string) => (await fetch(`${url}/v1/models`, { headers: { Authorization: `Bearer ${key}` } })).status;
       assert.equal(await status(KEY_A), 200);
       assert.equal(await status(KEY_B), 401);
@@ -204,8 +187,7 @@ describe('API keys', () => {
       assert.ok(!run.lines.some((l) => l.msg.includes('no API keys configured')));
       assert.ok(!JSON.stringify(run.lines).includes(KEY_A) && !JSON.stringify(run.lines).includes(KEY_B));
     } finally {
-      run.child.kill('SIGKILL');
-      await run.exited;
+      await run.stop();
     }
 
     const open = start({});
@@ -213,8 +195,7 @@ describe('API keys', () => {
       await open.port;
       await waitFor(() => open.lines.some((l) => l.level === 40 && /no API keys configured/.test(l.msg)));
     } finally {
-      open.child.kill('SIGKILL');
-      await open.exited;
+      await open.stop();
     }
   });
 });
@@ -352,8 +333,8 @@ describe('limits', () => {
   });
 
   test('concurrent generations per key: 429 too_many_streams with Retry-After; streaming or not; a burst cannot overshoot', async () => {
-    let slow!: SlowDecoder;
-    const { app, runtime } = await makeApp({ settings, wrapDecoder: (d) => (slow = new SlowDecoder(d, 10)) });
+    let slow!: TestDecoder;
+    const { app, runtime } = await makeApp({ settings, wrapDecoder: (d) => (slow = wrapDecoder(d, { decodeDelayMs: 10 })) });
     const stream = async (headers: Record<string, string>) => app.request('/v1/completions', post({ prompt: 'x', max_tokens: 20, ignore_eos: true, stream: true }, headers));
     const first = await stream(A);
     assert.equal((await app.request('/v1/sessions', post({ session_id: 'busy' }, A))).status, 201);

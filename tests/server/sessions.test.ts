@@ -1,7 +1,8 @@
 /** The native session API: create (with prefill), append completions, inspect, list, delete. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { SlowDecoder, chunksOf, makeApp, post, waitFor } from './helpers.ts';
+import { chunksOf, makeApp, post, waitFor } from './helpers.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 describe('native session API', () => {
   test('three appended turns reuse the whole cache and equal a one-shot request of the transcript', async () => {
@@ -73,8 +74,8 @@ describe('native session API', () => {
   });
 
   test('GET one session, list with pagination, DELETE; busy sessions cannot be deleted', async () => {
-    let slow!: SlowDecoder;
-    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = new SlowDecoder(d)) });
+    let slow!: TestDecoder;
+    const { app, runtime } = await makeApp({ wrapDecoder: (d) => (slow = wrapDecoder(d)) });
     const ids = ['a1', 'a2', 'a3', 'a4', 'a5'];
     for (const id of ids) {
       await app.request('/v1/completions', post({ prompt: 'Hi', max_tokens: 2, session_id: id }));

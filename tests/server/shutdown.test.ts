@@ -4,45 +4,20 @@
  * process resumes a session from the snapshot with its whole cache.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { describe, test } from 'node:test';
 import { LLAMA, testModelDir } from '../support/fixtures.ts';
+import { startServerProcess, type ServerProcess } from '../support/server-process.ts';
 
-interface Server {
-  url: string;
-  exited: Promise<number | null>;
-  kill(signal: NodeJS.Signals): void;
-  logs: Array<Record<string, unknown>>;
-}
-
-async function startServer(env: Record<string, string>): Promise<Server> {
+async function startServer(env: Record<string, string>): Promise<ServerProcess & { url: string }> {
   const dir = await testModelDir(LLAMA);
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--port', '0', '--host', '127.0.0.1', '--kv-cache-bytes', '64MiB'], {
-    env: { ...process.env, MODEL_DIR: dir, LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+  const server = startServerProcess({
+    args: ['--port', '0', '--host', '127.0.0.1', '--kv-cache-bytes', '64MiB'],
+    env: { MODEL_DIR: dir, LOG_LEVEL: 'info', ...env },
   });
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const logs: Array<Record<string, unknown>> = [];
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      const entry = JSON.parse(line) as Record<string, unknown>;
-      logs.push(entry);
-      if (entry.msg === 'listening') resolve(entry.port as number);
-    });
-    void exited.then(() => reject(new Error(`server exited early: ${stderr}`)));
-  });
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; (await fetch(`${url}/readyz`)).status !== 200; i++) {
-    assert.ok(i < 400, 'ready within 20 s');
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return { url, exited, kill: (signal) => child.kill(signal), logs };
+  return { ...server, url: await server.ready(20_000) };
 }
 
 const json = (body: unknown) => ({ method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });

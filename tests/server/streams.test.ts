@@ -13,58 +13,13 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { getRequestListener } from '@hono/node-server';
 import type { Runtime } from '../../src/runtime.ts';
-import type { Decoder, DecoderOutput, DecoderStep } from '../../src/model/index.ts';
 import type { GenerationRequest } from '../../src/engine/types.ts';
 import { createApp } from '../../src/server/app.ts';
 import { ApiError } from '../../src/server/errors.ts';
 import { StreamRegistry } from '../../src/server/streams.ts';
 import type { StreamRegistryOptions } from '../../src/streams/registry.ts';
 import { makeRuntime, parseSse, waitFor, type SseEvent } from './helpers.ts';
-
-/** A real decoder that can sleep per decode step and hold one chosen decode call until released. */
-class GateDecoder implements Decoder {
-  decodeCalls = 0;
-  decodeDelayMs = 0;
-  private gate: { at: number; reached: () => void; opened: Promise<void> } | null = null;
-  constructor(private readonly inner: Decoder) {}
-  get io() {
-    return this.inner.io;
-  }
-  get executionProvider() {
-    return this.inner.executionProvider;
-  }
-  /** Holds the `call`-th decode call from now on until `release` is called. */
-  hold(call: number): { reached: Promise<void>; release: () => void } {
-    this.decodeCalls = 0;
-    let reached!: () => void;
-    let release!: () => void;
-    const whenReached = new Promise<void>((resolve) => (reached = resolve));
-    const opened = new Promise<void>((resolve) => (release = resolve));
-    this.gate = { at: call, reached, opened };
-    return {
-      reached: whenReached,
-      release: () => {
-        this.gate = null;
-        release();
-      },
-    };
-  }
-  async run(step: DecoderStep): Promise<DecoderOutput> {
-    if (step.seqLength === 1) {
-      this.decodeCalls++;
-      if (this.decodeDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.decodeDelayMs));
-      const gate = this.gate;
-      if (gate && this.decodeCalls === gate.at) {
-        gate.reached();
-        await gate.opened;
-      }
-    }
-    return this.inner.run(step);
-  }
-  dispose() {
-    return this.inner.dispose();
-  }
-}
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 interface Server {
   /** http://127.0.0.1:port, or undefined on a Unix socket. */
@@ -72,7 +27,7 @@ interface Server {
   socketPath?: string;
   runtime: Runtime;
   streams: StreamRegistry;
-  decoder: GateDecoder;
+  decoder: TestDecoder;
   close(): Promise<void>;
 }
 
@@ -82,8 +37,8 @@ after(async () => {
 });
 
 async function startServer(options: Partial<StreamRegistryOptions> & { pingIntervalMs?: number; unixSocket?: boolean; settings?: Record<string, string> } = {}): Promise<Server> {
-  let decoder!: GateDecoder;
-  const runtime = await makeRuntime({ settings: options.settings, wrapDecoder: (d) => (decoder = new GateDecoder(d)) });
+  let decoder!: TestDecoder;
+  const runtime = await makeRuntime({ settings: options.settings, wrapDecoder: (d) => (decoder = wrapDecoder(d)) });
   const streams = new StreamRegistry({ resumeMs: 60_000, ...options });
   const app = createApp(runtime, { streams, pingIntervalMs: options.pingIntervalMs });
   const server = http.createServer(getRequestListener(app.fetch));

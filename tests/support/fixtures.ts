@@ -13,7 +13,7 @@ import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { GREEDY, type SamplingParams } from '../../src/engine/sampler.ts';
 import type { GenerationEvent, GenerationRequest, SubmitResult, Usage } from '../../src/engine/types.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
-import { emptyKv, loadModel, type Decoder, type DecoderOutput, type DecoderStep, type DeviceKv, type KvData, type LoadedModel } from '../../src/model/index.ts';
+import { emptyKv, loadModel, type Decoder, type DecoderOutput, type LoadedModel } from '../../src/model/index.ts';
 
 const building = new Map<string, Promise<string>>();
 
@@ -156,26 +156,6 @@ export async function collect(submitted: SubmitResult | Promise<SubmitResult>): 
   return { tokens, text, start, end, usage: end.usage };
 }
 
-/** A real decoder that remembers every call's inputs and outputs. */
-export class RecordingDecoder implements Decoder {
-  readonly calls: Array<{ step: DecoderStep; output: DecoderOutput }> = [];
-  constructor(private readonly inner: Decoder) {}
-  get io() {
-    return this.inner.io;
-  }
-  get executionProvider() {
-    return this.inner.executionProvider;
-  }
-  async run(step: DecoderStep): Promise<DecoderOutput> {
-    const output = await this.inner.run(step);
-    this.calls.push({ step, output });
-    return output;
-  }
-  dispose() {
-    return this.inner.dispose();
-  }
-}
-
 /** Random token ids below `limit` from a seeded generator (for prompts that are not text). */
 export function randomTokens(count: number, seed: number, limit = 600): number[] {
   let state = seed >>> 0 || 1;
@@ -208,55 +188,3 @@ export async function fullRecompute(decoder: Decoder, tokens: readonly number[])
   return (out.logits as Float32Array).slice((n - 1) * out.vocabSize, n * out.vocabSize);
 }
 
-/**
- * A real decoder whose KV outputs behave like device memory (as with WebGPU's gpu-buffer outputs): the
- * returned present has no host layers, only a handle that can be fed back once or downloaded once.
- * Any engine code that reads device KV as host arrays, or uses it twice, fails loudly.
- */
-export class DeviceLikeDecoder implements Decoder {
-  downloads = 0;
-  deviceSteps = 0;
-  constructor(private readonly inner: Decoder) {}
-  get io() {
-    return this.inner.io;
-  }
-  get executionProvider() {
-    return 'device-like';
-  }
-  async run(step: DecoderStep): Promise<DecoderOutput> {
-    let past = step.past;
-    const handle = past.device as FakeDeviceKv | undefined;
-    if (handle) {
-      past = { batchSize: past.batchSize, length: past.length, layers: handle.use() };
-      this.deviceSteps++;
-    }
-    const output = await this.inner.run({ ...step, past });
-    handle?.release();
-    const device = new FakeDeviceKv(output.present.layers, () => this.downloads++);
-    return { ...output, present: { batchSize: output.present.batchSize, length: output.present.length, layers: [], device } };
-  }
-  dispose() {
-    return this.inner.dispose();
-  }
-}
-
-class FakeDeviceKv implements DeviceKv {
-  private gone = false;
-  constructor(
-    private readonly layers: Array<{ key: KvData; value: KvData }>,
-    private readonly onDownload: () => void,
-  ) {}
-  use() {
-    if (this.gone) throw new Error('device KV used after it was consumed or freed');
-    return this.layers;
-  }
-  async download() {
-    const layers = this.use();
-    this.gone = true;
-    this.onDownload();
-    return layers;
-  }
-  release() {
-    this.gone = true;
-  }
-}

@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import type { KvBudget } from './budget.ts';
 import { Session, type Tier } from './session.ts';
 
-export type AcquireResult = { ok: true; session: Session } | { ok: false; reason: 'busy' | 'not_found' };
 
 export interface EvictionEvent {
   session: Session;
@@ -110,8 +109,7 @@ export class SessionStore {
   delete(session: Session): boolean {
     if (session.busy) return false;
     this.budget.resize(session, 0);
-    session.kv = null;
-    session.tier = 'evicted';
+    session.toEvicted();
     this.sessions.delete(storeKey(session.owner, session.id));
     return true;
   }
@@ -175,8 +173,6 @@ function storeKey(owner: string, id: string): string {
  * window state stays: it says which tokens the recomputed cache must hold.
  */
 export function dropCache(session: Session): { tier: Tier; bytes: number } {
-  session.kv = null;
-  session.cachedLength = 0;
-  session.tier = 'evicted';
+  session.toEvicted();
   return { tier: 'evicted', bytes: 0 };
 }

@@ -48,4 +48,40 @@ export class Session {
   ) {
     this.lastUsedAt = createdAt;
   }
+
+  /*
+   * Tier moves: each sets kv, int8, cachedLength and tier together, so a session never holds KV of two
+   * tiers or a tier that disagrees with its tensors. Budget accounting stays with the caller (KvBudget).
+   */
+
+  /** Ready to run: `kv` holds `cachedLength` tokens. */
+  toHot(kv: KvTensors, cachedLength: number): void {
+    this.kv = kv;
+    this.int8 = null;
+    this.cachedLength = cachedLength;
+    this.tier = 'hot';
+  }
+
+  /** Quantized in memory; the length stays. */
+  toInt8(int8: Int8Kv): void {
+    this.kv = null;
+    this.int8 = int8;
+    this.tier = 'int8';
+  }
+
+  /** In a snapshot file holding `cachedLength` tokens; nothing in memory. */
+  toDisk(cachedLength = this.cachedLength): void {
+    this.kv = null;
+    this.int8 = null;
+    this.cachedLength = cachedLength;
+    this.tier = 'disk';
+  }
+
+  /** No KV anywhere: the transcript is recomputed on demand. The window state stays (the caller decides). */
+  toEvicted(): void {
+    this.kv = null;
+    this.int8 = null;
+    this.cachedLength = 0;
+    this.tier = 'evicted';
+  }
 }

@@ -88,25 +88,18 @@ export class TierManager {
     if ((session.tier === 'int8' || session.tier === 'hot') && this.snapshotDir) {
       try {
         this.writeSync(session);
-        session.kv = null;
-        session.int8 = null;
-        session.tier = 'disk';
+        session.toDisk();
         return { tier: 'disk', bytes: 0 };
       } catch (error) {
         this.options.logger.warn({ sessionId: session.id, err: (error as Error).message }, 'snapshot write failed: evicting to the transcript');
       }
     }
-    session.kv = null;
-    session.int8 = null;
-    session.cachedLength = 0;
-    session.tier = 'evicted';
+    session.toEvicted();
     return { tier: 'evicted', bytes: 0 };
   }
 
   private quantize(session: Session): { tier: Tier; bytes: number } {
-    session.int8 = quantizeKv(this.options.layout, session.kv!, this.options.keyMode);
-    session.kv = null;
-    session.tier = 'int8';
+    session.toInt8(quantizeKv(this.options.layout, session.kv!, this.options.keyMode));
     return { tier: 'int8', bytes: this.int8Bytes(session.cachedLength) };
   }
 
@@ -146,9 +139,7 @@ export class TierManager {
   async restore(session: Session): Promise<void> {
     if (session.tier === 'int8' && session.int8) {
       if (!this.store.reserve(session, Math.max(session.reservedBytes, this.hotBytes(session.cachedLength)))) return;
-      session.kv = dequantizeKv(this.options.layout, session.int8);
-      session.int8 = null;
-      session.tier = 'hot';
+      session.toHot(dequantizeKv(this.options.layout, session.int8), session.cachedLength);
       return;
     }
     if (session.tier !== 'disk') return;
@@ -165,9 +156,7 @@ export class TierManager {
         return;
       }
       if (!this.store.reserve(session, Math.max(session.reservedBytes, this.hotBytes(restored.length)))) return;
-      session.kv = restored;
-      session.cachedLength = restored.length;
-      session.tier = 'hot';
+      session.toHot(restored, restored.length);
       // The file now lags the session: remove it so a crash cannot resurrect an older transcript.
       unlink(path).catch(() => {});
     } catch (error) {
@@ -208,8 +197,7 @@ export class TierManager {
     } else if (header.payloadKind === 'none') {
       this.toTranscriptOnly(session);
     } else {
-      session.cachedLength = header.cachedLength;
-      session.tier = 'disk';
+      session.toDisk(header.cachedLength);
     }
     return session;
   }
@@ -275,10 +263,7 @@ export class TierManager {
   }
 
   private toTranscriptOnly(session: Session): void {
-    session.kv = null;
-    session.int8 = null;
-    session.cachedLength = 0;
-    session.tier = 'evicted';
+    session.toEvicted();
     this.budget.resize(session, 0);
   }
 

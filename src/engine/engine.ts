@@ -808,10 +808,9 @@ export class Engine {
 
   private keepCache(sequence: Sequence): void {
     const session = sequence.session;
-    session.kv = sequence.cacheLength > 0 ? sequence.kv : null;
-    session.cachedLength = session.kv ? sequence.cacheLength : 0;
+    if (sequence.cacheLength > 0 && sequence.kv) session.toHot(sequence.kv, sequence.cacheLength);
+    else session.toEvicted();
     session.window = sequence.window;
-    session.tier = session.kv ? 'hot' : 'evicted';
     sequence.kv = null;
   }
 
@@ -826,15 +825,11 @@ export class Engine {
     const match = commonPrefixLength(sequence.fullInput, session.tokens, session.tokens.length);
     const keep = sequence.kv ? reusableSlots(window, sequence.cacheLength, match) : 0;
     if (keep > 0) {
-      session.kv = prefixOf(this.layout, sequence.kv!, keep);
-      session.cachedLength = keep;
+      session.toHot(prefixOf(this.layout, sequence.kv!, keep), keep);
       session.window = { ...window };
-      session.tier = 'hot';
     } else {
-      session.kv = null;
-      session.cachedLength = 0;
+      session.toEvicted();
       session.window = { ...NO_WINDOW };
-      session.tier = 'evicted';
     }
     sequence.kv = null;
   }

@@ -118,7 +118,7 @@ export function instructionsOf(stage: Stage, keyword: string): Instruction[] {
 export interface K8sObject {
   apiVersion: string;
   kind: string;
-  metadata: { name: string; labels?: Record<string, string>; namespace?: string };
+  metadata: { name: string; labels?: Record<string, string>; namespace?: string; annotations?: Record<string, string> };
   spec?: any;
   [key: string]: any;
 }

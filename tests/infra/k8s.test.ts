@@ -225,7 +225,7 @@ describe('k8s: snapshot storage class', () => {
   const params = one(base, 'ConfigMap');
 
   it('is a parameter (a local-config ConfigMap) that a replacement copies into the claim', () => {
-    assert.equal(params.metadata.annotations['config.kubernetes.io/local-config'], 'true');
+    assert.equal(params.metadata.annotations?.['config.kubernetes.io/local-config'], 'true');
     assert.ok(params.data.storageClassName);
     const [kustomization] = parseYamlDocuments(`${BASE}/kustomization.yaml`) as unknown as { replacements: { source: { name: string; fieldPath: string }; targets: { select: { kind: string }; fieldPaths: string[] }[] }[] }[];
     const replacement = kustomization.replacements.find((r) => r.source.fieldPath === 'data.storageClassName');

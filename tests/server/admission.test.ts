@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { SlowDecoder, expectError, makeApp, post } from './helpers.ts';
+import { wrapDecoder } from '../support/test-decoder.ts';
+import { expectError, makeApp, post } from './helpers.ts';
 
 /** A context of 64 tokens, refusals instead of a sliding window, and room for one session per key. */
 const settings = { 'max-context-tokens': '64', 'default-truncation': 'error', 'max-sessions-per-key': '1' };
@@ -79,7 +80,7 @@ describe('admission: a refused request leaves the sessions as it found them', ()
     // 512 bytes per token, 16-token blocks: the budget fits one 48-token request at a time.
     const { app, runtime } = await makeApp({
       settings: { 'kv-cache-bytes': String(3 * 16 * 512), 'queue-timeout-seconds': '0.2' },
-      wrapDecoder: (d) => new SlowDecoder(d, 20),
+      wrapDecoder: (d) => wrapDecoder(d, { decodeDelayMs: 20 }),
     });
     const store = runtime.serving!.store;
     const holder = await app.request('/v1/completions', post({ prompt: 'Hello', max_tokens: 40, ignore_eos: true, stream: true, session_id: 'holder' }));

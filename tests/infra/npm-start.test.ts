@@ -43,7 +43,7 @@ describe('npm start', () => {
 
   it('stops the server when the npm process gets SIGTERM', { timeout: 120_000 }, async () => {
     const port = await freePort();
-    const env = { ...process.env, PORT: String(port), HOST: '127.0.0.1', DRAIN_SECONDS: '0', LOG_LEVEL: 'warn' };
+    const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), HOST: '127.0.0.1', DRAIN_SECONDS: '0', LOG_LEVEL: 'warn' };
     delete env.SNAPSHOT_DIR;
     npm = spawn('npm', ['start', '--silent'], { cwd: ROOT, env, detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';

@@ -4,7 +4,7 @@ import { Channel } from '../lib/channel.ts';
 import { Rng } from '../lib/rng.ts';
 import type { KvTensors } from '../model/types.ts';
 import { IncrementalDetokenizer, type TokenDecoder } from './detokenizer.ts';
-import { Sampler, TokenSet } from './sampler.ts';
+import { TokenSet } from './sampler.ts';
 import { StopStringMatcher } from './stop.ts';
 import type { EngineError, FinishReason, GenerationEvent, GenerationRequest } from './types.ts';
 

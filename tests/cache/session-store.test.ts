@@ -127,7 +127,7 @@ describe('SessionStore', () => {
     const events: string[] = [];
     s.onEviction((e) => events.push(e.session.id));
     const a = hot(s, 'a', 400);
-    const b = hot(s, 'b', 400);
+    hot(s, 'b', 400);
     a.pinned = true;
     const c = hot(s, 'c', 100);
     assert.equal(s.reserve(c, 600), true);

@@ -1,7 +1,7 @@
 /** Resumable streams: GET replays and follows a stream (Last-Event-ID / ?after), DELETE stops it. */
 import { Hono } from 'hono';
 import { ownerOf, type AppEnv, type ServerDeps } from '../context.ts';
-import { ApiError } from '../errors.ts';
+import { quoteForMessage, streamNotFound } from '../errors.ts';
 import { connectionCloser, resumeCursor } from '../streams.ts';
 
 export function streamRoutes({ streams, pingIntervalMs }: ServerDeps): Hono<AppEnv> {
@@ -14,7 +14,7 @@ export function streamRoutes({ streams, pingIntervalMs }: ServerDeps): Hono<AppE
 
   routes.delete('/v1/streams/:id', async (c) => {
     const id = c.req.param('id');
-    if (!(await streams.cancel(id, ownerOf(c)))) throw new ApiError('stream_not_found', `Stream ${id} not found; it may have expired.`);
+    if (!(await streams.cancel(id, ownerOf(c)))) throw streamNotFound(quoteForMessage(id));
     return c.json({ id, object: 'stream.deleted', deleted: true });
   });
 

@@ -15,7 +15,7 @@ export class StreamRegistry extends EventLogRegistry {
    * 204 when the stream has ended and the client has its last event (EventSource then stops retrying);
    * 400 for an event id the stream has never issued, ended or not (a client bug, not "nothing more").
    */
-  resume(id: string, owner: string, after: number, options: ReaderOptions, headers: Record<string, string> = {}): Response {
+  resume(id: string, owner: string, after: number, options: ReaderOptions, headers: Record<string, string> = {}, cursorParam = 'Last-Event-ID'): Response {
     const log = this.get(id, owner);
     if (!log) throw streamNotFound(quoteForMessage(id));
     if (after + 1 < log.firstSeq) {
@@ -25,7 +25,7 @@ export class StreamRegistry extends EventLogRegistry {
       );
     }
     if (after >= log.nextSeq) {
-      throw new ApiError('invalid_request', `Invalid value for 'Last-Event-ID': stream ${id} has sent events up to ${log.nextSeq - 1} only.`, 'Last-Event-ID');
+      throw new ApiError('invalid_request', `Invalid value for '${cursorParam}': stream ${id} has sent events up to ${log.nextSeq - 1} only.`, cursorParam);
     }
     if (log.ended && after === log.nextSeq - 1) return new Response(null, { status: 204, headers: { 'X-Stream-Id': id, ...headers } });
     const body = log.reader(after + 1, options);

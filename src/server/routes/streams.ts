@@ -8,8 +8,10 @@ export function streamRoutes({ streams, pingIntervalMs }: ServerDeps): Hono<AppE
   const routes = new Hono<AppEnv>();
 
   routes.get('/v1/streams/:id', (c) => {
-    const after = resumeCursor(c.req.header('last-event-id'), c.req.query('after'));
-    return streams.resume(c.req.param('id'), ownerOf(c), after, { pingIntervalMs, closeConnection: connectionCloser(c.env) });
+    const lastEventId = c.req.header('last-event-id');
+    const after = resumeCursor(lastEventId, c.req.query('after'));
+    const cursorParam = lastEventId !== undefined && lastEventId.trim() !== '' ? 'Last-Event-ID' : 'after';
+    return streams.resume(c.req.param('id'), ownerOf(c), after, { pingIntervalMs, closeConnection: connectionCloser(c.env) }, {}, cursorParam);
   });
 
   routes.delete('/v1/streams/:id', async (c) => {

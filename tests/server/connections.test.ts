@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, describe, test } from 'node:test';
-import { SlowDecoder, chunksOf, listen, post, waitFor, type Listening } from './helpers.ts';
+import { TestDecoder } from '../support/test-decoder.ts';
+import { chunksOf, listen, post, waitFor, type Listening } from './helpers.ts';
 import { captureLogger } from './log-capture.ts';
 
 const servers: Listening[] = [];
@@ -171,10 +172,10 @@ describe('slow clients and the connection cap', () => {
   });
 
   test('REQUEST_TIMEOUT_SECONDS covers receiving the request only: a stream longer than it is not cut', async () => {
-    let slow!: SlowDecoder;
+    let slow!: TestDecoder;
     const { server } = await start(
       { 'headers-timeout-seconds': '0.2', 'request-timeout-seconds': '0.3' },
-      { wrapDecoder: (d) => (slow = new SlowDecoder(d, 25)), pingIntervalMs: 50 },
+      { wrapDecoder: (d) => (slow = new TestDecoder(d, { decodeDelayMs: 25 })), pingIntervalMs: 50 },
     );
     const began = Date.now();
     const res = await fetch(`${server.url}/v1/completions`, post({ prompt: 'x', max_tokens: 40, ignore_eos: true, stream: true }));

@@ -92,6 +92,17 @@ export const configSchema = z.object({
   metricsRequireKey: boolish.default(false),
   maxSessionsPerKey: int(1).default(1000),
   maxStreamsPerKey: int(1).default(64),
+  /** Browser origins allowed to call the API (CORS); `*` for any; empty: no CORS headers, no preflight. */
+  corsOrigins: list.default([]),
+
+  /** Time a client has to send its request headers; 0 = no limit. */
+  headersTimeoutSeconds: seconds.default(10),
+  /** Time a client has to send its whole request (headers and body); 0 = no limit. Responses are not limited. */
+  requestTimeoutSeconds: seconds.default(60),
+  /** Time an idle keep-alive connection is kept open between requests. */
+  keepAliveTimeoutSeconds: seconds.default(5),
+  /** Open connections at most; further ones are closed at once. 0 = no limit. */
+  maxConnections: int(0).default(1024),
 
   logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
 });
@@ -151,6 +162,11 @@ export function loadConfig(env: Record<string, string | undefined>, argv: readon
       return `  ${envName(key)} / ${flagName(key)}: ${issue.message}`;
     });
     throw new ConfigError(`invalid configuration:\n${problems.join('\n')}`);
+  }
+  const { headersTimeoutSeconds: headers, requestTimeoutSeconds: request } = parsed.data;
+  // Node refuses a headers timeout longer than the request timeout that contains it.
+  if (request > 0 && headers > request) {
+    throw new ConfigError(`invalid configuration:\n  HEADERS_TIMEOUT_SECONDS / --headers-timeout-seconds: must not exceed REQUEST_TIMEOUT_SECONDS (${request})`);
   }
   return parsed.data;
 }

@@ -2,13 +2,13 @@
  * Entry point: the only reader of process.env and argv. Validates the config, starts listening at
  * once (healthz 200, readyz 503 while the model loads), loads the model, and drains on SIGTERM/SIGINT.
  */
-import { serve } from '@hono/node-server';
 import pino from 'pino';
 import { ConfigError, helpText, loadConfig, type Config } from './config.ts';
 import type { Logger } from './lib/logger.ts';
 import { Runtime } from './runtime.ts';
 import { createApp } from './server/app.ts';
 import { ApiKeyAuth, loadApiKeys } from './server/auth.ts';
+import { listenWith } from './server/listen.ts';
 import { StreamRegistry } from './server/streams.ts';
 import { otlpConfigured, startTracing } from './telemetry/otel.ts';
 
@@ -64,13 +64,14 @@ function main(): void {
     }
   });
 
-  const server = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, (info) => {
-    logger.info({ host: info.address, port: info.port, model: config.model }, 'listening');
-  });
-  server.on('error', (error: NodeJS.ErrnoException) => {
-    logger.error({ err: error.message, code: error.code }, 'cannot listen');
-    process.exit(1);
-  });
+  const { server, listening } = listenWith(app, config, { port: config.port, hostname: config.host, logger });
+  listening.then(
+    (info) => logger.info({ host: info.address, port: info.port, model: config.model, maxConnections: config.maxConnections }, 'listening'),
+    (error: NodeJS.ErrnoException) => {
+      logger.error({ err: error.message, code: error.code }, 'cannot listen');
+      process.exit(1);
+    },
+  );
 
   let stopping = false;
   const started = performance.now();
@@ -127,7 +128,7 @@ function main(): void {
       process.exit(0);
     });
     // Idle keep-alive connections would hold close() open.
-    (server as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+    server.closeIdleConnections();
     setTimeout(() => process.exit(0), 2000).unref();
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));

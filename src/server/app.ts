@@ -10,7 +10,7 @@ import type { ServingSource } from '../serving.ts';
 import { Admission } from './admission.ts';
 import { ApiKeyAuth, loadApiKeys } from './auth.ts';
 import type { AppEnv, ServerDeps } from './context.ts';
-import { apiKeyAuth, errorHandler, methodNotAllowedAnswer, notFound, requestContext } from './middleware.ts';
+import { apiKeyAuth, corsFor, errorHandler, methodNotAllowedAnswer, notFound, refuseDotSegments, requestContext } from './middleware.ts';
 import { healthRoutes } from './routes/health.ts';
 import { openAiRoutes } from './routes/openai.ts';
 import { sessionRoutes } from './routes/sessions.ts';
@@ -45,10 +45,13 @@ export function createApp(runtime: ServingSource, options: AppOptions = {}): Hon
 
   const app = new Hono<AppEnv>();
   app.use('*', requestContext(baseLogger));
+  app.use('*', refuseDotSegments());
+  // Off by default: no CORS headers, and OPTIONS is a 405 like any other unknown method.
+  if (config.corsOrigins.length > 0) app.use('*', corsFor(config.corsOrigins));
   app.use('*', apiKeyAuth(auth, config.metricsRequireKey));
   // A known path with another method: 405 with Allow, from the routes mounted below.
   app.use('*', methodNotAllowed({ app, onMethodNotAllowed: methodNotAllowedAnswer }));
-  app.onError(errorHandler(baseLogger));
+  app.onError(errorHandler(baseLogger, runtime));
   app.notFound(notFound);
 
   app.route('/', healthRoutes(deps));

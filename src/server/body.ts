@@ -1,22 +1,47 @@
 /** Reads JSON request bodies under a byte limit: the declared Content-Length and the bytes actually read. */
 import type { z } from 'zod';
-import { ApiError } from './errors.ts';
+import { ApiError, ClientGoneError, quoteForMessage } from './errors.ts';
 import { parseWith, refuseUnsupported } from './schemas.ts';
 
 function tooLarge(limit: number): ApiError {
   return new ApiError('body_too_large', `The request body is larger than the limit of ${limit} bytes.`);
 }
 
-/** The parsed body; `undefined` for an empty body when `allowEmpty`. */
+/** `application/json` or a `+json` type, with any parameters (`; charset=utf-8`). */
+const JSON_MEDIA_TYPE = /^\s*application\/(?:[\w.+-]+\+)?json\s*(?:;|$)/i;
+
+/**
+ * A body with a Content-Type that is not JSON is refused (415) before it is read: a form post
+ * (`curl -d` sends application/x-www-form-urlencoded) would otherwise be parsed as JSON by luck.
+ * No Content-Type, or an empty body, is accepted.
+ */
+function checkContentType(request: Request, declared: string | null): void {
+  const type = request.headers.get('content-type');
+  if (type === null || type.trim() === '' || JSON_MEDIA_TYPE.test(type) || declared === '0') return;
+  throw new ApiError(
+    'unsupported_media_type',
+    `Content-Type ${quoteForMessage(type.split(';')[0].trim())} is not supported; send the body as JSON with Content-Type: application/json.`,
+  );
+}
+
+/** The parsed body; `undefined` for an empty body when `allowEmpty`. A client that leaves mid-body is ClientGoneError('body'). */
 export async function readJsonBody(request: Request, limit: number, allowEmpty = false): Promise<unknown> {
   const declared = request.headers.get('content-length');
+  checkContentType(request, declared);
   if (declared !== null && Number(declared) > limit) throw tooLarge(limit);
   const chunks: Uint8Array[] = [];
   let total = 0;
   if (request.body) {
     const reader = request.body.getReader();
     for (;;) {
-      const { done, value } = await reader.read();
+      let next: Awaited<ReturnType<typeof reader.read>>;
+      try {
+        next = await reader.read();
+      } catch {
+        // The request stream fails only when its connection does: closed by the client, or cut by REQUEST_TIMEOUT_SECONDS.
+        throw new ClientGoneError('body');
+      }
+      const { done, value } = next;
       if (done) break;
       total += value.byteLength;
       if (total > limit) {

@@ -16,6 +16,8 @@ export type HttpErrorKind =
   | 'stream_not_found'
   | 'stream_events_dropped'
   | 'body_too_large'
+  | 'unsupported_media_type'
+  | 'invalid_path'
   | 'invalid_api_key'
   | 'too_many_sessions'
   | 'too_many_streams'
@@ -39,6 +41,7 @@ export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
   invalid_json: { status: 400, type: 'invalid_request_error', code: 'invalid_json' },
   invalid_request: { status: 400, type: 'invalid_request_error', code: 'invalid_value' },
   invalid_value: { status: 400, type: 'invalid_request_error', code: 'invalid_value' },
+  invalid_path: { status: 400, type: 'invalid_request_error', code: 'invalid_path' },
   unsupported_parameter: { status: 400, type: 'invalid_request_error', code: 'unsupported_parameter' },
   context_length_exceeded: { status: 400, type: 'invalid_request_error', code: 'context_length_exceeded' },
   prompt_too_long: { status: 400, type: 'invalid_request_error', code: 'prompt_too_long' },
@@ -54,6 +57,7 @@ export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
   session_exists: { status: 409, type: 'invalid_request_error', code: 'session_exists' },
   stream_events_dropped: { status: 410, type: 'invalid_request_error', code: 'stream_events_dropped' },
   body_too_large: { status: 413, type: 'invalid_request_error', code: 'body_too_large' },
+  unsupported_media_type: { status: 415, type: 'invalid_request_error', code: 'unsupported_media_type' },
   queue_full: { status: 429, type: 'rate_limit_error', code: 'queue_full', retryAfter: 1 },
   cache_full: { status: 429, type: 'rate_limit_error', code: 'cache_full', retryAfter: 5 },
   too_many_streams: { status: 429, type: 'rate_limit_error', code: 'too_many_streams', retryAfter: 1 },
@@ -79,7 +83,9 @@ export class ApiError extends Error {
     super(message);
   }
 
-  static fromEngine(error: EngineError): ApiError {
+  /** `sessionId`: the request's session, so a session_not_found reads as the server's own (sessionNotFound). */
+  static fromEngine(error: EngineError, sessionId?: string): ApiError {
+    if (error.kind === 'session_not_found' && sessionId !== undefined) return sessionNotFound(sessionId);
     return new ApiError(error.kind, error.message, error.param ?? null, error.retryAfterSeconds);
   }
 
@@ -109,4 +115,32 @@ export class ApiError extends Error {
       headers: { 'Content-Type': 'application/json', ...this.headers(), ...extraHeaders },
     });
   }
+}
+
+/**
+ * The client went away before an answer could be sent: nobody reads the response. Not a server
+ * error: answered 499 (which nobody receives), logged at info and counted by phase.
+ */
+export class ClientGoneError extends Error {
+  override name = 'ClientGoneError';
+  /** `body`: while the request body was being read; `generation`: while waiting for or running a non-streamed generation. */
+  constructor(readonly phase: 'body' | 'generation' = 'generation') {
+    super(`the client disconnected during the ${phase}`);
+  }
+}
+
+/** The one wording of "no such thing": `<Thing> <id> not found.` Ids are checked before they get here, so echoing them is safe. */
+export function sessionNotFound(id: string): ApiError {
+  return new ApiError('session_not_found', `Session ${id} not found.`, 'session_id');
+}
+
+export function streamNotFound(id: string): ApiError {
+  return new ApiError('stream_not_found', `Stream ${id} not found.`);
+}
+
+const PRINTABLE_SHORT = /^[\x21-\x7e]{1,200}$/;
+
+/** A client-sent value fit to put in a message: short printable ASCII as is, anything else described, never echoed. */
+export function quoteForMessage(value: string): string {
+  return PRINTABLE_SHORT.test(value) ? value : `(not shown: ${value.length} characters${/[\x00-\x1f\x7f]/.test(value) ? ' with control characters' : ''})`;
 }

@@ -13,7 +13,7 @@ import type { FinishReason, GenerationEvent, GenerationRequest, Usage } from '..
 import type { Logger } from '../lib/logger.ts';
 import type { Serving } from '../serving.ts';
 import type { Admitted } from './admission.ts';
-import { ApiError } from './errors.ts';
+import { ApiError, ClientGoneError } from './errors.ts';
 import { SSE_HEADERS } from './sse.ts';
 import type { EventLog } from '../streams/registry.ts';
 import type { StreamRegistry } from './streams.ts';
@@ -82,10 +82,7 @@ function choiceFinish(reason: FinishReason): 'stop' | 'length' {
   return reason === 'length' ? 'length' : 'stop';
 }
 
-/** The client went away before an answer could be sent: nobody reads the response. */
-export class ClientGoneError extends Error {
-  override name = 'ClientGoneError';
-}
+export { ClientGoneError };
 
 export async function runGeneration(ctx: GenerationContext, job: GenerationJob): Promise<Response> {
   const { serving, logger } = ctx;
@@ -125,13 +122,13 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     if (error instanceof ApiError) return failBeforeStart(error);
     throw error;
   }
-  if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error));
+  if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error, job.request.sessionId));
   const events = submitted.events[Symbol.asyncIterator]();
   const first = await events.next();
   if (first.done) return failBeforeStart(new ApiError('internal', 'the generation ended without events'));
   if (first.value.type === 'end') {
     const end = first.value;
-    return failBeforeStart(end.error ? ApiError.fromEngine(end.error) : new ClientGoneError());
+    return failBeforeStart(end.error ? ApiError.fromEngine(end.error, job.request.sessionId) : new ClientGoneError());
   }
   const start = first.value as StartEvent;
 

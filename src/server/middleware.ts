@@ -4,11 +4,12 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { ErrorHandler, MiddlewareHandler, NotFoundHandler } from 'hono';
+import { cors } from 'hono/cors';
 import type { Logger } from '../lib/logger.ts';
 import { isPublicPath, type ApiKeyAuth } from './auth.ts';
 import type { AppEnv, Ctx } from './context.ts';
-import { ApiError } from './errors.ts';
-import { ClientGoneError } from './generation.ts';
+import type { ServingSource } from '../serving.ts';
+import { ApiError, ClientGoneError, quoteForMessage } from './errors.ts';
 
 const REQUEST_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -32,6 +33,51 @@ export function requestContext(baseLogger: Logger): MiddlewareHandler<AppEnv> {
   };
 }
 
+/** `.`, `..` and their encodings (`%2e%2e`, `.%2E`): what URL parsing resolves against the segment before. */
+function isDotSegment(segment: string): boolean {
+  if (!segment.startsWith('.') && !segment.startsWith('%')) return false;
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(segment);
+  } catch {
+    return false;
+  }
+  return decoded === '.' || decoded === '..';
+}
+
+/**
+ * A request target with a dot segment is refused (400 invalid_path) before routing: URL parsing
+ * resolves `/v1/sessions/%2e%2e/completions` to `/v1/completions`, so it would reach another route
+ * than the one it names. Under @hono/node-server, `c.env.incoming.url` is the target as sent.
+ */
+export function refuseDotSegments(): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const target = (c.env as { incoming?: { url?: string } } | undefined)?.incoming?.url;
+    if (target !== undefined && target.split(/[?#]/, 1)[0].split('/').some(isDotSegment)) {
+      return new ApiError('invalid_path', "The request path has a '.' or '..' segment (perhaps percent-encoded); ids cannot be '.' or '..'.").toResponse(c.get('requestId'));
+    }
+    await next();
+  };
+}
+
+/** Headers a browser client may read on a cross-origin response: the ones the API documents. */
+const EXPOSED_HEADERS = ['X-Session-Id', 'X-Stream-Id', 'X-Request-Id', 'X-Queue-Time-Ms', 'Retry-After'];
+
+/**
+ * CORS for CORS_ORIGINS (`*` for any origin), before authentication so a preflight (OPTIONS, which
+ * carries no key) gets its 204. Any request header is allowed (the openai client sends its own
+ * x-stainless-* headers, an EventSource sends Last-Event-ID); no credentials mode: keys travel in
+ * Authorization, never in cookies.
+ */
+export function corsFor(origins: readonly string[]): MiddlewareHandler<AppEnv> {
+  return cors({
+    origin: origins.includes('*') ? '*' : [...origins],
+    allowMethods: ['GET', 'HEAD', 'POST', 'DELETE', 'OPTIONS'],
+    exposeHeaders: EXPOSED_HEADERS,
+    maxAge: 600,
+  });
+}
+
 /** Every route but the public ones needs a key (401 invalid_api_key otherwise) and gets its owner. */
 export function apiKeyAuth(auth: ApiKeyAuth, metricsRequireKey: boolean): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
@@ -43,11 +89,18 @@ export function apiKeyAuth(auth: ApiKeyAuth, metricsRequireKey: boolean): Middle
   };
 }
 
-/** ApiErrors as OpenAI error bodies; a gone client gets 499; anything else is a logged 500 that names no internals. */
-export function errorHandler(baseLogger: Logger): ErrorHandler<AppEnv> {
+/**
+ * ApiErrors as OpenAI error bodies; a gone client gets 499 (nobody reads it), an info line and a count
+ * in warmkv_client_disconnects_total; anything else is a logged 500 that names no internals.
+ */
+export function errorHandler(baseLogger: Logger, runtime: ServingSource): ErrorHandler<AppEnv> {
   return (error, c) => {
     const requestId = c.get('requestId');
-    if (error instanceof ClientGoneError) return new Response(null, { status: 499 });
+    if (error instanceof ClientGoneError) {
+      (c.get('logger') ?? baseLogger).info({ phase: error.phase }, 'client disconnected');
+      runtime.serving?.metrics.clientDisconnected(error.phase);
+      return new Response(null, { status: 499 });
+    }
     if (error instanceof ApiError) return error.toResponse(requestId);
     (c.get('logger') ?? baseLogger).error({ err: error.message, stack: error.stack }, 'unhandled error');
     return new ApiError('internal', 'internal').toResponse(requestId);
@@ -55,10 +108,10 @@ export function errorHandler(baseLogger: Logger): ErrorHandler<AppEnv> {
 }
 
 export const notFound: NotFoundHandler<AppEnv> = (c) =>
-  new ApiError('not_found', `No route for ${c.req.method} ${c.req.path}.`).toResponse(c.get('requestId'));
+  new ApiError('not_found', `No route for ${c.req.method} ${quoteForMessage(c.req.path)}.`).toResponse(c.get('requestId'));
 
 /** For Hono's methodNotAllowed middleware: a known path with another method is 405 with Allow. */
 export function methodNotAllowedAnswer(c: Ctx, methods: string[]): Response {
   const allow = methods.join(', ');
-  return new ApiError('method_not_allowed', `${c.req.method} is not allowed on ${c.req.path}; use ${allow}.`).toResponse(c.get('requestId'), { Allow: allow });
+  return new ApiError('method_not_allowed', `${c.req.method} is not allowed on ${quoteForMessage(c.req.path)}; use ${allow}.`).toResponse(c.get('requestId'), { Allow: allow });
 }

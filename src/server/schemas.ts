@@ -6,11 +6,27 @@
 import { z } from 'zod';
 import { ApiError } from './errors.ts';
 
-/** Session ids are chosen by clients on the OpenAI endpoints: printable, short, no path characters. */
-export const SESSION_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
-export const sessionIdSchema = z
-  .string()
-  .regex(SESSION_ID_PATTERN, 'must be 1-128 characters of letters, digits, ".", "_", ":" and "-"');
+/**
+ * Session ids are chosen by clients: printable, short, no path characters, and not a dot segment
+ * ("." and ".." would be rewritten by URL normalisation, so /v1/sessions/{id} could never reach them).
+ */
+const SESSION_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+const SESSION_ID_RULE = "must be 1-128 characters of letters, digits, '.', '_', ':' and '-', and not '.' or '..'";
+
+export function isValidSessionId(id: string): boolean {
+  return SESSION_ID_PATTERN.test(id) && id !== '.' && id !== '..';
+}
+
+export const sessionIdSchema = z.string().refine(isValidSessionId, SESSION_ID_RULE);
+
+/**
+ * The one check for a session id from a URL path, a body or the X-Session-Id header: the same 400
+ * wherever it came from, and the id itself is never echoed (it may be 10 KB, or hold a newline).
+ */
+export function checkSessionId(id: string): string {
+  if (!isValidSessionId(id)) throw new ApiError('invalid_request', `Invalid value for 'session_id': ${SESSION_ID_RULE}.`, 'session_id');
+  return id;
+}
 
 const tokenIds = z.array(z.number().int().min(0)).min(1, 'must hold at least one token id');
 const stop = z.union([z.string(), z.array(z.string())]);
@@ -91,7 +107,7 @@ export type CreateSessionBody = z.infer<typeof createSessionSchema>;
 
 export const listSessionsQuery = z.object({
   limit: z.coerce.number().int().min(1).max(100).default(20),
-  after: z.string().optional(),
+  after: sessionIdSchema.optional(),
   order: z.enum(['asc', 'desc']).default('desc'),
 });
 

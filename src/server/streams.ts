@@ -4,7 +4,7 @@
  * stalled reader's connection under @hono/node-server.
  */
 import { EventLogRegistry, type ReaderOptions } from '../streams/registry.ts';
-import { ApiError } from './errors.ts';
+import { ApiError, quoteForMessage, streamNotFound } from './errors.ts';
 import { SSE_HEADERS } from './sse.ts';
 
 /** The registry with its HTTP answers. */
@@ -12,21 +12,22 @@ export class StreamRegistry extends EventLogRegistry {
   /**
    * GET /v1/streams/{id}: replays the events after `after` (-1: all), then follows the stream to its
    * end. 404 for an unknown, expired or foreign stream; 410 when events after `after` were dropped;
-   * 204 when the stream has ended and the client has its last event (EventSource then stops retrying).
+   * 204 when the stream has ended and the client has its last event (EventSource then stops retrying);
+   * 400 for an event id the stream has never issued, ended or not (a client bug, not "nothing more").
    */
-  resume(id: string, owner: string, after: number, options: ReaderOptions, headers: Record<string, string> = {}): Response {
+  resume(id: string, owner: string, after: number, options: ReaderOptions, headers: Record<string, string> = {}, cursorParam = 'Last-Event-ID'): Response {
     const log = this.get(id, owner);
-    if (!log) throw new ApiError('stream_not_found', `Stream ${id} not found; it may have expired.`);
+    if (!log) throw streamNotFound(quoteForMessage(id));
     if (after + 1 < log.firstSeq) {
       throw new ApiError(
         'stream_events_dropped',
         `Events ${after + 1}-${log.firstSeq - 1} of stream ${id} are no longer kept (the stream outgrew its buffer); resume from event ${log.firstSeq - 1} or later, or run the request again.`,
       );
     }
-    if (log.ended && after >= log.nextSeq - 1) return new Response(null, { status: 204, headers: { 'X-Stream-Id': id, ...headers } });
     if (after >= log.nextSeq) {
-      throw new ApiError('invalid_request', `Invalid value for 'Last-Event-ID': stream ${id} has sent events up to ${log.nextSeq - 1} only.`, 'Last-Event-ID');
+      throw new ApiError('invalid_request', `Invalid value for '${cursorParam}': stream ${id} has sent events up to ${log.nextSeq - 1} only.`, cursorParam);
     }
+    if (log.ended && after === log.nextSeq - 1) return new Response(null, { status: 204, headers: { 'X-Stream-Id': id, ...headers } });
     const body = log.reader(after + 1, options);
     return new Response(body, { status: 200, headers: { ...SSE_HEADERS, 'X-Stream-Id': id, ...headers } });
   }

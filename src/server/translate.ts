@@ -10,7 +10,7 @@ import { ChatTemplateError, type ChatMessage } from '../model/chat-template.ts';
 import type { Serving } from '../serving.ts';
 import { ApiError } from './errors.ts';
 import type { GenerationJob, ResponseFormat } from './generation.ts';
-import { SESSION_ID_PATTERN, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type MessageBody } from './schemas.ts';
+import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type MessageBody } from './schemas.ts';
 
 /** OpenAI's default for /v1/completions. */
 const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
@@ -39,9 +39,7 @@ interface GenerationFields extends SamplingFields {
 
 /** `session_id` from the body or the X-Session-Id header (they must agree). */
 export function sessionIdOf(header: string | undefined, fromBody: string | null | undefined): string | undefined {
-  if (header !== undefined && !SESSION_ID_PATTERN.test(header)) {
-    throw new ApiError('invalid_request', "Invalid value for 'X-Session-Id': must be 1-128 characters of letters, digits, '.', '_', ':' and '-'.", 'session_id');
-  }
+  if (header !== undefined) checkSessionId(header);
   if (header !== undefined && fromBody != null && header !== fromBody) {
     throw new ApiError('invalid_request', 'session_id in the body and the X-Session-Id header differ.', 'session_id');
   }

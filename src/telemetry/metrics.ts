@@ -42,6 +42,7 @@ export class Metrics implements EngineObserver {
   private readonly tierMoves: Counter<string>;
   private readonly evictions: Counter<string>;
   private readonly windowDrops: Counter<string>;
+  private readonly clientDisconnects: Counter<string>;
 
   constructor(private readonly sources: MetricsSources, options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -61,6 +62,7 @@ export class Metrics implements EngineObserver {
     this.tierMoves = new Counter({ name: 'warmkv_tier_moves_total', help: 'Idle sessions moved down a tier under memory pressure.', labelNames: ['from', 'to'], registers });
     this.evictions = new Counter({ name: 'warmkv_evictions_total', help: 'Sessions whose KV was dropped from memory entirely (to disk or to the transcript).', registers });
     this.windowDrops = new Counter({ name: 'warmkv_window_drops_total', help: 'Sliding-window truncations.', labelNames: ['strategy'], registers });
+    this.clientDisconnects = new Counter({ name: 'warmkv_client_disconnects_total', help: 'Clients that left before their answer: mid-body (body) or before a non-streamed answer (generation).', labelNames: ['phase'], registers });
 
     const gauge = (name: string, help: string, collect: (g: Gauge<string>) => void, labelNames: string[] = []) =>
       new Gauge({ name, help, labelNames, registers, collect(this: Gauge<string>) { collect(this); } });
@@ -87,6 +89,10 @@ export class Metrics implements EngineObserver {
   recordTierMove(event: EvictionEvent): void {
     this.tierMoves.inc({ from: event.from, to: event.to });
     if (event.to === 'disk' || event.to === 'evicted') this.evictions.inc();
+  }
+
+  clientDisconnected(phase: string): void {
+    this.clientDisconnects.inc({ phase });
   }
 
   decodeStep(info: { sequences: readonly Sequence[]; durationMs: number }): void {

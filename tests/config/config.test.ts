@@ -198,3 +198,30 @@ describe('helpText', () => {
     for (const line of lines.filter((l) => l.startsWith('  --'))) parseArgs([line.trim().split(/\s+/)[0] + '=1']);
   });
 });
+
+describe('HTTP connection settings and CORS', () => {
+  test('defaults: 10 s for headers, 60 s for the request, 5 s keep-alive, 1024 connections, no CORS', () => {
+    const config = loadConfig({});
+    assert.equal(config.headersTimeoutSeconds, 10);
+    assert.equal(config.requestTimeoutSeconds, 60);
+    assert.equal(config.keepAliveTimeoutSeconds, 5);
+    assert.equal(config.maxConnections, 1024);
+    assert.deepEqual(config.corsOrigins, []);
+  });
+
+  test('set by env and flag; CORS_ORIGINS is a comma-separated list; --help lists them', () => {
+    const config = loadConfig({ CORS_ORIGINS: 'https://a.example, https://b.example', MAX_CONNECTIONS: '0' }, ['--headers-timeout-seconds', '0.5', '--request-timeout-seconds=2']);
+    assert.deepEqual(config.corsOrigins, ['https://a.example', 'https://b.example']);
+    assert.equal(config.maxConnections, 0);
+    assert.equal(config.headersTimeoutSeconds, 0.5);
+    assert.equal(config.requestTimeoutSeconds, 2);
+    const help = helpText();
+    for (const flag of ['--cors-origins', '--headers-timeout-seconds', '--request-timeout-seconds', '--keep-alive-timeout-seconds', '--max-connections']) assert.match(help, new RegExp(`${flag}\\s`));
+  });
+
+  test('a headers timeout longer than the request timeout, or a negative one, is refused', () => {
+    configError(() => loadConfig({ HEADERS_TIMEOUT_SECONDS: '30', REQUEST_TIMEOUT_SECONDS: '20' }), [/HEADERS_TIMEOUT_SECONDS/, /REQUEST_TIMEOUT_SECONDS \(20\)/]);
+    configError(() => loadConfig({ KEEP_ALIVE_TIMEOUT_SECONDS: '-1' }), [/KEEP_ALIVE_TIMEOUT_SECONDS \/ --keep-alive-timeout-seconds/]);
+    assert.equal(loadConfig({ HEADERS_TIMEOUT_SECONDS: '30', REQUEST_TIMEOUT_SECONDS: '0' }).headersTimeoutSeconds, 30, 'no request timeout: any headers timeout');
+  });
+});

@@ -1,10 +1,11 @@
 /** Server test support: runtimes around builder models, a listening server, SSE parsing. */
 import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
-import { serve } from '@hono/node-server';
 import { loadConfig } from '../../src/config.ts';
 import { Runtime, type RuntimeOptions } from '../../src/runtime.ts';
 import { createApp, type AppOptions } from '../../src/server/app.ts';
+import { listenWith } from '../../src/server/listen.ts';
+import { silentLogger } from '../../src/lib/logger.ts';
 import { LLAMA, testModel, testModelDir } from '../support/fixtures.ts';
 
 export interface TestServerOptions extends AppOptions {
@@ -42,22 +43,23 @@ export async function makeApp(options: TestServerOptions = {}) {
 
 export interface Listening {
   url: string;
+  port: number;
   runtime: Runtime;
   close(): Promise<void>;
 }
 
+/** A listening server as main.ts makes it (its timeouts and connection cap from the settings). */
 export async function listen(options: TestServerOptions = {}): Promise<Listening> {
   const { runtime, app } = await makeApp(options);
-  const server = await new Promise<ReturnType<typeof serve>>((resolve) => {
-    const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
-  });
-  const { port } = server.address() as AddressInfo;
+  const { server, listening } = listenWith(app, runtime.config, { port: 0, hostname: '127.0.0.1', logger: options.logger ?? silentLogger });
+  const { port } = (await listening) as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
+    port,
     runtime,
     close: () =>
       new Promise<void>((resolve) => {
-        (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+        server.closeAllConnections();
         server.close(() => resolve());
       }),
   };

@@ -284,7 +284,7 @@ describe('resumable streams', () => {
     assert.deepEqual(JSON.parse(events[0].data).choices[0].delta, { role: 'assistant', content: '' });
   });
 
-  test('a finished stream replays from ?after or Last-Event-ID; a client with the last event gets 204; several readers at once', LIMIT, async () => {
+  test('a finished stream replays from ?after or Last-Event-ID; a client with the last event gets 204, one past it 400; several readers at once', LIMIT, async () => {
     const server = await startServer();
     const full = await rawRequest(server, 'POST', '/v1/completions', { body: completion(20) });
     const streamId = full.headers['x-stream-id'] as string;
@@ -300,6 +300,12 @@ describe('resumable streams', () => {
     assert.deepEqual(parseSse(header.body.toString('utf8')).events, events.slice(n - 2));
     const done = await rawRequest(server, 'GET', `/v1/streams/${streamId}`, { headers: { 'Last-Event-ID': String(n - 1) } });
     assert.equal(done.status, 204);
+    // Past the last event the stream ever issued: a client bug, not "nothing more".
+    for (const beyond of [n, n + 100]) {
+      const late = await rawRequest(server, 'GET', `/v1/streams/${streamId}?after=${beyond}`);
+      assert.equal(late.status, 400);
+      assert.equal(JSON.parse(late.body.toString('utf8')).error.message, `Invalid value for 'after': stream ${streamId} has sent events up to ${n - 1} only.`);
+    }
 
     // Live: two readers of one running stream, each with its own cursor.
     server.decoder.decodeDelayMs = 3;
@@ -320,7 +326,7 @@ describe('resumable streams', () => {
     const unknown = await fetch(`${server.url}/v1/streams/cmpl-00000000000000000000000000000000`);
     assert.equal(unknown.status, 404);
     assert.deepEqual(await unknown.json(), {
-      error: { message: 'Stream cmpl-00000000000000000000000000000000 not found; it may have expired.', type: 'invalid_request_error', param: null, code: 'stream_not_found' },
+      error: { message: 'Stream cmpl-00000000000000000000000000000000 not found.', type: 'invalid_request_error', param: null, code: 'stream_not_found' },
     });
     assert.equal((await fetch(`${server.url}/v1/streams/x`, { method: 'DELETE' })).status, 404);
     assert.equal((await fetch(`${server.url}/v1/streams/x`, { method: 'PUT' })).status, 405);
@@ -422,7 +428,7 @@ describe('resumable streams', () => {
   test('STREAM_RESUME_SECONDS=0: not resumable, no X-Stream-Id, a disconnect stops the generation', LIMIT, async () => {
     const runtime = await makeRuntime({ settings: { 'stream-resume-seconds': '0' } });
     const app = createApp(runtime);
-    const res = await app.request('/v1/completions', { method: 'POST', body: JSON.stringify(completion(400, { session_id: 'off' })) });
+    const res = await app.request('/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(completion(400, { session_id: 'off' })) });
     assert.equal(res.headers.get('x-stream-id'), null);
     const reader = res.body!.getReader();
     const first = new TextDecoder().decode((await reader.read()).value);

@@ -5,9 +5,9 @@ import type { Session } from '../../cache/session.ts';
 import type { Serving } from '../../serving.ts';
 import { readGenerationBody, readJsonBody } from '../body.ts';
 import { generationContext, ownerOf, servingFor, type AppEnv, type Ctx, type ServerDeps } from '../context.ts';
-import { ApiError } from '../errors.ts';
+import { ApiError, sessionNotFound } from '../errors.ts';
 import { runGeneration } from '../generation.ts';
-import { SESSION_ID_PATTERN, appendSchema, createSessionSchema, listSessionsQuery, parseWith } from '../schemas.ts';
+import { appendSchema, checkSessionId, createSessionSchema, listSessionsQuery, parseWith } from '../schemas.ts';
 import { Translator } from '../translate.ts';
 
 /** A session as the API shows it. */
@@ -99,9 +99,9 @@ export function sessionRoutes(deps: ServerDeps): Hono<AppEnv> {
   });
 
   const findSession = async (c: Ctx, parts: Serving): Promise<Session> => {
-    const id = c.req.param('id') ?? '';
-    const session = SESSION_ID_PATTERN.test(id) ? await parts.store.find(ownerOf(c), id) : undefined;
-    if (!session) throw new ApiError('session_not_found', `Session ${id} not found.`, 'session_id');
+    const id = checkSessionId(c.req.param('id') ?? '');
+    const session = await parts.store.find(ownerOf(c), id);
+    if (!session) throw sessionNotFound(id);
     return session;
   };
 
@@ -120,8 +120,7 @@ export function sessionRoutes(deps: ServerDeps): Hono<AppEnv> {
 
   routes.post('/v1/sessions/:id/completions', async (c) => {
     const parts = servingFor(runtime, true);
-    const id = c.req.param('id');
-    if (!SESSION_ID_PATTERN.test(id)) throw new ApiError('session_not_found', `Session ${id} not found.`, 'session_id');
+    const id = checkSessionId(c.req.param('id'));
     const b = await readGenerationBody(c.req.raw, config.maxBodyBytes, appendSchema, 'append', parts.model.id);
     const job = new Translator(config, parts).append({ requestId: c.get('requestId'), owner: ownerOf(c) }, id, b);
     // The session must exist already: admission creates nothing, and the engine refuses an unknown one.

@@ -10,6 +10,7 @@
  * removed, `onSessionReleased` tells the owner of the sessions to delete it.
  */
 import { randomBytes } from 'node:crypto';
+import type { ResponseFiles } from './files.ts';
 
 export type ResponseStatus = 'queued' | 'in_progress' | 'completed' | 'incomplete' | 'failed' | 'cancelled';
 
@@ -92,6 +93,8 @@ export interface ResponseStoreOptions {
   ttlSeconds: number;
   maxPerKey: number;
   now?: () => number;
+  /** Where responses are kept across restarts (SNAPSHOT_DIR); absent: memory only. */
+  files?: ResponseFiles;
   /** The last response using this engine session is gone: the session may be deleted. */
   onSessionReleased?: (owner: string, sessionId: string) => void;
 }
@@ -120,26 +123,38 @@ export class ResponseStore {
     return n;
   }
 
+  /** A response in memory, or on disk from before a restart (then kept in memory again). */
   get(owner: string, id: string): StoredResponse | undefined {
     this.expire(owner);
-    return this.byOwner.get(owner)?.get(id);
+    const record = this.byOwner.get(owner)?.get(id);
+    if (record) return this.expired(record) ? undefined : record;
+    const loaded = this.options.files?.load(owner, id);
+    if (!loaded) return undefined;
+    if (this.expired(loaded)) {
+      this.options.files!.remove(owner, id);
+      return undefined;
+    }
+    // Not made the head of its session: after a restart, the session's own tokens say what it holds.
+    this.insert(loaded);
+    return loaded;
   }
 
   /** Keeps a response (and makes it its session's head); drops the owner's oldest beyond the cap. */
   put(record: StoredResponse): void {
     this.expire(record.owner);
-    let records = this.byOwner.get(record.owner);
-    if (!records) this.byOwner.set(record.owner, (records = new Map()));
-    records.set(record.id, record);
-    const key = sessionKey(record.owner, record.sessionId);
-    this.users.set(key, (this.users.get(key) ?? 0) + 1);
-    this.heads.set(key, record.id);
+    const records = this.insert(record);
+    this.heads.set(sessionKey(record.owner, record.sessionId), record.id);
     while (records.size > this.options.maxPerKey) {
       const oldest = records.values().next().value!;
       // A running response is never dropped for the cap: it would lose its result.
       if (oldest.abort !== null) break;
       this.remove(oldest);
     }
+  }
+
+  /** A response has ended: written to disk when responses persist. */
+  saved(record: StoredResponse): void {
+    if (this.byOwner.get(record.owner)?.get(record.id) === record) this.options.files?.save(record);
   }
 
   /** Whether the session's cache holds exactly this response's chain (its children may take it over). */
@@ -171,6 +186,22 @@ export class ResponseStore {
     for (const owner of [...this.byOwner.keys()]) this.expire(owner);
   }
 
+  private insert(record: StoredResponse): Map<string, StoredResponse> {
+    let records = this.byOwner.get(record.owner);
+    if (!records) this.byOwner.set(record.owner, (records = new Map()));
+    records.set(record.id, record);
+    const key = sessionKey(record.owner, record.sessionId);
+    this.users.set(key, (this.users.get(key) ?? 0) + 1);
+    return records;
+  }
+
+  private expired(record: StoredResponse): boolean {
+    const ttl = this.options.ttlSeconds;
+    if (ttl <= 0 || record.abort !== null || record.createdAt > this.now() / 1000 - ttl) return false;
+    this.remove(record);
+    return true;
+  }
+
   private expire(owner: string): void {
     const ttl = this.options.ttlSeconds;
     const records = this.byOwner.get(owner);
@@ -183,6 +214,7 @@ export class ResponseStore {
   }
 
   private remove(record: StoredResponse): void {
+    this.options.files?.remove(record.owner, record.id);
     const records = this.byOwner.get(record.owner);
     if (!records?.delete(record.id)) return;
     if (records.size === 0) this.byOwner.delete(record.owner);

@@ -207,6 +207,11 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
       record.status = 'incomplete';
       record.incompleteReason = 'max_output_tokens';
     } else record.status = 'completed';
+    try {
+      run.responses.saved(record);
+    } catch (error) {
+      log.warn({ err: (error as Error).message }, 'response not written to disk');
+    }
     serving.tracing.endRequest(requestId, {
       responseId: record.id,
       finishReason: end?.finishReason,

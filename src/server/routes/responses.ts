@@ -7,10 +7,12 @@
  * cache already holds the parent's transcript, so only the new input is prefilled); a child of any
  * other response (a branch) gets a session of its own, seeded with a copy of the shared prefix.
  */
+import { join } from 'node:path';
 import { Hono } from 'hono';
 import { z } from 'zod';
 import { forkPrefix } from '../../cache/fork.ts';
 import type { Session } from '../../cache/session.ts';
+import { ResponseFiles } from '../../responses/files.ts';
 import { newResponseId, ResponseStore, type StoredResponse } from '../../responses/store.ts';
 import type { Serving } from '../../serving.ts';
 import { readJsonBody } from '../body.ts';
@@ -46,6 +48,7 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
     ttlSeconds: config.responseTtlSeconds,
     maxPerKey: config.maxResponsesPerKey,
     now: deps.now,
+    files: config.snapshotDir !== undefined ? new ResponseFiles(join(config.snapshotDir, 'responses')) : undefined,
     onSessionReleased: (owner, sessionId) => void releaseSession(runtime.serving, owner, sessionId),
   });
   const backgroundStreams = new StreamRegistry({ resumeMs: BACKGROUND_STREAM_MS });
@@ -83,8 +86,8 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
     let sessionId: string | undefined = store ? id : undefined;
     let branchFrom: Session | undefined;
     if (parent) {
-      const parentSession = parts.store.get(owner, parent.sessionId);
-      if (responses.isHead(parent) && !parentSession?.busy) sessionId = parent.sessionId;
+      const parentSession = await parts.store.find(owner, parent.sessionId);
+      if ((responses.isHead(parent) || holds(parentSession, parent)) && !parentSession?.busy) sessionId = parent.sessionId;
       else if (store) branchFrom = parentSession;
     }
     const translator = new Translator(config, parts);
@@ -176,6 +179,17 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
   });
 
   return routes;
+}
+
+/**
+ * Whether the session holds exactly this response's transcript (its prompt and reply, plus at most the
+ * end-of-sequence token): how a chain finds its head again after a restart, from the session's tokens.
+ */
+function holds(session: Session | undefined, record: StoredResponse): boolean {
+  const tokens = record.transcript?.tokens;
+  if (!session || !tokens || session.tokens.length < tokens.length || session.tokens.length > tokens.length + 1) return false;
+  for (let i = 0; i < tokens.length; i++) if (session.tokens[i] !== tokens[i]) return false;
+  return true;
 }
 
 /** Deletes a chain's engine session once no stored response uses it (memory and snapshot). */

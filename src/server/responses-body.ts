@@ -47,6 +47,7 @@ const UNSUPPORTED: Record<string, [Check, string]> = {
   prompt: [isSet, 'Prompt templates are not supported by this server'],
   top_logprobs: [(v) => typeof v === 'number' && v !== 0, 'Log probabilities are not supported by this server'],
   context_management: [isSet, 'Context management is not supported by this server; use truncation'],
+  session_id: [isSet, 'Responses keep their own sessions (docs/api.md, "How responses use the cache"); chain them with previous_response_id'],
   stream_options: [(v) => isSet(v) && (v as { include_obfuscation?: unknown }).include_obfuscation === true, 'Stream obfuscation is not supported by this server'],
 };
 

@@ -38,6 +38,7 @@ describe('responses: bad input', () => {
     ['an unknown truncation', { input: 'hi', truncation: 'error' }, 400, 'invalid_value', 'truncation'],
     ['background without store', { input: 'hi', background: true, store: false }, 400, 'invalid_value', 'background'],
     ['another model', { input: 'hi', model: 'gpt-5' }, 404, 'model_not_found', 'model'],
+    ['session_id (responses keep their own sessions)', { input: 'hi', session_id: 's' }, 400, 'unsupported_parameter', 'session_id'],
     ['max_output_tokens 0', { input: 'hi', max_output_tokens: 0 }, 400, 'invalid_value', 'max_output_tokens'],
   ];
   for (const [name, body, status, code, param] of cases) {

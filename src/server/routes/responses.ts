@@ -62,6 +62,9 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
 
   routes.post('/v1/responses', async (c) => {
     const parts = servingFor(runtime, true);
+    if (c.req.header('x-session-id') !== undefined) {
+      throw new ApiError('unsupported_parameter', 'Responses keep their own sessions; chain them with previous_response_id instead of X-Session-Id.', 'X-Session-Id');
+    }
     const body = parseResponseBody(await readJsonBody(c.req.raw, config.maxBodyBytes));
     if (body.model != null && body.model !== parts.model.id) {
       throw new ApiError('model_not_found', `The model '${body.model}' does not exist; this server serves '${parts.model.id}'.`, 'model');

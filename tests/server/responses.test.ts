@@ -2,15 +2,16 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { SlowDecoder, listen, parseSse, waitFor, type Listening } from './helpers.ts';
+import { listen, parseSse, waitFor, type Listening } from './helpers.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 let server: Listening;
-let slow: SlowDecoder;
+let slow: TestDecoder;
 let client: OpenAI;
 let model: string;
 
 before(async () => {
-  server = await listen({ pingIntervalMs: 5, wrapDecoder: (d) => (slow = new SlowDecoder(d)) });
+  server = await listen({ pingIntervalMs: 5, wrapDecoder: (d) => (slow = wrapDecoder(d)) });
   client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
   model = server.runtime.serving!.model.id;
 });

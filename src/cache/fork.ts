@@ -32,10 +32,8 @@ export function forkPrefix(store: SessionStore, layout: KvLayout, source: Sessio
   }
   if (!reserved) return false;
   // A copy, never a shared tensor: the engine may rotate or overwrite either cache in place later.
-  target.kv = gatherRows(layout, [{ kv: source.kv, row: 0, segments: [[0, keep]] }]).kv; // [1, numKvHeads, keep, headDim] per layer
+  target.toHot(gatherRows(layout, [{ kv: source.kv, row: 0, segments: [[0, keep]] }]).kv, keep); // [1, numKvHeads, keep, headDim] per layer
   target.tokens = source.tokens.slice(0, keep);
-  target.cachedLength = keep;
-  target.tier = 'hot';
   store.touch(target);
   return true;
 }

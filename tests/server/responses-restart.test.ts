@@ -19,7 +19,8 @@ test('a chain continues after a restart: the response is found on disk, its sess
       return (await res.json()) as Body;
     };
     let previous: Body | undefined;
-    for (const input of ['Once upon a time', 'there was a king', 'who had a castle']) previous = await ask(first.app, input, previous?.id);
+    const turns: Body[] = [];
+    for (const input of ['Once upon a time', 'there was a king', 'who had a castle']) turns.push((previous = await ask(first.app, input, previous?.id)));
     const root = (await (await first.app.request(`/v1/responses/${previous!.id}/input_items`)).json()) as { data: unknown[] };
     assert.equal(root.data.length, 1);
     // What main.ts does on SIGTERM after draining: every session to its snapshot.
@@ -28,13 +29,17 @@ test('a chain continues after a restart: the response is found on disk, its sess
     const second = await makeApp({ settings: { 'snapshot-dir': dir } });
     const kept = (await (await second.app.request(`/v1/responses/${previous!.id}`)).json()) as Body;
     assert.equal(kept.output[0].content[0].text, previous!.output[0].content[0].text);
+    // A branch off turn 2 while the chain's session is still on disk: restored, then its prefix copied.
+    const branch = await ask(second.app, 'by the sea.', turns[1].id);
+    const turn2Chain = turns[1].usage.input_tokens + turns[1].usage.output_tokens - 1;
+    assert.ok(branch.usage.input_tokens_details.cached_tokens >= turn2Chain, `branch cached ${branch.usage.input_tokens_details.cached_tokens} of ${turn2Chain}`);
     const turn4 = await ask(second.app, 'on a hill.', previous!.id);
     const chain = previous!.usage.input_tokens + previous!.usage.output_tokens - 1;
     assert.ok(turn4.usage.input_tokens_details.cached_tokens >= chain, `cached ${turn4.usage.input_tokens_details.cached_tokens} of ${chain}`);
     // Exact: the same as one stateless call on its token transcript, on a server without the chain.
-    const sessions = [...second.runtime.serving!.store.inLruOrder()];
-    assert.equal(sessions.length, 1, 'turn 4 ran on the chain session');
-    const prompt = sessions[0].tokens.slice(0, turn4.usage.input_tokens);
+    const session = second.runtime.serving!.store.get('', turns[0].id)!;
+    assert.ok(second.runtime.serving!.store.get('', branch.id), 'the branch has a session of its own');
+    const prompt = session.tokens.slice(0, turn4.usage.input_tokens);
     const stop = second.runtime.serving!.model.chatTemplate.implicitStops;
     const fresh = await makeApp();
     const oneShot = (await (await fresh.app.request('/v1/completions', post({ prompt, max_tokens: 6, temperature: 0, ...(stop.length ? { stop } : {}) }))).json()) as { choices: Array<{ text: string }> };

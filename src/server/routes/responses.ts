@@ -93,6 +93,16 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
       if ((responses.isHead(parent) || holds(parentSession, parent)) && !parentSession?.busy) sessionId = parent.sessionId;
       else if (store) branchFrom = parentSession;
     }
+    // A branch copies from a hot cache: bring an idle int8 or disk parent session up first, as its own
+    // next turn would (pinned, so making room for it cannot demote it again).
+    if (branchFrom && (branchFrom.tier === 'int8' || branchFrom.tier === 'disk') && !branchFrom.busy && !branchFrom.pinned) {
+      branchFrom.pinned = true;
+      try {
+        await parts.tiers.restore(branchFrom);
+      } finally {
+        branchFrom.pinned = false;
+      }
+    }
     const translator = new Translator(config, parts);
     const replyIndex = prompt.length - messages.length - 1;
     const parentTranscript = parent?.transcript ? { ...parent.transcript, replyIndex } : null;

@@ -23,6 +23,13 @@ export const responseSchema = z.object({
   truncation: z.enum(['auto', 'disabled']).nullish(),
   metadata: z.record(z.string().max(64), z.string().max(512)).nullish(),
   text: z.object({ format: z.looseObject({ type: z.string() }).nullish(), verbosity: z.string().nullish() }).nullish(),
+  // warmkv extensions, as on chat completions.
+  top_k: z.number().int().min(-1).nullish(),
+  min_p: z.number().min(0).max(1).nullish(),
+  repetition_penalty: z.number().gt(0).nullish(),
+  seed: z.number().int().nullish(),
+  stop: z.union([z.string(), z.array(z.string())]).nullish(),
+  ignore_eos: z.boolean().nullish(),
   // Hints OpenAI documents as not changing the output: accepted and ignored.
   user: z.string().nullish(),
   safety_identifier: z.string().nullish(),

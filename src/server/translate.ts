@@ -45,12 +45,13 @@ export interface ParentTranscript extends Transcript {
 }
 
 /** What POST /v1/responses gives the engine besides its messages. */
-export interface ResponseFields {
+export interface ResponseFields extends SamplingFields {
   max_output_tokens?: number | null;
-  temperature?: number | null;
-  top_p?: number | null;
   truncation?: 'auto' | 'disabled' | null;
   stream?: boolean | null;
+  seed?: number | null;
+  stop?: string | string[] | null;
+  ignore_eos?: boolean | null;
 }
 
 /** `session_id` from the body or the X-Session-Id header (they must agree). */
@@ -113,8 +114,8 @@ export class Translator {
     const truncation = b.truncation === 'auto' ? 'auto' : 'error';
     const room = truncation === 'error' ? Math.max(1, this.parts.model.contextLength - input.length) : Infinity;
     const maxTokens = this.maxTokensOf(b.max_output_tokens, Math.min(this.config.defaultChatMaxTokens, room), 'max_output_tokens');
-    const fields = { temperature: b.temperature, top_p: b.top_p, truncation, stream: b.stream } as const;
-    const stop = [...this.parts.model.chatTemplate.implicitStops];
+    const fields = { ...b, truncation } as const;
+    const stop = [...this.stopsOf(b.stop), ...this.parts.model.chatTemplate.implicitStops];
     return { job: this.generationJob(caller, fields, { format: 'chat', route: 'responses', echo: '', sessionId, mode: 'replace', input, maxTokens, stop }), promptText };
   }
 

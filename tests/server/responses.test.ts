@@ -140,6 +140,21 @@ describe('responses: the openai client against a listening server', () => {
     }
   });
 
+  test('warmkv extensions: seed makes sampling reproducible; a stop string cuts the reply and the chain still continues it', async () => {
+    const seeded = { temperature: 1, top_k: 40, seed: 7, max_output_tokens: 8 } as Record<string, unknown>;
+    const a = await ask('Seeded', seeded);
+    const b = await ask('Seeded', seeded);
+    assert.equal(a.output_text, b.output_text);
+    const full = await ask('Cut me');
+    const stop = full.output_text.trim().slice(1, 3);
+    assert.equal(stop.length, 2, `a reply long enough to cut: ${JSON.stringify(full.output_text)}`);
+    const cut = await ask('Cut me', { stop } as Record<string, unknown>);
+    assert.ok(!cut.output_text.includes(stop) && full.output_text.startsWith(cut.output_text));
+    // The reply's tokens no longer decode to its text: the child renders its prompt from the messages.
+    const next = await ask('Go on', { previous_response_id: cut.id });
+    assert.ok(next.usage!.input_tokens_details.cached_tokens >= cut.usage!.input_tokens - 1, 'the parent prompt is still reused');
+  });
+
   test('store: false is not kept and cannot be chained; delete removes a response', async () => {
     const loose = await ask('Not kept', { store: false });
     await assert.rejects(client.responses.retrieve(loose.id), (e: InstanceType<typeof OpenAI.APIError>) => e.status === 404);

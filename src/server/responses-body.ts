@@ -21,7 +21,10 @@ export const responseSchema = z.object({
   temperature: z.number().min(0).max(2).nullish(),
   top_p: z.number().gt(0).max(1).nullish(),
   truncation: z.enum(['auto', 'disabled']).nullish(),
-  metadata: z.record(z.string().max(64), z.string().max(512)).nullish(),
+  metadata: z
+    .record(z.string().max(64), z.string().max(512))
+    .refine((m) => Object.keys(m).length <= 16, 'must have at most 16 keys')
+    .nullish(),
   text: z.object({ format: z.looseObject({ type: z.string() }).nullish(), verbosity: z.string().nullish() }).nullish(),
   // warmkv extensions, as on chat completions.
   top_k: z.number().int().min(-1).nullish(),

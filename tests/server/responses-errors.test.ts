@@ -39,6 +39,7 @@ describe('responses: bad input', () => {
     ['background without store', { input: 'hi', background: true, store: false }, 400, 'invalid_value', 'background'],
     ['another model', { input: 'hi', model: 'gpt-5' }, 404, 'model_not_found', 'model'],
     ['session_id (responses keep their own sessions)', { input: 'hi', session_id: 's' }, 400, 'unsupported_parameter', 'session_id'],
+    ['metadata with 17 keys', { input: 'hi', metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, 'v'])) }, 400, 'invalid_value', 'metadata'],
     ['max_output_tokens 0', { input: 'hi', max_output_tokens: 0 }, 400, 'invalid_value', 'max_output_tokens'],
   ];
   for (const [name, body, status, code, param] of cases) {

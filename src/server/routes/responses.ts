@@ -93,8 +93,13 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
       if ((responses.isHead(parent) || holds(parentSession, parent)) && !parentSession?.busy) sessionId = parent.sessionId;
       else if (store) branchFrom = parentSession;
     }
+    const translator = new Translator(config, parts);
+    const replyIndex = prompt.length - messages.length - 1;
+    const parentTranscript = parent?.transcript ? { ...parent.transcript, replyIndex } : null;
+    const { job, promptText } = translator.response({ requestId: c.get('requestId'), owner }, prompt, body, sessionId, parentTranscript);
     // A branch copies from a hot cache: bring an idle int8 or disk parent session up first, as its own
-    // next turn would (pinned, so making room for it cannot demote it again).
+    // next turn would (pinned, so making room for it cannot demote it again). After the translation, so
+    // a body refused as invalid promotes nothing.
     if (branchFrom && (branchFrom.tier === 'int8' || branchFrom.tier === 'disk') && !branchFrom.busy && !branchFrom.pinned) {
       branchFrom.pinned = true;
       try {
@@ -103,10 +108,6 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
         branchFrom.pinned = false;
       }
     }
-    const translator = new Translator(config, parts);
-    const replyIndex = prompt.length - messages.length - 1;
-    const parentTranscript = parent?.transcript ? { ...parent.transcript, replyIndex } : null;
-    const { job, promptText } = translator.response({ requestId: c.get('requestId'), owner }, prompt, body, sessionId, parentTranscript);
     const admitted = await deps.admission.admit(parts, owner, sessionId);
     let forked: Session | undefined;
     if (branchFrom && admitted.created && sessionId !== undefined) {

@@ -9,6 +9,7 @@ const BENCHMARKS: Record<string, string> = {
   tracing: './tracing.ts',
   window: './window.ts',
   tiers: './tiers.ts',
+  responses: './responses.ts',
 };
 
 /** One line per benchmark for the top-level help; each benchmark's own --help lists its options. */

@@ -85,6 +85,10 @@ export const configSchema = z.object({
   /** Idle time after which a session is deleted (memory and snapshot); 0 keeps sessions until deleted. */
   sessionIdleSeconds: seconds.default(86400),
   streamResumeSeconds: seconds.default(60),
+  /** How long a stored response (POST /v1/responses, store: true) is kept after it was created; 0 keeps it until deleted. */
+  responseTtlSeconds: seconds.default(30 * 86400),
+  /** Stored responses per API key; the oldest is dropped beyond it. */
+  maxResponsesPerKey: int(1).default(10000),
   drainSeconds: seconds.default(30),
 
   apiKeys: list.default([]),

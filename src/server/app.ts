@@ -1,5 +1,5 @@
 /**
- * The HTTP API: OpenAI-compatible completions and chat completions with session reuse, the native
+ * The HTTP API: OpenAI-compatible completions, chat completions and responses with session reuse, the native
  * session API, resumable streams, model listing and health. `createApp` only wires middleware and
  * mounts the routers (routes/); main.ts listens.
  */
@@ -13,6 +13,7 @@ import type { AppEnv, ServerDeps } from './context.ts';
 import { apiKeyAuth, corsFor, errorHandler, methodNotAllowedAnswer, notFound, refuseDotSegments, requestContext } from './middleware.ts';
 import { healthRoutes } from './routes/health.ts';
 import { openAiRoutes } from './routes/openai.ts';
+import { responseRoutes } from './routes/responses.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { streamRoutes } from './routes/streams.ts';
 import { StreamRegistry } from './streams.ts';
@@ -56,6 +57,7 @@ export function createApp(runtime: ServingSource, options: AppOptions = {}): Hon
 
   app.route('/', healthRoutes(deps));
   app.route('/', openAiRoutes(deps));
+  app.route('/', responseRoutes(deps));
   app.route('/', sessionRoutes(deps));
   app.route('/', streamRoutes(deps));
   return app;

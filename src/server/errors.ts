@@ -22,7 +22,11 @@ export type HttpErrorKind =
   | 'too_many_sessions'
   | 'too_many_streams'
   | 'model_loading'
-  | 'model_failed';
+  | 'model_failed'
+  | 'response_not_found'
+  | 'previous_response_not_found'
+  | 'response_in_progress'
+  | 'response_not_cancellable';
 
 export type ErrorKind = EngineErrorKind | HttpErrorKind;
 
@@ -52,9 +56,13 @@ export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
   session_not_found: { status: 404, type: 'invalid_request_error', code: 'session_not_found' },
   stream_not_found: { status: 404, type: 'invalid_request_error', code: 'stream_not_found' },
   not_found: { status: 404, type: 'invalid_request_error', code: 'not_found' },
+  response_not_found: { status: 404, type: 'invalid_request_error', code: null },
+  previous_response_not_found: { status: 404, type: 'invalid_request_error', code: 'previous_response_not_found' },
   method_not_allowed: { status: 405, type: 'invalid_request_error', code: 'method_not_allowed' },
   session_busy: { status: 409, type: 'invalid_request_error', code: 'session_busy' },
   session_exists: { status: 409, type: 'invalid_request_error', code: 'session_exists' },
+  response_in_progress: { status: 409, type: 'invalid_request_error', code: 'response_in_progress' },
+  response_not_cancellable: { status: 400, type: 'invalid_request_error', code: 'response_not_cancellable' },
   stream_events_dropped: { status: 410, type: 'invalid_request_error', code: 'stream_events_dropped' },
   body_too_large: { status: 413, type: 'invalid_request_error', code: 'body_too_large' },
   unsupported_media_type: { status: 415, type: 'invalid_request_error', code: 'unsupported_media_type' },

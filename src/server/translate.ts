@@ -3,10 +3,12 @@
  * fields with the model's defaults, the server's limits on max_tokens, stops and prompt length. Every
  * generation endpoint builds its job with `generationJob`; no HTTP here beyond the error kinds.
  */
+import { randomBytes } from 'node:crypto';
 import type { Config } from '../config.ts';
 import { GREEDY, type SamplingParams } from '../engine/sampler.ts';
 import type { GenerationRequest } from '../engine/types.ts';
 import { ChatTemplateError, type ChatMessage } from '../model/chat-template.ts';
+import type { Transcript } from '../responses/store.ts';
 import type { Serving } from '../serving.ts';
 import { ApiError } from './errors.ts';
 import type { GenerationJob, ResponseFormat } from './generation.ts';
@@ -35,6 +37,21 @@ interface GenerationFields extends SamplingFields {
   truncation?: 'auto' | 'error' | null;
   stream?: boolean | null;
   stream_options?: { include_usage?: boolean | null } | null;
+}
+
+/** A parent response's transcript, and where its reply sits among the child's messages. */
+export interface ParentTranscript extends Transcript {
+  replyIndex: number;
+}
+
+/** What POST /v1/responses gives the engine besides its messages. */
+export interface ResponseFields extends SamplingFields {
+  max_output_tokens?: number | null;
+  truncation?: 'auto' | 'disabled' | null;
+  stream?: boolean | null;
+  seed?: number | null;
+  stop?: string | string[] | null;
+  ignore_eos?: boolean | null;
 }
 
 /** `session_id` from the body or the X-Session-Id header (they must agree). */
@@ -69,7 +86,7 @@ export class Translator {
 
   /** POST /v1/chat/completions. */
   chat(caller: Caller, b: ChatBody, sessionId: string | undefined): GenerationJob {
-    const input = this.renderChat(b.messages, true);
+    const input = this.renderChat(chatMessages(b.messages), true, 'messages');
     this.checkPromptLength(input, 'messages');
     const param = b.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
     const truncation = b.truncation ?? this.config.defaultTruncation;
@@ -78,6 +95,39 @@ export class Translator {
     const maxTokens = this.maxTokensOf(b.max_completion_tokens ?? b.max_tokens, Math.min(this.config.defaultChatMaxTokens, room), param);
     const stop = [...this.stopsOf(b.stop), ...this.parts.model.chatTemplate.implicitStops];
     return this.generationJob(caller, b, { format: 'chat', route: 'chat', echo: '', sessionId, mode: 'replace', input, maxTokens, stop });
+  }
+
+  /**
+   * POST /v1/responses: the whole conversation (instructions, the chain so far, this input) rendered
+   * with the chat template, as one replace-mode request on the chain's session. A child continues its
+   * parent's exact tokens (`parent`, whose reply is `messages[parent.replyIndex]`) with the template's
+   * text after that reply, so a chain never loses its cache to a re-tokenization of the model's own
+   * output; when the template renders the earlier turns differently, the prompt is rendered afresh.
+   */
+  response(caller: Caller, messages: ChatMessage[], b: ResponseFields, sessionId: string | undefined, parent: ParentTranscript | null): { job: GenerationJob; promptText: string } {
+    const promptText = this.renderText(messages, true, 'input');
+    const input = (parent && this.continuation(messages, parent)) ?? this.parts.model.loaded.tokenizer.encode(promptText, false);
+    this.checkPromptLength(input, 'input');
+    // OpenAI's truncation "disabled" (its default) refuses what does not fit; "auto" slides the window.
+    const truncation = b.truncation === 'auto' ? 'auto' : 'error';
+    const room = truncation === 'error' ? Math.max(1, this.parts.model.contextLength - input.length) : Infinity;
+    const maxTokens = this.maxTokensOf(b.max_output_tokens, Math.min(this.config.defaultChatMaxTokens, room), 'max_output_tokens');
+    const fields = { ...b, truncation } as const;
+    const stop = [...this.stopsOf(b.stop), ...this.parts.model.chatTemplate.implicitStops];
+    return { job: this.generationJob(caller, fields, { format: 'chat', route: 'responses', echo: '', sessionId, mode: 'replace', input, maxTokens, stop }), promptText };
+  }
+
+  /**
+   * The parent's tokens plus the tokens of what the template writes after the parent's reply, when the
+   * template renders everything before that reply as the parent's prompt (up to trailing whitespace,
+   * such as the space a fallback template puts after "assistant:"); null otherwise.
+   */
+  private continuation(messages: ChatMessage[], parent: ParentTranscript): number[] | null {
+    const marker = `\u0000warmkv-reply-${randomBytes(8).toString('hex')}\u0000`;
+    const marked = messages.map((m, i) => (i === parent.replyIndex ? { ...m, content: marker } : m));
+    const parts = this.renderText(marked, true, 'input').split(marker);
+    if (parts.length !== 2 || parts[0].trimEnd() !== parent.promptText.trimEnd()) return null;
+    return parent.tokens.concat(this.parts.model.loaded.tokenizer.encode(parts[1], false));
   }
 
   /** POST /v1/sessions/{id}/completions: the prompt continues the session's transcript. */
@@ -91,7 +141,7 @@ export class Translator {
 
   /** The prompt of POST /v1/sessions, as token ids. */
   prefillInput(b: CreateSessionBody): number[] {
-    const input = b.messages != null ? this.renderChat(b.messages, b.add_generation_prompt ?? false) : this.encodePrompt(b.prompt!, true);
+    const input = b.messages != null ? this.renderChat(chatMessages(b.messages), b.add_generation_prompt ?? false, 'messages') : this.encodePrompt(b.prompt!, true);
     this.checkPromptLength(input, b.messages != null ? 'messages' : 'prompt');
     return input;
   }
@@ -192,17 +242,19 @@ export class Translator {
     return ids;
   }
 
-  private renderChat(messages: MessageBody[], addGenerationPrompt: boolean): number[] {
-    let text: string;
+  private renderChat(messages: ChatMessage[], addGenerationPrompt: boolean, param: string): number[] {
+    return this.parts.model.loaded.tokenizer.encode(this.renderText(messages, addGenerationPrompt, param), false);
+  }
+
+  private renderText(messages: ChatMessage[], addGenerationPrompt: boolean, param: string): string {
     try {
-      text = this.parts.model.chatTemplate.render(chatMessages(messages), addGenerationPrompt);
+      return this.parts.model.chatTemplate.render(messages, addGenerationPrompt);
     } catch (error) {
       if (error instanceof ChatTemplateError) {
-        throw new ApiError('invalid_request', `The model's chat template cannot render these messages: ${error.message}`, 'messages');
+        throw new ApiError('invalid_request', `The model's chat template cannot render these messages: ${error.message}`, param);
       }
       throw error;
     }
-    return this.parts.model.loaded.tokenizer.encode(text, false);
   }
 }
 

@@ -6,7 +6,7 @@
  * HTTP: a reader is a web ReadableStream of bytes; the registry (registry.ts) owns lifetimes.
  */
 import type { Logger } from '../lib/logger.ts';
-import { PING, encodeDone, encodeEvent } from './frames.ts';
+import { PING, encodeDone, encodeEvent, encodeNamedEvent } from './frames.ts';
 
 const MAX_CHUNK_BYTES = 16 * 1024;
 
@@ -88,6 +88,11 @@ export class EventLog {
   /** Appends `data: <JSON>` as the next event. */
   send(data: unknown): void {
     this.append(encodeEvent(this.nextSeq, data));
+  }
+
+  /** Appends a named event (`event: <name>`); its sequence number is `nextSeq` before the call. */
+  sendNamed(name: string, data: unknown): void {
+    this.append(encodeNamedEvent(this.nextSeq, name, data));
   }
 
   sendDone(): void {

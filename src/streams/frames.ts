@@ -1,7 +1,8 @@
 /**
  * Server-sent event frames with exact control over the bytes: every event is `id: <n>\ndata: <json>\n\n`
  * with a per-stream sequence number, keep-alive comments are `: ping\n\n`, and nothing else is ever
- * written (no `event:` lines: OpenAI clients treat named events differently). Frames are encoded once
+ * written. Chat and completion streams carry no `event:` lines (OpenAI clients treat named events
+ * differently); Responses API streams name every event, as OpenAI sends them. Frames are encoded once
  * and kept as bytes in the stream's event log, so a replay sends exactly the same bytes.
  */
 
@@ -10,6 +11,11 @@ const encoder = new TextEncoder();
 /** `id: <id>\ndata: <JSON of value>\n\n`. JSON never holds a raw newline, so one data line suffices. */
 export function encodeEvent(id: number, value: unknown): Uint8Array {
   return encoder.encode(`id: ${id}\ndata: ${JSON.stringify(value)}\n\n`);
+}
+
+/** `event: <name>\nid: <id>\ndata: <JSON of value>\n\n` (Responses API events). */
+export function encodeNamedEvent(id: number, name: string, value: unknown): Uint8Array {
+  return encoder.encode(`event: ${name}\nid: ${id}\ndata: ${JSON.stringify(value)}\n\n`);
 }
 
 /** The stream's last event on success. */

@@ -68,6 +68,8 @@ export async function listen(options: TestServerOptions = {}): Promise<Listening
 export interface SseEvent {
   id: string | null;
   data: string;
+  /** The `event:` line's name (Responses API streams), null without one. */
+  event: string | null;
 }
 
 /** Splits an SSE body into events (data + id) and comment lines. */
@@ -77,14 +79,16 @@ export function parseSse(text: string): { events: SseEvent[]; comments: string[]
   for (const block of text.split('\n\n')) {
     if (block === '') continue;
     let id: string | null = null;
+    let event: string | null = null;
     const data: string[] = [];
     for (const line of block.split('\n')) {
       if (line.startsWith(':')) comments.push(line.slice(1).trim());
       else if (line.startsWith('id: ')) id = line.slice(4);
+      else if (line.startsWith('event: ')) event = line.slice(7);
       else if (line.startsWith('data: ')) data.push(line.slice(6));
       else throw new Error(`unexpected SSE line ${JSON.stringify(line)}`);
     }
-    if (data.length > 0) events.push({ id, data: data.join('\n') });
+    if (data.length > 0) events.push({ id, event, data: data.join('\n') });
   }
   return { events, comments };
 }

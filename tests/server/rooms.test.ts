@@ -44,3 +44,7 @@ test('only server/ and main.ts import Hono', () => {
   const found = outside.flatMap((file) => importsOf(file).filter((t) => t === 'hono' || t.startsWith('hono/') || t.startsWith('@hono/')).map((t) => `${relative(src, file)} -> ${t}`));
   assert.deepEqual(found, []);
 });
+
+test('responses/ (the stored response tree) has no HTTP and no engine: only lib/ and node', () => {
+  assert.deepEqual(offending('responses', (t) => !t.startsWith('node:') && !t.startsWith('lib/') && !t.startsWith('responses/')), []);
+});

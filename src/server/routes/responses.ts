@@ -1,0 +1,215 @@
+/**
+ * OpenAI's Responses API on warm KV: POST /v1/responses (chained with previous_response_id), GET,
+ * DELETE, cancel, input_items, and background responses streamed again with `starting_after`.
+ *
+ * Which engine session a response runs on (see docs/api.md, "Responses"): a response without a parent
+ * starts a session named after itself; a child of its session's head takes that session over (the
+ * cache already holds the parent's transcript, so only the new input is prefilled); a child of any
+ * other response (a branch) gets a session of its own, seeded with a copy of the shared prefix.
+ */
+import { join } from 'node:path';
+import { Hono } from 'hono';
+import { z } from 'zod';
+import { forkPrefix } from '../../cache/fork.ts';
+import type { Session } from '../../cache/session.ts';
+import { ResponseFiles } from '../../responses/files.ts';
+import { newResponseId, ResponseStore, type StoredResponse } from '../../responses/store.ts';
+import type { Serving } from '../../serving.ts';
+import { readJsonBody } from '../body.ts';
+import { generationContext, ownerOf, servingFor, type AppEnv, type Ctx, type ServerDeps } from '../context.ts';
+import { ApiError } from '../errors.ts';
+import { inputItemsOf, parseResponseBody } from '../responses-body.ts';
+import { responseObject, runResponse, whenFinished } from '../responses-run.ts';
+import { parseWith } from '../schemas.ts';
+import { StreamRegistry } from '../streams.ts';
+import { Translator } from '../translate.ts';
+
+/** How long a background response's events stay resumable (and how long one nobody reads may run). */
+const BACKGROUND_STREAM_MS = 3600_000;
+
+const itemsQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  order: z.enum(['asc', 'desc']).default('desc'),
+  after: z.string().optional(),
+  include: z.unknown().optional(),
+});
+
+const retrieveQuery = z.object({
+  stream: z.enum(['true', 'false']).optional(),
+  starting_after: z.coerce.number().int().min(0).optional(),
+  include: z.unknown().optional(),
+  include_obfuscation: z.unknown().optional(),
+});
+
+export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
+  const { runtime, config } = deps;
+  const routes = new Hono<AppEnv>();
+  const responses = new ResponseStore({
+    ttlSeconds: config.responseTtlSeconds,
+    maxPerKey: config.maxResponsesPerKey,
+    now: deps.now,
+    files: config.snapshotDir !== undefined ? new ResponseFiles(join(config.snapshotDir, 'responses')) : undefined,
+    onSessionReleased: (owner, sessionId) => void releaseSession(runtime.serving, owner, sessionId),
+  });
+  const backgroundStreams = new StreamRegistry({ resumeMs: BACKGROUND_STREAM_MS });
+
+  const find = (c: Ctx): StoredResponse => {
+    const id = c.req.param('id')!;
+    const record = responses.get(ownerOf(c), id);
+    if (!record) throw new ApiError('response_not_found', `Response with id '${id}' not found.`, 'response_id');
+    return record;
+  };
+
+  routes.post('/v1/responses', async (c) => {
+    const parts = servingFor(runtime, true);
+    if (c.req.header('x-session-id') !== undefined) {
+      throw new ApiError('unsupported_parameter', 'Responses keep their own sessions; chain them with previous_response_id instead of X-Session-Id.', 'X-Session-Id');
+    }
+    const body = parseResponseBody(await readJsonBody(c.req.raw, config.maxBodyBytes));
+    if (body.model != null && body.model !== parts.model.id) {
+      throw new ApiError('model_not_found', `The model '${body.model}' does not exist; this server serves '${parts.model.id}'.`, 'model');
+    }
+    const owner = ownerOf(c);
+    let parent: StoredResponse | null = null;
+    if (body.previous_response_id != null) {
+      parent = responses.get(owner, body.previous_response_id) ?? null;
+      if (!parent) throw new ApiError('previous_response_not_found', `Previous response with id '${body.previous_response_id}' not found.`, 'previous_response_id');
+      if (parent.abort !== null) {
+        throw new ApiError('response_in_progress', `Previous response with id '${parent.id}' is still in progress; wait for it to finish or cancel it.`, 'previous_response_id');
+      }
+    }
+    const { items, messages } = inputItemsOf(body.input);
+    const history = parent?.conversation ?? [];
+    // Instructions are not carried over from the previous response (as OpenAI does).
+    const prompt = [...(body.instructions != null ? [{ role: 'system' as const, content: body.instructions }] : []), ...history, ...messages];
+    const id = newResponseId('resp');
+    const store = body.store ?? true;
+
+    // The session: the parent's when this is a child of its head, else a new one (a branch or a new chain).
+    let sessionId: string | undefined = store ? id : undefined;
+    let branchFrom: Session | undefined;
+    if (parent) {
+      const parentSession = await parts.store.find(owner, parent.sessionId);
+      if ((responses.isHead(parent) || holds(parentSession, parent)) && !parentSession?.busy) sessionId = parent.sessionId;
+      else if (store) branchFrom = parentSession;
+    }
+    const translator = new Translator(config, parts);
+    const replyIndex = prompt.length - messages.length - 1;
+    const parentTranscript = parent?.transcript ? { ...parent.transcript, replyIndex } : null;
+    const { job, promptText } = translator.response({ requestId: c.get('requestId'), owner }, prompt, body, sessionId, parentTranscript);
+    // A branch copies from a hot cache: bring an idle int8 or disk parent session up first, as its own
+    // next turn would (pinned, so making room for it cannot demote it again). After the translation, so
+    // a body refused as invalid promotes nothing.
+    if (branchFrom && (branchFrom.tier === 'int8' || branchFrom.tier === 'disk') && !branchFrom.busy && !branchFrom.pinned) {
+      branchFrom.pinned = true;
+      try {
+        await parts.tiers.restore(branchFrom);
+      } finally {
+        branchFrom.pinned = false;
+      }
+    }
+    const admitted = await deps.admission.admit(parts, owner, sessionId);
+    let forked: Session | undefined;
+    if (branchFrom && admitted.created && sessionId !== undefined) {
+      const target = parts.store.get(owner, sessionId);
+      if (target && forkPrefix(parts.store, parts.engine.layout, branchFrom, target, job.request.input)) forked = target;
+    }
+    const sampling = job.request.sampling;
+    const record: StoredResponse = {
+      id,
+      owner,
+      createdAt: Math.floor(deps.now() / 1000),
+      completedAt: null,
+      status: 'in_progress',
+      parentId: parent?.id ?? null,
+      params: {
+        model: parts.model.id,
+        instructions: body.instructions ?? null,
+        temperature: sampling.temperature,
+        topP: sampling.topP,
+        maxOutputTokens: body.max_output_tokens ?? null,
+        truncation: body.truncation ?? 'disabled',
+        metadata: body.metadata ?? {},
+        background: body.background ?? false,
+        store,
+      },
+      input: items,
+      conversation: [...history, ...messages],
+      outputItemId: newResponseId('msg'),
+      outputText: '',
+      transcript: null,
+      sessionId: sessionId ?? '',
+      usage: null,
+      error: null,
+      incompleteReason: null,
+      abort: null,
+    };
+    return runResponse(generationContext(c, deps, parts, admitted), {
+      job,
+      promptText,
+      record,
+      responses,
+      backgroundStreams,
+      // The refused request's session goes with admission; a forked one must not be left reserved.
+      onRefused: () => forked && parts.store.get(owner, forked.id) === forked && parts.store.delete(forked),
+    });
+  });
+
+  routes.get('/v1/responses/:id', (c) => {
+    const record = find(c);
+    const query = parseWith(retrieveQuery, c.req.query());
+    if (query.stream !== 'true') return c.json(responseObject(record));
+    if (!record.params.background) {
+      throw new ApiError('invalid_request', 'Only background responses can be streamed with GET; create it with background: true.', 'stream');
+    }
+    const after = query.starting_after ?? -1;
+    const headers = { 'X-Request-Id': c.get('requestId') };
+    return backgroundStreams.resume(record.id, record.owner, after, { pingIntervalMs: deps.pingIntervalMs }, headers);
+  });
+
+  routes.delete('/v1/responses/:id', (c) => {
+    const record = find(c);
+    if (record.abort !== null) throw new ApiError('response_in_progress', `Response with id '${record.id}' is still in progress; cancel it first.`, 'response_id');
+    responses.delete(record.owner, record.id);
+    return c.json({ id: record.id, object: 'response', deleted: true });
+  });
+
+  routes.post('/v1/responses/:id/cancel', async (c) => {
+    const record = find(c);
+    if (record.abort === null && record.status !== 'cancelled') {
+      throw new ApiError('response_not_cancellable', `Response with id '${record.id}' has already finished (${record.status}); only a running response can be cancelled.`, 'response_id');
+    }
+    record.abort?.abort();
+    await whenFinished(record);
+    return c.json(responseObject(record));
+  });
+
+  routes.get('/v1/responses/:id/input_items', (c) => {
+    const record = find(c);
+    const query = parseWith(itemsQuery, c.req.query());
+    const page = responses.inputItems(record, query);
+    if (page === 'unknown_after') throw new ApiError('invalid_request', `Invalid value for 'after': no input item '${query.after}' in response '${record.id}'.`, 'after');
+    return c.json({ object: 'list', data: page.data, first_id: page.data[0]?.id ?? null, last_id: page.data.at(-1)?.id ?? null, has_more: page.hasMore });
+  });
+
+  return routes;
+}
+
+/**
+ * Whether the session holds exactly this response's transcript (its prompt and reply, plus at most the
+ * end-of-sequence token): how a chain finds its head again after a restart, from the session's tokens.
+ */
+function holds(session: Session | undefined, record: StoredResponse): boolean {
+  const tokens = record.transcript?.tokens;
+  if (!session || !tokens || session.tokens.length < tokens.length || session.tokens.length > tokens.length + 1) return false;
+  for (let i = 0; i < tokens.length; i++) if (session.tokens[i] !== tokens[i]) return false;
+  return true;
+}
+
+/** Deletes a chain's engine session once no stored response uses it (memory and snapshot). */
+async function releaseSession(parts: Serving | null, owner: string, sessionId: string): Promise<void> {
+  if (!parts || sessionId === '') return;
+  const session = parts.store.get(owner, sessionId);
+  if (session && !parts.store.delete(session)) return;
+  await parts.tiers.forget(owner, sessionId).catch(() => {});
+}

@@ -203,3 +203,25 @@ export function refuseUnsupported(body: Record<string, unknown>, endpoint: 'comp
     }
   }
 }
+
+/** POST /tokenize (vLLM's shapes): a prompt, or chat messages rendered through the template. */
+export const tokenizeSchema = z
+  .object({
+    model: z.string().nullish(),
+    prompt: z.string().nullish(),
+    messages: messages.nullish(),
+    /** Chat: end with the assistant turn's opening (default true, as vLLM). */
+    add_generation_prompt: z.boolean().nullish(),
+    /** Prompt: add the tokenizer's special tokens such as BOS (default true); chat: default false (the template has them). */
+    add_special_tokens: z.boolean().nullish(),
+    return_token_strs: z.boolean().nullish(),
+  })
+  .refine((b) => (b.prompt == null) !== (b.messages == null), { message: 'give exactly one of prompt or messages', path: ['prompt'] });
+export type TokenizeBody = z.infer<typeof tokenizeSchema>;
+
+/** POST /detokenize: token ids back into text. */
+export const detokenizeSchema = z.object({
+  model: z.string().nullish(),
+  tokens: z.array(z.number().int().min(0)),
+});
+export type DetokenizeBody = z.infer<typeof detokenizeSchema>;

@@ -12,7 +12,7 @@ import type { Transcript } from '../responses/store.ts';
 import type { Serving } from '../serving.ts';
 import { ApiError } from './errors.ts';
 import type { GenerationJob, ResponseFormat } from './generation.ts';
-import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type MessageBody } from './schemas.ts';
+import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type DetokenizeBody, type MessageBody, type TokenizeBody } from './schemas.ts';
 
 /** OpenAI's default for /v1/completions. */
 const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
@@ -146,6 +146,20 @@ export class Translator {
     return input;
   }
 
+  /** POST /tokenize: the ids a generation would see for this prompt or these messages (no length limit). */
+  tokenize(b: TokenizeBody): number[] {
+    if (b.messages != null) return this.renderChat(chatMessages(b.messages), b.add_generation_prompt ?? true, 'messages', b.add_special_tokens ?? false);
+    return this.parts.model.loaded.tokenizer.encode(b.prompt!, b.add_special_tokens ?? true);
+  }
+
+  /** POST /detokenize: ids outside the vocabulary are a 400 naming the first one. */
+  detokenize(b: DetokenizeBody): string {
+    const vocab = this.parts.model.loaded.vocabSize;
+    const bad = b.tokens.findIndex((id) => id >= vocab);
+    if (bad !== -1) throw new ApiError('invalid_request', `Invalid value for 'tokens[${bad}]': ${b.tokens[bad]} is not below the vocabulary size ${vocab}.`, `tokens[${bad}]`);
+    return this.parts.model.loaded.tokenizer.decode(b.tokens, false);
+  }
+
   /** POST /v1/sessions with a prompt: prefill the session's cache, generate nothing. */
   prefill(caller: Caller, sessionId: string, input: number[]): Omit<GenerationRequest, 'signal'> {
     return {
@@ -242,8 +256,8 @@ export class Translator {
     return ids;
   }
 
-  private renderChat(messages: ChatMessage[], addGenerationPrompt: boolean, param: string): number[] {
-    return this.parts.model.loaded.tokenizer.encode(this.renderText(messages, addGenerationPrompt, param), false);
+  private renderChat(messages: ChatMessage[], addGenerationPrompt: boolean, param: string, addSpecialTokens = false): number[] {
+    return this.parts.model.loaded.tokenizer.encode(this.renderText(messages, addGenerationPrompt, param), addSpecialTokens);
   }
 
   private renderText(messages: ChatMessage[], addGenerationPrompt: boolean, param: string): string {

@@ -594,7 +594,7 @@ export class Engine {
     else rowLogits = halfArrayToFloat(logits.subarray(offset, offset + this.model.vocabSize), this.logitsRow);
     const request = sequence.request;
     const greedy = request.sampling.temperature <= 0;
-    const token = this.sampler.sample(rowLogits, request.sampling, greedy ? null : sequence.rng, sequence.seen);
+    const token = this.sampler.sample(rowLogits, request.sampling, greedy ? null : sequence.rng, sequence.seen, sequence.row);
     if (sequence.firstTokenAt === 0) sequence.firstTokenAt = this.now();
     const reason = sequence.accept(token);
     if (reason) return reason;

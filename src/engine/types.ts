@@ -44,6 +44,12 @@ export interface GenerationRequest {
   /** Makes sampling reproducible; absent: a random seed. */
   seed?: number;
   stop: string[];
+  /** Ids that end generation like EOS (also with ignoreEos); their text is kept only with includeStopInOutput. */
+  stopTokenIds?: readonly number[];
+  /** EOS and stop ids are masked, and stop strings not looked for, until this many tokens are generated. */
+  minTokens?: number;
+  /** The stop string or stop id's text that ended generation stays in the output (vLLM's include_stop_str_in_output). */
+  includeStopInOutput?: boolean;
   ignoreEos: boolean;
   /** auto: slide the window when the context fills up; error: refuse requests that would not fit. */
   truncation: 'auto' | 'error';

@@ -51,7 +51,12 @@ const generationFields = {
   n: z.number().int().nullish(),
   presence_penalty: z.number().min(-2).max(2).nullish(),
   frequency_penalty: z.number().min(-2).max(2).nullish(),
-  logit_bias: z.record(z.string(), z.number()).nullish(),
+  /** Token id (as a string key, as OpenAI's) -> bias added to its logit. */
+  logit_bias: z.record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number().min(-100).max(100)).nullish(),
+  /** vLLM: EOS and stop_token_ids cannot end the output before this many tokens. */
+  min_tokens: z.number().int().min(0).nullish(),
+  stop_token_ids: z.array(z.number().int().min(0)).nullish(),
+  include_stop_str_in_output: z.boolean().nullish(),
 };
 
 export const completionSchema = z.object({
@@ -155,9 +160,6 @@ const nonZero: Check = (v) => typeof v === 'number' && v !== 0;
 const UNSUPPORTED: Record<string, Check> = {
   n: notOne,
   best_of: notOne,
-  logit_bias: nonEmptyObject,
-  presence_penalty: nonZero,
-  frequency_penalty: nonZero,
   tools: nonEmptyArray,
   functions: nonEmptyArray,
   tool_choice: (v) => isSet(v) && v !== 'none' && v !== 'auto',
@@ -167,14 +169,11 @@ const UNSUPPORTED: Record<string, Check> = {
   modalities: (v) => Array.isArray(v) && v.some((m) => m !== 'text'),
   prediction: isSet,
   // vLLM extensions that change the output.
-  min_tokens: nonZero,
   use_beam_search: isTrue,
   length_penalty: (v) => typeof v === 'number' && v !== 1,
-  stop_token_ids: nonEmptyArray,
   bad_words: nonEmptyArray,
   allowed_token_ids: nonEmptyArray,
   prompt_logprobs: isSet,
-  include_stop_str_in_output: isTrue,
   skip_special_tokens: (v) => v === false,
   guided_json: isSet,
   guided_regex: isSet,
@@ -198,8 +197,7 @@ const UNSUPPORTED_BY_ENDPOINT: Record<'completions' | 'chat' | 'append', Record<
 export function refuseUnsupported(body: Record<string, unknown>, endpoint: 'completions' | 'chat' | 'append'): void {
   for (const [field, check] of Object.entries(UNSUPPORTED_BY_ENDPOINT[endpoint])) {
     if (field in body && check(body[field])) {
-      const hint = field === 'presence_penalty' || field === 'frequency_penalty' ? ' (use repetition_penalty)' : '';
-      throw new ApiError('unsupported_parameter', `'${field}' with this value is not supported by this server${hint}.`, field);
+      throw new ApiError('unsupported_parameter', `'${field}' with this value is not supported by this server.`, field);
     }
   }
 }

@@ -29,6 +29,9 @@ interface SamplingFields {
   top_k?: number | null;
   min_p?: number | null;
   repetition_penalty?: number | null;
+  presence_penalty?: number | null;
+  frequency_penalty?: number | null;
+  logit_bias?: Record<string, number> | null;
 }
 
 interface GenerationFields extends SamplingFields {
@@ -37,6 +40,9 @@ interface GenerationFields extends SamplingFields {
   truncation?: 'auto' | 'error' | null;
   stream?: boolean | null;
   stream_options?: { include_usage?: boolean | null } | null;
+  min_tokens?: number | null;
+  stop_token_ids?: number[] | null;
+  include_stop_str_in_output?: boolean | null;
 }
 
 /** A parent response's transcript, and where its reply sits among the child's messages. */
@@ -183,6 +189,12 @@ export class Translator {
     job: { format: ResponseFormat; route: string; echo: string; sessionId: string | undefined; mode: 'replace' | 'append'; input: number[]; maxTokens: number; stop: string[] },
   ): GenerationJob {
     const stream = b.stream ?? false;
+    const minTokens = b.min_tokens ?? 0;
+    if (minTokens > job.maxTokens) {
+      throw new ApiError('invalid_request', `Invalid value for 'min_tokens': ${minTokens} is more than the request's maximum of ${job.maxTokens} tokens.`, 'min_tokens');
+    }
+    const stopTokenIds = b.stop_token_ids ?? [];
+    stopTokenIds.forEach((id, i) => this.checkTokenId(id, `stop_token_ids[${i}]`));
     return {
       format: job.format,
       route: job.route,
@@ -202,8 +214,16 @@ export class Translator {
         input: job.input,
         maxTokens: job.maxTokens,
         stop: job.stop,
+        stopTokenIds,
+        minTokens,
+        includeStopInOutput: b.include_stop_str_in_output ?? false,
       },
     };
+  }
+
+  private checkTokenId(id: number, param: string): void {
+    const vocab = this.parts.model.loaded.vocabSize;
+    if (id >= vocab) throw new ApiError('invalid_request', `Invalid value for '${param}': token id ${id} is not below the vocabulary size ${vocab}.`, param);
   }
 
   private echoOf(prompt: string | number[]): string {
@@ -244,7 +264,22 @@ export class Translator {
       topK: topK < 0 ? 0 : topK,
       minP: b.min_p ?? defaults.minP ?? 0,
       repetitionPenalty: b.repetition_penalty ?? defaults.repetitionPenalty ?? 1,
+      presencePenalty: b.presence_penalty ?? 0,
+      frequencyPenalty: b.frequency_penalty ?? 0,
+      logitBias: this.logitBiasOf(b.logit_bias),
     };
+  }
+
+  /** OpenAI's map of id strings to biases as pairs, every id checked against the vocabulary. */
+  private logitBiasOf(bias: Record<string, number> | null | undefined): Array<[number, number]> | null {
+    if (bias == null) return null;
+    const pairs: Array<[number, number]> = [];
+    for (const [key, value] of Object.entries(bias)) {
+      const id = Number(key);
+      this.checkTokenId(id, `logit_bias.${key}`);
+      if (value !== 0) pairs.push([id, value]);
+    }
+    return pairs.length > 0 ? pairs : null;
   }
 
   private encodePrompt(prompt: string | number[], atStart: boolean): number[] {

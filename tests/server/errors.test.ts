@@ -46,8 +46,8 @@ describe('request validation', () => {
       [{ best_of: 3 }, 'best_of'],
       [{ logprobs: 1 }, 'logprobs'],
       [{ suffix: 'end' }, 'suffix'],
-      [{ logit_bias: { '5': 10 } }, 'logit_bias'],
-      [{ presence_penalty: 0.5 }, 'presence_penalty'],
+      [{ use_beam_search: true }, 'use_beam_search'],
+      [{ bad_words: ['x'] }, 'bad_words'],
       [{ prompt: ['a', 'b'] }, 'prompt'],
     ];
     for (const [extra, param] of completions) {

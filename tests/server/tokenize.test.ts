@@ -14,6 +14,8 @@ before(async () => {
 after(() => server.close());
 
 const call = (path: string, body: unknown) => fetch(`${server.url}${path}`, post(body));
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+const json = async (res: Response | Promise<Response>): Promise<Record<string, any>> => (await res).json() as Promise<Record<string, any>>;
 
 describe('tokenize and detokenize', () => {
   test('a prompt with multi-byte characters round-trips, under / and /v1/', async () => {
@@ -22,19 +24,19 @@ describe('tokenize and detokenize', () => {
     for (const prefix of ['', '/v1']) {
       const res = await call(`${prefix}/tokenize`, { prompt: text, return_token_strs: true });
       assert.equal(res.status, 200);
-      const body = await res.json();
+      const body = await json(res);
       assert.deepEqual(Object.keys(body).sort(), ['count', 'max_model_len', 'token_strs', 'tokens']);
       assert.deepEqual(body.tokens, tokenizer.encode(text, true));
       assert.equal(body.count, body.tokens.length);
       assert.equal(body.max_model_len, server.runtime.serving!.model.contextLength);
       assert.equal(body.token_strs.length, body.count);
-      const back = await (await call(`${prefix}/detokenize`, { tokens: body.tokens })).json();
+      const back = await json(call(`${prefix}/detokenize`, { tokens: body.tokens }));
       // The prompt's BOS (a special token) is kept in the text, as vLLM's detokenize does.
       const bos = tokenizer.bosToken ?? '';
       assert.equal(back.prompt.replace(bos, ''), text);
     }
-    const plain = await (await call('/tokenize', { prompt: text, add_special_tokens: false })).json();
-    assert.equal((await (await call('/detokenize', { tokens: plain.tokens })).json()).prompt, text);
+    const plain = await json(call('/tokenize', { prompt: text, add_special_tokens: false }));
+    assert.equal((await json(call('/detokenize', { tokens: plain.tokens }))).prompt, text);
     assert.equal(plain.token_strs, null);
   });
 
@@ -43,8 +45,8 @@ describe('tokenize and detokenize', () => {
       { role: 'system' as const, content: 'Be brief.' },
       { role: 'user' as const, content: 'Wie spät ist es? 🕰️' },
     ];
-    const withPrompt = await (await call('/tokenize', { messages })).json();
-    const without = await (await call('/tokenize', { messages, add_generation_prompt: false })).json();
+    const withPrompt = await json(call('/tokenize', { messages }));
+    const without = await json(call('/tokenize', { messages, add_generation_prompt: false }));
     assert.ok(withPrompt.count > without.count, 'the assistant opening adds tokens');
     const model = server.runtime.serving!.model.id;
     const chat = await client.chat.completions.create({ model, messages, max_completion_tokens: 1, temperature: 0 });

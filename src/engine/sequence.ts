@@ -6,6 +6,7 @@ import type { KvTensors } from '../model/types.ts';
 import { IncrementalDetokenizer, type TokenDecoder } from './detokenizer.ts';
 import { TokenCounts, TokenSet, type RowState } from './sampler.ts';
 import { StopStringMatcher } from './stop.ts';
+import type { TokenLogprob } from './logprobs.ts';
 import type { EngineError, FinishReason, GenerationEvent, GenerationRequest } from './types.ts';
 
 export type SequenceState = 'queued' | 'prefill' | 'decode' | 'finished';
@@ -87,7 +88,7 @@ export class Sequence {
    * Records a sampled token: appends it to the transcript, streams its text, and decides whether
    * generation ends here. Returns the finish reason or null to continue.
    */
-  accept(tokenId: number): FinishReason | null {
+  accept(tokenId: number, logprob?: TokenLogprob): FinishReason | null {
     this.generated.push(tokenId);
     this.session.tokens.push(tokenId);
     this.seen?.add(tokenId);
@@ -99,16 +100,16 @@ export class Sequence {
       // EOS text never shows (a special token); a stop id's only with includeStopInOutput.
       const keep = this.request.includeStopInOutput && !this.eos.has(tokenId);
       // Text the matcher held back came before this token's.
-      this.events.push({ type: 'token', tokenId, text: keep ? this.stopMatcher.flush() + this.detokenizer.push(tokenId) : '' });
+      this.events.push({ type: 'token', tokenId, text: keep ? this.stopMatcher.flush() + this.detokenizer.push(tokenId) : '', logprob });
       return 'stop';
     }
     if (count < this.minTokens) {
       // Before min_tokens no stop string ends the output (as vLLM): the text passes the matcher by.
-      this.events.push({ type: 'token', tokenId, text: this.detokenizer.push(tokenId) });
+      this.events.push({ type: 'token', tokenId, text: this.detokenizer.push(tokenId), logprob });
       return null;
     }
     const { text, stopped } = this.stopMatcher.push(this.detokenizer.push(tokenId));
-    this.events.push({ type: 'token', tokenId, text });
+    this.events.push({ type: 'token', tokenId, text, logprob });
     if (stopped) {
       this.stoppedByString = true;
       return 'stop';

@@ -14,6 +14,7 @@ import type { Logger } from '../lib/logger.ts';
 import type { Serving } from '../serving.ts';
 import type { Admitted } from './admission.ts';
 import { ApiError, ClientGoneError } from './errors.ts';
+import { LogprobFormatter } from './logprobs.ts';
 import { SSE_HEADERS } from './sse.ts';
 import type { EventLog } from '../streams/registry.ts';
 import type { StreamRegistry } from './streams.ts';
@@ -166,6 +167,10 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     else log.info(fields, 'generation finished');
   };
 
+  const logprobs = job.request.logprobs === undefined ? null : new LogprobFormatter(job.format, model.loaded.tokenizer, job.echo.length);
+  /** What a choice carries when logprobs were asked for and no token came: the empty shape, else null. */
+  const emptyLogprobs = () => (logprobs === null ? null : job.format === 'chat' ? { content: [], refusal: null } : { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] });
+
   if (!job.stream) {
     let text = job.echo;
     let end: EndEvent | undefined;
@@ -173,6 +178,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       const event = next.value;
       if (event.type === 'token') {
         firstTokenMs ??= performance.now();
+        if (event.logprob) logprobs?.add(event.tokenId, event.logprob);
         text += event.text;
       } else if (event.type === 'end') {
         end = event;
@@ -185,10 +191,11 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     if (end.finishReason === 'cancelled') throw new ClientGoneError();
     const finishReason = choiceFinish(end.finishReason);
     const base = { id, object: job.format === 'chat' ? 'chat.completion' : 'text_completion', created, model: model.id, system_fingerprint: model.fingerprint };
+    const choiceLogprobs = logprobs?.take() ?? emptyLogprobs();
     const choice =
       job.format === 'chat'
-        ? { index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: finishReason }
-        : { index: 0, text, logprobs: null, finish_reason: finishReason };
+        ? { index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: choiceLogprobs, finish_reason: finishReason }
+        : { index: 0, text, logprobs: choiceLogprobs, finish_reason: finishReason };
     const body: Record<string, unknown> = { ...base, choices: [choice], usage: openAiUsage(end.usage) };
     if (sessionId !== undefined) body.session_id = sessionId;
     return new Response(JSON.stringify(body), { status: 200, headers: { 'Content-Type': 'application/json', ...headers } });
@@ -201,10 +208,13 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     if (sessionId !== undefined) out.session_id = sessionId;
     return out;
   };
-  const textChoice = (text: string, finishReason: 'stop' | 'length' | null = null) =>
-    job.format === 'chat'
-      ? { index: 0, delta: text === '' && finishReason ? {} : { content: text }, logprobs: null, finish_reason: finishReason }
-      : { index: 0, text, logprobs: null, finish_reason: finishReason };
+  /** A chunk's choice; it carries the logprobs of the tokens whose text it brings (and of held-back ones before). */
+  const textChoice = (text: string, finishReason: 'stop' | 'length' | null = null) => {
+    const chunkLogprobs = logprobs?.take() ?? null;
+    return job.format === 'chat'
+      ? { index: 0, delta: text === '' && finishReason ? {} : { content: text }, logprobs: chunkLogprobs, finish_reason: finishReason }
+      : { index: 0, text, logprobs: chunkLogprobs, finish_reason: finishReason };
+  };
 
   /** Reads the engine's events into the log, whoever reads the log, until the generation ends. */
   const produce = async (writer: EventLog) => {
@@ -216,6 +226,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
         const event = next.value;
         if (event.type === 'token') {
           firstTokenMs ??= performance.now();
+          if (event.logprob) logprobs?.add(event.tokenId, event.logprob);
           if (event.text) writer.send(chunk([textChoice(event.text)]));
         } else if (event.type === 'end') {
           end = event;

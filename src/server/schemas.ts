@@ -28,6 +28,9 @@ export function checkSessionId(id: string): string {
   return id;
 }
 
+/** Alternatives per token in logprobs, as OpenAI's chat API and vLLM's default max_logprobs. */
+export const MAX_TOP_LOGPROBS = 20;
+
 const tokenIds = z.array(z.number().int().min(0)).min(1, 'must hold at least one token id');
 const stop = z.union([z.string(), z.array(z.string())]);
 
@@ -65,7 +68,8 @@ export const completionSchema = z.object({
   echo: z.boolean().nullish(),
   session_id: sessionIdSchema.nullish(),
   best_of: z.number().int().nullish(),
-  logprobs: z.number().int().nullish(),
+  /** The sampled token's logprob and this many alternatives (OpenAI allows 5, vLLM 20). */
+  logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
   suffix: z.string().nullish(),
 });
 export type CompletionBody = z.infer<typeof completionSchema>;
@@ -87,7 +91,7 @@ export const chatSchema = z.object({
   max_completion_tokens: z.number().int().min(1).nullish(),
   session_id: sessionIdSchema.nullish(),
   logprobs: z.boolean().nullish(),
-  top_logprobs: z.number().int().nullish(),
+  top_logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
 });
 export type ChatBody = z.infer<typeof chatSchema>;
 
@@ -188,8 +192,8 @@ const UNSUPPORTED: Record<string, Check> = {
 };
 
 const UNSUPPORTED_BY_ENDPOINT: Record<'completions' | 'chat' | 'append', Record<string, Check>> = {
-  completions: { ...UNSUPPORTED, logprobs: isSet, suffix: (v) => typeof v === 'string' && v.length > 0 },
-  chat: { ...UNSUPPORTED, logprobs: isTrue, top_logprobs: nonZero, echo: isTrue },
+  completions: { ...UNSUPPORTED, suffix: (v) => typeof v === 'string' && v.length > 0 },
+  chat: { ...UNSUPPORTED, echo: isTrue },
   append: { ...UNSUPPORTED, logprobs: isSet, suffix: (v) => typeof v === 'string' && v.length > 0 },
 };
 

@@ -86,8 +86,11 @@ export class Translator {
     const input = this.encodePrompt(prompt, true);
     this.checkPromptLength(input, 'prompt');
     const echo = b.echo ? this.echoOf(prompt) : '';
+    if (b.echo && b.logprobs != null) {
+      throw new ApiError('unsupported_parameter', "'echo' together with 'logprobs' (the prompt's logprobs) is not supported by this server; send one or the other.", 'echo');
+    }
     const maxTokens = this.maxTokensOf(b.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, 'max_tokens');
-    return this.generationJob(caller, b, { format: 'completion', route: 'completions', echo, sessionId, mode: 'replace', input, maxTokens, stop: this.stopsOf(b.stop) });
+    return this.generationJob(caller, b, { format: 'completion', route: 'completions', echo, sessionId, mode: 'replace', input, maxTokens, stop: this.stopsOf(b.stop), logprobs: b.logprobs ?? undefined });
   }
 
   /** POST /v1/chat/completions. */
@@ -100,7 +103,11 @@ export class Translator {
     const room = truncation === 'error' ? Math.max(1, this.parts.model.contextLength - input.length) : Infinity;
     const maxTokens = this.maxTokensOf(b.max_completion_tokens ?? b.max_tokens, Math.min(this.config.defaultChatMaxTokens, room), param);
     const stop = [...this.stopsOf(b.stop), ...this.parts.model.chatTemplate.implicitStops];
-    return this.generationJob(caller, b, { format: 'chat', route: 'chat', echo: '', sessionId, mode: 'replace', input, maxTokens, stop });
+    if (b.top_logprobs != null && b.logprobs !== true) {
+      throw new ApiError('invalid_request', "Invalid value for 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is given.", 'top_logprobs');
+    }
+    const logprobs = b.logprobs === true ? (b.top_logprobs ?? 0) : undefined;
+    return this.generationJob(caller, b, { format: 'chat', route: 'chat', echo: '', sessionId, mode: 'replace', input, maxTokens, stop, logprobs });
   }
 
   /**
@@ -186,7 +193,17 @@ export class Translator {
   private generationJob(
     caller: Caller,
     b: GenerationFields,
-    job: { format: ResponseFormat; route: string; echo: string; sessionId: string | undefined; mode: 'replace' | 'append'; input: number[]; maxTokens: number; stop: string[] },
+    job: {
+      format: ResponseFormat;
+      route: string;
+      echo: string;
+      sessionId: string | undefined;
+      mode: 'replace' | 'append';
+      input: number[];
+      maxTokens: number;
+      stop: string[];
+      logprobs?: number;
+    },
   ): GenerationJob {
     const stream = b.stream ?? false;
     const minTokens = b.min_tokens ?? 0;
@@ -217,6 +234,7 @@ export class Translator {
         stopTokenIds,
         minTokens,
         includeStopInOutput: b.include_stop_str_in_output ?? false,
+        ...(job.logprobs !== undefined ? { logprobs: job.logprobs } : {}),
       },
     };
   }

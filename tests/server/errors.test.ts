@@ -44,7 +44,7 @@ describe('request validation', () => {
     const completions: Array<[Record<string, unknown>, string]> = [
       [{ n: 2 }, 'n'],
       [{ best_of: 3 }, 'best_of'],
-      [{ logprobs: 1 }, 'logprobs'],
+      [{ prompt_logprobs: 1 }, 'prompt_logprobs'],
       [{ suffix: 'end' }, 'suffix'],
       [{ use_beam_search: true }, 'use_beam_search'],
       [{ bad_words: ['x'] }, 'bad_words'],
@@ -55,7 +55,7 @@ describe('request validation', () => {
     }
     const chat: Array<[Record<string, unknown>, string]> = [
       [{ n: 2 }, 'n'],
-      [{ logprobs: true }, 'logprobs'],
+      [{ echo: true }, 'echo'],
       [{ tools: [{ type: 'function', function: { name: 'f' } }] }, 'tools'],
       [{ response_format: { type: 'json_object' } }, 'response_format'],
       [{ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }, 'messages[0].content[0].type'],

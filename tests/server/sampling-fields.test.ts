@@ -21,7 +21,7 @@ type Extra = Record<string, unknown>;
 const complete = (extra: Extra) =>
   client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 8, temperature: 0, ignore_eos: true, ...extra } as unknown as OpenAI.CompletionCreateParamsNonStreaming);
 
-async function badRequest(call: Promise<unknown>, param: string): Promise<OpenAI.APIError> {
+async function badRequest(call: Promise<unknown>, param: string): Promise<InstanceType<typeof OpenAI.APIError>> {
   const error = await call.then(
     () => assert.fail('expected a 400'),
     (e: unknown) => e,

@@ -29,35 +29,38 @@ export function tokenLogprob(logits: Float32Array, vocab: number, chosen: number
 
 /** The k largest logits' ids, largest first, ties by the smaller id: a min-heap of size k. */
 function topIds(logits: Float32Array, vocab: number, k: number): number[] {
-  const heap: number[] = [];
+  // `// [k]` ids; heap[0] is the worst kept. Most ids fail the first comparison against it.
+  const heap = new Int32Array(k);
   const worse = (a: number, b: number) => logits[a] < logits[b] || (logits[a] === logits[b] && a > b);
-  const siftDown = () => {
+  for (let id = 0; id < k; id++) {
+    let i = id;
+    heap[i] = id;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!worse(heap[i], heap[parent])) break;
+      const swap = heap[i];
+      heap[i] = heap[parent];
+      heap[parent] = swap;
+      i = parent;
+    }
+  }
+  for (let id = k; id < vocab; id++) {
+    // A later id never beats an equal logit (ties go to the smaller id), so `<=` rejects it.
+    if (logits[id] <= logits[heap[0]]) continue;
+    heap[0] = id;
     let i = 0;
     for (;;) {
       const left = 2 * i + 1;
       const right = left + 1;
       let smallest = i;
-      if (left < heap.length && worse(heap[left], heap[smallest])) smallest = left;
-      if (right < heap.length && worse(heap[right], heap[smallest])) smallest = right;
-      if (smallest === i) return;
-      [heap[i], heap[smallest]] = [heap[smallest], heap[i]];
+      if (left < k && worse(heap[left], heap[smallest])) smallest = left;
+      if (right < k && worse(heap[right], heap[smallest])) smallest = right;
+      if (smallest === i) break;
+      const swap = heap[i];
+      heap[i] = heap[smallest];
+      heap[smallest] = swap;
       i = smallest;
     }
-  };
-  for (let id = 0; id < vocab; id++) {
-    if (heap.length < k) {
-      heap.push(id);
-      let i = heap.length - 1;
-      while (i > 0) {
-        const parent = (i - 1) >> 1;
-        if (!worse(heap[i], heap[parent])) break;
-        [heap[i], heap[parent]] = [heap[parent], heap[i]];
-        i = parent;
-      }
-    } else if (worse(heap[0], id)) {
-      heap[0] = id;
-      siftDown();
-    }
   }
-  return heap.sort((a, b) => logits[b] - logits[a] || a - b);
+  return Array.from(heap).sort((a, b) => logits[b] - logits[a] || a - b);
 }

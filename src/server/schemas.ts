@@ -147,7 +147,7 @@ export function parseWith<S extends z.ZodType>(schema: S, input: unknown): z.inf
 }
 
 const UNION_HINTS: Record<string, string> = {
-  prompt: 'must be a string, an array of token ids, or a one-element array of either',
+  prompt: 'must be a string, an array of token ids, or an array of either',
   stop: 'must be a string or an array of strings',
   content: 'must be a string or an array of content parts',
 };

@@ -76,21 +76,29 @@ export class Translator {
     private readonly parts: Serving,
   ) {}
 
-  /** POST /v1/completions. */
+  /** POST /v1/completions: one prompt, or several (each its own choice, batched by the engine). */
   completion(caller: Caller, b: CompletionBody, sessionId: string | undefined): GenerationJob {
-    let prompt: string | number[];
     if (Array.isArray(b.prompt) && b.prompt.length === 0) throw new ApiError('invalid_request', "Invalid value for 'prompt': must not be empty.", 'prompt');
-    if (typeof b.prompt === 'string' || typeof b.prompt[0] === 'number') prompt = b.prompt as string | number[];
-    else if (b.prompt.length === 1) prompt = b.prompt[0] as string | number[];
-    else throw new ApiError('unsupported_parameter', 'Only one prompt per request is supported.', 'prompt');
-    const input = this.encodePrompt(prompt, true);
-    this.checkPromptLength(input, 'prompt');
-    const echo = b.echo ? this.echoOf(prompt) : '';
+    const prompts: Array<string | number[]> =
+      typeof b.prompt === 'string' || typeof b.prompt[0] === 'number' ? [b.prompt as string | number[]] : (b.prompt as Array<string | number[]>);
+    if (prompts.length > 1 && sessionId !== undefined) {
+      throw new ApiError('unsupported_parameter', 'Several prompts cannot share one session; send them without session_id, or one per request.', 'session_id');
+    }
     if (b.echo && b.logprobs != null) {
       throw new ApiError('unsupported_parameter', "'echo' together with 'logprobs' (the prompt's logprobs) is not supported by this server; send one or the other.", 'echo');
     }
     const maxTokens = this.maxTokensOf(b.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, 'max_tokens');
-    return this.generationJob(caller, b, { format: 'completion', route: 'completions', echo, sessionId, mode: 'replace', input, maxTokens, stop: this.stopsOf(b.stop), logprobs: b.logprobs ?? undefined });
+    const stop = this.stopsOf(b.stop);
+    const jobs = prompts.map((prompt, i) => {
+      const input = this.encodePrompt(prompt, true);
+      this.checkPromptLength(input, prompts.length > 1 ? `prompt[${i}]` : 'prompt');
+      const echo = b.echo ? this.echoOf(prompt) : '';
+      // Choice 0 keeps the request's id; the others are told apart in logs and spans by a suffix.
+      const choiceCaller = i === 0 ? caller : { ...caller, requestId: `${caller.requestId}-${i}` };
+      return this.generationJob(choiceCaller, b, { format: 'completion', route: 'completions', echo, sessionId, mode: 'replace', input, maxTokens, stop, logprobs: b.logprobs ?? undefined });
+    });
+    const [first, ...rest] = jobs;
+    return rest.length === 0 ? first : { ...first, extraChoices: rest.map((j) => ({ request: j.request, echo: j.echo })) };
   }
 
   /** POST /v1/chat/completions. */

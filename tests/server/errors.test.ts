@@ -48,7 +48,7 @@ describe('request validation', () => {
       [{ suffix: 'end' }, 'suffix'],
       [{ use_beam_search: true }, 'use_beam_search'],
       [{ bad_words: ['x'] }, 'bad_words'],
-      [{ prompt: ['a', 'b'] }, 'prompt'],
+      [{ prompt: ['a', 'b'], session_id: 'two-prompts' }, 'session_id'],
     ];
     for (const [extra, param] of completions) {
       await expectError(await app.request('/v1/completions', post({ prompt: 'x', ...extra })), 400, 'unsupported_parameter', param);

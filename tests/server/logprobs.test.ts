@@ -120,7 +120,7 @@ describe('logprobs on a listening server', () => {
   });
 
   test('streamed chat: every content token has its logprob in the chunks', async () => {
-    const stream = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hi' }], max_completion_tokens: 8, temperature: 0, ignore_eos: true, logprobs: true, top_logprobs: 2, stream: true, stream_options: { include_usage: true } });
+    const stream = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hi' }], max_completion_tokens: 8, temperature: 0, ignore_eos: true, logprobs: true, top_logprobs: 2, stream: true, stream_options: { include_usage: true } } as OpenAI.ChatCompletionCreateParamsStreaming);
     let count = 0;
     let usage = 0;
     for await (const chunk of stream) {

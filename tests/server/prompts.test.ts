@@ -22,7 +22,7 @@ const complete = (extra: Extra) =>
 
 describe('several prompts in one completions call', () => {
   test('each prompt is its own choice, equal to a single-prompt call; usage sums them; the engine batched them', async () => {
-    const singles = [];
+    const singles: OpenAI.Completion[] = [];
     for (const prompt of PROMPTS) singles.push(await complete({ prompt }));
     const counters = () => server.runtime.serving!.engine.counters();
     const before = { ...counters() };

@@ -158,7 +158,6 @@ const notOne: Check = (v) => isSet(v) && v !== 1;
 const nonEmptyArray: Check = (v) => Array.isArray(v) && v.length > 0;
 const nonEmptyObject: Check = (v) => isSet(v) && typeof v === 'object' && Object.keys(v as object).length > 0;
 const isTrue: Check = (v) => v === true;
-const nonZero: Check = (v) => typeof v === 'number' && v !== 0;
 
 /** Fields that change the output and are not implemented: refused with 400 instead of ignored. */
 const UNSUPPORTED: Record<string, Check> = {

@@ -10,6 +10,7 @@ const BENCHMARKS: Record<string, string> = {
   window: './window.ts',
   tiers: './tiers.ts',
   responses: './responses.ts',
+  logprobs: './logprobs.ts',
 };
 
 /** One line per benchmark for the top-level help; each benchmark's own --help lists its options. */
@@ -20,6 +21,7 @@ const SUMMARIES: Record<keyof typeof BENCHMARKS, string> = {
   tracing: 'decode throughput with every step traced, against tracing off',
   window: 'sliding-window truncation (shift, recompute) against no truncation',
   tiers: 'bytes per token per cache tier, and time to first token resuming from each',
+  logprobs: 'decode throughput with logprobs and 20 alternatives per token, against without',
 };
 
 function usage(): string {
@@ -35,7 +37,7 @@ function usage(): string {
     '  core --quick',
     '  load --concurrency 1,4 --requests-per-client 2 --level-seconds 30 --tag load-quick',
     '  soak --minutes 0.5 --clients 2 --tag soak-quick',
-    'tiers, tracing and window have no quick variant: they rewrite their committed result files.',
+    'logprobs, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
   ].join('\n');
 }
 

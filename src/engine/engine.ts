@@ -7,6 +7,7 @@ import { halfArrayToFloat } from '../lib/float16.ts';
 import { silentLogger, type Logger } from '../lib/logger.ts';
 import { emptyKv, kvOnHost, type Decoder, type KvData, type KvTensors, type PositionEncoding } from '../model/types.ts';
 import type { TokenDecoder } from './detokenizer.ts';
+import { tokenLogprob } from './logprobs.ts';
 import { Sampler } from './sampler.ts';
 import { Sequence } from './sequence.ts';
 import type { EngineError, FinishReason, GenerationRequest, SubmitResult } from './types.ts';
@@ -594,9 +595,11 @@ export class Engine {
     else rowLogits = halfArrayToFloat(logits.subarray(offset, offset + this.model.vocabSize), this.logitsRow);
     const request = sequence.request;
     const greedy = request.sampling.temperature <= 0;
-    const token = this.sampler.sample(rowLogits, request.sampling, greedy ? null : sequence.rng, sequence.seen);
+    const token = this.sampler.sample(rowLogits, request.sampling, greedy ? null : sequence.rng, sequence.seen, sequence.row);
+    // Raw-model logprobs (before any processing), only for rows that asked.
+    const logprob = request.logprobs === undefined ? undefined : tokenLogprob(rowLogits, this.model.vocabSize, token, request.logprobs);
     if (sequence.firstTokenAt === 0) sequence.firstTokenAt = this.now();
-    const reason = sequence.accept(token);
+    const reason = sequence.accept(token, logprob);
     if (reason) return reason;
     sequence.pending = [token];
     sequence.pendingIndex = 0;

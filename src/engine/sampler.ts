@@ -11,6 +11,12 @@ export interface SamplingParams {
   minP: number;
   /** 1 disables; Hugging Face semantics (divide positive logits, multiply negative ones). */
   repetitionPenalty: number;
+  /** 0 or absent disables. OpenAI's: subtracted once from the logit of every token generated so far. */
+  presencePenalty?: number;
+  /** 0 or absent disables. OpenAI's: subtracted as many times as the token was generated so far. */
+  frequencyPenalty?: number;
+  /** Added to the logit of each token id (OpenAI's logit_bias, ids already checked against the vocabulary). */
+  logitBias?: ReadonlyArray<readonly [tokenId: number, bias: number]> | null;
 }
 
 export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1 };
@@ -36,12 +42,70 @@ export class TokenSet {
   }
 }
 
+/**
+ * How often each token was generated in this request, kept as tokens are accepted (never recounted):
+ * the presence and frequency penalties cost the number of distinct generated tokens per step.
+ */
+export class TokenCounts {
+  /** `// [vocabSize]` */
+  readonly counts: Uint32Array;
+  readonly ids: number[] = [];
+
+  constructor(vocabSize: number) {
+    this.counts = new Uint32Array(vocabSize);
+  }
+
+  add(id: number): void {
+    if (id < 0 || id >= this.counts.length) return;
+    if (this.counts[id]++ === 0) this.ids.push(id);
+  }
+}
+
+/** A row's own state beyond its parameters: its output counts, and ids masked out at this step. */
+export interface RowState {
+  counts: TokenCounts | null;
+  /** Ids that may not be sampled now (EOS and stop ids before `min_tokens`); null when none. */
+  masked: readonly number[] | null;
+}
+
+/** Whether `adjustLogits` changes anything for these parameters and state (the fast path skips it). */
+function adjusts(params: SamplingParams, seen: TokenSet | null, row: RowState | null): boolean {
+  if (params.repetitionPenalty !== 1 && seen && seen.ids.length > 0) return true;
+  if (params.logitBias && params.logitBias.length > 0) return true;
+  if (row?.masked) return true;
+  return !!row?.counts && row.counts.ids.length > 0 && ((params.presencePenalty ?? 0) !== 0 || (params.frequencyPenalty ?? 0) !== 0);
+}
+
+/**
+ * Writes the processed logits into `out`: ids masked to -Infinity, logit_bias added, then the
+ * repetition penalty (over prompt and output) and the presence and frequency penalties (over output),
+ * in vLLM's order. Costs the vocabulary copy plus the number of touched ids.
+ */
+export function adjustLogits(out: Float32Array, logits: Float32Array, params: SamplingParams, seen: TokenSet | null, row: RowState | null): void {
+  const vocab = out.length;
+  out.set(logits.subarray(0, vocab));
+  if (row?.masked) for (const id of row.masked) if (id < vocab) out[id] = -Infinity;
+  if (params.logitBias) for (const [id, bias] of params.logitBias) if (id < vocab) out[id] += bias;
+  if (params.repetitionPenalty !== 1 && seen) {
+    const penalty = params.repetitionPenalty;
+    for (const id of seen.ids) {
+      if (id < vocab) out[id] = out[id] > 0 ? out[id] / penalty : out[id] * penalty;
+    }
+  }
+  const presence = params.presencePenalty ?? 0;
+  const frequency = params.frequencyPenalty ?? 0;
+  if (row?.counts && (presence !== 0 || frequency !== 0)) {
+    const counts = row.counts.counts;
+    for (const id of row.counts.ids) if (id < vocab) out[id] -= frequency * counts[id] + presence;
+  }
+}
+
 /** Candidates at least this fraction of the top probability are sorted first; the rest only if needed. */
 const NUCLEUS_PREFILTER = 1e-4;
 
 /**
- * Picks the next token from one row of logits. Order as in Hugging Face and vLLM: repetition penalty,
- * temperature, top-k, top-p, min-p, then a draw from the renormalised distribution.
+ * Picks the next token from one row of logits. Order as in vLLM: masks and logit_bias, the repetition,
+ * frequency and presence penalties (adjustLogits), temperature, top-k, top-p, min-p, then a draw from the renormalised distribution.
  */
 export class Sampler {
   private readonly scratch: Float32Array;
@@ -54,16 +118,12 @@ export class Sampler {
     this.order = new Int32Array(vocabSize);
   }
 
-  sample(logits: Float32Array, params: SamplingParams, rng: Rng | null, seen: TokenSet | null): number {
+  sample(logits: Float32Array, params: SamplingParams, rng: Rng | null, seen: TokenSet | null, state: RowState | null = null): number {
     const vocab = this.vocabSize;
     let row = logits;
-    if (params.repetitionPenalty !== 1 && seen && seen.ids.length > 0) {
+    if (adjusts(params, seen, state)) {
       row = this.scratch;
-      row.set(logits.subarray(0, vocab));
-      const penalty = params.repetitionPenalty;
-      for (const id of seen.ids) {
-        if (id < vocab) row[id] = row[id] > 0 ? row[id] / penalty : row[id] * penalty;
-      }
+      adjustLogits(row, logits, params, seen, state);
     }
     if (params.temperature <= 0 || !rng || params.topK === 1) return argmax(row, vocab);
 

@@ -4,8 +4,9 @@ import { Channel } from '../lib/channel.ts';
 import { Rng } from '../lib/rng.ts';
 import type { KvTensors } from '../model/types.ts';
 import { IncrementalDetokenizer, type TokenDecoder } from './detokenizer.ts';
-import { TokenSet } from './sampler.ts';
+import { TokenCounts, TokenSet, type RowState } from './sampler.ts';
 import { StopStringMatcher } from './stop.ts';
+import type { TokenLogprob } from './logprobs.ts';
 import type { EngineError, FinishReason, GenerationEvent, GenerationRequest } from './types.ts';
 
 export type SequenceState = 'queued' | 'prefill' | 'decode' | 'finished';
@@ -44,11 +45,16 @@ export class Sequence {
 
   readonly rng: Rng;
   seen: TokenSet | null = null;
+  /** What the sampler needs of this row beyond its parameters; `masked` clears once min_tokens is reached. */
+  readonly row: RowState = { counts: null, masked: null };
   /** Made when the request is admitted, with the prompt's tail as context (see startOutput). */
   private detokenizer!: IncrementalDetokenizer;
   private stoppedByString = false;
   private readonly stopMatcher: StopStringMatcher;
+  /** EOS (unless ignoreEos) and the request's stop ids. */
+  private readonly stopIds: ReadonlySet<number>;
   private readonly eos: ReadonlySet<number>;
+  private readonly minTokens: number;
 
   constructor(
     readonly request: GenerationRequest,
@@ -58,15 +64,20 @@ export class Sequence {
   ) {
     this.enqueuedAt = now;
     this.rng = new Rng(request.seed ?? randomInt(2 ** 47));
-    this.stopMatcher = new StopStringMatcher(request.stop);
+    this.stopMatcher = new StopStringMatcher(request.stop, request.includeStopInOutput ?? false);
     this.eos = new Set(request.ignoreEos ? [] : eosTokenIds);
+    this.stopIds = new Set([...this.eos, ...(request.stopTokenIds ?? [])]);
+    this.minTokens = Math.min(request.minTokens ?? 0, request.maxTokens);
+    if (this.minTokens > 0 && this.stopIds.size > 0) this.row.masked = [...this.stopIds];
     this.window = session.window;
   }
 
   /** Called once the prompt is known, so the first output tokens decode with the prompt's tail as context. */
   startOutput(tokenizer: TokenDecoder, vocabSize: number): void {
     this.detokenizer = new IncrementalDetokenizer(tokenizer, this.fullInput);
-    if (this.request.sampling.repetitionPenalty !== 1) this.seen = new TokenSet(vocabSize, this.fullInput);
+    const sampling = this.request.sampling;
+    if (sampling.repetitionPenalty !== 1) this.seen = new TokenSet(vocabSize, this.fullInput);
+    if ((sampling.presencePenalty ?? 0) !== 0 || (sampling.frequencyPenalty ?? 0) !== 0) this.row.counts = new TokenCounts(vocabSize);
   }
 
   get remainingPending(): number {
@@ -77,16 +88,28 @@ export class Sequence {
    * Records a sampled token: appends it to the transcript, streams its text, and decides whether
    * generation ends here. Returns the finish reason or null to continue.
    */
-  accept(tokenId: number): FinishReason | null {
+  accept(tokenId: number, logprob?: TokenLogprob): FinishReason | null {
     this.generated.push(tokenId);
     this.session.tokens.push(tokenId);
     this.seen?.add(tokenId);
-    if (this.eos.has(tokenId)) {
-      this.events.push({ type: 'token', tokenId, text: '' });
+    this.row.counts?.add(tokenId);
+    const count = this.generated.length;
+    if (count === this.minTokens) this.row.masked = null;
+    // Before min_tokens the sampler masks these ids, so this is never reached early.
+    if (this.stopIds.has(tokenId)) {
+      // EOS text never shows (a special token); a stop id's only with includeStopInOutput.
+      const keep = this.request.includeStopInOutput && !this.eos.has(tokenId);
+      // Text the matcher held back came before this token's.
+      this.events.push({ type: 'token', tokenId, text: keep ? this.stopMatcher.flush() + this.detokenizer.push(tokenId) : '', logprob });
       return 'stop';
     }
+    if (count < this.minTokens) {
+      // Before min_tokens no stop string ends the output (as vLLM): the text passes the matcher by.
+      this.events.push({ type: 'token', tokenId, text: this.detokenizer.push(tokenId), logprob });
+      return null;
+    }
     const { text, stopped } = this.stopMatcher.push(this.detokenizer.push(tokenId));
-    this.events.push({ type: 'token', tokenId, text });
+    this.events.push({ type: 'token', tokenId, text, logprob });
     if (stopped) {
       this.stoppedByString = true;
       return 'stop';

@@ -6,7 +6,11 @@ export class StopStringMatcher {
   private held = '';
   private readonly longest: number;
 
-  constructor(private readonly stops: readonly string[]) {
+  /** `includeStop`: the text given back ends with the stop string itself (vLLM's include_stop_str_in_output). */
+  constructor(
+    private readonly stops: readonly string[],
+    private readonly includeStop = false,
+  ) {
     this.longest = stops.reduce((max, s) => Math.max(max, s.length), 0);
   }
 
@@ -15,13 +19,17 @@ export class StopStringMatcher {
     if (this.stops.length === 0) return { text: delta, stopped: false };
     const buffer = this.held + delta;
     let stopAt = -1;
+    let stopLength = 0;
     for (const stop of this.stops) {
       const index = buffer.indexOf(stop);
-      if (index !== -1 && (stopAt === -1 || index < stopAt)) stopAt = index;
+      if (index !== -1 && (stopAt === -1 || index < stopAt)) {
+        stopAt = index;
+        stopLength = stop.length;
+      }
     }
     if (stopAt !== -1) {
       this.held = '';
-      return { text: buffer.slice(0, stopAt), stopped: true };
+      return { text: buffer.slice(0, this.includeStop ? stopAt + stopLength : stopAt), stopped: true };
     }
     const keep = this.partialMatchLength(buffer);
     this.held = buffer.slice(buffer.length - keep);

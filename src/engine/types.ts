@@ -1,4 +1,5 @@
 import type { Tier } from '../cache/session.ts';
+import type { TokenLogprob } from './logprobs.ts';
 import type { SamplingParams } from './sampler.ts';
 
 export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
@@ -44,6 +45,14 @@ export interface GenerationRequest {
   /** Makes sampling reproducible; absent: a random seed. */
   seed?: number;
   stop: string[];
+  /** Ids that end generation like EOS (also with ignoreEos); their text is kept only with includeStopInOutput. */
+  stopTokenIds?: readonly number[];
+  /** EOS and stop ids are masked, and stop strings not looked for, until this many tokens are generated. */
+  minTokens?: number;
+  /** The stop string or stop id's text that ended generation stays in the output (vLLM's include_stop_str_in_output). */
+  includeStopInOutput?: boolean;
+  /** Absent: no logprobs. Otherwise each token event carries its log-probability and this many top alternatives (0-20). */
+  logprobs?: number;
   ignoreEos: boolean;
   /** auto: slide the window when the context fills up; error: refuse requests that would not fit. */
   truncation: 'auto' | 'error';
@@ -70,7 +79,7 @@ export type GenerationEvent =
       restoredFrom: Tier;
       queueMs: number;
     }
-  | { type: 'token'; tokenId: number; text: string }
+  | { type: 'token'; tokenId: number; text: string; logprob?: TokenLogprob }
   | { type: 'end'; finishReason: FinishReason; text: string; usage: Usage; error?: EngineError };
 
 export type SubmitResult = { ok: true; sessionId: string; events: AsyncIterable<GenerationEvent> } | { ok: false; error: EngineError };

@@ -49,6 +49,11 @@ export class TextTokenizer {
     return this.tokenizer.decode(ids as number[], { skip_special_tokens: skipSpecialTokens, clean_up_tokenization_spaces: false });
   }
 
+  /** The vocabulary entry itself (e.g. "Ġthe" in byte-level BPE), not its decoded text. */
+  idToToken(id: number): string | undefined {
+    return this.tokenizer.id_to_token(id);
+  }
+
   tokenToId(token: string): number | undefined {
     return this.tokenizer.token_to_id(token);
   }

@@ -16,6 +16,7 @@ import { openAiRoutes } from './routes/openai.ts';
 import { responseRoutes } from './routes/responses.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { streamRoutes } from './routes/streams.ts';
+import { tokenizeRoutes } from './routes/tokenize.ts';
 import { StreamRegistry } from './streams.ts';
 
 export interface AppOptions {
@@ -60,5 +61,6 @@ export function createApp(runtime: ServingSource, options: AppOptions = {}): Hon
   app.route('/', responseRoutes(deps));
   app.route('/', sessionRoutes(deps));
   app.route('/', streamRoutes(deps));
+  app.route('/', tokenizeRoutes(deps));
   return app;
 }

@@ -13,6 +13,7 @@ import type { FinishReason, GenerationEvent, GenerationRequest, Usage } from '..
 import type { Logger } from '../lib/logger.ts';
 import type { Serving } from '../serving.ts';
 import type { Admitted } from './admission.ts';
+import { LogprobFormatter } from './logprobs.ts';
 import { ApiError, ClientGoneError } from './errors.ts';
 import { SSE_HEADERS } from './sse.ts';
 import type { EventLog } from '../streams/registry.ts';
@@ -29,6 +30,11 @@ export interface GenerationJob {
   echo: string;
   /** For logs: which endpoint. */
   route: string;
+  /**
+   * Completions with several prompts: choices 1.. (choice 0 is `request` and `echo`). Each is its own
+   * engine request, submitted together so the scheduler batches them; none may name a session.
+   */
+  extraChoices?: Array<{ request: Omit<GenerationRequest, 'signal'>; echo: string }>;
 }
 
 export interface GenerationContext {
@@ -84,8 +90,34 @@ function choiceFinish(reason: FinishReason): 'stop' | 'length' {
 
 export { ClientGoneError };
 
+/** One choice of a response: its engine request and what the server tracks of it. */
+interface Choice {
+  index: number;
+  request: Omit<GenerationRequest, 'signal'>;
+  echo: string;
+  events?: AsyncIterator<GenerationEvent>;
+  start?: StartEvent;
+  firstTokenMs: number | null;
+  logprobs: LogprobFormatter | null;
+  /** Its tracing request is open. */
+  traced: boolean;
+}
+
+/** Several choices' usage as OpenAI counts several prompts: each prompt and each output once. */
+function sumUsage(usages: Usage[]): Usage {
+  const total: Usage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0, droppedTokens: 0 };
+  for (const u of usages) {
+    total.promptTokens += u.promptTokens;
+    total.completionTokens += u.completionTokens;
+    total.cachedTokens += u.cachedTokens;
+    total.droppedTokens += u.droppedTokens;
+  }
+  return total;
+}
+
 export async function runGeneration(ctx: GenerationContext, job: GenerationJob): Promise<Response> {
   const { serving, logger } = ctx;
+  const model = serving.model;
   const began = performance.now();
   const abort = new AbortController();
   const onClientAbort = () => abort.abort();
@@ -94,57 +126,81 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
   const detach = () => ctx.clientSignal?.removeEventListener('abort', onClientAbort);
 
   const id = completionId(job.format);
-  const requestId = job.request.requestId;
-  const { sampling } = job.request;
-  serving.tracing.startRequest({
-    requestId,
-    operation: job.format === 'chat' ? 'chat' : 'text_completion',
-    headers: ctx.traceHeaders,
-    maxTokens: job.request.maxTokens,
-    temperature: sampling.temperature,
-    topP: sampling.topP,
-    topK: sampling.topK,
-    seed: job.request.seed,
-    stream: job.stream,
-    sessionId: job.request.sessionId,
-  });
+  const operation = job.format === 'chat' ? 'chat' : 'text_completion';
+  const choices: Choice[] = [{ request: job.request, echo: job.echo }, ...(job.extraChoices ?? [])].map((c, index) => ({
+    index,
+    request: c.request,
+    echo: c.echo,
+    firstTokenMs: null,
+    logprobs: c.request.logprobs === undefined ? null : new LogprobFormatter(job.format, model.loaded.tokenizer, c.echo.length),
+    traced: false,
+  }));
+  const endTrace = (choice: Choice, result: Parameters<Serving['tracing']['endRequest']>[1]) => {
+    if (!choice.traced) return;
+    choice.traced = false;
+    serving.tracing.endRequest(choice.request.requestId, result);
+  };
   const failBeforeStart = (error: ApiError | ClientGoneError): never => {
     detach();
+    // The choices that did start are cancelled; their ends are never read.
+    abort.abort();
     ctx.admitted.refused();
-    serving.tracing.endRequest(requestId, { errorType: error instanceof ApiError ? error.kind : 'client_gone' });
+    for (const choice of choices) endTrace(choice, { errorType: error instanceof ApiError ? error.kind : 'client_gone' });
     throw error;
   };
 
-  let submitted;
-  try {
-    submitted = await ctx.admitted.submit({ ...job.request, operation: job.format === 'chat' ? 'chat' : 'text_completion', signal: abort.signal });
-  } catch (error) {
-    if (error instanceof ApiError) return failBeforeStart(error);
-    throw error;
+  // Every choice is submitted before any is awaited, so the engine batches them.
+  let sessionId: string | undefined;
+  const firsts: Array<Promise<IteratorResult<GenerationEvent>> | null> = [];
+  for (const choice of choices) {
+    const { request } = choice;
+    serving.tracing.startRequest({
+      requestId: request.requestId,
+      operation,
+      headers: ctx.traceHeaders,
+      maxTokens: request.maxTokens,
+      temperature: request.sampling.temperature,
+      topP: request.sampling.topP,
+      topK: request.sampling.topK,
+      seed: request.seed,
+      stream: job.stream,
+      sessionId: request.sessionId,
+    });
+    choice.traced = true;
+    let submitted;
+    try {
+      submitted = await ctx.admitted.submit({ ...request, operation, signal: abort.signal });
+    } catch (error) {
+      if (error instanceof ApiError) return failBeforeStart(error);
+      throw error;
+    }
+    if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error, request.sessionId));
+    if (choice.index === 0 && request.sessionId !== undefined) sessionId = submitted.sessionId;
+    choice.events = submitted.events[Symbol.asyncIterator]();
+    firsts.push(choice.events.next());
   }
-  if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error, job.request.sessionId));
-  const events = submitted.events[Symbol.asyncIterator]();
-  const first = await events.next();
-  if (first.done) return failBeforeStart(new ApiError('internal', 'the generation ended without events'));
-  if (first.value.type === 'end') {
-    const end = first.value;
-    return failBeforeStart(end.error ? ApiError.fromEngine(end.error, job.request.sessionId) : new ClientGoneError());
+  for (const [i, pending] of firsts.entries()) {
+    const first = await pending!;
+    if (first.done) return failBeforeStart(new ApiError('internal', 'the generation ended without events'));
+    if (first.value.type === 'end') {
+      const end = first.value;
+      return failBeforeStart(end.error ? ApiError.fromEngine(end.error, choices[i].request.sessionId) : new ClientGoneError());
+    }
+    choices[i].start = first.value as StartEvent;
   }
-  const start = first.value as StartEvent;
 
   const created = Math.floor(ctx.now() / 1000);
-  const sessionId = job.request.sessionId !== undefined ? submitted.sessionId : undefined;
   const headers: Record<string, string> = { ...ctx.headers };
   if (sessionId !== undefined) headers['X-Session-Id'] = sessionId;
-  // Headers go out after the engine's start event, so the time spent waiting for admission is known.
-  headers['X-Queue-Time-Ms'] = String(Math.round(start.queueMs));
-  const model = serving.model;
+  // Headers go out after the engine's start events, so the time spent waiting for admission is known.
+  const queueMs = Math.max(...choices.map((c) => c.start!.queueMs));
+  headers['X-Queue-Time-Ms'] = String(Math.round(queueMs));
   const log = logger.child({ sessionId, route: job.route });
-  let firstTokenMs: number | null = null;
+  let open = choices.length;
 
-  const finished = (end: EndEvent) => {
-    detach();
-    serving.tracing.endRequest(requestId, {
+  const finished = (choice: Choice, end: EndEvent) => {
+    if (--open === 0) detach();
+    endTrace(choice, {
       responseId: id,
       finishReason: end.finishReason,
       usage: end.usage,
@@ -156,96 +212,132 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       cachedTokens: end.usage.cachedTokens,
       completionTokens: end.usage.completionTokens,
       droppedTokens: end.usage.droppedTokens,
-      queueMs: start.queueMs,
-      ttftMs: firstTokenMs === null ? null : Math.round(firstTokenMs - began),
+      queueMs: choice.start!.queueMs,
+      ttftMs: choice.firstTokenMs === null ? null : Math.round(choice.firstTokenMs - began),
       durationMs: Math.round(performance.now() - began),
       stream: job.stream,
       errorKind: end.error?.kind,
+      ...(choices.length > 1 ? { choice: choice.index } : {}),
     };
     if (end.finishReason === 'error') log.warn(fields, 'generation failed');
     else log.info(fields, 'generation finished');
   };
-
-  if (!job.stream) {
-    let text = job.echo;
-    let end: EndEvent | undefined;
+  /** What a choice carries when logprobs were asked for and no token came: the empty shape, else null. */
+  const emptyLogprobs = (choice: Choice) =>
+    choice.logprobs === null ? null : job.format === 'chat' ? { content: [], refusal: null } : { tokens: [], token_logprobs: [], top_logprobs: [], text_offset: [] };
+  /** Reads one choice's events to its end, handing each token to `onToken`. */
+  const pump = async (choice: Choice, onToken: (text: string) => void): Promise<EndEvent | undefined> => {
+    const events = choice.events!;
     for (let next = await events.next(); !next.done; next = await events.next()) {
       const event = next.value;
       if (event.type === 'token') {
-        firstTokenMs ??= performance.now();
-        text += event.text;
-      } else if (event.type === 'end') {
-        end = event;
-        text += event.text;
-      }
+        choice.firstTokenMs ??= performance.now();
+        if (event.logprob) choice.logprobs?.add(event.tokenId, event.logprob);
+        onToken(event.text);
+      } else if (event.type === 'end') return event;
     }
-    if (!end) throw new ApiError('internal', 'the generation ended without an end event');
-    finished(end);
-    if (end.finishReason === 'error') throw ApiError.fromEngine(end.error ?? { kind: 'internal', message: 'generation failed' });
-    if (end.finishReason === 'cancelled') throw new ClientGoneError();
-    const finishReason = choiceFinish(end.finishReason);
+    return undefined;
+  };
+
+  if (!job.stream) {
+    const answers = await Promise.all(
+      choices.map(async (choice) => {
+        let text = choice.echo;
+        const end = await pump(choice, (piece) => (text += piece));
+        if (!end) {
+          abort.abort();
+          endTrace(choice, { responseId: id, errorType: 'internal' });
+          return { choice, text, end, error: new ApiError('internal', 'the generation ended without an end event') };
+        }
+        finished(choice, end);
+        // One choice failing ends the others: the response is all or nothing.
+        if (end.finishReason === 'error' || end.finishReason === 'cancelled') abort.abort();
+        return { choice, text: text + end.text, end, error: null };
+      }),
+    );
+    for (const { end, error } of answers) {
+      if (error) throw error;
+      if (end!.finishReason === 'error') throw ApiError.fromEngine(end!.error ?? { kind: 'internal', message: 'generation failed' });
+    }
+    if (answers.some(({ end }) => end!.finishReason === 'cancelled')) throw new ClientGoneError();
     const base = { id, object: job.format === 'chat' ? 'chat.completion' : 'text_completion', created, model: model.id, system_fingerprint: model.fingerprint };
-    const choice =
-      job.format === 'chat'
-        ? { index: 0, message: { role: 'assistant', content: text, refusal: null }, logprobs: null, finish_reason: finishReason }
-        : { index: 0, text, logprobs: null, finish_reason: finishReason };
-    const body: Record<string, unknown> = { ...base, choices: [choice], usage: openAiUsage(end.usage) };
+    const body: Record<string, unknown> = {
+      ...base,
+      choices: answers.map(({ choice, text, end }) => {
+        const finishReason = choiceFinish(end!.finishReason);
+        const logprobs = choice.logprobs?.take() ?? emptyLogprobs(choice);
+        return job.format === 'chat'
+          ? { index: choice.index, message: { role: 'assistant', content: text, refusal: null }, logprobs, finish_reason: finishReason }
+          : { index: choice.index, text, logprobs, finish_reason: finishReason };
+      }),
+      usage: openAiUsage(sumUsage(answers.map(({ end }) => end!.usage))),
+    };
     if (sessionId !== undefined) body.session_id = sessionId;
     return new Response(JSON.stringify(body), { status: 200, headers: { 'Content-Type': 'application/json', ...headers } });
   }
 
   const object = job.format === 'chat' ? 'chat.completion.chunk' : 'text_completion';
-  const chunk = (choices: unknown[], usage?: OpenAiUsage): Record<string, unknown> => {
-    const out: Record<string, unknown> = { id, object, created, model: model.id, system_fingerprint: model.fingerprint, choices };
+  const chunk = (parts: unknown[], usage?: OpenAiUsage): Record<string, unknown> => {
+    const out: Record<string, unknown> = { id, object, created, model: model.id, system_fingerprint: model.fingerprint, choices: parts };
     if (job.includeUsage) out.usage = usage ?? null;
     if (sessionId !== undefined) out.session_id = sessionId;
     return out;
   };
-  const textChoice = (text: string, finishReason: 'stop' | 'length' | null = null) =>
-    job.format === 'chat'
-      ? { index: 0, delta: text === '' && finishReason ? {} : { content: text }, logprobs: null, finish_reason: finishReason }
-      : { index: 0, text, logprobs: null, finish_reason: finishReason };
+  /** A chunk's choice; it carries the logprobs of the tokens whose text it brings (and of held-back ones before). */
+  const textChoice = (choice: Choice, text: string, finishReason: 'stop' | 'length' | null = null) => {
+    const logprobs = choice.logprobs?.take() ?? null;
+    return job.format === 'chat'
+      ? { index: choice.index, delta: text === '' && finishReason ? {} : { content: text }, logprobs, finish_reason: finishReason }
+      : { index: choice.index, text, logprobs, finish_reason: finishReason };
+  };
 
-  /** Reads the engine's events into the log, whoever reads the log, until the generation ends. */
+  /** Reads every choice's events into the log, whoever reads the log, until all generations end. */
   const produce = async (writer: EventLog) => {
-    let end: EndEvent | undefined;
-    try {
-      if (job.format === 'chat') writer.send(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
-      if (job.echo) writer.send(chunk([textChoice(job.echo)]));
-      for (let next = await events.next(); !next.done; next = await events.next()) {
-        const event = next.value;
-        if (event.type === 'token') {
-          firstTokenMs ??= performance.now();
-          if (event.text) writer.send(chunk([textChoice(event.text)]));
-        } else if (event.type === 'end') {
-          end = event;
+    let failure: ReturnType<ApiError['body']> | null = null;
+    const ends = await Promise.all(
+      choices.map(async (choice) => {
+        let end: EndEvent | undefined;
+        try {
+          if (job.format === 'chat') writer.send(chunk([{ index: choice.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
+          if (choice.echo) writer.send(chunk([textChoice(choice, choice.echo)]));
+          end = await pump(choice, (piece) => {
+            if (piece && !failure) writer.send(chunk([textChoice(choice, piece)]));
+          });
+        } catch (error) {
+          log.error({ err: (error as Error).message }, 'stream failed');
+          endTrace(choice, { responseId: id, errorType: 'internal' });
+          abort.abort();
+          failure ??= new ApiError('internal', 'stream failed').body();
+          return undefined;
         }
-      }
-    } catch (error) {
-      log.error({ err: (error as Error).message }, 'stream failed');
-      serving.tracing.endRequest(requestId, { responseId: id, errorType: 'internal' });
-      abort.abort();
-      writer.send(new ApiError('internal', 'stream failed').body());
+        if (!end) {
+          endTrace(choice, { responseId: id, errorType: 'internal' });
+          abort.abort();
+          failure ??= new ApiError('internal', 'no end event').body();
+          return undefined;
+        }
+        finished(choice, end);
+        if (end.finishReason === 'error') {
+          abort.abort();
+          failure ??= ApiError.fromEngine(end.error ?? { kind: 'internal', message: 'generation failed' }).body();
+        }
+        if (end.finishReason === 'cancelled' || end.finishReason === 'error' || failure) return end;
+        if (end.text) writer.send(chunk([textChoice(choice, end.text)]));
+        writer.send(chunk([textChoice(choice, '', choiceFinish(end.finishReason))]));
+        return end;
+      }),
+    );
+    if (failure) {
+      writer.send(failure);
       return;
     }
-    if (!end) {
-      serving.tracing.endRequest(requestId, { responseId: id, errorType: 'internal' });
-      writer.send(new ApiError('internal', 'no end event').body());
-      return;
-    }
-    finished(end);
-    if (end.finishReason === 'cancelled') return;
-    if (end.finishReason === 'error') {
-      writer.send(ApiError.fromEngine(end.error ?? { kind: 'internal', message: 'generation failed' }).body());
-      return;
-    }
-    if (end.text) writer.send(chunk([textChoice(end.text)]));
-    writer.send(chunk([textChoice('', choiceFinish(end.finishReason))]));
-    if (job.includeUsage) writer.send(chunk([], openAiUsage(end.usage)));
+    if (ends.some((end) => end?.finishReason === 'cancelled')) return;
+    if (job.includeUsage) writer.send(chunk([], openAiUsage(sumUsage(ends.map((end) => end!.usage)))));
     writer.sendDone();
   };
 
-  const eventLog = ctx.streams.open({ id, owner: job.request.owner, abort, maxTokens: job.request.maxTokens });
+  const maxTokens = choices.reduce((sum, c) => sum + c.request.maxTokens, 0);
+  const eventLog = ctx.streams.open({ id, owner: job.request.owner, abort, maxTokens });
   // A resumable stream outlives its connection: only DELETE or the registry stop it from now on.
   // Otherwise the client signal and the connection's reader both stop it, as before.
   if (ctx.streams.enabled) {

@@ -28,6 +28,9 @@ export function checkSessionId(id: string): string {
   return id;
 }
 
+/** Alternatives per token in logprobs, as OpenAI's chat API and vLLM's default max_logprobs. */
+export const MAX_TOP_LOGPROBS = 20;
+
 const tokenIds = z.array(z.number().int().min(0)).min(1, 'must hold at least one token id');
 const stop = z.union([z.string(), z.array(z.string())]);
 
@@ -51,7 +54,12 @@ const generationFields = {
   n: z.number().int().nullish(),
   presence_penalty: z.number().min(-2).max(2).nullish(),
   frequency_penalty: z.number().min(-2).max(2).nullish(),
-  logit_bias: z.record(z.string(), z.number()).nullish(),
+  /** Token id (as a string key, as OpenAI's) -> bias added to its logit. */
+  logit_bias: z.record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number().min(-100).max(100)).nullish(),
+  /** vLLM: EOS and stop_token_ids cannot end the output before this many tokens. */
+  min_tokens: z.number().int().min(0).nullish(),
+  stop_token_ids: z.array(z.number().int().min(0)).nullish(),
+  include_stop_str_in_output: z.boolean().nullish(),
 };
 
 export const completionSchema = z.object({
@@ -60,7 +68,8 @@ export const completionSchema = z.object({
   echo: z.boolean().nullish(),
   session_id: sessionIdSchema.nullish(),
   best_of: z.number().int().nullish(),
-  logprobs: z.number().int().nullish(),
+  /** The sampled token's logprob and this many alternatives (OpenAI allows 5, vLLM 20). */
+  logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
   suffix: z.string().nullish(),
 });
 export type CompletionBody = z.infer<typeof completionSchema>;
@@ -82,7 +91,7 @@ export const chatSchema = z.object({
   max_completion_tokens: z.number().int().min(1).nullish(),
   session_id: sessionIdSchema.nullish(),
   logprobs: z.boolean().nullish(),
-  top_logprobs: z.number().int().nullish(),
+  top_logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
 });
 export type ChatBody = z.infer<typeof chatSchema>;
 
@@ -138,7 +147,7 @@ export function parseWith<S extends z.ZodType>(schema: S, input: unknown): z.inf
 }
 
 const UNION_HINTS: Record<string, string> = {
-  prompt: 'must be a string, an array of token ids, or a one-element array of either',
+  prompt: 'must be a string, an array of token ids, or an array of either',
   stop: 'must be a string or an array of strings',
   content: 'must be a string or an array of content parts',
 };
@@ -149,15 +158,11 @@ const notOne: Check = (v) => isSet(v) && v !== 1;
 const nonEmptyArray: Check = (v) => Array.isArray(v) && v.length > 0;
 const nonEmptyObject: Check = (v) => isSet(v) && typeof v === 'object' && Object.keys(v as object).length > 0;
 const isTrue: Check = (v) => v === true;
-const nonZero: Check = (v) => typeof v === 'number' && v !== 0;
 
 /** Fields that change the output and are not implemented: refused with 400 instead of ignored. */
 const UNSUPPORTED: Record<string, Check> = {
   n: notOne,
   best_of: notOne,
-  logit_bias: nonEmptyObject,
-  presence_penalty: nonZero,
-  frequency_penalty: nonZero,
   tools: nonEmptyArray,
   functions: nonEmptyArray,
   tool_choice: (v) => isSet(v) && v !== 'none' && v !== 'auto',
@@ -167,14 +172,11 @@ const UNSUPPORTED: Record<string, Check> = {
   modalities: (v) => Array.isArray(v) && v.some((m) => m !== 'text'),
   prediction: isSet,
   // vLLM extensions that change the output.
-  min_tokens: nonZero,
   use_beam_search: isTrue,
   length_penalty: (v) => typeof v === 'number' && v !== 1,
-  stop_token_ids: nonEmptyArray,
   bad_words: nonEmptyArray,
   allowed_token_ids: nonEmptyArray,
   prompt_logprobs: isSet,
-  include_stop_str_in_output: isTrue,
   skip_special_tokens: (v) => v === false,
   guided_json: isSet,
   guided_regex: isSet,
@@ -189,8 +191,8 @@ const UNSUPPORTED: Record<string, Check> = {
 };
 
 const UNSUPPORTED_BY_ENDPOINT: Record<'completions' | 'chat' | 'append', Record<string, Check>> = {
-  completions: { ...UNSUPPORTED, logprobs: isSet, suffix: (v) => typeof v === 'string' && v.length > 0 },
-  chat: { ...UNSUPPORTED, logprobs: isTrue, top_logprobs: nonZero, echo: isTrue },
+  completions: { ...UNSUPPORTED, suffix: (v) => typeof v === 'string' && v.length > 0 },
+  chat: { ...UNSUPPORTED, echo: isTrue },
   append: { ...UNSUPPORTED, logprobs: isSet, suffix: (v) => typeof v === 'string' && v.length > 0 },
 };
 
@@ -198,8 +200,29 @@ const UNSUPPORTED_BY_ENDPOINT: Record<'completions' | 'chat' | 'append', Record<
 export function refuseUnsupported(body: Record<string, unknown>, endpoint: 'completions' | 'chat' | 'append'): void {
   for (const [field, check] of Object.entries(UNSUPPORTED_BY_ENDPOINT[endpoint])) {
     if (field in body && check(body[field])) {
-      const hint = field === 'presence_penalty' || field === 'frequency_penalty' ? ' (use repetition_penalty)' : '';
-      throw new ApiError('unsupported_parameter', `'${field}' with this value is not supported by this server${hint}.`, field);
+      throw new ApiError('unsupported_parameter', `'${field}' with this value is not supported by this server.`, field);
     }
   }
 }
+
+/** POST /tokenize (vLLM's shapes): a prompt, or chat messages rendered through the template. */
+export const tokenizeSchema = z
+  .object({
+    model: z.string().nullish(),
+    prompt: z.string().nullish(),
+    messages: messages.nullish(),
+    /** Chat: end with the assistant turn's opening (default true, as vLLM). */
+    add_generation_prompt: z.boolean().nullish(),
+    /** Prompt: add the tokenizer's special tokens such as BOS (default true); chat: default false (the template has them). */
+    add_special_tokens: z.boolean().nullish(),
+    return_token_strs: z.boolean().nullish(),
+  })
+  .refine((b) => (b.prompt == null) !== (b.messages == null), { message: 'give exactly one of prompt or messages', path: ['prompt'] });
+export type TokenizeBody = z.infer<typeof tokenizeSchema>;
+
+/** POST /detokenize: token ids back into text. */
+export const detokenizeSchema = z.object({
+  model: z.string().nullish(),
+  tokens: z.array(z.number().int().min(0)),
+});
+export type DetokenizeBody = z.infer<typeof detokenizeSchema>;

@@ -12,7 +12,7 @@ import type { Transcript } from '../responses/store.ts';
 import type { Serving } from '../serving.ts';
 import { ApiError } from './errors.ts';
 import type { GenerationJob, ResponseFormat } from './generation.ts';
-import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type MessageBody } from './schemas.ts';
+import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type DetokenizeBody, type MessageBody, type TokenizeBody } from './schemas.ts';
 
 /** OpenAI's default for /v1/completions. */
 const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
@@ -29,6 +29,9 @@ interface SamplingFields {
   top_k?: number | null;
   min_p?: number | null;
   repetition_penalty?: number | null;
+  presence_penalty?: number | null;
+  frequency_penalty?: number | null;
+  logit_bias?: Record<string, number> | null;
 }
 
 interface GenerationFields extends SamplingFields {
@@ -37,6 +40,9 @@ interface GenerationFields extends SamplingFields {
   truncation?: 'auto' | 'error' | null;
   stream?: boolean | null;
   stream_options?: { include_usage?: boolean | null } | null;
+  min_tokens?: number | null;
+  stop_token_ids?: number[] | null;
+  include_stop_str_in_output?: boolean | null;
 }
 
 /** A parent response's transcript, and where its reply sits among the child's messages. */
@@ -70,18 +76,29 @@ export class Translator {
     private readonly parts: Serving,
   ) {}
 
-  /** POST /v1/completions. */
+  /** POST /v1/completions: one prompt, or several (each its own choice, batched by the engine). */
   completion(caller: Caller, b: CompletionBody, sessionId: string | undefined): GenerationJob {
-    let prompt: string | number[];
     if (Array.isArray(b.prompt) && b.prompt.length === 0) throw new ApiError('invalid_request', "Invalid value for 'prompt': must not be empty.", 'prompt');
-    if (typeof b.prompt === 'string' || typeof b.prompt[0] === 'number') prompt = b.prompt as string | number[];
-    else if (b.prompt.length === 1) prompt = b.prompt[0] as string | number[];
-    else throw new ApiError('unsupported_parameter', 'Only one prompt per request is supported.', 'prompt');
-    const input = this.encodePrompt(prompt, true);
-    this.checkPromptLength(input, 'prompt');
-    const echo = b.echo ? this.echoOf(prompt) : '';
+    const prompts: Array<string | number[]> =
+      typeof b.prompt === 'string' || typeof b.prompt[0] === 'number' ? [b.prompt as string | number[]] : (b.prompt as Array<string | number[]>);
+    if (prompts.length > 1 && sessionId !== undefined) {
+      throw new ApiError('unsupported_parameter', 'Several prompts cannot share one session; send them without session_id, or one per request.', 'session_id');
+    }
+    if (b.echo && b.logprobs != null) {
+      throw new ApiError('unsupported_parameter', "'echo' together with 'logprobs' (the prompt's logprobs) is not supported by this server; send one or the other.", 'echo');
+    }
     const maxTokens = this.maxTokensOf(b.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, 'max_tokens');
-    return this.generationJob(caller, b, { format: 'completion', route: 'completions', echo, sessionId, mode: 'replace', input, maxTokens, stop: this.stopsOf(b.stop) });
+    const stop = this.stopsOf(b.stop);
+    const jobs = prompts.map((prompt, i) => {
+      const input = this.encodePrompt(prompt, true);
+      this.checkPromptLength(input, prompts.length > 1 ? `prompt[${i}]` : 'prompt');
+      const echo = b.echo ? this.echoOf(prompt) : '';
+      // Choice 0 keeps the request's id; the others are told apart in logs and spans by a suffix.
+      const choiceCaller = i === 0 ? caller : { ...caller, requestId: `${caller.requestId}-${i}` };
+      return this.generationJob(choiceCaller, b, { format: 'completion', route: 'completions', echo, sessionId, mode: 'replace', input, maxTokens, stop, logprobs: b.logprobs ?? undefined });
+    });
+    const [first, ...rest] = jobs;
+    return rest.length === 0 ? first : { ...first, extraChoices: rest.map((j) => ({ request: j.request, echo: j.echo })) };
   }
 
   /** POST /v1/chat/completions. */
@@ -94,7 +111,11 @@ export class Translator {
     const room = truncation === 'error' ? Math.max(1, this.parts.model.contextLength - input.length) : Infinity;
     const maxTokens = this.maxTokensOf(b.max_completion_tokens ?? b.max_tokens, Math.min(this.config.defaultChatMaxTokens, room), param);
     const stop = [...this.stopsOf(b.stop), ...this.parts.model.chatTemplate.implicitStops];
-    return this.generationJob(caller, b, { format: 'chat', route: 'chat', echo: '', sessionId, mode: 'replace', input, maxTokens, stop });
+    if (b.top_logprobs != null && b.logprobs !== true) {
+      throw new ApiError('invalid_request', "Invalid value for 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is given.", 'top_logprobs');
+    }
+    const logprobs = b.logprobs === true ? (b.top_logprobs ?? 0) : undefined;
+    return this.generationJob(caller, b, { format: 'chat', route: 'chat', echo: '', sessionId, mode: 'replace', input, maxTokens, stop, logprobs });
   }
 
   /**
@@ -146,6 +167,20 @@ export class Translator {
     return input;
   }
 
+  /** POST /tokenize: the ids a generation would see for this prompt or these messages (no length limit). */
+  tokenize(b: TokenizeBody): number[] {
+    if (b.messages != null) return this.renderChat(chatMessages(b.messages), b.add_generation_prompt ?? true, 'messages', b.add_special_tokens ?? false);
+    return this.parts.model.loaded.tokenizer.encode(b.prompt!, b.add_special_tokens ?? true);
+  }
+
+  /** POST /detokenize: ids outside the vocabulary are a 400 naming the first one. */
+  detokenize(b: DetokenizeBody): string {
+    const vocab = this.parts.model.loaded.vocabSize;
+    const bad = b.tokens.findIndex((id) => id >= vocab);
+    if (bad !== -1) throw new ApiError('invalid_request', `Invalid value for 'tokens[${bad}]': ${b.tokens[bad]} is not below the vocabulary size ${vocab}.`, `tokens[${bad}]`);
+    return this.parts.model.loaded.tokenizer.decode(b.tokens, false);
+  }
+
   /** POST /v1/sessions with a prompt: prefill the session's cache, generate nothing. */
   prefill(caller: Caller, sessionId: string, input: number[]): Omit<GenerationRequest, 'signal'> {
     return {
@@ -166,9 +201,25 @@ export class Translator {
   private generationJob(
     caller: Caller,
     b: GenerationFields,
-    job: { format: ResponseFormat; route: string; echo: string; sessionId: string | undefined; mode: 'replace' | 'append'; input: number[]; maxTokens: number; stop: string[] },
+    job: {
+      format: ResponseFormat;
+      route: string;
+      echo: string;
+      sessionId: string | undefined;
+      mode: 'replace' | 'append';
+      input: number[];
+      maxTokens: number;
+      stop: string[];
+      logprobs?: number;
+    },
   ): GenerationJob {
     const stream = b.stream ?? false;
+    const minTokens = b.min_tokens ?? 0;
+    if (minTokens > job.maxTokens) {
+      throw new ApiError('invalid_request', `Invalid value for 'min_tokens': ${minTokens} is more than the request's maximum of ${job.maxTokens} tokens.`, 'min_tokens');
+    }
+    const stopTokenIds = b.stop_token_ids ?? [];
+    stopTokenIds.forEach((id, i) => this.checkTokenId(id, `stop_token_ids[${i}]`));
     return {
       format: job.format,
       route: job.route,
@@ -188,8 +239,17 @@ export class Translator {
         input: job.input,
         maxTokens: job.maxTokens,
         stop: job.stop,
+        stopTokenIds,
+        minTokens,
+        includeStopInOutput: b.include_stop_str_in_output ?? false,
+        ...(job.logprobs !== undefined ? { logprobs: job.logprobs } : {}),
       },
     };
+  }
+
+  private checkTokenId(id: number, param: string): void {
+    const vocab = this.parts.model.loaded.vocabSize;
+    if (id >= vocab) throw new ApiError('invalid_request', `Invalid value for '${param}': token id ${id} is not below the vocabulary size ${vocab}.`, param);
   }
 
   private echoOf(prompt: string | number[]): string {
@@ -230,7 +290,22 @@ export class Translator {
       topK: topK < 0 ? 0 : topK,
       minP: b.min_p ?? defaults.minP ?? 0,
       repetitionPenalty: b.repetition_penalty ?? defaults.repetitionPenalty ?? 1,
+      presencePenalty: b.presence_penalty ?? 0,
+      frequencyPenalty: b.frequency_penalty ?? 0,
+      logitBias: this.logitBiasOf(b.logit_bias),
     };
+  }
+
+  /** OpenAI's map of id strings to biases as pairs, every id checked against the vocabulary. */
+  private logitBiasOf(bias: Record<string, number> | null | undefined): Array<[number, number]> | null {
+    if (bias == null) return null;
+    const pairs: Array<[number, number]> = [];
+    for (const [key, value] of Object.entries(bias)) {
+      const id = Number(key);
+      this.checkTokenId(id, `logit_bias.${key}`);
+      if (value !== 0) pairs.push([id, value]);
+    }
+    return pairs.length > 0 ? pairs : null;
   }
 
   private encodePrompt(prompt: string | number[], atStart: boolean): number[] {
@@ -242,8 +317,8 @@ export class Translator {
     return ids;
   }
 
-  private renderChat(messages: ChatMessage[], addGenerationPrompt: boolean, param: string): number[] {
-    return this.parts.model.loaded.tokenizer.encode(this.renderText(messages, addGenerationPrompt, param), false);
+  private renderChat(messages: ChatMessage[], addGenerationPrompt: boolean, param: string, addSpecialTokens = false): number[] {
+    return this.parts.model.loaded.tokenizer.encode(this.renderText(messages, addGenerationPrompt, param), addSpecialTokens);
   }
 
   private renderText(messages: ChatMessage[], addGenerationPrompt: boolean, param: string): string {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { argmax, GREEDY, Sampler, TokenSet, type SamplingParams } from '../../src/engine/sampler.ts';
+import { adjustLogits, argmax, GREEDY, Sampler, TokenCounts, TokenSet, type RowState, type SamplingParams } from '../../src/engine/sampler.ts';
 import { Rng } from '../../src/lib/rng.ts';
 
 const params = (overrides: Partial<SamplingParams>): SamplingParams => ({ ...GREEDY, ...overrides });
@@ -292,5 +292,77 @@ describe('Sampler: combinations in Hugging Face order', () => {
     assert.deepEqual(nonZero(counts), [0, 1]);
     const head = Math.exp(-1);
     assertDistribution(counts, [head / (1 + head), 1 / (1 + head), 0, 0, 0], 'all five');
+  });
+});
+
+/** OpenAI's documented formula, from scratch: mu[j] - c[j] * frequency - (c[j] > 0) * presence, after logit_bias. */
+function referenceLogits(logits: number[], generated: number[], presence: number, frequency: number, bias: Record<number, number>, masked: number[]): number[] {
+  return logits.map((value, j) => {
+    if (masked.includes(j)) return -Infinity;
+    const count = generated.filter((t) => t === j).length;
+    return value + (bias[j] ?? 0) - count * frequency - (count > 0 ? 1 : 0) * presence;
+  });
+}
+
+describe('presence, frequency, logit_bias and masks', () => {
+  const raw = [2.5, -1.25, 0.5, 3, -0.75, 1];
+  const generated = [3, 3, 0, 5, 3];
+  const countsOf = (ids: number[]) => {
+    const counts = new TokenCounts(raw.length);
+    for (const id of ids) counts.add(id);
+    return counts;
+  };
+
+  test('adjustLogits equals the reference on known logits, for every combination', () => {
+    const cases: Array<{ presence: number; frequency: number; bias: Record<number, number>; masked: number[] }> = [
+      { presence: 0.5, frequency: 0, bias: {}, masked: [] },
+      { presence: 0, frequency: 0.75, bias: {}, masked: [] },
+      { presence: -1, frequency: 1.5, bias: { 1: 100, 2: -100 }, masked: [] },
+      { presence: 2, frequency: -2, bias: { 4: 3.5 }, masked: [0, 5] },
+    ];
+    for (const c of cases) {
+      const params: SamplingParams = { ...GREEDY, presencePenalty: c.presence, frequencyPenalty: c.frequency, logitBias: Object.entries(c.bias).map(([k, v]) => [Number(k), v]) };
+      const out = new Float32Array(raw.length);
+      adjustLogits(out, Float32Array.from(raw), params, null, { counts: countsOf(generated), masked: c.masked.length ? c.masked : null });
+      const expected = referenceLogits(raw, generated, c.presence, c.frequency, c.bias, c.masked);
+      out.forEach((v, j) => assert.ok(Math.abs(v - expected[j]) < 1e-6 || v === expected[j], `case ${JSON.stringify(c)} id ${j}: ${v} vs ${expected[j]}`));
+    }
+  });
+
+  test('greedy picks follow the adjusted logits; the input logits are left as they were', () => {
+    const sampler = new Sampler(raw.length);
+    const logits = Float32Array.from(raw);
+    assert.equal(sampler.sample(logits, GREEDY, null, null), 3);
+    // 3 was generated three times: 3 - 3 * 0.4 - 0.2 = 1.6 < 2.5 - 0.4 - 0.2 = 1.9 (id 0).
+    const state: RowState = { counts: countsOf(generated), masked: null };
+    assert.equal(sampler.sample(logits, { ...GREEDY, presencePenalty: 0.2, frequencyPenalty: 0.4 }, null, null, state), 0);
+    assert.equal(sampler.sample(logits, { ...GREEDY, logitBias: [[1, 100]] }, null, null), 1);
+    assert.equal(sampler.sample(logits, GREEDY, null, null, { counts: null, masked: [3, 0] }), 5);
+    assert.deepEqual(Array.from(logits), raw.map((v) => Math.fround(v)));
+  });
+
+  test('sampling draws from the softmax of the adjusted logits', () => {
+    const p: SamplingParams = { ...GREEDY, temperature: 1, presencePenalty: 0.5, frequencyPenalty: 0.25, logitBias: [[2, 1.5]] };
+    const state: RowState = { counts: countsOf(generated), masked: [4] };
+    const expected = softmax(referenceLogits(raw, generated, 0.5, 0.25, { 2: 1.5 }, [4]));
+    const sampler = new Sampler(raw.length);
+    const rng = new Rng(11);
+    const n = 20000;
+    const counts = new Array<number>(raw.length).fill(0);
+    for (let i = 0; i < n; i++) counts[sampler.sample(Float32Array.from(raw), p, rng, null, state)]++;
+    assert.equal(counts[4], 0, 'a masked id is never drawn');
+    let chi = 0;
+    expected.forEach((q, j) => {
+      if (q > 0) chi += (counts[j] - n * q) ** 2 / (n * q);
+    });
+    assert.ok(chi < chiSquareBound(4), `chi-square ${chi}`);
+  });
+
+  test('TokenCounts counts each generated id once per occurrence and lists distinct ids once', () => {
+    const counts = countsOf(generated);
+    assert.deepEqual(counts.ids, [3, 0, 5]);
+    assert.deepEqual(Array.from(counts.counts), [1, 0, 0, 3, 0, 1]);
+    counts.add(99);
+    assert.deepEqual(counts.ids, [3, 0, 5], 'ids outside the vocabulary are ignored');
   });
 });

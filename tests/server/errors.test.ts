@@ -44,18 +44,18 @@ describe('request validation', () => {
     const completions: Array<[Record<string, unknown>, string]> = [
       [{ n: 2 }, 'n'],
       [{ best_of: 3 }, 'best_of'],
-      [{ logprobs: 1 }, 'logprobs'],
+      [{ prompt_logprobs: 1 }, 'prompt_logprobs'],
       [{ suffix: 'end' }, 'suffix'],
-      [{ logit_bias: { '5': 10 } }, 'logit_bias'],
-      [{ presence_penalty: 0.5 }, 'presence_penalty'],
-      [{ prompt: ['a', 'b'] }, 'prompt'],
+      [{ use_beam_search: true }, 'use_beam_search'],
+      [{ bad_words: ['x'] }, 'bad_words'],
+      [{ prompt: ['a', 'b'], session_id: 'two-prompts' }, 'session_id'],
     ];
     for (const [extra, param] of completions) {
       await expectError(await app.request('/v1/completions', post({ prompt: 'x', ...extra })), 400, 'unsupported_parameter', param);
     }
     const chat: Array<[Record<string, unknown>, string]> = [
       [{ n: 2 }, 'n'],
-      [{ logprobs: true }, 'logprobs'],
+      [{ echo: true }, 'echo'],
       [{ tools: [{ type: 'function', function: { name: 'f' } }] }, 'tools'],
       [{ response_format: { type: 'json_object' } }, 'response_format'],
       [{ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }, 'messages[0].content[0].type'],

@@ -7,6 +7,7 @@ import { ConfigError, helpText, loadConfig, type Config } from './config.ts';
 import type { Logger } from './lib/logger.ts';
 import { Runtime } from './runtime.ts';
 import { createApp } from './server/app.ts';
+import { BACKGROUND_RESPONSE_STREAM_MS } from './server/routes/responses.ts';
 import { ApiKeyAuth, loadApiKeys } from './server/auth.ts';
 import { listenWith } from './server/listen.ts';
 import { StreamRegistry } from './server/streams.ts';
@@ -49,7 +50,8 @@ function main(): void {
   // The streams belong to the server's API but live as long as the runtime: close() closes both.
   const streams = new StreamRegistry({ resumeMs: config.streamResumeSeconds * 1000, logger: logger.child({ component: 'streams' }) });
   const runtime = new Runtime(config, { logger, streams });
-  const app = createApp(runtime, { logger, auth, streams });
+  const backgroundStreams = new StreamRegistry({ resumeMs: BACKGROUND_RESPONSE_STREAM_MS, logger: logger.child({ component: 'background-streams' }) });
+  const app = createApp(runtime, { logger, auth, streams, backgroundStreams });
   // SIGHUP re-reads API_KEYS_FILE (API_KEYS stays as started); a file that fails the checks changes nothing.
   process.on('SIGHUP', () => {
     if (config.apiKeysFile === undefined) {
@@ -122,6 +124,7 @@ function main(): void {
     }
     // Sweeps, streams and the decoder; the snapshots above were the last use of the sessions.
     await runtime.close().catch((error: Error) => logger.warn({ err: error.message }, 'runtime did not close cleanly'));
+    backgroundStreams.close();
     await tracing.shutdown().catch(() => {});
     server.close(() => {
       logger.info({}, 'stopped');

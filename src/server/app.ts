@@ -13,7 +13,7 @@ import type { AppEnv, ServerDeps } from './context.ts';
 import { apiKeyAuth, corsFor, errorHandler, methodNotAllowedAnswer, notFound, refuseDotSegments, requestContext } from './middleware.ts';
 import { healthRoutes } from './routes/health.ts';
 import { openAiRoutes } from './routes/openai.ts';
-import { responseRoutes } from './routes/responses.ts';
+import { BACKGROUND_RESPONSE_STREAM_MS, responseRoutes } from './routes/responses.ts';
 import { sessionRoutes } from './routes/sessions.ts';
 import { streamRoutes } from './routes/streams.ts';
 import { tokenizeRoutes } from './routes/tokenize.ts';
@@ -28,6 +28,8 @@ export interface AppOptions {
   streams?: StreamRegistry;
   /** API keys; by default read from the config (API_KEYS, API_KEYS_FILE). main.ts passes its own to reload it on SIGHUP. */
   auth?: ApiKeyAuth;
+  /** Streams of background responses; main.ts passes its own to close it on shutdown. */
+  backgroundStreams?: StreamRegistry;
 }
 
 export function createApp(runtime: ServingSource, options: AppOptions = {}): Hono<AppEnv> {
@@ -41,6 +43,7 @@ export function createApp(runtime: ServingSource, options: AppOptions = {}): Hon
     config,
     admission: new Admission(config.maxStreamsPerKey, config.maxSessionsPerKey),
     streams: options.streams ?? new StreamRegistry({ resumeMs: config.streamResumeSeconds * 1000, logger: baseLogger.child({ component: 'streams' }) }),
+    backgroundStreams: options.backgroundStreams ?? new StreamRegistry({ resumeMs: BACKGROUND_RESPONSE_STREAM_MS, logger: baseLogger.child({ component: 'background-streams' }) }),
     pingIntervalMs: options.pingIntervalMs ?? 10_000,
     now: options.now ?? Date.now,
   };

@@ -20,6 +20,8 @@ export interface ServerDeps {
   config: Config;
   admission: Admission;
   streams: StreamRegistry;
+  /** Streams of background responses (`background: true`), resumable for BACKGROUND_RESPONSE_STREAM_MS. */
+  backgroundStreams: StreamRegistry;
   /** Keep-alive comment interval on streams while nothing else is sent. */
   pingIntervalMs: number;
   now: () => number;

@@ -21,11 +21,10 @@ import { ApiError } from '../errors.ts';
 import { inputItemsOf, parseResponseBody } from '../responses-body.ts';
 import { responseObject, runResponse, whenFinished } from '../responses-run.ts';
 import { parseWith } from '../schemas.ts';
-import { StreamRegistry } from '../streams.ts';
 import { Translator } from '../translate.ts';
 
 /** How long a background response's events stay resumable (and how long one nobody reads may run). */
-const BACKGROUND_STREAM_MS = 3600_000;
+export const BACKGROUND_RESPONSE_STREAM_MS = 3600_000;
 
 const itemsQuery = z.object({
   limit: z.coerce.number().int().min(1).max(100).default(20),
@@ -51,7 +50,7 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
     files: config.snapshotDir !== undefined ? new ResponseFiles(join(config.snapshotDir, 'responses')) : undefined,
     onSessionReleased: (owner, sessionId) => void releaseSession(runtime.serving, owner, sessionId),
   });
-  const backgroundStreams = new StreamRegistry({ resumeMs: BACKGROUND_STREAM_MS });
+  const { backgroundStreams } = deps;
 
   const find = (c: Ctx): StoredResponse => {
     const id = c.req.param('id')!;

@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import type { Logger } from '../lib/logger.ts';
 import { detectDecoderIo, type ConfigHints, type ValueInfo } from './layout.ts';
-import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, DeviceKv, KvData, KvTensors } from './types.ts';
+import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, DeviceKv, KvData, KvTensors, RunOptions } from './types.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda' | 'webgpu';
 
@@ -85,7 +85,7 @@ export class OnnxDecoder implements Decoder {
     return new OnnxDecoder(session, io, provider);
   }
 
-  async run(step: DecoderStep): Promise<DecoderOutput> {
+  async run(step: DecoderStep, options: RunOptions = {}): Promise<DecoderOutput> {
     const { names, kv } = this.io;
     const batch = step.batchSize;
     const pastLength = step.past.length;
@@ -107,7 +107,8 @@ export class OnnxDecoder implements Decoder {
         feeds[names.pastValues[layer]] = new ort.Tensor(kv.dtype, step.past.layers[layer].value, pastDims);
       }
     }
-    const results = await this.session.run(feeds);
+    // Severity 4 (fatal only): an expected probe failure would otherwise print an ERROR line.
+    const results = options.quiet ? await this.session.run(feeds, { logSeverityLevel: 4 }) : await this.session.run(feeds);
     // The past is consumed: its GPU buffers can go (after a failure they stay, and so does the past).
     onDevice?.release();
     const logits = results[names.logits] as ort.Tensor;

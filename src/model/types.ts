@@ -95,6 +95,23 @@ export function kvBytes(layout: KvLayout, kv: KvTensors): number {
   return kv.batchSize * kv.length * layout.bytesPerToken;
 }
 
+/** What a loaded export can do, probed at load (see probe.ts); the engine adapts to what is false. */
+export interface ModelCapabilities {
+  /** Several new tokens in one call over a non-empty past (chunked prefill, a session's next turn). */
+  multiTokenOverPast: boolean;
+  /** More than one row per call (batched decode). */
+  batched: boolean;
+  /** Rows whose attention_mask starts with zeros give the same logits as alone (how batch rows of different lengths line up). */
+  leftPadding: boolean;
+}
+
+export const FULL_CAPABILITIES: ModelCapabilities = Object.freeze({ multiTokenOverPast: true, batched: true, leftPadding: true });
+
+export interface RunOptions {
+  /** The call may fail by design (a capability probe): the runtime does not log the failure. */
+  quiet?: boolean;
+}
+
 /** What the engine needs from a model runtime; tests wrap it to inject faults. */
 export interface Decoder {
   readonly io: DecoderIo;
@@ -104,7 +121,7 @@ export interface Decoder {
    * Runs one step. A `past` on the device is consumed: once the step succeeded it must not be used
    * again (its buffers may be reused or freed); after a failure it is still valid.
    */
-  run(step: DecoderStep): Promise<DecoderOutput>;
+  run(step: DecoderStep, options?: RunOptions): Promise<DecoderOutput>;
   dispose(): Promise<void>;
 }
 

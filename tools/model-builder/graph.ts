@@ -8,6 +8,18 @@ import { gaussian } from './rng.ts';
 export type Family = 'gpt2' | 'llama';
 export type KvDtype = 'float32' | 'float16';
 
+/**
+ * Limitations of real exports, reproduced faithfully so the server's probes and fallbacks can be tested:
+ * - `no-multi-token-past`: the causal mask is built [S, S] over the new tokens only and Expanded to
+ *   [B, 1, S, T], as in ONNX Runtime GenAI's model builder exports: valid only when S == 1 (it broadcasts)
+ *   or the past is empty (S == T); otherwise onnxruntime fails with "invalid expand shape".
+ * - `no-batch`: the hidden states are reshaped to a literal batch of 1, so batch > 1 fails in Reshape.
+ * - `right-padding-only`: keys are masked by count (the first sum(attention_mask) slots), as
+ *   GroupQueryAttention's seqlens_k does; a left-padded row silently attends to its padding instead.
+ */
+export type ExportQuirk = 'no-multi-token-past' | 'no-batch' | 'right-padding-only';
+export const EXPORT_QUIRKS: readonly ExportQuirk[] = ['no-multi-token-past', 'no-batch', 'right-padding-only'];
+
 export interface ResolvedOptions {
   family: Family;
   seed: number;
@@ -27,6 +39,7 @@ export interface ResolvedOptions {
   logitsDtype: KvDtype;
   positionIds: boolean;
   layout: 'model' | 'merged';
+  quirks: ExportQuirk[];
 }
 
 /** Logit/embedding scale applied to padding ids (ids >= tokenizerSize) so that they rarely win argmax. */
@@ -60,9 +73,26 @@ function preamble(g: GraphBuilder, o: ResolvedOptions): Common {
   const Ts = g.op('Squeeze', [T, ax0]);
   const keyIdx = g.op('Range', [g.i64([0], []), Ts, g.i64([1], [])]); // [T]
   const qIdx = g.op('Range', [Ps, Ts, g.i64([1], [])]); // [S] absolute slots of the queries
-  const causal = g.op('LessOrEqual', [g.op('Unsqueeze', [keyIdx, g.i64([0])]), g.op('Unsqueeze', [qIdx, g.i64([1])])]); // [S,T]
-  const real = g.op('Equal', ['attention_mask', g.i64([1], [])]); // [B,T]
-  const allowed = g.op('And', [g.op('Unsqueeze', [causal, g.i64([0, 1])]), g.op('Unsqueeze', [real, g.i64([1, 2])])]); // [B,1,S,T]
+  let causal: string; // [1,1,S,T], or [B,1,S,T] with the no-multi-token-past quirk
+  if (o.quirks.includes('no-multi-token-past')) {
+    const Ss = g.op('Squeeze', [S, ax0]);
+    const local = g.op('Range', [g.i64([0], []), Ss, g.i64([1], [])]); // [S] query slots among the new tokens
+    const square = g.op('LessOrEqual', [g.op('Unsqueeze', [local, g.i64([0])]), g.op('Unsqueeze', [local, g.i64([1])])]); // [S,S]
+    const B = g.op('Shape', ['input_ids'], { start: I(0), end: I(1) }); // [1]
+    const target = g.op('Concat', [B, g.i64([1]), S, T], { axis: I(0) }); // [4] = [B,1,S,T]
+    causal = g.op('Expand', [square, target]);
+  } else {
+    const cmp = g.op('LessOrEqual', [g.op('Unsqueeze', [keyIdx, g.i64([0])]), g.op('Unsqueeze', [qIdx, g.i64([1])])]); // [S,T]
+    causal = g.op('Unsqueeze', [cmp, g.i64([0, 1])]);
+  }
+  let real: string; // [B,T] keys a row may attend to
+  if (o.quirks.includes('right-padding-only')) {
+    const count = g.op('ReduceSum', ['attention_mask', g.i64([1])], { keepdims: I(1) }); // [B,1]
+    real = g.op('Less', [g.op('Unsqueeze', [keyIdx, g.i64([0])]), count]);
+  } else {
+    real = g.op('Equal', ['attention_mask', g.i64([1], [])]);
+  }
+  const allowed = g.op('And', [causal, g.op('Unsqueeze', [real, g.i64([1, 2])])]); // [B,1,S,T]
   const bias = g.op('Where', [allowed, g.f32([0], []), g.f32([MASK_VALUE], [])]);
 
   let positions = 'position_ids';
@@ -73,6 +103,13 @@ function preamble(g: GraphBuilder, o: ResolvedOptions): Common {
     positions = g.op('Slice', [clipped, g.op('Neg', [S]), g.i64([INT64_MAX]), g.i64([1])]);
   }
   return { bias, positions };
+}
+
+/** The no-batch quirk: hidden states [B,S,H] reshaped to a literal [1,S,H], which fails for B > 1. */
+function batchOfOneQuirk(g: GraphBuilder, o: ResolvedOptions, x: string): string {
+  if (!o.quirks.includes('no-batch')) return x;
+  const S = g.op('Shape', ['input_ids'], { start: I(1), end: I(2) });
+  return g.op('Reshape', [x, g.op('Concat', [g.i64([1]), S, g.i64([o.hiddenSize])], { axis: I(0) })]);
 }
 
 /** [B,S,n*hd] -> [B,n,S,hd] */
@@ -167,7 +204,7 @@ function buildGpt2(g: GraphBuilder, o: ResolvedOptions): void {
   const wte = g.weight('transformer.wte.weight', [V, H], wteData);
   const wpe = W('transformer.wpe.weight', [o.maxPositions, H], eStd);
   const c = preamble(g, o);
-  let x = g.op('Add', [g.op('Gather', [wte, 'input_ids'], { axis: I(0) }), g.op('Gather', [wpe, c.positions], { axis: I(0) })]);
+  let x = batchOfOneQuirk(g, o, g.op('Add', [g.op('Gather', [wte, 'input_ids'], { axis: I(0) }), g.op('Gather', [wpe, c.positions], { axis: I(0) })]));
   const inv = (n: number) => 1 / Math.sqrt(n);
   const hd = o.headDim;
   for (let i = 0; i < o.numLayers; i++) {
@@ -234,6 +271,7 @@ function buildLlama(g: GraphBuilder, o: ResolvedOptions): void {
   const embed = W('model.embed_tokens.weight', [V, H], 1);
   const c = preamble(g, o);
   let x = g.op('Gather', [embed, 'input_ids'], { axis: I(0) });
+  x = batchOfOneQuirk(g, o, x);
 
   // Rotary tables from position ids: freqs [B,S,hd/2]; emb = concat(freqs, freqs) -> cos/sin [B,1,S,hd].
   const posF = g.op('Cast', [c.positions], { to: I(DT.FLOAT) });

@@ -41,6 +41,12 @@ export type PositionEncoding =
   | { kind: 'learned'; maxPositions: number };
 
 export interface DecoderIoNames {
+  /**
+   * 'separate': past_key_values.N.key/value, each [batch, kv_heads, seq, head_dim] (Optimum);
+   * 'stacked': one past_N / present_N [2, batch, kv_heads, seq, head_dim] per layer, keys first
+   * (ONNX Runtime's GPT-2 exporter); pastKeys and pastValues (presentKeys, presentValues) then name the same tensors.
+   */
+  kvPacking: 'separate' | 'stacked';
   inputIds: string;
   attentionMask: string;
   positionIds: string | null;
@@ -52,8 +58,16 @@ export interface DecoderIoNames {
   presentValues: string[];
 }
 
+/** Element types of the inputs the engine fills (it always builds int64; the decoder converts). */
+export interface DecoderInputTypes {
+  inputIds: 'int64' | 'int32';
+  attentionMask: 'int64' | 'int32' | 'float32';
+  positionIds: 'int64' | 'int32';
+}
+
 export interface DecoderIo {
   names: DecoderIoNames;
+  inputTypes: DecoderInputTypes;
   kv: KvLayout;
   logitsDtype: KvDtype;
 }

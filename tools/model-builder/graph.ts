@@ -39,6 +39,10 @@ export interface ResolvedOptions {
   logitsDtype: KvDtype;
   positionIds: boolean;
   layout: 'model' | 'merged';
+  /** 'separate': past_key_values.N.key/value [B,kvh,P,hd]; 'stacked': past_N [2,B,kvh,P,hd] (ORT's GPT-2 exporter) */
+  kvPacking: 'separate' | 'stacked';
+  /** dtype of the attention_mask input (ORT's GPT-2 exporter uses float32) */
+  maskDtype: 'int64' | 'float32';
   quirks: ExportQuirk[];
 }
 
@@ -66,7 +70,8 @@ interface Common {
 /** Shared preamble: sequence lengths, the additive causal+padding mask, and positions. */
 function preamble(g: GraphBuilder, o: ResolvedOptions): Common {
   const S = g.op('Shape', ['input_ids'], { start: I(1), end: I(2) }); // [1]
-  const P = g.op('Shape', ['past_key_values.0.key'], { start: I(2), end: I(3) }); // [1]
+  const P = o.kvPacking === 'stacked' ? g.op('Shape', ['past_0'], { start: I(3), end: I(4) }) : g.op('Shape', ['past_key_values.0.key'], { start: I(2), end: I(3) }); // [1]
+  const mask = o.maskDtype === 'float32' ? g.op('Cast', ['attention_mask'], { to: I(DT.INT64) }) : 'attention_mask'; // [B,T] int64
   const T = g.op('Add', [P, S]);
   const ax0 = g.i64([0]);
   const Ps = g.op('Squeeze', [P, ax0]);
@@ -87,10 +92,10 @@ function preamble(g: GraphBuilder, o: ResolvedOptions): Common {
   }
   let real: string; // [B,T] keys a row may attend to
   if (o.quirks.includes('right-padding-only')) {
-    const count = g.op('ReduceSum', ['attention_mask', g.i64([1])], { keepdims: I(1) }); // [B,1]
+    const count = g.op('ReduceSum', [mask, g.i64([1])], { keepdims: I(1) }); // [B,1]
     real = g.op('Less', [g.op('Unsqueeze', [keyIdx, g.i64([0])]), count]);
   } else {
-    real = g.op('Equal', ['attention_mask', g.i64([1], [])]);
+    real = g.op('Equal', [mask, g.i64([1], [])]);
   }
   const allowed = g.op('And', [causal, g.op('Unsqueeze', [real, g.i64([1, 2])])]); // [B,1,S,T]
   const bias = g.op('Where', [allowed, g.f32([0], []), g.f32([MASK_VALUE], [])]);
@@ -98,7 +103,7 @@ function preamble(g: GraphBuilder, o: ResolvedOptions): Common {
   let positions = 'position_ids';
   if (!o.positionIds) {
     // HF: cumsum(attention_mask, -1) - 1 (padding clipped at 0), last sequence_length columns.
-    const cs = g.op('CumSum', ['attention_mask', g.i64([1], [])]);
+    const cs = g.op('CumSum', [mask, g.i64([1], [])]);
     const clipped = g.op('Max', [g.op('Sub', [cs, g.i64([1], [])]), g.i64([0], [])]);
     positions = g.op('Slice', [clipped, g.op('Neg', [S]), g.i64([INT64_MAX]), g.i64([1])]);
   }
@@ -119,14 +124,18 @@ function splitHeads(g: GraphBuilder, x: string, n: number, hd: number): string {
 
 /**
  * Attention over concat(past, new). q: [B,nh,S,hd] float32; k,v: [B,kvh,S,hd] float32.
- * Writes present.{i}.key/value (kv dtype) and returns the context [B,S,nh*hd] float32.
+ * Writes present.{i}.key/value or present_{i} (kv dtype) and returns the context [B,S,nh*hd] float32.
  */
 function attention(g: GraphBuilder, o: ResolvedOptions, c: Common, layer: number, q: string, k: string, v: string): string {
   const { numHeads: nh, numKvHeads: kvh, headDim: hd } = o;
   const fp16 = o.kvDtype === 'float16';
-  const cat = (kind: 'key' | 'value', x: string): string => {
+  const stacked = o.kvPacking === 'stacked';
+  /** Returns [what attention reads (float32, heads repeated for GQA), the layer's present (kv dtype)]. */
+  const cat = (kind: 'key' | 'value', x: string): [string, string] => {
     const xNew = fp16 ? g.op('Cast', [x], { to: I(DT.FLOAT16) }) : x;
-    const present = g.op('Concat', [`past_key_values.${layer}.${kind}`, xNew], { axis: I(2) }, `present.${layer}.${kind}`);
+    // past_N [2,B,kvh,P,hd]: index 0 holds the keys, 1 the values.
+    const past = stacked ? g.op('Gather', [`past_${layer}`, g.i64([kind === 'key' ? 0 : 1], [])], { axis: I(0) }) : `past_key_values.${layer}.${kind}`;
+    const present = g.op('Concat', [past, xNew], { axis: I(2) }, stacked ? undefined : `present.${layer}.${kind}`);
     // Attend over exactly what is cached (float16-rounded when the KV dtype is float16).
     let full = fp16 ? g.op('Cast', [present], { to: I(DT.FLOAT) }) : present;
     if (nh !== kvh) {
@@ -136,10 +145,14 @@ function attention(g: GraphBuilder, o: ResolvedOptions, c: Common, layer: number
       const ex = g.op('Expand', [un, g.i64([1, 1, rep, 1, 1])]);
       full = g.op('Reshape', [ex, g.i64([0, nh, -1, hd])]);
     }
-    return full;
+    return [full, present];
   };
-  const kAll = cat('key', k);
-  const vAll = cat('value', v);
+  const [kAll, kPresent] = cat('key', k);
+  const [vAll, vPresent] = cat('value', v);
+  if (stacked) {
+    const [kStack, vStack] = [kPresent, vPresent].map((x) => g.op('Unsqueeze', [x, g.i64([0])]));
+    g.op('Concat', [kStack, vStack], { axis: I(0) }, `present_${layer}`); // [2,B,kvh,T,hd]
+  }
   const qs = g.op('Mul', [q, g.f32([1 / Math.sqrt(hd)], [])]);
   const scores = g.op('MatMul', [qs, g.op('Transpose', [kAll], { perm: IS([0, 1, 3, 2]) })]); // [B,nh,S,T]
   const probs = g.op('Softmax', [g.op('Add', [scores, c.bias])], { axis: I(-1) });
@@ -151,11 +164,16 @@ function io(o: ResolvedOptions): GraphIO {
   const kv = elem(o.kvDtype);
   const inputs = [
     valueInfo('input_ids', DT.INT64, ['batch_size', 'sequence_length']),
-    valueInfo('attention_mask', DT.INT64, ['batch_size', 'total_sequence_length']),
+    valueInfo('attention_mask', o.maskDtype === 'float32' ? DT.FLOAT : DT.INT64, ['batch_size', 'total_sequence_length']),
   ];
   if (o.positionIds) inputs.push(valueInfo('position_ids', DT.INT64, ['batch_size', 'sequence_length']));
   const outputs = [valueInfo('logits', elem(o.logitsDtype), ['batch_size', 'sequence_length', o.vocabSize])];
   for (let i = 0; i < o.numLayers; i++) {
+    if (o.kvPacking === 'stacked') {
+      inputs.push(valueInfo(`past_${i}`, kv, [2, 'batch_size', o.numKvHeads, 'past_sequence_length', o.headDim]));
+      outputs.push(valueInfo(`present_${i}`, kv, [2, 'batch_size', o.numKvHeads, 'total_sequence_length', o.headDim]));
+      continue;
+    }
     for (const kind of ['key', 'value']) {
       inputs.push(valueInfo(`past_key_values.${i}.${kind}`, kv, ['batch_size', o.numKvHeads, 'past_sequence_length', o.headDim]));
       outputs.push(valueInfo(`present.${i}.${kind}`, kv, ['batch_size', o.numKvHeads, 'total_sequence_length', o.headDim]));

@@ -5,7 +5,7 @@ import { dropAndShift, gatherRows, extractRow, prefixOf, rotaryInverseFrequencie
 import { reusableSlots, type WindowPolicy } from '../cache/window.ts';
 import { halfArrayToFloat } from '../lib/float16.ts';
 import { silentLogger, type Logger } from '../lib/logger.ts';
-import { emptyKv, kvOnHost, type Decoder, type KvData, type KvTensors, type PositionEncoding } from '../model/types.ts';
+import { emptyKv, FULL_CAPABILITIES, kvOnHost, type Decoder, type KvData, type KvTensors, type ModelCapabilities, type PositionEncoding } from '../model/types.ts';
 import type { TokenDecoder } from './detokenizer.ts';
 import { tokenLogprob } from './logprobs.ts';
 import { Sampler } from './sampler.ts';
@@ -19,6 +19,8 @@ export interface EngineModel {
   vocabSize: number;
   eosTokenIds: readonly number[];
   positionEncoding: PositionEncoding;
+  /** What the export can do (probed at load); default: everything. */
+  capabilities?: ModelCapabilities;
 }
 
 export interface EngineOptions {
@@ -161,6 +163,10 @@ export class Engine {
     const positions = model.positionEncoding;
     this.inverseFrequencies = positions.kind === 'rotary' ? rotaryInverseFrequencies(positions.theta, positions.rotaryDim) : null;
     if (options.window.strategy === 'shift' && !this.inverseFrequencies) throw new Error('shift strategy needs a rotary model');
+  }
+
+  get capabilities(): ModelCapabilities {
+    return this.model.capabilities ?? FULL_CAPABILITIES;
   }
 
   get layout() {
@@ -455,8 +461,11 @@ export class Engine {
    * budget grows with the sequences waiting for their prefill, (prefilling + decoding) / decoding, so
    * a backlog of prompts (many clients arriving at once) does not leave the decode batch half empty.
    */
-  private chunkTokens(decodingRows: number, prefillingRows: number): number {
+  private chunkTokens(sequence: Sequence, decodingRows: number, prefillingRows: number): number {
     const max = this.options.prefillChunkTokens;
+    // An export that cannot take several tokens over a past gets its prompt from the empty past in one
+    // whole chunk (it cannot be cut later: every token after it costs a call), then one token per call.
+    if (!this.capabilities.multiTokenOverPast) return sequence.cacheLength > 0 ? 1 : max;
     const share = this.options.prefillStepShare ?? 1;
     if (decodingRows === 0 || !Number.isFinite(share) || this.decodeStepMs === 0) return max;
     const min = Math.min(max, this.options.minPrefillChunkTokens ?? 128);
@@ -467,6 +476,11 @@ export class Engine {
   }
 
   private async decodeStep(candidates: Sequence[]): Promise<void> {
+    // Rows of different lengths share a call only by left padding: without batching or padding, one row per call.
+    if (!this.capabilities.batched || !this.capabilities.leftPadding) {
+      for (const sequence of candidates) await this.decodeAlone(sequence);
+      return;
+    }
     const capacity = this.options.window.capacity;
     let joining = 0;
     let full = 0;
@@ -536,13 +550,50 @@ export class Engine {
     for (const [sequence, reason] of finished) this.finish(sequence, reason);
   }
 
+  /** One decode step of one sequence on its own cache (for exports that cannot batch rows). */
+  private async decodeAlone(sequence: Sequence): Promise<void> {
+    if (sequence.cacheLength >= this.options.window.capacity) {
+      await this.hostSequence(sequence);
+      this.dropWindow(sequence);
+      if (sequence.state !== 'decode') return; // recompute: the kept tokens are prefilled again first
+    }
+    const past = sequence.kv!;
+    const total = sequence.cacheLength + 1;
+    const inputIds = BigInt64Array.of(BigInt(sequence.pending[sequence.pendingIndex])); // [1, 1]
+    const positionIds = BigInt64Array.of(BigInt(sequence.cacheLength)); // [1, 1]
+    const attentionMask = new BigInt64Array(total).fill(1n); // [1, past + 1]
+    const startMs = performance.now();
+    let output;
+    try {
+      output = await this.model.decoder.run({ batchSize: 1, seqLength: 1, inputIds, attentionMask, positionIds, past });
+    } catch (error) {
+      await this.failStep([sequence], error);
+      return;
+    }
+    const durationMs = performance.now() - startMs;
+    sequence.kv = output.present;
+    sequence.cacheLength = total;
+    sequence.pendingIndex++;
+    const c = this.counterValues;
+    c.decodeSteps++;
+    c.decodeRows++;
+    c.decodeMs += durationMs;
+    c.batchSlots += total;
+    this.decodeStepMs = this.decodeStepMs === 0 ? durationMs : 0.8 * this.decodeStepMs + 0.2 * durationMs;
+    for (const o of this.observers) o.decodeStep?.({ sequences: [sequence], kvTokens: total, startMs, durationMs });
+    const reason = this.sampleNext(sequence, output.logits, 0, output.vocabSize);
+    if (!reason) return;
+    await this.hostSequence(sequence);
+    this.finish(sequence, reason);
+  }
+
   private async prefillChunk(sequence: Sequence, decodingRows: number, prefillingRows: number): Promise<void> {
     const policy = this.options.window;
     if (sequence.cacheLength >= policy.capacity) {
       await this.hostSequence(sequence);
       this.dropWindow(sequence);
     }
-    const count = Math.min(this.chunkTokens(decodingRows, prefillingRows), policy.capacity - sequence.cacheLength, sequence.remainingPending);
+    const count = Math.min(this.chunkTokens(sequence, decodingRows, prefillingRows), policy.capacity - sequence.cacheLength, sequence.remainingPending);
     const past = sequence.kv ?? emptyKv(this.layout, 1);
     const total = sequence.cacheLength + count;
     const inputIds = new BigInt64Array(count); // [1, count]

@@ -2,13 +2,15 @@ import type { Logger } from '../lib/logger.ts';
 import { readModelFolder, type ModelFolder } from './model-folder.ts';
 import { OnnxDecoder, type ExecutionProvider } from './onnx-decoder.ts';
 import { TextTokenizer } from './tokenizer.ts';
-import type { Decoder } from './types.ts';
+import { probeCapabilities } from './probe.ts';
+import type { Decoder, ModelCapabilities } from './types.ts';
 
 export * from './types.ts';
 export { readModelFolder, ModelFolderError, type ModelFolder, type GenerationDefaults } from './model-folder.ts';
 export { detectDecoderIo, UnsupportedModelError } from './layout.ts';
 export { OnnxDecoder, ExecutionProviderError, type ExecutionProvider } from './onnx-decoder.ts';
 export { TextTokenizer } from './tokenizer.ts';
+export { probeCapabilities, type ProbeReport } from './probe.ts';
 
 export interface LoadedModel {
   folder: ModelFolder;
@@ -16,6 +18,8 @@ export interface LoadedModel {
   tokenizer: TextTokenizer;
   /** Rows of the logits: at least the tokenizer's ids, more when the export pads the embedding. */
   vocabSize: number;
+  /** What the export can do, probed at load; the engine adapts (one token per step, no batching). */
+  capabilities: ModelCapabilities;
 }
 
 export interface LoadModelOptions {
@@ -40,5 +44,14 @@ export async function loadModel(dir: string, options: LoadModelOptions): Promise
     },
   );
   const vocabSize = folder.vocabSize ?? tokenizer.size;
-  return { folder, decoder, tokenizer, vocabSize };
+  let probe;
+  try {
+    probe = await probeCapabilities(decoder);
+  } catch (error) {
+    await decoder.dispose();
+    throw error;
+  }
+  const reasons = Object.keys(probe.reasons).length > 0 ? { reasons: probe.reasons } : {};
+  options.logger.info({ ...probe.capabilities, probeMs: Math.round(probe.durationMs * 10) / 10, ...reasons }, 'model capabilities probed');
+  return { folder, decoder, tokenizer, vocabSize, capabilities: probe.capabilities };
 }

@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import type { Logger } from '../lib/logger.ts';
 import { detectDecoderIo, type ConfigHints, type ValueInfo } from './layout.ts';
-import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, DeviceKv, KvData, KvTensors } from './types.ts';
+import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, DeviceKv, KvData, KvTensors, RunOptions } from './types.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda' | 'webgpu';
 
@@ -72,7 +72,7 @@ export class OnnxDecoder implements Decoder {
       session = await create('cpu');
     }
     let io = detectDecoderIo(session.inputMetadata as readonly ValueInfo[], session.outputMetadata as readonly ValueInfo[], hints);
-    if (provider === 'webgpu' && (options.keepKvOnDevice ?? true)) {
+    if (provider === 'webgpu' && (options.keepKvOnDevice ?? true) && io.names.kvPacking === 'separate') {
       // Recreate the session now that the layer count is known, with the KV outputs left on the GPU.
       await session.release();
       session = await create('webgpu', io.kv.numLayers);
@@ -85,21 +85,26 @@ export class OnnxDecoder implements Decoder {
     return new OnnxDecoder(session, io, provider);
   }
 
-  async run(step: DecoderStep): Promise<DecoderOutput> {
+  async run(step: DecoderStep, options: RunOptions = {}): Promise<DecoderOutput> {
     const { names, kv } = this.io;
     const batch = step.batchSize;
     const pastLength = step.past.length;
     const total = pastLength + step.seqLength;
+    const types = this.io.inputTypes;
     const feeds: Record<string, ort.Tensor> = {
-      [names.inputIds]: new ort.Tensor('int64', step.inputIds, [batch, step.seqLength]),
-      [names.attentionMask]: new ort.Tensor('int64', step.attentionMask, [batch, total]),
+      [names.inputIds]: integerTensor(types.inputIds, step.inputIds, [batch, step.seqLength]),
+      [names.attentionMask]: integerTensor(types.attentionMask, step.attentionMask, [batch, total]),
     };
-    if (names.positionIds) feeds[names.positionIds] = new ort.Tensor('int64', step.positionIds, [batch, step.seqLength]);
+    if (names.positionIds) feeds[names.positionIds] = integerTensor(types.positionIds, step.positionIds, [batch, step.seqLength]);
     if (names.useCacheBranch) feeds[names.useCacheBranch] = new ort.Tensor('bool', Uint8Array.of(pastLength > 0 ? 1 : 0), [1]);
     const pastDims = [batch, kv.numKvHeads, pastLength, kv.headDim];
     const onDevice = step.past.device instanceof GpuKv ? step.past.device : null;
+    const stacked = names.kvPacking === 'stacked';
     for (let layer = 0; layer < kv.numLayers; layer++) {
-      if (onDevice) {
+      if (stacked) {
+        const { key, value } = step.past.layers[layer];
+        feeds[names.pastKeys[layer]] = new ort.Tensor(kv.dtype, stack(key, value), [2, ...pastDims]);
+      } else if (onDevice) {
         feeds[names.pastKeys[layer]] = onDevice.tensors[2 * layer];
         feeds[names.pastValues[layer]] = onDevice.tensors[2 * layer + 1];
       } else {
@@ -107,10 +112,21 @@ export class OnnxDecoder implements Decoder {
         feeds[names.pastValues[layer]] = new ort.Tensor(kv.dtype, step.past.layers[layer].value, pastDims);
       }
     }
-    const results = await this.session.run(feeds);
+    // Severity 4 (fatal only): an expected probe failure would otherwise print an ERROR line.
+    const results = options.quiet ? await this.session.run(feeds, { logSeverityLevel: 4 }) : await this.session.run(feeds);
     // The past is consumed: its GPU buffers can go (after a failure they stay, and so does the past).
     onDevice?.release();
     const logits = results[names.logits] as ort.Tensor;
+    if (stacked) {
+      const present: KvTensors = { batchSize: batch, length: total, layers: [] };
+      for (let layer = 0; layer < kv.numLayers; layer++) {
+        // present_N [2, ...]: keys then values; views of the one buffer, so the next step stacks them for free.
+        const data = (results[names.presentKeys[layer]] as ort.Tensor).data as KvData;
+        const half = data.length / 2;
+        present.layers.push({ key: data.subarray(0, half), value: data.subarray(half) });
+      }
+      return { logits: logits.data as KvData, vocabSize: logits.dims[2], present };
+    }
     const outputs: ort.Tensor[] = [];
     for (let layer = 0; layer < kv.numLayers; layer++) {
       outputs.push(results[names.presentKeys[layer]] as ort.Tensor, results[names.presentValues[layer]] as ort.Tensor);
@@ -128,6 +144,27 @@ export class OnnxDecoder implements Decoder {
   async dispose(): Promise<void> {
     await this.session.release();
   }
+}
+
+/** The engine's int64 inputs in the element type the model declares (older exports take int32 or a float mask). */
+function integerTensor(type: 'int64' | 'int32' | 'float32', data: BigInt64Array, dims: number[]): ort.Tensor {
+  if (type === 'int64') return new ort.Tensor('int64', data, dims);
+  if (type === 'int32') return new ort.Tensor('int32', Int32Array.from(data, Number), dims);
+  return new ort.Tensor('float32', Float32Array.from(data, Number), dims);
+}
+
+/**
+ * Keys then values in one `// [2, batch, kv_heads, seq, head_dim]` array. When they are the two halves of
+ * one buffer (the previous step's present_N, fed straight back) that buffer is used as it is; otherwise copied.
+ */
+function stack(key: KvData, value: KvData): KvData {
+  if (key.buffer === value.buffer && key.byteOffset + key.byteLength === value.byteOffset && key.length === value.length) {
+    return key instanceof Float32Array ? new Float32Array(key.buffer, key.byteOffset, 2 * key.length) : new Uint16Array(key.buffer, key.byteOffset, 2 * key.length);
+  }
+  const both = key instanceof Float32Array ? new Float32Array(2 * key.length) : new Uint16Array(2 * key.length);
+  both.set(key, 0);
+  both.set(value, key.length);
+  return both;
 }
 
 /** Present tensors left in GPU buffers by the WebGPU provider, in layer order (key, value, key, ...). */

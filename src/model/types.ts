@@ -41,6 +41,12 @@ export type PositionEncoding =
   | { kind: 'learned'; maxPositions: number };
 
 export interface DecoderIoNames {
+  /**
+   * 'separate': past_key_values.N.key/value, each [batch, kv_heads, seq, head_dim] (Optimum);
+   * 'stacked': one past_N / present_N [2, batch, kv_heads, seq, head_dim] per layer, keys first
+   * (ONNX Runtime's GPT-2 exporter); pastKeys and pastValues (presentKeys, presentValues) then name the same tensors.
+   */
+  kvPacking: 'separate' | 'stacked';
   inputIds: string;
   attentionMask: string;
   positionIds: string | null;
@@ -52,8 +58,16 @@ export interface DecoderIoNames {
   presentValues: string[];
 }
 
+/** Element types of the inputs the engine fills (it always builds int64; the decoder converts). */
+export interface DecoderInputTypes {
+  inputIds: 'int64' | 'int32';
+  attentionMask: 'int64' | 'int32' | 'float32';
+  positionIds: 'int64' | 'int32';
+}
+
 export interface DecoderIo {
   names: DecoderIoNames;
+  inputTypes: DecoderInputTypes;
   kv: KvLayout;
   logitsDtype: KvDtype;
 }
@@ -95,6 +109,23 @@ export function kvBytes(layout: KvLayout, kv: KvTensors): number {
   return kv.batchSize * kv.length * layout.bytesPerToken;
 }
 
+/** What a loaded export can do, probed at load (see probe.ts); the engine adapts to what is false. */
+export interface ModelCapabilities {
+  /** Several new tokens in one call over a non-empty past (chunked prefill, a session's next turn). */
+  multiTokenOverPast: boolean;
+  /** More than one row per call (batched decode). */
+  batched: boolean;
+  /** Rows whose attention_mask starts with zeros give the same logits as alone (how batch rows of different lengths line up). */
+  leftPadding: boolean;
+}
+
+export const FULL_CAPABILITIES: ModelCapabilities = Object.freeze({ multiTokenOverPast: true, batched: true, leftPadding: true });
+
+export interface RunOptions {
+  /** The call may fail by design (a capability probe): the runtime does not log the failure. */
+  quiet?: boolean;
+}
+
 /** What the engine needs from a model runtime; tests wrap it to inject faults. */
 export interface Decoder {
   readonly io: DecoderIo;
@@ -104,7 +135,7 @@ export interface Decoder {
    * Runs one step. A `past` on the device is consumed: once the step succeeded it must not be used
    * again (its buffers may be reused or freed); after a failure it is still valid.
    */
-  run(step: DecoderStep): Promise<DecoderOutput>;
+  run(step: DecoderStep, options?: RunOptions): Promise<DecoderOutput>;
   dispose(): Promise<void>;
 }
 

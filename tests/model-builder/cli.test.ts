@@ -23,6 +23,11 @@ describe('model-builder CLI', () => {
       chatTemplate: null,
     });
   });
+  test('parses export variants: stacked KV, a float mask, repeated quirks', () => {
+    const { options } = parseCliArgs('--family gpt2 --out /tmp/g --stacked-kv --float-mask --quirk no-multi-token-past --quirk no-batch'.split(' '));
+    assert.deepEqual(options, { family: 'gpt2', kvPacking: 'stacked', maskDtype: 'float32', quirks: ['no-multi-token-past', 'no-batch'] });
+    assert.throws(() => parseCliArgs('--family gpt2 --out /tmp/g --quirk slow'.split(' ')), /--quirk: one of no-multi-token-past/);
+  });
   test('rejects bad input', () => {
     assert.throws(() => parseCliArgs(['--out', '/tmp/x']));
     assert.throws(() => parseCliArgs(['--family', 'gpt2']));

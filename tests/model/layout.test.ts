@@ -217,3 +217,40 @@ describe('detectDecoderIo: unsupported models name what was found', () => {
     rejects(inputs, outputs, [/cannot tell KV heads/], { numKvHeads: 2 });
   });
 });
+
+/** Value metadata of ONNX Runtime's GPT-2 exporter: one past_N / present_N [2, batch, heads, seq, head] per layer. */
+function stackedGpt2(layers: number, heads: Dim, head: Dim, maskType = 'float32'): { inputs: ValueInfo[]; outputs: ValueInfo[] } {
+  const inputs: ValueInfo[] = [
+    tensor('input_ids', 'int64', ['batch_size', 'seq_len']),
+    tensor('position_ids', 'int64', ['batch_size', 'seq_len']),
+    tensor('attention_mask', maskType, ['batch_size', 'total_seq_len']),
+  ];
+  const outputs: ValueInfo[] = [tensor('logits', 'float32', ['batch_size', 'seq_len', 50257])];
+  for (let i = 0; i < layers; i++) {
+    inputs.push(tensor(`past_${i}`, 'float32', [2, 'batch_size', heads, 'past_seq_len', head]));
+    outputs.push(tensor(`present_${i}`, 'float32', [2, 'batch_size', heads, 'total_seq_len', head]));
+  }
+  return { inputs, outputs };
+}
+
+describe('detectDecoderIo: stacked past_N (ONNX Runtime GPT-2 exporter)', () => {
+  test('12 layers of 12 heads of 64, float32 mask', () => {
+    const { inputs, outputs } = stackedGpt2(12, 12, 64);
+    const io = detectDecoderIo(inputs, outputs);
+    assert.equal(io.names.kvPacking, 'stacked');
+    assert.deepEqual(io.kv, { numLayers: 12, numKvHeads: 12, headDim: 64, dtype: 'float32', bytesPerToken: 2 * 12 * 12 * 64 * 4 });
+    assert.deepEqual(io.names.pastKeys, io.names.pastValues);
+    assert.equal(io.names.pastKeys[11], 'past_11');
+    assert.equal(io.names.presentValues[0], 'present_0');
+    assert.deepEqual(io.inputTypes, { inputIds: 'int64', attentionMask: 'float32', positionIds: 'int64' });
+    assert.equal(detectDecoderIo(...Object.values(stackedGpt2(2, 4, 16, 'int32')) as [ValueInfo[], ValueInfo[]]).inputTypes.attentionMask, 'int32');
+  });
+
+  test('a leading axis other than 2, a wrong rank, a bool mask or a missing present are refused', () => {
+    const { inputs, outputs } = stackedGpt2(2, 4, 16);
+    rejects(inputs.map((v) => (v.name === 'past_0' ? { ...v, shape: [3, 'batch_size', 4, 'past_seq_len', 16] } : v)), outputs, [/past_0 has rank 5/, /expected \[2, batch, kv_heads/]);
+    rejects(inputs.map((v) => (v.name === 'past_1' ? { ...v, shape: ['batch_size', 4, 'past_seq_len', 16] } : v)), outputs, [/past_1 has shape/, /expected \[2, batch, 4, seq, 16\]/]);
+    rejects(stackedGpt2(2, 4, 16, 'bool').inputs, outputs, [/attention_mask has dtype bool/]);
+    rejects(inputs, outputs.filter((v) => v.name !== 'present_1'), [/2 past layers but 1 present layers/]);
+  });
+});

@@ -104,6 +104,15 @@ describe('builder layouts through the engine', () => {
     ['llama merged (use_cache_branch)', LLAMA, { ...LLAMA, layout: 'merged' }, (d) => assert.equal(d.io.names.useCacheBranch, 'use_cache_branch')],
     ['llama without position_ids', LLAMA, { ...LLAMA, positionIds: false }, (d) => assert.equal(d.io.names.positionIds, null)],
     ['gpt2 without position_ids', GPT2, { ...GPT2, positionIds: false }, (d) => assert.equal(d.io.names.positionIds, null)],
+    ['gpt2 stacked past_N (ORT GPT-2 exporter), float32 mask', GPT2, { ...GPT2, kvPacking: 'stacked', maskDtype: 'float32' }, (d) => {
+      assert.equal(d.io.names.kvPacking, 'stacked');
+      assert.equal(d.io.names.pastKeys[1], 'past_1');
+      assert.equal(d.io.inputTypes.attentionMask, 'float32');
+    }],
+    ['llama stacked fp16 past_N without position_ids', { ...LLAMA, kvDtype: 'float16' }, { ...LLAMA, kvDtype: 'float16', kvPacking: 'stacked', positionIds: false }, (d) => {
+      assert.equal(d.io.names.kvPacking, 'stacked');
+      assert.equal(d.io.names.presentValues[0], 'present_0');
+    }],
     ['gpt2 merged without position_ids', GPT2, { ...GPT2, layout: 'merged', positionIds: false }, (d) => {
       assert.equal(d.io.names.positionIds, null);
       assert.equal(d.io.names.useCacheBranch, 'use_cache_branch');
@@ -141,6 +150,20 @@ describe('builder layouts through the engine', () => {
       assert.deepEqual(variantTurn.tokens, plainTurn.tokens);
     });
   }
+});
+
+describe('stacked past_N layout', () => {
+  test('cached greedy decoding equals full recomputation, step for step', async () => {
+    const { engine, model } = await makeEngine({ model: { ...GPT2, kvPacking: 'stacked', maskDtype: 'float32' } });
+    const prompt = model.tokenizer.encode('The quick brown fox jumps over the lazy dog');
+    const result = await collect(engine.submit(request(prompt, { maxTokens: 20 })));
+    assert.equal(result.tokens.length, 20);
+    const sequence = prompt.slice();
+    for (let step = 0; step < result.tokens.length; step++) {
+      assert.equal(result.tokens[step], argmax(await fullRecompute(model.decoder, sequence), model.vocabSize), `step ${step}`);
+      sequence.push(result.tokens[step]);
+    }
+  });
 });
 
 describe('float16 KV cache through the engine', () => {

@@ -6,6 +6,7 @@ import { Runtime, type RuntimeOptions } from '../../src/runtime.ts';
 import { createApp, type AppOptions } from '../../src/server/app.ts';
 import { listenWith } from '../../src/server/listen.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
+import type { BuildOptions } from '../../tools/model-builder/index.ts';
 import { LLAMA, testModel, testModelDir } from '../support/fixtures.ts';
 
 export interface TestServerOptions extends AppOptions {
@@ -14,16 +15,19 @@ export interface TestServerOptions extends AppOptions {
   wrapDecoder?: RuntimeOptions['wrapDecoder'];
   /** Keeps the runtime loading until this resolves. */
   loadGate?: Promise<void>;
+  /** The builder model to serve (default LLAMA). */
+  model?: BuildOptions;
 }
 
 export async function makeRuntime(options: TestServerOptions = {}): Promise<Runtime> {
-  const dir = await testModelDir(LLAMA);
+  const modelOptions = options.model ?? LLAMA;
+  const dir = await testModelDir(modelOptions);
   const argv = ['--model', dir, '--kv-cache-bytes', '64MiB'];
   for (const [key, value] of Object.entries(options.settings ?? {})) argv.push(`--${key}`, value);
   const config = loadConfig({}, argv);
   const runtime = new Runtime(config, {
     load: async () => {
-      const model = await testModel(LLAMA);
+      const model = await testModel(modelOptions);
       await options.loadGate;
       return model;
     },

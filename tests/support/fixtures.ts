@@ -80,6 +80,7 @@ export async function makeEngine(options: EngineFixtureOptions = {}): Promise<En
       vocabSize: model.vocabSize,
       eosTokenIds: options.eos ?? model.folder.eosTokenIds,
       positionEncoding: model.folder.positionEncoding,
+      capabilities: model.capabilities,
     },
     store,
     {

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { buildModelFolder, type BuildOptions } from './index.ts';
+import { buildModelFolder, EXPORT_QUIRKS, type BuildOptions, type ExportQuirk } from './index.ts';
 
 const USAGE = `Usage: npm run build-test-model -- --family gpt2|llama --out DIR [options]
 
@@ -26,6 +26,10 @@ const USAGE = `Usage: npm run build-test-model -- --family gpt2|llama --out DIR 
   --chat-template FILE   read the jinja chat template from FILE
   --no-chat-template     no chat_template in tokenizer_config.json
   --merges N             BPE merges learned for the tokenizer (default 400, at most 971)
+  --stacked-kv           one past_N/present_N [2,batch,heads,seq,head] per layer (ORT's GPT-2 exporter)
+  --float-mask           attention_mask is float32 (ORT's GPT-2 exporter)
+  --quirk Q              reproduce a real export's limitation (repeatable): no-multi-token-past
+                         (ORT GenAI mask subgraph), no-batch, right-padding-only
   --json                 print the build summary as JSON`;
 
 export function parseCliArgs(argv: string[]): { out: string; options: BuildOptions; json: boolean } {
@@ -52,6 +56,9 @@ export function parseCliArgs(argv: string[]): { out: string; options: BuildOptio
       'chat-template': { type: 'string' },
       'no-chat-template': { type: 'boolean' },
       merges: { type: 'string' },
+      'stacked-kv': { type: 'boolean' },
+      'float-mask': { type: 'boolean' },
+      quirk: { type: 'string', multiple: true },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -89,6 +96,12 @@ export function parseCliArgs(argv: string[]): { out: string; options: BuildOptio
     layout,
     externalData: values['external-data'] ?? undefined,
     tokenizerMerges: num('merges', values.merges),
+    kvPacking: values['stacked-kv'] ? 'stacked' : undefined,
+    maskDtype: values['float-mask'] ? 'float32' : undefined,
+    quirks: values.quirk?.map((q) => {
+      if (!(EXPORT_QUIRKS as readonly string[]).includes(q)) throw new UsageError(`--quirk: one of ${EXPORT_QUIRKS.join(', ')}`);
+      return q as ExportQuirk;
+    }),
   };
   if (values['no-chat-template']) options.chatTemplate = null;
   else if (values['chat-template']) options.chatTemplate = readFileSync(values['chat-template'], 'utf8');

@@ -8,6 +8,18 @@ import { gaussian } from './rng.ts';
 export type Family = 'gpt2' | 'llama';
 export type KvDtype = 'float32' | 'float16';
 
+/**
+ * Limitations of real exports, reproduced faithfully so the server's probes and fallbacks can be tested:
+ * - `no-multi-token-past`: the causal mask is built [S, S] over the new tokens only and Expanded to
+ *   [B, 1, S, T], as in ONNX Runtime GenAI's model builder exports: valid only when S == 1 (it broadcasts)
+ *   or the past is empty (S == T); otherwise onnxruntime fails with "invalid expand shape".
+ * - `no-batch`: the hidden states are reshaped to a literal batch of 1, so batch > 1 fails in Reshape.
+ * - `right-padding-only`: keys are masked by count (the first sum(attention_mask) slots), as
+ *   GroupQueryAttention's seqlens_k does; a left-padded row silently attends to its padding instead.
+ */
+export type ExportQuirk = 'no-multi-token-past' | 'no-batch' | 'right-padding-only';
+export const EXPORT_QUIRKS: readonly ExportQuirk[] = ['no-multi-token-past', 'no-batch', 'right-padding-only'];
+
 export interface ResolvedOptions {
   family: Family;
   seed: number;
@@ -27,6 +39,11 @@ export interface ResolvedOptions {
   logitsDtype: KvDtype;
   positionIds: boolean;
   layout: 'model' | 'merged';
+  /** 'separate': past_key_values.N.key/value [B,kvh,P,hd]; 'stacked': past_N [2,B,kvh,P,hd] (ORT's GPT-2 exporter) */
+  kvPacking: 'separate' | 'stacked';
+  /** dtype of the attention_mask input (ORT's GPT-2 exporter uses float32) */
+  maskDtype: 'int64' | 'float32';
+  quirks: ExportQuirk[];
 }
 
 /** Logit/embedding scale applied to padding ids (ids >= tokenizerSize) so that they rarely win argmax. */
@@ -53,26 +70,51 @@ interface Common {
 /** Shared preamble: sequence lengths, the additive causal+padding mask, and positions. */
 function preamble(g: GraphBuilder, o: ResolvedOptions): Common {
   const S = g.op('Shape', ['input_ids'], { start: I(1), end: I(2) }); // [1]
-  const P = g.op('Shape', ['past_key_values.0.key'], { start: I(2), end: I(3) }); // [1]
+  const P = o.kvPacking === 'stacked' ? g.op('Shape', ['past_0'], { start: I(3), end: I(4) }) : g.op('Shape', ['past_key_values.0.key'], { start: I(2), end: I(3) }); // [1]
+  const mask = o.maskDtype === 'float32' ? g.op('Cast', ['attention_mask'], { to: I(DT.INT64) }) : 'attention_mask'; // [B,T] int64
   const T = g.op('Add', [P, S]);
   const ax0 = g.i64([0]);
   const Ps = g.op('Squeeze', [P, ax0]);
   const Ts = g.op('Squeeze', [T, ax0]);
   const keyIdx = g.op('Range', [g.i64([0], []), Ts, g.i64([1], [])]); // [T]
   const qIdx = g.op('Range', [Ps, Ts, g.i64([1], [])]); // [S] absolute slots of the queries
-  const causal = g.op('LessOrEqual', [g.op('Unsqueeze', [keyIdx, g.i64([0])]), g.op('Unsqueeze', [qIdx, g.i64([1])])]); // [S,T]
-  const real = g.op('Equal', ['attention_mask', g.i64([1], [])]); // [B,T]
-  const allowed = g.op('And', [g.op('Unsqueeze', [causal, g.i64([0, 1])]), g.op('Unsqueeze', [real, g.i64([1, 2])])]); // [B,1,S,T]
+  let causal: string; // [1,1,S,T], or [B,1,S,T] with the no-multi-token-past quirk
+  if (o.quirks.includes('no-multi-token-past')) {
+    const Ss = g.op('Squeeze', [S, ax0]);
+    const local = g.op('Range', [g.i64([0], []), Ss, g.i64([1], [])]); // [S] query slots among the new tokens
+    const square = g.op('LessOrEqual', [g.op('Unsqueeze', [local, g.i64([0])]), g.op('Unsqueeze', [local, g.i64([1])])]); // [S,S]
+    const B = g.op('Shape', ['input_ids'], { start: I(0), end: I(1) }); // [1]
+    const target = g.op('Concat', [B, g.i64([1]), S, T], { axis: I(0) }); // [4] = [B,1,S,T]
+    causal = g.op('Expand', [square, target]);
+  } else {
+    const cmp = g.op('LessOrEqual', [g.op('Unsqueeze', [keyIdx, g.i64([0])]), g.op('Unsqueeze', [qIdx, g.i64([1])])]); // [S,T]
+    causal = g.op('Unsqueeze', [cmp, g.i64([0, 1])]);
+  }
+  let real: string; // [B,T] keys a row may attend to
+  if (o.quirks.includes('right-padding-only')) {
+    const count = g.op('ReduceSum', [mask, g.i64([1])], { keepdims: I(1) }); // [B,1]
+    real = g.op('Less', [g.op('Unsqueeze', [keyIdx, g.i64([0])]), count]);
+  } else {
+    real = g.op('Equal', [mask, g.i64([1], [])]);
+  }
+  const allowed = g.op('And', [causal, g.op('Unsqueeze', [real, g.i64([1, 2])])]); // [B,1,S,T]
   const bias = g.op('Where', [allowed, g.f32([0], []), g.f32([MASK_VALUE], [])]);
 
   let positions = 'position_ids';
   if (!o.positionIds) {
     // HF: cumsum(attention_mask, -1) - 1 (padding clipped at 0), last sequence_length columns.
-    const cs = g.op('CumSum', ['attention_mask', g.i64([1], [])]);
+    const cs = g.op('CumSum', [mask, g.i64([1], [])]);
     const clipped = g.op('Max', [g.op('Sub', [cs, g.i64([1], [])]), g.i64([0], [])]);
     positions = g.op('Slice', [clipped, g.op('Neg', [S]), g.i64([INT64_MAX]), g.i64([1])]);
   }
   return { bias, positions };
+}
+
+/** The no-batch quirk: hidden states [B,S,H] reshaped to a literal [1,S,H], which fails for B > 1. */
+function batchOfOneQuirk(g: GraphBuilder, o: ResolvedOptions, x: string): string {
+  if (!o.quirks.includes('no-batch')) return x;
+  const S = g.op('Shape', ['input_ids'], { start: I(1), end: I(2) });
+  return g.op('Reshape', [x, g.op('Concat', [g.i64([1]), S, g.i64([o.hiddenSize])], { axis: I(0) })]);
 }
 
 /** [B,S,n*hd] -> [B,n,S,hd] */
@@ -82,14 +124,18 @@ function splitHeads(g: GraphBuilder, x: string, n: number, hd: number): string {
 
 /**
  * Attention over concat(past, new). q: [B,nh,S,hd] float32; k,v: [B,kvh,S,hd] float32.
- * Writes present.{i}.key/value (kv dtype) and returns the context [B,S,nh*hd] float32.
+ * Writes present.{i}.key/value or present_{i} (kv dtype) and returns the context [B,S,nh*hd] float32.
  */
 function attention(g: GraphBuilder, o: ResolvedOptions, c: Common, layer: number, q: string, k: string, v: string): string {
   const { numHeads: nh, numKvHeads: kvh, headDim: hd } = o;
   const fp16 = o.kvDtype === 'float16';
-  const cat = (kind: 'key' | 'value', x: string): string => {
+  const stacked = o.kvPacking === 'stacked';
+  /** Returns [what attention reads (float32, heads repeated for GQA), the layer's present (kv dtype)]. */
+  const cat = (kind: 'key' | 'value', x: string): [string, string] => {
     const xNew = fp16 ? g.op('Cast', [x], { to: I(DT.FLOAT16) }) : x;
-    const present = g.op('Concat', [`past_key_values.${layer}.${kind}`, xNew], { axis: I(2) }, `present.${layer}.${kind}`);
+    // past_N [2,B,kvh,P,hd]: index 0 holds the keys, 1 the values.
+    const past = stacked ? g.op('Gather', [`past_${layer}`, g.i64([kind === 'key' ? 0 : 1], [])], { axis: I(0) }) : `past_key_values.${layer}.${kind}`;
+    const present = g.op('Concat', [past, xNew], { axis: I(2) }, stacked ? undefined : `present.${layer}.${kind}`);
     // Attend over exactly what is cached (float16-rounded when the KV dtype is float16).
     let full = fp16 ? g.op('Cast', [present], { to: I(DT.FLOAT) }) : present;
     if (nh !== kvh) {
@@ -99,10 +145,14 @@ function attention(g: GraphBuilder, o: ResolvedOptions, c: Common, layer: number
       const ex = g.op('Expand', [un, g.i64([1, 1, rep, 1, 1])]);
       full = g.op('Reshape', [ex, g.i64([0, nh, -1, hd])]);
     }
-    return full;
+    return [full, present];
   };
-  const kAll = cat('key', k);
-  const vAll = cat('value', v);
+  const [kAll, kPresent] = cat('key', k);
+  const [vAll, vPresent] = cat('value', v);
+  if (stacked) {
+    const [kStack, vStack] = [kPresent, vPresent].map((x) => g.op('Unsqueeze', [x, g.i64([0])]));
+    g.op('Concat', [kStack, vStack], { axis: I(0) }, `present_${layer}`); // [2,B,kvh,T,hd]
+  }
   const qs = g.op('Mul', [q, g.f32([1 / Math.sqrt(hd)], [])]);
   const scores = g.op('MatMul', [qs, g.op('Transpose', [kAll], { perm: IS([0, 1, 3, 2]) })]); // [B,nh,S,T]
   const probs = g.op('Softmax', [g.op('Add', [scores, c.bias])], { axis: I(-1) });
@@ -114,11 +164,16 @@ function io(o: ResolvedOptions): GraphIO {
   const kv = elem(o.kvDtype);
   const inputs = [
     valueInfo('input_ids', DT.INT64, ['batch_size', 'sequence_length']),
-    valueInfo('attention_mask', DT.INT64, ['batch_size', 'total_sequence_length']),
+    valueInfo('attention_mask', o.maskDtype === 'float32' ? DT.FLOAT : DT.INT64, ['batch_size', 'total_sequence_length']),
   ];
   if (o.positionIds) inputs.push(valueInfo('position_ids', DT.INT64, ['batch_size', 'sequence_length']));
   const outputs = [valueInfo('logits', elem(o.logitsDtype), ['batch_size', 'sequence_length', o.vocabSize])];
   for (let i = 0; i < o.numLayers; i++) {
+    if (o.kvPacking === 'stacked') {
+      inputs.push(valueInfo(`past_${i}`, kv, [2, 'batch_size', o.numKvHeads, 'past_sequence_length', o.headDim]));
+      outputs.push(valueInfo(`present_${i}`, kv, [2, 'batch_size', o.numKvHeads, 'total_sequence_length', o.headDim]));
+      continue;
+    }
     for (const kind of ['key', 'value']) {
       inputs.push(valueInfo(`past_key_values.${i}.${kind}`, kv, ['batch_size', o.numKvHeads, 'past_sequence_length', o.headDim]));
       outputs.push(valueInfo(`present.${i}.${kind}`, kv, ['batch_size', o.numKvHeads, 'total_sequence_length', o.headDim]));
@@ -167,7 +222,7 @@ function buildGpt2(g: GraphBuilder, o: ResolvedOptions): void {
   const wte = g.weight('transformer.wte.weight', [V, H], wteData);
   const wpe = W('transformer.wpe.weight', [o.maxPositions, H], eStd);
   const c = preamble(g, o);
-  let x = g.op('Add', [g.op('Gather', [wte, 'input_ids'], { axis: I(0) }), g.op('Gather', [wpe, c.positions], { axis: I(0) })]);
+  let x = batchOfOneQuirk(g, o, g.op('Add', [g.op('Gather', [wte, 'input_ids'], { axis: I(0) }), g.op('Gather', [wpe, c.positions], { axis: I(0) })]));
   const inv = (n: number) => 1 / Math.sqrt(n);
   const hd = o.headDim;
   for (let i = 0; i < o.numLayers; i++) {
@@ -234,6 +289,7 @@ function buildLlama(g: GraphBuilder, o: ResolvedOptions): void {
   const embed = W('model.embed_tokens.weight', [V, H], 1);
   const c = preamble(g, o);
   let x = g.op('Gather', [embed, 'input_ids'], { axis: I(0) });
+  x = batchOfOneQuirk(g, o, x);
 
   // Rotary tables from position ids: freqs [B,S,hd/2]; emb = concat(freqs, freqs) -> cos/sin [B,1,S,hd].
   const posF = g.op('Cast', [c.positions], { to: I(DT.FLOAT) });

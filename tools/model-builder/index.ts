@@ -5,13 +5,13 @@
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { buildGraph, MASK_VALUE, PADDED_VOCAB_SCALE, type Family, type KvDtype, type ResolvedOptions } from './graph.ts';
+import { buildGraph, EXPORT_QUIRKS, MASK_VALUE, PADDED_VOCAB_SCALE, type ExportQuirk, type Family, type KvDtype, type ResolvedOptions } from './graph.ts';
 import { moveToExternal, onnx, type WeightTensor } from './onnx-graph.ts';
 import { buildTokenizerFiles, DEFAULT_CHAT_TEMPLATE, DEFAULT_MERGES } from './tokenizer.ts';
 
 export { DEFAULT_CHAT_TEMPLATE, SPECIAL_TOKENS } from './tokenizer.ts';
-export { MASK_VALUE, PADDED_VOCAB_SCALE, ropeInvFreq } from './graph.ts';
-export type { ResolvedOptions } from './graph.ts';
+export { EXPORT_QUIRKS, MASK_VALUE, PADDED_VOCAB_SCALE, ropeInvFreq } from './graph.ts';
+export type { ExportQuirk, ResolvedOptions } from './graph.ts';
 export type { WeightTensor } from './onnx-graph.ts';
 
 export interface BuildOptions {
@@ -48,6 +48,12 @@ export interface BuildOptions {
   chatTemplate?: string | null;
   /** number of BPE merges to learn from the built-in corpus (default 400, at most 971 are learnable) */
   tokenizerMerges?: number;
+  /** 'stacked': one past_N / present_N [2, batch, kv_heads, seq, head_dim] per layer (ORT's GPT-2 exporter); default 'separate' */
+  kvPacking?: 'separate' | 'stacked';
+  /** attention_mask dtype; default int64 (ORT's GPT-2 exporter uses float32) */
+  maskDtype?: 'int64' | 'float32';
+  /** limitations of real exports to reproduce (see ExportQuirk in graph.ts); default none */
+  quirks?: ExportQuirk[];
 }
 
 export interface BuiltModelInfo {
@@ -122,7 +128,11 @@ function resolve(options: BuildOptions, tokenizerSize: number): ResolvedOptions 
     logitsDtype: options.logitsDtype ?? 'float32',
     positionIds: options.positionIds ?? true,
     layout: options.layout ?? 'model',
+    kvPacking: options.kvPacking ?? 'separate',
+    maskDtype: options.maskDtype ?? 'int64',
+    quirks: [...new Set(options.quirks ?? [])],
   };
+  for (const quirk of r.quirks) if (!EXPORT_QUIRKS.includes(quirk)) throw new Error(`unknown quirk ${String(quirk)} (known: ${EXPORT_QUIRKS.join(', ')})`);
   const posInt = (k: keyof ResolvedOptions) => {
     const v = r[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new Error(`${k} must be a positive integer, got ${String(v)}`);
@@ -135,6 +145,8 @@ function resolve(options: BuildOptions, tokenizerSize: number): ResolvedOptions 
     if (r[k] !== 'float32' && r[k] !== 'float16') throw new Error(`${k} must be float32 or float16`);
   }
   if (r.layout !== 'model' && r.layout !== 'merged') throw new Error(`layout must be model or merged`);
+  if (r.kvPacking !== 'separate' && r.kvPacking !== 'stacked') throw new Error('kvPacking must be separate or stacked');
+  if (r.maskDtype !== 'int64' && r.maskDtype !== 'float32') throw new Error('maskDtype must be int64 or float32');
   return r;
 }
 
@@ -149,6 +161,9 @@ function hfConfig(o: ResolvedOptions, ids: { endoftext: number; imEnd: number })
     position_ids_input: o.positionIds,
     layout: o.layout,
     attention_mask_value: MASK_VALUE,
+    kv_packing: o.kvPacking,
+    attention_mask_dtype: o.maskDtype,
+    export_quirks: o.quirks,
   };
   const tjs = o.kvDtype === 'float16' ? { 'transformers.js_config': { kv_cache_dtype: 'float16' } } : {};
   if (o.family === 'gpt2') {

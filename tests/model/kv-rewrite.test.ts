@@ -30,7 +30,7 @@ const kvTensor = (dtype: 'float32' | 'float16', dims: number[]) =>
 async function checkRewrite(bytes: Uint8Array, vocab: number): Promise<void> {
   const io = await ioOf(bytes);
   const rewrite = addNewRowOutputs(bytes, io.names);
-  assert.ok(rewrite.ok, rewrite.ok ? '' : rewrite.reason);
+  if (!rewrite.ok) assert.fail(rewrite.reason);
   const original = await ort.InferenceSession.create(bytes, sessionOptions);
   const rewritten = await ort.InferenceSession.create(rewrite.model, sessionOptions);
   const { names, kv } = io;
@@ -50,9 +50,9 @@ async function checkRewrite(bytes: Uint8Array, vocab: number): Promise<void> {
     if (names.positionIds) {
       feeds[names.positionIds] = new ort.Tensor('int64', BigInt64Array.from({ length: batch * seqLength }, (_, i) => BigInt(length + (i % seqLength))), [batch, seqLength]);
     }
-    const full = await original.run(feeds);
-    const fetches = [names.logits, ...rewrite.newKeys, ...rewrite.newValues];
-    const lean = await rewritten.run(feeds, fetches);
+    const full: ort.InferenceSession.OnnxValueMapType = await original.run(feeds);
+    const fetches: string[] = [names.logits, ...rewrite.newKeys, ...rewrite.newValues];
+    const lean: ort.InferenceSession.OnnxValueMapType = await rewritten.run(feeds, fetches);
     assert.deepEqual(Object.keys(lean).sort(), [...fetches].sort(), 'only logits and new rows come back');
     const a = full[names.logits].data as Float32Array;
     const b = lean[names.logits].data as Float32Array;
@@ -61,12 +61,13 @@ async function checkRewrite(bytes: Uint8Array, vocab: number): Promise<void> {
     for (let i = 0; i < a.length; i++) maxDiff = Math.max(maxDiff, Math.abs(a[i] - b[i]));
     assert.ok(maxDiff <= 1e-5, `logits differ by ${maxDiff}`);
     for (let layer = 0; layer < kv.numLayers; layer++) {
-      for (const [presentName, rowsName] of [
+      const pairs: Array<[string, string]> = [
         [names.presentKeys[layer], rewrite.newKeys[layer]],
         [names.presentValues[layer], rewrite.newValues[layer]],
-      ]) {
-        const present = full[presentName];
-        const rows = lean[rowsName];
+      ];
+      for (const [presentName, rowsName] of pairs) {
+        const present: ort.Tensor = full[presentName];
+        const rows: ort.Tensor = lean[rowsName];
         assert.deepEqual(rows.dims, [batch, kv.numKvHeads, seqLength, kv.headDim], rowsName);
         assert.equal(rows.type, present.type, rowsName);
         const presentData = present.data as Float32Array | Uint16Array;

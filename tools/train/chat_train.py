@@ -119,6 +119,10 @@ def main():
     ap.add_argument("--steps", type=int, default=3000, help="planned steps; the time budget may end it earlier")
     ap.add_argument("--budget-minutes", type=float, default=50.0)
     ap.add_argument("--eval-every-minutes", type=float, default=10.0)
+    ap.add_argument("--save-every-minutes", type=float, default=5.0, help="checkpoint (no evaluation) this often")
+    ap.add_argument("--resume", default="", help="start from this checkpoint's weights (fresh optimizer state)")
+    ap.add_argument("--progress-offset", type=float, default=0.0,
+                    help="with --resume: the schedule position the checkpoint had reached (0..1)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args()
@@ -140,12 +144,16 @@ def main():
 
     cfg = Config()
     model = LlamaLM(cfg)
-    load_onnx_weights(model, args.base)
+    if args.resume:
+        model.load_state_dict(torch.load(os.path.join(args.work, args.resume), map_location="cpu")["model"])
+    else:
+        load_onnx_weights(model, args.base)
     t0 = time.time()
     # a short check that the weights were read back right (the full held-out set gives warmkv-brown's 94.2)
-    base_brown = evaluate(model, brown_held, 512, max_windows=16)
-    base_chat = chat_eval(model, ids, mask, starts, lengths, val[:150])
-    print(f"base (warmkv-brown weights): brown held-out loss {base_brown:.4f} ppl {math.exp(base_brown):.1f}; "
+    base_brown = None if args.resume else evaluate(model, brown_held, 512, max_windows=16)
+    base_chat = None if args.resume else chat_eval(model, ids, mask, starts, lengths, val[:150])
+    if base_brown is not None:
+        print(f"base (warmkv-brown weights): brown held-out loss {base_brown:.4f} ppl {math.exp(base_brown):.1f}; "
           f"chat val loss {base_chat:.4f}; evals took {time.time() - t0:.0f}s", flush=True)
 
     batches = []
@@ -155,6 +163,11 @@ def main():
     budget_s = args.budget_minutes * 60
     t_train = time.time()
     last_eval = t_train
+    last_save = t_train
+    offset = args.progress_offset
+
+    def schedule(step_now, elapsed):
+        return offset + (1 - offset) * max(step_now / args.steps, elapsed / budget_s)
     step, progress, ema, tokens, trained_tokens, best = 0, 0.0, None, 0, 0, float("inf")
     brown_steps = 0
 
@@ -177,6 +190,9 @@ def main():
     lr = args.lr
     while progress < 1.0:
         lr = lr_at(step, progress, args.lr, args.warmup, args.min_lr_ratio)
+        if args.resume and step < args.warmup:
+            # fresh Adam moments: a short linear warmup to where the schedule is
+            lr = lr_at(args.warmup, progress, args.lr, args.warmup, args.min_lr_ratio) * (step + 1) / args.warmup
         for gp in opt.param_groups:
             gp["lr"] = lr
         if rng.random() < args.brown_share:
@@ -202,15 +218,19 @@ def main():
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         step += 1
         el = time.time() - t_train
-        progress = max(step / args.steps, el / budget_s)
+        progress = schedule(step, el)
         if step % 20 == 0:
             print(f"step {step}/{args.steps} loss {loss.item():.4f} ema {ema:.4f} lr {lr:.2e} gnorm {gnorm:.2f} "
                   f"shape {tuple(x.shape)} {tokens / el:.0f} tok/s elapsed {el / 60:.1f} min progress {progress:.3f}",
                   flush=True)
         if time.time() - last_eval > args.eval_every_minutes * 60 or progress >= 1.0:
             do_eval()
-            last_eval = time.time()
-            progress = max(step / args.steps, (time.time() - t_train) / budget_s)
+            last_eval = last_save = time.time()
+            progress = schedule(step, time.time() - t_train)
+        elif time.time() - last_save > args.save_every_minutes * 60:
+            torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "step": step},
+                       os.path.join(args.work, "ckpt_last.pt"))
+            last_save = time.time()
     train_s = time.time() - t_train
     # the full Brown held-out perplexity is measured on the ONNX export (npm run eval); 48 windows here
     hl = evaluate(model, brown_held, 512, max_windows=48)

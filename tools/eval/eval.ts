@@ -5,7 +5,7 @@
  *                   [--context N] [--sinks 4] [--drop N] [--strategy shift|recompute|none] [--int8 channel|token]
  *   npm run eval -- --suite streaming|int8 [--tokens N] [--out bench/results]
  *   npm run eval -- [custom options] --name NAME     also writes <out>/eval-NAME.json for a custom run
- *   npm run eval -- --suite chat [--model DIR] [--cases FILE]   chat, memory and tool cases through the HTTP
+ *   npm run eval -- --suite chat [--model DIR] [--cases FILE]   (default models/warmkv-chat) chat, memory and tool cases through the HTTP
  *                   API (see chat.ts); the cases default to the model folder's eval.json
  *
  * Without --context the whole text is attended densely (no truncation). --strategy none with a context
@@ -26,7 +26,7 @@ import { chatMarkdown, runChatSuite, type ChatEvalCases } from './chat.ts';
 
 const { values } = parseArgs({
   options: {
-    model: { type: 'string', default: 'models/warmkv-brown' },
+    model: { type: 'string' },
     text: { type: 'string' },
     heldout: { type: 'boolean', default: false },
     tokens: { type: 'string' },
@@ -44,6 +44,9 @@ const { values } = parseArgs({
     help: { type: 'boolean', default: false },
   },
 });
+
+// The perplexity suites measure the Brown completion model; the chat suite the default chat model.
+const modelDir = values.model ?? (values.suite === 'chat' ? 'models/warmkv-chat' : 'models/warmkv-brown');
 
 if (values.help) {
   console.log(readFileSync(new URL(import.meta.url), 'utf8').split('*/')[0]);
@@ -132,7 +135,7 @@ function table(results: RunResult[], baseline: RunResult | undefined): string {
 }
 
 async function chatSuite(): Promise<void> {
-  const dir = values.model!;
+  const dir = modelDir;
   const cases = JSON.parse(readFileSync(values.cases ?? join(dir, 'eval.json'), 'utf8')) as ChatEvalCases;
   const result = await runChatSuite(dir, cases);
   const model = await loadModel(dir, { logger: silentLogger, intraOpThreads: values.threads ? Number(values.threads) : availableParallelism() });
@@ -151,7 +154,7 @@ async function chatSuite(): Promise<void> {
 
 async function main(): Promise<void> {
   if (values.suite === 'chat') return chatSuite();
-  const model = await loadModel(values.model!, { logger: silentLogger, intraOpThreads: values.threads ? Number(values.threads) : availableParallelism() });
+  const model = await loadModel(modelDir, { logger: silentLogger, intraOpThreads: values.threads ? Number(values.threads) : availableParallelism() });
   let tokens = values.text ? model.tokenizer.encode(readFileSync(values.text, 'utf8'), false) : heldoutTokens(model);
   if (values.tokens) tokens = tokens.slice(0, Number(values.tokens) + 1);
   const chunk = Number(values.chunk);

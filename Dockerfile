@@ -67,12 +67,12 @@ WORKDIR /app
 COPY --from=deps-cpu /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
-COPY models/warmkv-brown ./models/warmkv-brown
+COPY models/warmkv-chat ./models/warmkv-chat
 COPY infra/docker/healthcheck.mjs ./infra/docker/healthcheck.mjs
 ENV NODE_ENV=production \
     PORT=8080 \
     HOST=0.0.0.0 \
-    MODEL_DIR=/app/models/warmkv-brown \
+    MODEL_DIR=/app/models/warmkv-chat \
     SNAPSHOT_DIR=/var/lib/warmkv/snapshots \
     EXECUTION_PROVIDER=cpu \
     EXECUTION_PROVIDER_FALLBACK=false
@@ -104,12 +104,12 @@ COPY --chmod=0755 infra/docker/check-cuda-provider.sh /usr/local/bin/warmkv-chec
 RUN warmkv-check-cuda-provider /app/node_modules/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime_providers_cuda.so
 COPY --from=build /app/dist ./dist
 COPY package.json ./
-COPY models/warmkv-brown ./models/warmkv-brown
+COPY models/warmkv-chat ./models/warmkv-chat
 COPY infra/docker/healthcheck.mjs ./infra/docker/healthcheck.mjs
 ENV NODE_ENV=production \
     PORT=8080 \
     HOST=0.0.0.0 \
-    MODEL_DIR=/app/models/warmkv-brown \
+    MODEL_DIR=/app/models/warmkv-chat \
     SNAPSHOT_DIR=/var/lib/warmkv/snapshots \
     EXECUTION_PROVIDER=cuda \
     EXECUTION_PROVIDER_FALLBACK=true \

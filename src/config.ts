@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 
-export const DEFAULT_MODEL_DIR = 'models/warmkv-brown';
+export const DEFAULT_MODEL_DIR = 'models/warmkv-chat';
 
 const SIZE_UNITS: Record<string, number> = {
   '': 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, t: 1e12, tb: 1e12,
@@ -74,7 +74,7 @@ export const configSchema = z.object({
   /** Largest max_tokens a request may ask for. */
   maxTokensLimit: int(1).default(4096),
   /** max_tokens of a chat request that does not set it (completions default to 16, as OpenAI). */
-  defaultChatMaxTokens: int(1).default(512),
+  defaultChatMaxTokens: int(1).default(128),
   maxStopSequences: int(0).default(16),
 
   snapshotDir: z.string().min(1).optional(),

@@ -191,7 +191,7 @@ describe('helpText', () => {
       assert.ok(line.includes(envName(key)), `${flagName(key)} line lacks ${envName(key)}`);
     }
     assert.match(help, /--port\s+PORT \(default 8080\)/);
-    assert.match(help, /--model\s+MODEL or MODEL_DIR \(default "models\/warmkv-brown"\)/);
+    assert.match(help, /--model\s+MODEL or MODEL_DIR \(default "models\/warmkv-chat"\)/);
     assert.match(help, /--kv-block-tokens\s+KV_BLOCK_TOKENS \(default 16\)/);
     assert.doesNotMatch(lines.find((l) => l.includes('--kv-cache-bytes'))!, /default/, 'no default shown for an optional value');
     // Every option line is for a real flag: the help parses back.

@@ -172,13 +172,13 @@ describe('Dockerfile: runtime stages', () => {
           assert.ok(SERVER_ENV.has(name), `ENV ${name} is not a server setting (src/config.ts)`);
         }
         const config = loadConfig(Object.fromEntries(env));
-        assert.equal(config.model, '/app/models/warmkv-brown');
+        assert.equal(config.model, '/app/models/warmkv-chat');
         assert.equal(String(config.port), instructionsOf(stage, 'EXPOSE')[0].args);
         assert.ok(config.snapshotDir);
       });
 
       it('bakes in the default model at MODEL_DIR', () => {
-        assert.ok(instructionsOf(stage, 'COPY').some((i) => /^models\/warmkv-brown\s+\.\/models\/warmkv-brown$/.test(i.args)));
+        assert.ok(instructionsOf(stage, 'COPY').some((i) => /^models\/warmkv-chat\s+\.\/models\/warmkv-chat$/.test(i.args)));
       });
     });
   }

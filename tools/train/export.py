@@ -128,7 +128,8 @@ def weights_to_fp16(path):
             "fp32_initializers": len(keep)}
 
 
-def write_configs(model, out, ctx, vocab):
+def write_configs(model, out, ctx, vocab, chat=False):
+    """chat: EOS is <|im_end|> (the end of an assistant turn) and sampling is cooler, for short answers."""
     cfg = model.cfg
     eot, im_end = vocab["<|endoftext|>"], vocab["<|im_end|>"]
     config = {
@@ -151,7 +152,7 @@ def write_configs(model, out, ctx, vocab):
         "mlp_bias": False,
         "tie_word_embeddings": True,
         "bos_token_id": eot,
-        "eos_token_id": eot,
+        "eos_token_id": im_end if chat else eot,
         "pad_token_id": eot,
         "torch_dtype": "float32",
         "warmkv_onnx_weights_dtype": "float16",
@@ -162,11 +163,11 @@ def write_configs(model, out, ctx, vocab):
         fh.write("\n")
     gen = {
         "bos_token_id": eot,
-        "eos_token_id": [eot, im_end],
+        "eos_token_id": [im_end, eot] if chat else [eot, im_end],
         "pad_token_id": eot,
         "do_sample": True,
-        "temperature": 0.8,
-        "top_p": 0.95,
+        "temperature": 0.3 if chat else 0.8,
+        "top_p": 0.9 if chat else 0.95,
         "max_new_tokens": 128,
     }
     with open(os.path.join(out, "generation_config.json"), "w") as fh:
@@ -292,12 +293,14 @@ def main():
     ap.add_argument("--ckpt", default="ckpt_last.pt")
     ap.add_argument("--out", default="models/warmkv-brown")
     ap.add_argument("--tol", type=float, default=1e-3)
+    ap.add_argument("--ctx", type=int, default=0, help="trained context; 0: the checkpoint's training ctx")
+    ap.add_argument("--chat", action="store_true", help="EOS <|im_end|> and chat sampling defaults")
     args = ap.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
     model, state = load_model(os.path.join(args.work, args.ckpt))
-    ctx = state["args"]["ctx"]
+    ctx = args.ctx or state["args"]["ctx"]
     round_to_fp16(model)
     tok = ByteBPE.from_tokenizer_json(os.path.join(args.out, "tokenizer.json"))
     onnx_path = os.path.join(args.out, "onnx", "model.onnx")
@@ -305,7 +308,7 @@ def main():
     info = weights_to_fp16(onnx_path)
     info["onnx_bytes"] = os.path.getsize(onnx_path)
     print("export:", json.dumps(info), flush=True)
-    write_configs(model, args.out, ctx, tok.vocab)
+    write_configs(model, args.out, ctx, tok.vocab, chat=args.chat)
 
     folder = os.path.join(args.work, "onnx_check")
     cases = build_check_cases(model, tok, folder)

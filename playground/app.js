@@ -193,8 +193,8 @@ async function runTurn() {
   let firstToken = 0;
   let lastToken = 0;
   let tokens = 0;
-  /** @type {Usage | null} */
-  let usage = null;
+  /** @type {{ usage: Usage | null }} */
+  const result = { usage: null };
   const turn = {
     messages: history,
     sessionId: state.sessionId,
@@ -218,12 +218,12 @@ async function runTurn() {
     },
     onSteps: (/** @type {import('./api.js').StepStat[]} */ steps) => chart.add(steps),
     onUsage: (/** @type {Usage} */ u) => {
-      usage = u;
+      result.usage = u;
     },
   };
   try {
     await withBusyRetry(() => client.chat(turn), abort.signal);
-    setStatus(`Done: ${usage?.completion_tokens ?? tokens} tokens.`);
+    setStatus(`Done: ${result.usage?.completion_tokens ?? tokens} tokens.`);
   } catch (error) {
     if (error instanceof DOMException && error.name === 'AbortError') setStatus(`Stopped after ${tokens} chunks.`);
     else {
@@ -232,10 +232,10 @@ async function runTurn() {
       if (reply.content === '') state.messages.pop();
     }
   }
-  const completion = /** @type {Usage | null} */ (usage)?.completion_tokens ?? tokens;
+  const final = result.usage;
+  const completion = final?.completion_tokens ?? tokens;
   ui.tps.textContent = completion > 1 && lastToken > firstToken ? `${((completion - 1) / ((lastToken - firstToken) / 1000)).toFixed(1)}` : '–';
   if (!firstToken) ui.ttft.textContent = '–';
-  const final = /** @type {Usage | null} */ (usage);
   ui.cached.textContent = final ? String(final.prompt_tokens_details?.cached_tokens ?? 0) : '–';
   ui.promptTokens.textContent = final ? String(final.prompt_tokens) : '–';
   ui.messages.setAttribute('aria-busy', 'false');

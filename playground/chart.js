@@ -21,7 +21,10 @@ function element(name, attributes) {
   return node;
 }
 
-/** A round axis maximum at or above `value` (1, 2, 5 x 10^n). */
+/**
+ * A round axis maximum at or above `value` (1, 2, 5 x 10^n).
+ * @param {number} value
+ */
 function niceMax(value) {
   if (!(value > 0)) return 1;
   const power = 10 ** Math.floor(Math.log10(value));
@@ -73,8 +76,8 @@ export class StepChart {
     const plotWidth = WIDTH - PAD.left - PAD.right;
     const plotHeight = HEIGHT - PAD.top - PAD.bottom;
     const slots = Math.max(steps.length, 10);
-    const x = (i) => PAD.left + ((i + 0.5) / slots) * plotWidth;
-    const y = (ms) => PAD.top + plotHeight - (ms / top) * plotHeight;
+    const x = (/** @type {number} */ i) => PAD.left + ((i + 0.5) / slots) * plotWidth;
+    const y = (/** @type {number} */ ms) => PAD.top + plotHeight - (ms / top) * plotHeight;
 
     for (const fraction of [0, 0.5, 1]) {
       const yy = y(top * fraction);

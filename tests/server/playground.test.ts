@@ -4,6 +4,8 @@
  * The page itself is driven in a browser by playground-browser.test.ts.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { loadConfig } from '../../src/config.ts';
@@ -54,6 +56,12 @@ describe('playground files', () => {
       assert.equal((await res.json()).error.code, 'invalid_api_key', path);
     }
     assert.equal((await app.request('/v1/stats', { headers: auth })).status, 200);
+  });
+
+  test("the page's modules pass the TypeScript checker (JSDoc types, strict)", () => {
+    const root = join(import.meta.dirname, '..', '..');
+    const result = spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(root, 'playground', 'tsconfig.json')], { encoding: 'utf8' });
+    assert.equal(result.status, 0, result.stdout + result.stderr);
   });
 
   test('PLAYGROUND=false serves no page: / and /playground need a key, and with one are 404', async () => {

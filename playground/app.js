@@ -52,7 +52,11 @@ const ui = {
 const client = new Client(() => sessionStorage.getItem(KEY_STORAGE) ?? '');
 const chart = new StepChart(/** @type {SVGSVGElement} */ (/** @type {unknown} */ ($('step-chart'))));
 
-/** @type {{ messages: ChatMessage[], sessionId: string, turn: { abort: AbortController, streamId: string | null, done: Promise<void> } | null }} */
+/**
+ * The turn in flight: `stopped` settles once a Stop has also cancelled the generation on the server.
+ * @typedef {{ abort: AbortController, streamId: string | null, done: Promise<void>, stopped: Promise<void> | null }} Turn
+ */
+/** @type {{ messages: ChatMessage[], sessionId: string, turn: Turn | null }} */
 const state = { messages: [], sessionId: newSessionId(), turn: null };
 
 function newSessionId() {
@@ -178,7 +182,9 @@ async function runTurn() {
   const abort = new AbortController();
   /** @type {() => void} */
   let finish = () => {};
-  state.turn = { abort, streamId: null, done: new Promise((resolve) => (finish = resolve)) };
+  /** @type {Turn} */
+  const current = { abort, streamId: null, done: new Promise((resolve) => (finish = resolve)), stopped: null };
+  state.turn = current;
   const reply = { role: /** @type {const} */ ('assistant'), content: '' };
   const history = state.messages.slice();
   state.messages.push(reply);
@@ -225,7 +231,11 @@ async function runTurn() {
     await withBusyRetry(() => client.chat(turn), abort.signal);
     setStatus(`Done: ${result.usage?.completion_tokens ?? tokens} tokens.`);
   } catch (error) {
-    if (error instanceof DOMException && error.name === 'AbortError') setStatus(`Stopped after ${tokens} chunks.`);
+    if (error instanceof DOMException && error.name === 'AbortError') {
+      // The next turn may start only once the server has let go of the session.
+      await current.stopped;
+      setStatus(`Stopped after ${tokens} chunks.`);
+    }
     else {
       setStatus(explain(error), true);
       // A turn that failed before any text leaves no empty reply behind.
@@ -267,15 +277,17 @@ async function stopTurn() {
   const turn = state.turn;
   if (!turn) return;
   ui.stop.disabled = true;
-  turn.abort.abort();
-  if (turn.streamId) {
+  const streamId = turn.streamId;
+  turn.stopped ??= (async () => {
+    if (!streamId) return;
     try {
-      await client.fetch(`/v1/streams/${encodeURIComponent(turn.streamId)}`, { method: 'DELETE' });
+      await client.fetch(`/v1/streams/${encodeURIComponent(streamId)}`, { method: 'DELETE' });
     } catch (error) {
       // Already ended: nothing to stop.
       if (!(error instanceof ApiError && error.status === 404)) setStatus(explain(error), true);
     }
-  }
+  })();
+  turn.abort.abort();
   await turn.done;
 }
 

@@ -6,6 +6,7 @@
  */
 import { ApiError, Client } from './api.js';
 import { StepChart } from './chart.js';
+import { renderBudget, renderSessions } from './sessions.js';
 
 /** @typedef {import('./api.js').ChatMessage} ChatMessage */
 /** @typedef {import('./api.js').Usage} Usage */
@@ -79,27 +80,6 @@ function explain(error) {
     return error.message;
   }
   return error instanceof Error ? error.message : String(error);
-}
-
-/** @param {number} bytes */
-function formatBytes(bytes) {
-  if (bytes < 1024) return `${bytes} B`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = -1;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
-}
-
-/** @param {number} unixSeconds */
-function formatAgo(unixSeconds) {
-  const seconds = Math.max(0, Math.round(Date.now() / 1000 - unixSeconds));
-  if (seconds < 60) return `${seconds} s ago`;
-  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
-  return `${Math.round(seconds / 3600)} h ago`;
 }
 
 // --- the conversation ------------------------------------------------------------------------
@@ -331,67 +311,11 @@ ui.newChat.addEventListener('click', async () => {
 async function refreshSessions() {
   try {
     const [list, stats] = await Promise.all([client.json('/v1/sessions?limit=100&order=desc'), client.json('/v1/stats')]);
-    renderSessions(list.data);
-    renderBudget(stats.kv_cache);
+    renderSessions(ui.sessionsBody, list.data, state.sessionId, (id) => void deleteSession(id));
+    renderBudget({ used: ui.budgetUsed, reserved: ui.budgetReserved, text: ui.budgetText }, stats.kv_cache);
   } catch (error) {
     setStatus(explain(error), true);
   }
-}
-
-/** @param {Array<Record<string, any>>} sessions */
-function renderSessions(sessions) {
-  if (sessions.length === 0) {
-    const row = document.createElement('tr');
-    const cell = document.createElement('td');
-    cell.colSpan = 7;
-    cell.className = 'empty';
-    cell.textContent = 'No sessions yet.';
-    row.append(cell);
-    ui.sessionsBody.replaceChildren(row);
-    return;
-  }
-  ui.sessionsBody.replaceChildren(
-    ...sessions.map((session) => {
-      const row = document.createElement('tr');
-      row.dataset.sessionId = session.id;
-      if (session.id === state.sessionId) row.classList.add('current');
-      /** @type {Array<[string, string, string]>} */
-      const cells = [
-        ['Session', session.id, 'id'],
-        ['Tier', session.tier, `tier tier-${session.tier}`],
-        ['Cached', String(session.cached_tokens), 'cached'],
-        ['Bytes', formatBytes(session.bytes), 'bytes'],
-        ['Drops', String(session.window_drops), 'drops'],
-        ['Last use', formatAgo(session.last_used_at), 'last-use'],
-      ];
-      for (const [label, value, className] of cells) {
-        const cell = document.createElement('td');
-        cell.dataset.label = label;
-        cell.className = className;
-        cell.textContent = value;
-        if (className === 'id') cell.title = value;
-        row.append(cell);
-      }
-      const actions = document.createElement('td');
-      actions.className = 'actions';
-      const remove = document.createElement('button');
-      remove.type = 'button';
-      remove.textContent = 'Delete';
-      remove.setAttribute('aria-label', `Delete session ${session.id}`);
-      remove.addEventListener('click', () => void deleteSession(session.id));
-      actions.append(remove);
-      row.append(actions);
-      return row;
-    }),
-  );
-}
-
-/** @param {{ capacity_bytes: number, reserved_bytes: number, used_bytes: number }} kv */
-function renderBudget(kv) {
-  const share = (/** @type {number} */ bytes) => `${Math.min(100, (bytes / kv.capacity_bytes) * 100).toFixed(2)}%`;
-  ui.budgetUsed.style.width = share(kv.used_bytes);
-  ui.budgetReserved.style.width = share(Math.max(0, kv.reserved_bytes - kv.used_bytes));
-  ui.budgetText.textContent = `KV budget: ${formatBytes(kv.used_bytes)} used, ${formatBytes(kv.reserved_bytes)} reserved of ${formatBytes(kv.capacity_bytes)}`;
 }
 
 /** @param {string} id */

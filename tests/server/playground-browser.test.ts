@@ -10,7 +10,12 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { keyId } from '../../src/server/auth.ts';
-import { SlowDecoder, listen, type Listening } from './helpers.ts';
+import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
+import { listen, type Listening } from './helpers.ts';
+
+// The callbacks given to page.waitForFunction / evaluate run in the page; the project's types have no DOM.
+declare const document: any;
+declare const sessionStorage: any;
 
 const CHROMIUM = '/usr/bin/chromium';
 const ARTIFACTS = join(import.meta.dirname, '..', '.artifacts');
@@ -49,7 +54,7 @@ const LAYOUT_CHECK = `(() => {
 
 describe('playground in chromium', { skip }, () => {
   let server: Listening;
-  let slow: SlowDecoder;
+  let slow: TestDecoder;
   let context: BrowserContext;
   let page: Page;
   let profile: string;
@@ -58,7 +63,7 @@ describe('playground in chromium', { skip }, () => {
     server = await listen({
       // Sessions idle for a second go to int8, so the panel shows a tier change between turns.
       settings: { 'api-keys': KEY, 'int8-after-seconds': '1' },
-      wrapDecoder: (d) => (slow = new SlowDecoder(d)),
+      wrapDecoder: (d) => (slow = wrapDecoder(d)),
     });
     profile = mkdtempSync(join(tmpdir(), 'warmkv-chromium-'));
     context = await chromium.launchPersistentContext(profile, {
@@ -107,7 +112,7 @@ describe('playground in chromium', { skip }, () => {
     await send('Once upon a time');
     await page.waitForFunction(() => {
       const text = document.querySelector('#messages li.assistant .text')?.textContent ?? '';
-      return text.length > 0 && !(document.getElementById('stop') as HTMLButtonElement).disabled;
+      return text.length > 0 && !document.getElementById('stop').disabled;
     });
     await waitDone();
     const reply1 = await page.locator('#messages li.assistant .text').last().textContent();

@@ -13,6 +13,7 @@ import { listen, makeApp, type Listening } from './helpers.ts';
 
 const KEY = 'playground-test-key-0123456789';
 const auth = { Authorization: `Bearer ${KEY}` };
+const bodyOf = async (res: Response) => (await res.json()) as Record<string, any>;
 
 describe('playground files', () => {
   test('the page and its modules load without a key, with their types, revalidation and a CSP; the API still needs the key', async () => {
@@ -47,13 +48,13 @@ describe('playground files', () => {
 
     const missing = await app.request('/playground/nope.js');
     assert.equal(missing.status, 404);
-    assert.equal((await missing.json()).error.code, 'not_found');
+    assert.equal((await bodyOf(missing)).error.code, 'not_found');
     assert.equal((await app.request('/playground/index.html')).status, 404);
 
     for (const path of ['/v1/sessions', '/v1/stats', '/v1/models']) {
       const res = await app.request(path);
       assert.equal(res.status, 401, path);
-      assert.equal((await res.json()).error.code, 'invalid_api_key', path);
+      assert.equal((await bodyOf(res)).error.code, 'invalid_api_key', path);
     }
     assert.equal((await app.request('/v1/stats', { headers: auth })).status, 200);
   });
@@ -73,7 +74,7 @@ describe('playground files', () => {
       assert.equal((await app.request(path)).status, 401, path);
       const res = await app.request(path, { headers: auth });
       assert.equal(res.status, 404, path);
-      assert.equal((await res.json()).error.code, 'not_found', path);
+      assert.equal((await bodyOf(res)).error.code, 'not_found', path);
     }
   });
 
@@ -86,7 +87,7 @@ describe('playground files', () => {
     assert.equal(before.kv_cache.reserved_bytes, 0);
     const created = await app.request('/v1/sessions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: 'Once upon a time there was' }) });
     assert.equal(created.status, 201);
-    const session = await created.json();
+    const session = await bodyOf(created);
     const after = await read();
     assert.equal(after.kv_cache.reserved_bytes, session.bytes);
     assert.equal(after.kv_cache.used_bytes, session.used_bytes);

@@ -145,6 +145,26 @@ describe('stream_options.include_step_stats', () => {
     assert.equal(server.runtime.serving!.engine.stats().running, 0);
   });
 
+  test('several prompts in one completions call: each decode step is reported once', async () => {
+    const engine = server.runtime.serving!.engine;
+    const before = engine.counters();
+    const stream = await client.completions.create({
+      model: server.runtime.serving!.model.id,
+      prompt: ['Once upon a time', 'The harbour at dawn'],
+      max_tokens: 6,
+      temperature: 0,
+      ignore_eos: true,
+      stream: true,
+      stream_options: { include_step_stats: true },
+    } as unknown as OpenAI.CompletionCreateParamsStreaming);
+    const steps: Array<{ type: string; batch?: number }> = [];
+    for await (const chunk of stream) steps.push(...(chunk as unknown as { warmkv: { steps: typeof steps } }).warmkv.steps);
+    const counted = engine.counters();
+    assert.equal(steps.filter((s) => s.type === 'decode').length, counted.decodeSteps - before.decodeSteps);
+    assert.equal(steps.filter((s) => s.type === 'prefill').length, counted.prefillChunks - before.prefillChunks);
+    assert.ok(steps.some((s) => s.batch === 2), 'the two choices decoded in one batch');
+  });
+
   test('without the option, chunks carry no warmkv field', async () => {
     const stream = await client.chat.completions.create({
       model: server.runtime.serving!.model.id,

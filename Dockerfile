@@ -66,6 +66,8 @@ RUN groupadd --system --gid 10001 warmkv \
 WORKDIR /app
 COPY --from=deps-cpu /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+# The playground's static files, served from the folder beside dist/ (PLAYGROUND=false turns it off).
+COPY playground ./playground
 COPY package.json ./
 COPY models/warmkv-chat ./models/warmkv-chat
 COPY infra/docker/healthcheck.mjs ./infra/docker/healthcheck.mjs
@@ -103,6 +105,8 @@ COPY --chmod=0755 infra/docker/check-cuda-provider.sh /usr/local/bin/warmkv-chec
 # (wrong CUDA major, no cuDNN 9, ...). No GPU is needed for this check.
 RUN warmkv-check-cuda-provider /app/node_modules/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime_providers_cuda.so
 COPY --from=build /app/dist ./dist
+# The playground's static files, served from the folder beside dist/ (PLAYGROUND=false turns it off).
+COPY playground ./playground
 COPY package.json ./
 COPY models/warmkv-chat ./models/warmkv-chat
 COPY infra/docker/healthcheck.mjs ./infra/docker/healthcheck.mjs

@@ -94,6 +94,8 @@ export const configSchema = z.object({
   apiKeys: list.default([]),
   apiKeysFile: z.string().min(1).optional(),
   metricsRequireKey: boolish.default(false),
+  /** The web playground at /playground (and / redirecting there); off for production with PLAYGROUND=false. */
+  playground: boolish.default(true),
   maxSessionsPerKey: int(1).default(1000),
   maxStreamsPerKey: int(1).default(64),
   /** Browser origins allowed to call the API (CORS); `*` for any; empty: no CORS headers, no preflight. */
@@ -116,7 +118,7 @@ type ConfigKey = keyof z.input<typeof configSchema>;
 
 const KEYS = Object.keys(configSchema.shape) as ConfigKey[];
 /** Settings a bare flag (`--metrics-require-key`) switches on. */
-const BOOLEAN_KEYS = new Set<string>(['executionProviderFallback', 'metricsRequireKey', 'int8Tier']);
+const BOOLEAN_KEYS = new Set<string>(['executionProviderFallback', 'metricsRequireKey', 'int8Tier', 'playground']);
 
 /** `kvCacheBytes` -> `KV_CACHE_BYTES` and `--kv-cache-bytes`. */
 export function envName(key: string): string {

@@ -13,8 +13,10 @@ import type { AppEnv, ServerDeps } from './context.ts';
 import { apiKeyAuth, corsFor, errorHandler, methodNotAllowedAnswer, notFound, refuseDotSegments, requestContext } from './middleware.ts';
 import { healthRoutes } from './routes/health.ts';
 import { openAiRoutes } from './routes/openai.ts';
+import { playgroundRoutes } from './routes/playground.ts';
 import { BACKGROUND_RESPONSE_STREAM_MS, responseRoutes } from './routes/responses.ts';
 import { sessionRoutes } from './routes/sessions.ts';
+import { statsRoutes } from './routes/stats.ts';
 import { streamRoutes } from './routes/streams.ts';
 import { tokenizeRoutes } from './routes/tokenize.ts';
 import { StreamRegistry } from './streams.ts';
@@ -53,7 +55,7 @@ export function createApp(runtime: ServingSource, options: AppOptions = {}): Hon
   app.use('*', refuseDotSegments());
   // Off by default: no CORS headers, and OPTIONS is a 405 like any other unknown method.
   if (config.corsOrigins.length > 0) app.use('*', corsFor(config.corsOrigins));
-  app.use('*', apiKeyAuth(auth, config.metricsRequireKey));
+  app.use('*', apiKeyAuth(auth, config.metricsRequireKey, config.playground));
   // A known path with another method: 405 with Allow, from the routes mounted below.
   app.use('*', methodNotAllowed({ app, onMethodNotAllowed: methodNotAllowedAnswer }));
   app.onError(errorHandler(baseLogger, runtime));
@@ -65,5 +67,7 @@ export function createApp(runtime: ServingSource, options: AppOptions = {}): Hon
   app.route('/', sessionRoutes(deps));
   app.route('/', streamRoutes(deps));
   app.route('/', tokenizeRoutes(deps));
+  app.route('/', statsRoutes(deps));
+  if (config.playground) app.route('/', playgroundRoutes());
   return app;
 }

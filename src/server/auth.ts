@@ -143,7 +143,11 @@ export function unauthorized(reason: AuthFailure): ApiError {
   return new ApiError('invalid_api_key', message);
 }
 
-/** Paths anyone may call: liveness and readiness, and `/metrics` unless `METRICS_REQUIRE_KEY`. */
-export function isPublicPath(path: string, metricsRequireKey: boolean): boolean {
+/**
+ * Paths anyone may call: liveness and readiness, `/metrics` unless `METRICS_REQUIRE_KEY`, and with the
+ * playground on its static page and assets (the page asks for a key and sends it to the API itself).
+ */
+export function isPublicPath(path: string, metricsRequireKey: boolean, playground = false): boolean {
+  if (playground && (path === '/' || path === '/playground' || path.startsWith('/playground/'))) return true;
   return path === '/healthz' || path === '/readyz' || (path === '/metrics' && !metricsRequireKey);
 }

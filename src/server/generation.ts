@@ -18,6 +18,7 @@ import { ApiError, ClientGoneError } from './errors.ts';
 import { SSE_HEADERS } from './sse.ts';
 import type { EventLog } from '../streams/registry.ts';
 import type { StreamRegistry } from './streams.ts';
+import { stepStatsOf, type StepStat } from './step-stats.ts';
 
 export type ResponseFormat = 'completion' | 'chat';
 
@@ -26,6 +27,8 @@ export interface GenerationJob {
   request: Omit<GenerationRequest, 'signal'>;
   stream: boolean;
   includeUsage: boolean;
+  /** warmkv `stream_options.include_step_stats`: chunks carry this request's engine steps (step-stats.ts). */
+  includeStepStats: boolean;
   /** Completions `echo`: text put before the output. */
   echo: string;
   /** For logs: which endpoint. */
@@ -123,6 +126,8 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
   const onClientAbort = () => abort.abort();
   if (ctx.clientSignal?.aborted) abort.abort();
   ctx.clientSignal?.addEventListener('abort', onClientAbort, { once: true });
+  const stepStats = job.stream && job.includeStepStats ? stepStatsOf(serving.engine) : null;
+  stepStats?.watch(abort.signal);
   const detach = () => ctx.clientSignal?.removeEventListener('abort', onClientAbort);
 
   const id = completionId(job.format);
@@ -144,6 +149,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     detach();
     // The choices that did start are cancelled; their ends are never read.
     abort.abort();
+    stepStats?.unwatch(abort.signal);
     ctx.admitted.refused();
     for (const choice of choices) endTrace(choice, { errorType: error instanceof ApiError ? error.kind : 'client_gone' });
     throw error;
@@ -172,6 +178,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       submitted = await ctx.admitted.submit({ ...request, operation, signal: abort.signal });
     } catch (error) {
       if (error instanceof ApiError) return failBeforeStart(error);
+      stepStats?.unwatch(abort.signal);
       throw error;
     }
     if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error, request.sessionId));
@@ -281,6 +288,11 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     const out: Record<string, unknown> = { id, object, created, model: model.id, system_fingerprint: model.fingerprint, choices: parts };
     if (job.includeUsage) out.usage = usage ?? null;
     if (sessionId !== undefined) out.session_id = sessionId;
+    if (stepStats) {
+      // An extra field on an ordinary chunk: OpenAI clients pass unknown fields through untouched.
+      const steps: StepStat[] = stepStats.take(abort.signal);
+      out.warmkv = { steps };
+    }
     return out;
   };
   /** A chunk's choice; it carries the logprobs of the tokens whose text it brings (and of held-back ones before). */
@@ -346,7 +358,10 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
   }
   void produce(eventLog)
     .catch(() => {})
-    .finally(() => eventLog.end());
+    .finally(() => {
+      stepStats?.unwatch(abort.signal);
+      eventLog.end();
+    });
   const body = eventLog.reader(0, { pingIntervalMs: ctx.pingIntervalMs, closeConnection: ctx.closeConnection });
   return new Response(body, { status: 200, headers: { ...SSE_HEADERS, ...headers } });
 }

@@ -79,9 +79,9 @@ export function corsFor(origins: readonly string[]): MiddlewareHandler<AppEnv> {
 }
 
 /** Every route but the public ones needs a key (401 invalid_api_key otherwise) and gets its owner. */
-export function apiKeyAuth(auth: ApiKeyAuth, metricsRequireKey: boolean): MiddlewareHandler<AppEnv> {
+export function apiKeyAuth(auth: ApiKeyAuth, metricsRequireKey: boolean, playground = false): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
-    if (isPublicPath(c.req.path, metricsRequireKey)) return next();
+    if (isPublicPath(c.req.path, metricsRequireKey, playground)) return next();
     const owner = auth.ownerFor(c.req.header('authorization'));
     c.set('owner', owner);
     if (owner !== '') c.set('logger', c.get('logger').child({ owner }));

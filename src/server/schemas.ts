@@ -47,7 +47,8 @@ const generationFields = {
   seed: z.number().int().nullish(),
   stop: stop.nullish(),
   stream: z.boolean().nullish(),
-  stream_options: z.object({ include_usage: z.boolean().nullish() }).nullish(),
+  /** include_step_stats is a warmkv extension: each chunk carries this request's engine steps (`warmkv.steps`). */
+  stream_options: z.object({ include_usage: z.boolean().nullish(), include_step_stats: z.boolean().nullish() }).nullish(),
   user: z.string().nullish(),
   ignore_eos: z.boolean().nullish(),
   truncation: z.enum(['auto', 'error']).nullish(),

@@ -39,7 +39,7 @@ interface GenerationFields extends SamplingFields {
   ignore_eos?: boolean | null;
   truncation?: 'auto' | 'error' | null;
   stream?: boolean | null;
-  stream_options?: { include_usage?: boolean | null } | null;
+  stream_options?: { include_usage?: boolean | null; include_step_stats?: boolean | null } | null;
   min_tokens?: number | null;
   stop_token_ids?: number[] | null;
   include_stop_str_in_output?: boolean | null;
@@ -225,6 +225,7 @@ export class Translator {
       route: job.route,
       stream,
       includeUsage: stream && (b.stream_options?.include_usage ?? false),
+      includeStepStats: stream && (b.stream_options?.include_step_stats ?? false),
       echo: job.echo,
       request: {
         ...caller,

@@ -47,6 +47,11 @@ export interface EngineOptions {
    * batch for more iterations, which cost more throughput than they save in inter-token latency.
    */
   minPrefillChunkTokens?: number;
+  /**
+   * Which prefilling request gets the next chunk: `shortest` (default) the one with the fewest prompt
+   * tokens left, `arrival` the earliest admitted (bench/fairness.ts compares the two).
+   */
+  prefillOrder?: 'shortest' | 'arrival';
 }
 
 /** Running totals, for benchmarks and profiling (what the loop spent its time on). */
@@ -470,6 +475,7 @@ export class Engine {
    * the short ones' few chunks. Ongoing decodes are unaffected (a decode step runs every iteration).
    */
   private nextPrefill(): Sequence | undefined {
+    if (this.options.prefillOrder === 'arrival') return this.running.find((s) => s.state === 'prefill');
     let best: Sequence | undefined;
     for (const s of this.running) {
       if (s.state === 'prefill' && (!best || s.remainingPending < best.remainingPending)) best = s;

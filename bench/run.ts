@@ -11,6 +11,7 @@ const BENCHMARKS: Record<string, string> = {
   tiers: './tiers.ts',
   responses: './responses.ts',
   logprobs: './logprobs.ts',
+  fairness: './fairness.ts',
 };
 
 /** One line per benchmark for the top-level help; each benchmark's own --help lists its options. */
@@ -22,6 +23,7 @@ const SUMMARIES: Record<keyof typeof BENCHMARKS, string> = {
   window: 'sliding-window truncation (shift, recompute) against no truncation',
   tiers: 'bytes per token per cache tier, and time to first token resuming from each',
   logprobs: 'decode throughput with logprobs and 20 alternatives per token, against without',
+  fairness: 'TTFT of a short request and ITL p99 of a stream while a long prompt prefills, against idle',
 };
 
 function usage(): string {
@@ -37,7 +39,7 @@ function usage(): string {
     '  core --quick',
     '  load --concurrency 1,4 --requests-per-client 2 --level-seconds 30 --tag load-quick',
     '  soak --minutes 0.5 --clients 2 --tag soak-quick',
-    'logprobs, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
+    'fairness, logprobs, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
   ].join('\n');
 }
 

@@ -65,11 +65,14 @@ export const configSchema = z.object({
   /** Tokens dropped at once when the window is full; default a quarter of the context. */
   windowDropTokens: int(1).optional(),
   windowStrategy: z.enum(['auto', 'shift', 'recompute']).default('auto'),
-  /** What a request that does not say gets when its sequence outgrows the context. */
-  defaultTruncation: z.enum(['auto', 'error']).default('auto'),
+  /**
+   * What a request that does not say gets when its sequence outgrows the context. Unset: sessions
+   * slide (`auto`), requests without a session are refused (`error`, as OpenAI).
+   */
+  defaultTruncation: z.enum(['auto', 'error']).optional(),
 
   maxBodyBytes: byteSize.default(4 * 1024 * 1024),
-  /** Largest prompt in tokens; default no limit beyond what the window allows. */
+  /** Largest prompt (on the append API: the appended part) in tokens; default 4x the context. */
   maxPromptTokens: int(1).optional(),
   /** Largest max_tokens a request may ask for. */
   maxTokensLimit: int(1).default(4096),

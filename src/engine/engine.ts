@@ -47,6 +47,11 @@ export interface EngineOptions {
    * batch for more iterations, which cost more throughput than they save in inter-token latency.
    */
   minPrefillChunkTokens?: number;
+  /**
+   * Which prefilling request gets the next chunk: `shortest` (default) the one with the fewest prompt
+   * tokens left, `arrival` the earliest admitted (bench/fairness.ts compares the two).
+   */
+  prefillOrder?: 'shortest' | 'arrival';
 }
 
 /** Running totals, for benchmarks and profiling (what the loop spent its time on). */
@@ -191,6 +196,15 @@ export class Engine {
 
   counters(): EngineCounters {
     return { ...this.counterValues };
+  }
+
+  /**
+   * Cache slots filled so far by the request running on `session` (its prefill progress, then one
+   * per generated token), or undefined when no admitted request runs on it. While a request runs,
+   * the session itself holds no KV: the sequence does.
+   */
+  runningCacheLength(session: Session): number | undefined {
+    return this.running.find((s) => s.session === session)?.cacheLength;
   }
 
   /**
@@ -440,7 +454,7 @@ export class Engine {
       await this.decodeStep(decoding);
       progressed = true;
     }
-    const prefilling = this.running.find((s) => s.state === 'prefill');
+    const prefilling = this.nextPrefill();
     if (prefilling) {
       let decodingRows = 0;
       let prefillingRows = 0;
@@ -452,6 +466,21 @@ export class Engine {
       progressed = true;
     }
     return progressed;
+  }
+
+  /**
+   * The prefilling sequence that gets this iteration's chunk: the one with the fewest prompt tokens
+   * left (shortest remaining first), ties to the earliest admitted. A short prompt behind a long one
+   * gets its first token after its own chunks, not after the long prompt's; the long one loses only
+   * the short ones' few chunks. Ongoing decodes are unaffected (a decode step runs every iteration).
+   */
+  private nextPrefill(): Sequence | undefined {
+    if (this.options.prefillOrder === 'arrival') return this.running.find((s) => s.state === 'prefill');
+    let best: Sequence | undefined;
+    for (const s of this.running) {
+      if (s.state === 'prefill' && (!best || s.remainingPending < best.remainingPending)) best = s;
+    }
+    return best;
   }
 
   /**
@@ -831,6 +860,7 @@ export class Engine {
       this.leaveBatch(sequence);
       this.running.splice(this.running.indexOf(sequence), 1);
       if (reason === 'error') this.rollBack(sequence);
+      else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) this.keepProcessed(sequence);
       else this.keepCache(sequence);
     }
     sequence.state = 'finished';
@@ -866,6 +896,26 @@ export class Engine {
     else session.toEvicted();
     session.window = sequence.window;
     sequence.kv = null;
+  }
+
+  /**
+   * Cancelled during its prompt's prefill (not a recompute after a window drop, where every token was
+   * processed before): the transcript keeps what was committed before this request or
+   * processed by it, never prompt tokens that were not prefilled (an abandoned huge append must not
+   * grow the transcript), and the cache keeps the processed prefix. When the cache slots cannot be
+   * mapped back onto the transcript (a recompute drop still rebuilding its sinks), as a failure.
+   */
+  private keepProcessed(sequence: Sequence): void {
+    const { sinkTokens } = this.options.window;
+    const window = sequence.window;
+    if (window.droppedTokens > 0 && sequence.cacheLength < sinkTokens) {
+      this.rollBack(sequence);
+      return;
+    }
+    const processed = window.droppedTokens + sequence.cacheLength;
+    const committedBefore = commonPrefixLength(sequence.fullInput, sequence.originalTokens, sequence.originalTokens.length);
+    sequence.session.tokens = sequence.fullInput.slice(0, Math.max(processed, committedBefore));
+    this.keepCache(sequence);
   }
 
   /**

@@ -19,6 +19,7 @@ import { sessionRoutes } from './routes/sessions.ts';
 import { statsRoutes } from './routes/stats.ts';
 import { streamRoutes } from './routes/streams.ts';
 import { tokenizeRoutes } from './routes/tokenize.ts';
+import { SessionRuns } from './session-runs.ts';
 import { StreamRegistry } from './streams.ts';
 
 export interface AppOptions {
@@ -46,6 +47,7 @@ export function createApp(runtime: ServingSource, options: AppOptions = {}): Hon
     admission: new Admission(config.maxStreamsPerKey, config.maxSessionsPerKey),
     streams: options.streams ?? new StreamRegistry({ resumeMs: config.streamResumeSeconds * 1000, logger: baseLogger.child({ component: 'streams' }) }),
     backgroundStreams: options.backgroundStreams ?? new StreamRegistry({ resumeMs: BACKGROUND_RESPONSE_STREAM_MS, logger: baseLogger.child({ component: 'background-streams' }) }),
+    runs: new SessionRuns(),
     pingIntervalMs: options.pingIntervalMs ?? 10_000,
     now: options.now ?? Date.now,
   };

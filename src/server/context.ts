@@ -9,6 +9,7 @@ import type { Serving, ServingSource } from '../serving.ts';
 import type { Admission, Admitted } from './admission.ts';
 import { ApiError } from './errors.ts';
 import type { GenerationContext } from './generation.ts';
+import type { SessionRuns } from './session-runs.ts';
 import { connectionCloser, type StreamRegistry } from './streams.ts';
 
 export type AppEnv = { Variables: { requestId: string; logger: Logger; owner: string } };
@@ -22,6 +23,8 @@ export interface ServerDeps {
   streams: StreamRegistry;
   /** Streams of background responses (`background: true`), resumable for BACKGROUND_RESPONSE_STREAM_MS. */
   backgroundStreams: StreamRegistry;
+  /** The generation running on each session (superseding, session-runs.ts). */
+  runs: SessionRuns;
   /** Keep-alive comment interval on streams while nothing else is sent. */
   pingIntervalMs: number;
   now: () => number;
@@ -56,6 +59,7 @@ export function generationContext(c: Ctx, deps: ServerDeps, parts: Serving, admi
     clientSignal: c.req.raw.signal,
     pingIntervalMs: deps.pingIntervalMs,
     streams: deps.streams,
+    runs: deps.runs,
     closeConnection: connectionCloser(c.env),
     headers: { 'X-Request-Id': c.get('requestId') },
     traceHeaders: { traceparent: c.req.header('traceparent'), tracestate: c.req.header('tracestate') },

@@ -8,7 +8,6 @@ export type HttpErrorKind =
   | 'invalid_json'
   | 'invalid_value'
   | 'unsupported_parameter'
-  | 'prompt_too_long'
   | 'model_not_found'
   | 'not_found'
   | 'method_not_allowed'
@@ -48,7 +47,6 @@ export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
   invalid_path: { status: 400, type: 'invalid_request_error', code: 'invalid_path' },
   unsupported_parameter: { status: 400, type: 'invalid_request_error', code: 'unsupported_parameter' },
   context_length_exceeded: { status: 400, type: 'invalid_request_error', code: 'context_length_exceeded' },
-  prompt_too_long: { status: 400, type: 'invalid_request_error', code: 'prompt_too_long' },
   request_too_large: { status: 400, type: 'invalid_request_error', code: 'request_too_large' },
   invalid_api_key: { status: 401, type: 'invalid_request_error', code: 'invalid_api_key', headers: { 'WWW-Authenticate': 'Bearer realm="warmkv"' } },
   too_many_sessions: { status: 403, type: 'invalid_request_error', code: 'too_many_sessions' },

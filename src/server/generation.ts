@@ -16,7 +16,8 @@ import type { Admitted } from './admission.ts';
 import { LogprobFormatter } from './logprobs.ts';
 import { ApiError, ClientGoneError } from './errors.ts';
 import { SSE_HEADERS } from './sse.ts';
-import type { EventLog } from '../streams/registry.ts';
+import type { CancelReason, EventLog } from '../streams/registry.ts';
+import type { SessionRuns } from './session-runs.ts';
 import type { StreamRegistry } from './streams.ts';
 import { stepStatsOf, type StepStat } from './step-stats.ts';
 
@@ -50,6 +51,8 @@ export interface GenerationContext {
   pingIntervalMs: number;
   /** Where streams are kept for resumption (and which says whether they are). */
   streams: StreamRegistry;
+  /** The generation running on each session, for superseding one nobody reads (session-runs.ts). */
+  runs: SessionRuns;
   /** Drops the connection under the response (a stalled stream reader); absent outside a Node server. */
   closeConnection?: () => void;
   /** Headers every response of this request carries (X-Request-Id). */
@@ -86,7 +89,13 @@ function openAiUsage(usage: Usage): OpenAiUsage {
 type EndEvent = Extract<GenerationEvent, { type: 'end' }>;
 type StartEvent = Extract<GenerationEvent, { type: 'start' }>;
 
-/** Finish reasons a client sees; cancelled and error never reach a choice. */
+/** Why the generation behind `signal` was stopped: the reason the server gave, or the client leaving. */
+function cancelReasonOf(signal: AbortSignal): CancelReason {
+  const reason: unknown = signal.reason;
+  return typeof reason === 'string' ? (reason as CancelReason) : 'disconnected';
+}
+
+/** Finish reasons a client sees in a complete answer; cancelled and error never reach one. */
 function choiceFinish(reason: FinishReason): 'stop' | 'length' {
   return reason === 'length' ? 'length' : 'stop';
 }
@@ -145,7 +154,10 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     choice.traced = false;
     serving.tracing.endRequest(choice.request.requestId, result);
   };
+  let settleEnded!: () => void;
+  const ended = new Promise<void>((resolve) => (settleEnded = resolve));
   const failBeforeStart = (error: ApiError | ClientGoneError): never => {
+    settleEnded();
     detach();
     // The choices that did start are cancelled; their ends are never read.
     abort.abort();
@@ -155,6 +167,9 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     throw error;
   };
 
+  const sessionKey = job.request.sessionId;
+  // A generation on this session that nobody reads any more (its client pressed Stop) gives way.
+  if (sessionKey !== undefined) await ctx.runs.supersede(job.request.owner, sessionKey);
   // Every choice is submitted before any is awaited, so the engine batches them.
   let sessionId: string | undefined;
   const firsts: Array<Promise<IteratorResult<GenerationEvent>> | null> = [];
@@ -185,6 +200,14 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     if (choice.index === 0 && request.sessionId !== undefined) sessionId = submitted.sessionId;
     choice.events = submitted.events[Symbol.asyncIterator]();
     firsts.push(choice.events.next());
+  }
+  let streamLog: EventLog | undefined;
+  if (sessionKey !== undefined) {
+    ctx.runs.track(job.request.owner, sessionKey, {
+      hasReader: () => (streamLog ? streamLog.readers.size > 0 : !abort.signal.aborted && !ctx.clientSignal?.aborted),
+      cancel: (reason) => abort.abort(reason),
+      ended,
+    });
   }
   for (const [i, pending] of firsts.entries()) {
     const first = await pending!;
@@ -261,7 +284,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
         if (end.finishReason === 'error' || end.finishReason === 'cancelled') abort.abort();
         return { choice, text: text + end.text, end, error: null };
       }),
-    );
+    ).finally(settleEnded);
     for (const { end, error } of answers) {
       if (error) throw error;
       if (end!.finishReason === 'error') throw ApiError.fromEngine(end!.error ?? { kind: 'internal', message: 'generation failed' });
@@ -296,7 +319,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     return out;
   };
   /** A chunk's choice; it carries the logprobs of the tokens whose text it brings (and of held-back ones before). */
-  const textChoice = (choice: Choice, text: string, finishReason: 'stop' | 'length' | null = null) => {
+  const textChoice = (choice: Choice, text: string, finishReason: 'stop' | 'length' | 'cancelled' | null = null) => {
     const logprobs = choice.logprobs?.take() ?? null;
     return job.format === 'chat'
       ? { index: choice.index, delta: text === '' && finishReason ? {} : { content: text }, logprobs, finish_reason: finishReason }
@@ -333,7 +356,13 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
           abort.abort();
           failure ??= ApiError.fromEngine(end.error ?? { kind: 'internal', message: 'generation failed' }).body();
         }
-        if (end.finishReason === 'cancelled' || end.finishReason === 'error' || failure) return end;
+        if (end.finishReason === 'cancelled' && !failure) {
+          // Whoever reads or resumes the stream sees it was stopped, and why; never a silent close.
+          if (end.text) writer.send(chunk([textChoice(choice, end.text)]));
+          writer.send({ ...chunk([textChoice(choice, '', 'cancelled')]), cancel_reason: cancelReasonOf(abort.signal) });
+          return end;
+        }
+        if (end.finishReason === 'error' || failure) return end;
         if (end.text) writer.send(chunk([textChoice(choice, end.text)]));
         writer.send(chunk([textChoice(choice, '', choiceFinish(end.finishReason))]));
         return end;
@@ -343,13 +372,13 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       writer.send(failure);
       return;
     }
-    if (ends.some((end) => end?.finishReason === 'cancelled')) return;
     if (job.includeUsage) writer.send(chunk([], openAiUsage(sumUsage(ends.map((end) => end!.usage)))));
     writer.sendDone();
   };
 
   const maxTokens = choices.reduce((sum, c) => sum + c.request.maxTokens, 0);
   const eventLog = ctx.streams.open({ id, owner: job.request.owner, abort, maxTokens });
+  streamLog = eventLog;
   // A resumable stream outlives its connection: only DELETE or the registry stop it from now on.
   // Otherwise the client signal and the connection's reader both stop it, as before.
   if (ctx.streams.enabled) {
@@ -361,6 +390,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     .finally(() => {
       stepStats?.unwatch(abort.signal);
       eventLog.end();
+      settleEnded();
     });
   const body = eventLog.reader(0, { pingIntervalMs: ctx.pingIntervalMs, closeConnection: ctx.closeConnection });
   return new Response(body, { status: 200, headers: { ...SSE_HEADERS, ...headers } });

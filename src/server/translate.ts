@@ -16,6 +16,8 @@ import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, ty
 
 /** OpenAI's default for /v1/completions. */
 const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
+/** Default MAX_PROMPT_TOKENS, as a multiple of the model's context. */
+export const PROMPT_CONTEXT_MULTIPLE = 4;
 
 /** Who asks: the request id (logs, spans) and the owner (whose sessions). */
 export interface Caller {
@@ -106,7 +108,7 @@ export class Translator {
     const input = this.renderChat(chatMessages(b.messages), true, 'messages');
     this.checkPromptLength(input, 'messages');
     const param = b.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
-    const truncation = b.truncation ?? this.config.defaultTruncation;
+    const truncation = this.truncationOf(b.truncation, sessionId);
     // Without an explicit limit under truncation "error", the default shrinks to what the context has left.
     const room = truncation === 'error' ? Math.max(1, this.parts.model.contextLength - input.length) : Infinity;
     const maxTokens = this.maxTokensOf(b.max_completion_tokens ?? b.max_tokens, Math.min(this.config.defaultChatMaxTokens, room), param);
@@ -193,7 +195,7 @@ export class Translator {
       sampling: GREEDY,
       stop: [],
       ignoreEos: true,
-      truncation: this.config.defaultTruncation,
+      truncation: this.truncationOf(undefined, sessionId),
     };
   }
 
@@ -232,7 +234,7 @@ export class Translator {
         sampling: this.samplingOf(b),
         seed: b.seed ?? undefined,
         ignoreEos: b.ignore_eos ?? false,
-        truncation: b.truncation ?? this.config.defaultTruncation,
+        truncation: this.truncationOf(b.truncation, job.sessionId),
         sessionId: job.sessionId,
         // The append API names a session that must exist; the others create it (admission.ts does).
         onUnknownSession: job.mode === 'append' ? 'fail' : 'create',
@@ -257,10 +259,26 @@ export class Translator {
     return typeof prompt === 'string' ? prompt : this.parts.model.loaded.tokenizer.decode(prompt, false);
   }
 
+  /**
+   * The request's truncation, else DEFAULT_TRUNCATION, else by kind: a session slides its window
+   * (`auto`); a request without one is refused when it does not fit the context (`error`, as OpenAI).
+   */
+  private truncationOf(requested: 'auto' | 'error' | null | undefined, sessionId: string | undefined): 'auto' | 'error' {
+    return requested ?? this.config.defaultTruncation ?? (sessionId === undefined ? 'error' : 'auto');
+  }
+
+  /**
+   * MAX_PROMPT_TOKENS, by default PROMPT_CONTEXT_MULTIPLE times the context: a prompt far beyond the
+   * context would only slide through the window, holding the prefill (and everyone behind it) for long.
+   */
   private checkPromptLength(input: number[], param: string): void {
-    const limit = this.config.maxPromptTokens;
-    if (limit !== undefined && input.length > limit) {
-      throw new ApiError('prompt_too_long', `The prompt has ${input.length} tokens; this server accepts at most ${limit}.`, param);
+    const limit = this.config.maxPromptTokens ?? PROMPT_CONTEXT_MULTIPLE * this.parts.model.contextLength;
+    if (input.length > limit) {
+      throw new ApiError(
+        'context_length_exceeded',
+        `The prompt has ${input.length} tokens; this server accepts at most ${limit} (MAX_PROMPT_TOKENS; the model's context is ${this.parts.model.contextLength} tokens).`,
+        param,
+      );
     }
   }
 

@@ -23,6 +23,9 @@ export interface LogHost {
   reschedule(log: EventLog): void;
 }
 
+/** Why a generation was stopped on the server (the terminal event's `cancel_reason`). */
+export type CancelReason = 'superseded' | 'deleted' | 'abandoned' | 'disconnected' | 'shutting_down';
+
 export interface ReaderOptions {
   /** Sends `: ping` after this long without any write while the socket is writable; 0 disables. */
   pingIntervalMs: number;
@@ -132,9 +135,12 @@ export class EventLog {
     this.registry.reschedule(this);
   }
 
-  /** Stops the generation (it ends at its next step). */
-  cancel(): void {
-    this.abort.abort();
+  /**
+   * Stops the generation (it ends at its next step); `reason` becomes the abort signal's reason, which
+   * the producer writes into the stream's terminal event.
+   */
+  cancel(reason: CancelReason): void {
+    this.abort.abort(reason);
   }
 
   /** A new connection that shows events from `start` on, then follows the stream live. */

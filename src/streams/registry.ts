@@ -16,7 +16,7 @@ import type { Logger } from '../lib/logger.ts';
 import { silentLogger } from '../lib/logger.ts';
 import { EventLog, type LogHost, type StreamInspection } from './event-log.ts';
 
-export type { EventLog, ReaderOptions, StreamInspection } from './event-log.ts';
+export type { CancelReason, EventLog, ReaderOptions, StreamInspection } from './event-log.ts';
 
 export const DEFAULT_STREAM_MAX_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_TOTAL_MAX_BYTES = 256 * 1024 * 1024;
@@ -100,17 +100,17 @@ export class EventLogRegistry implements LogHost {
   }
 
   /**
-   * Stops the generation (DELETE /v1/streams/{id}), forgets the stream (its connections end without
-   * [DONE]) and waits until the generation has stopped, so its session is free. False if unknown.
+   * Stops the generation (DELETE /v1/streams/{id}), waits until it has stopped (so its session is
+   * free and its connections got the terminal event), then forgets the stream. False if unknown.
    */
   async cancel(id: string, owner: string): Promise<boolean> {
     const log = this.get(id, owner);
     if (!log) return false;
-    this.remove(log);
-    log.cancel();
+    log.cancel('deleted');
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([log.generationEnded, new Promise<void>((resolve) => (timer = setTimeout(resolve, CANCEL_WAIT_MS).unref()))]);
     clearTimeout(timer);
+    this.remove(log);
     return true;
   }
 
@@ -121,7 +121,7 @@ export class EventLogRegistry implements LogHost {
     if (log.removed || log.readers.size > 0) return;
     if (!this.enabled) {
       // Nobody can come back: a lost connection stops the generation.
-      if (!log.ended) log.cancel();
+      if (!log.ended) log.cancel('disconnected');
       return;
     }
     const now = this.now();
@@ -129,7 +129,7 @@ export class EventLogRegistry implements LogHost {
       log.timer = setTimeout(() => {
         this.logger.info({ streamId: log.id }, 'nobody resumed the stream in time; stopping its generation');
         this.remove(log);
-        log.cancel();
+        log.cancel('abandoned');
       }, Math.max(1, log.idleSince + this.resumeMs - now));
     } else {
       log.timer = setTimeout(() => this.remove(log), Math.max(1, Math.max(log.idleSince, log.endedAt) + this.resumeMs - now));
@@ -180,7 +180,7 @@ export class EventLogRegistry implements LogHost {
   close(): void {
     for (const log of [...this.streams.values()]) {
       this.remove(log);
-      log.cancel();
+      log.cancel('shutting_down');
     }
   }
 }

@@ -204,7 +204,9 @@ describe('batching across sessions', () => {
       }
       previous = { ids: record.ids, call: i };
     }
-    assert.ok(unchanged > 20, `${unchanged} steps without a copy`);
+    // How many steps keep their membership depends on the prefill order (shortest prompt first); at
+    // least 15 of the about 30 decode steps here.
+    assert.ok(unchanged >= 15, `${unchanged} steps without a copy`);
     const counters = engine.counters();
     assert.ok(counters.repacks + counters.inPlaceJoins <= changes, `${counters.repacks} re-packs and ${counters.inPlaceJoins} in-place joins for ${changes} changes`);
   });

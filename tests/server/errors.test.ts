@@ -76,7 +76,7 @@ describe('request validation', () => {
     await expectError(await app.request('/v1/completions', post({ prompt: 'x', max_tokens: 51 })), 400, 'invalid_value', 'max_tokens');
     await expectError(await app.request('/v1/chat/completions', post({ messages: [{ role: 'user', content: 'x' }], max_completion_tokens: 51 })), 400, 'invalid_value', 'max_completion_tokens');
     await expectError(await app.request('/v1/completions', post({ prompt: 'x', stop: ['a', 'b', 'c'] })), 400, 'invalid_value', 'stop');
-    await expectError(await app.request('/v1/completions', post({ prompt: Array(21).fill(5) })), 400, 'prompt_too_long', 'prompt');
+    await expectError(await app.request('/v1/completions', post({ prompt: Array(21).fill(5) })), 400, 'context_length_exceeded', 'prompt');
     assert.equal((await app.request('/v1/completions', post({ prompt: Array(20).fill(5), max_tokens: 50, stop: ['a', 'b'] }))).status, 200);
   });
 
@@ -151,11 +151,26 @@ describe('routing, sessions and capacity', () => {
       'context_length_exceeded',
     );
     assert.match(error.message, /maximum context length is 64 tokens/);
-    // The window policy applies by default: the same request slides the window instead.
-    const slid = await app.request('/v1/completions', post({ prompt: Array(60).fill(7), max_tokens: 10 }));
+    // Without a session the default is OpenAI's: refused; with truncation "auto" it slides the window.
+    await expectError(await app.request('/v1/completions', post({ prompt: Array(60).fill(7), max_tokens: 10 })), 400, 'context_length_exceeded');
+    const slid = await app.request('/v1/completions', post({ prompt: Array(60).fill(7), max_tokens: 10, truncation: 'auto' }));
     assert.equal(slid.status, 200);
-    const server = await makeApp({ settings: { 'max-context-tokens': '64', 'default-truncation': 'error' } });
-    await expectError(await server.app.request('/v1/completions', post({ prompt: Array(60).fill(7), max_tokens: 10 })), 400, 'context_length_exceeded');
+    // A session slides by default.
+    const session = await app.request('/v1/completions', post({ prompt: Array(60).fill(7), max_tokens: 10, session_id: 'slides' }));
+    assert.equal(session.status, 200);
+    assert.ok(((await session.json()) as any).usage.dropped_tokens > 0);
+    const strict = await makeApp({ settings: { 'max-context-tokens': '64', 'default-truncation': 'error' } });
+    await expectError(await strict.app.request('/v1/completions', post({ prompt: Array(60).fill(7), max_tokens: 10, session_id: 's' })), 400, 'context_length_exceeded');
+    const open = await makeApp({ settings: { 'max-context-tokens': '64', 'default-truncation': 'auto' } });
+    assert.equal((await open.app.request('/v1/completions', post({ prompt: Array(60).fill(7), max_tokens: 10 }))).status, 200);
+  });
+
+  test('MAX_PROMPT_TOKENS defaults to 4x the context: 400 context_length_exceeded above it, on sessions too', async () => {
+    const { app } = await makeApp({ settings: { 'max-context-tokens': '64' } });
+    const over = await expectError(await app.request('/v1/completions', post({ prompt: Array(257).fill(7), session_id: 'big' })), 400, 'context_length_exceeded', 'prompt');
+    assert.match(over.message, /at most 256/);
+    const at = await app.request('/v1/completions', post({ prompt: Array(256).fill(7), max_tokens: 2, session_id: 'big' }));
+    assert.equal(at.status, 200, 'a session prompt up to the cap slides through the window');
   });
 
   test('a full queue is 429 with Retry-After', async () => {

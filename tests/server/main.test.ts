@@ -91,7 +91,7 @@ describe('runtime', () => {
     const serving = await runtime.ready;
     assert.equal(serving.model.window.strategy, 'recompute');
     const app = createApp(runtime);
-    const res = await app.request('/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: Array(60).fill(9), max_tokens: 12, ignore_eos: true }) });
+    const res = await app.request('/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: Array(60).fill(9), max_tokens: 12, ignore_eos: true, truncation: 'auto' }) });
     const body = (await res.json()) as any;
     assert.equal(res.status, 200);
     assert.equal(body.usage.completion_tokens, 12);

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { listen, waitFor, type Listening } from './helpers.ts';
+import { chunksOf, listen, waitFor, type Listening } from './helpers.ts';
 import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 let server: Listening;
@@ -123,6 +123,78 @@ describe('openai client against a listening server', () => {
       assert.ok(!session.busy, 'DELETE answers once the generation has stopped');
       assert.ok(session.tokens.length < 1000, `${session.tokens.length} tokens`);
       assert.equal(session.cachedLength, session.tokens.length - 1);
+    } finally {
+      slow.decodeDelayMs = 0;
+    }
+  });
+
+  test('Stop, then the next message: the abandoned stream is superseded at once; the turn reuses the cache and equals a one-shot run; the old stream ends cancelled', async () => {
+    slow.decodeDelayMs = 3;
+    const session = () => server.runtime.serving!.store.get('', 'openai-stop')!;
+    let oldId = '';
+    let partial = '';
+    try {
+      const turn1: OpenAI.ChatCompletionMessageParam[] = [{ role: 'user', content: 'Tell me about the castle.' }];
+      const stream = await client.chat.completions.create({
+        model, messages: turn1, max_completion_tokens: 2000, temperature: 0, ignore_eos: true, stream: true, session_id: 'openai-stop',
+      } as OpenAI.ChatCompletionCreateParamsStreaming);
+      let chunks = 0;
+      for await (const chunk of stream) {
+        oldId = chunk.id;
+        partial += chunk.choices[0]?.delta.content ?? '';
+        if (++chunks === 6) {
+          stream.controller.abort();
+          break;
+        }
+      }
+      // What a chat UI does after Stop: the next message, with the partial answer it showed.
+      const turn2: OpenAI.ChatCompletionMessageParam[] = [...turn1, { role: 'assistant', content: partial }, { role: 'user', content: 'Go on.' }];
+      const ask = (extra: Extra) =>
+        client.chat.completions.create({ model, messages: turn2, max_completion_tokens: 8, temperature: 0, ignore_eos: true, ...extra } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+      const next = await ask({ session_id: 'openai-stop' });
+      assert.ok(!session().busy);
+      const cached = next.usage?.prompt_tokens_details?.cached_tokens ?? 0;
+      assert.ok(cached > 0, `cached ${cached} of ${next.usage?.prompt_tokens}`);
+      const oneShot = await ask({});
+      assert.equal(next.choices[0].message.content, oneShot.choices[0].message.content);
+      // The session's transcript is this turn's prompt and answer, and its cache a prefix of it.
+      assert.equal(session().tokens.length, next.usage!.prompt_tokens + 8);
+      assert.equal(session().cachedLength, session().tokens.length - 1);
+    } finally {
+      slow.decodeDelayMs = 0;
+    }
+    // Whoever resumes the old stream sees it end: a cancelled chunk that says why, then [DONE].
+    const resumed = await fetch(`${server.url}/v1/streams/${oldId}`);
+    assert.equal(resumed.status, 200);
+    const { chunks, done } = chunksOf(await resumed.text());
+    assert.ok(done, 'the old stream ends with [DONE]');
+    const last = chunks.at(-1)!;
+    assert.equal(last.choices[0].finish_reason, 'cancelled');
+    assert.equal(last.cancel_reason, 'superseded');
+    const replayed = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+    assert.ok(replayed.startsWith(partial), 'the log holds what the client saw, and what came after it');
+  });
+
+  test('a second request while the first stream is still read gets 409, not a supersede', async () => {
+    slow.decodeDelayMs = 3;
+    try {
+      const holder = await client.completions.create({ model, prompt: 'x', max_tokens: 300, ignore_eos: true, stream: true, session_id: 'openai-held' } as unknown as OpenAI.CompletionCreateParamsStreaming);
+      const reading = (async () => {
+        let text = '';
+        let finish: string | null = null;
+        for await (const chunk of holder) {
+          text += chunk.choices[0]?.text ?? '';
+          finish = chunk.choices[0]?.finish_reason ?? finish;
+        }
+        return { text, finish };
+      })();
+      await waitFor(() => (server.runtime.serving!.store.get('', 'openai-held')?.tokens.length ?? 0) > 5);
+      await assert.rejects(
+        client.completions.create({ model, prompt: 'y', max_tokens: 2, session_id: 'openai-held' } as unknown as OpenAI.CompletionCreateParamsNonStreaming),
+        (e: unknown) => e instanceof OpenAI.ConflictError && e.code === 'session_busy',
+      );
+      slow.decodeDelayMs = 0;
+      assert.equal((await reading).finish, 'length', 'the first stream ran to its end');
     } finally {
       slow.decodeDelayMs = 0;
     }

@@ -51,7 +51,8 @@ describe('responses: bad input', () => {
   }
 
   test('truncation disabled (the default) refuses a prompt over the context; auto slides the window', async () => {
-    const long = 'word '.repeat(app.runtime.serving!.model.contextLength * 2);
+    // Over the context, under MAX_PROMPT_TOKENS (4x the context by default).
+    const long = 'word '.repeat(Math.round(app.runtime.serving!.model.contextLength * 1.5));
     const sessions = app.runtime.serving!.store.size;
     await expectError(await create({ input: long, max_output_tokens: 4 }), 400, 'context_length_exceeded');
     assert.equal(app.runtime.serving!.store.size, sessions, 'the refused response left no session');

@@ -289,14 +289,14 @@ describe('limits', () => {
     assert.equal((await app.request('/v1/completions', post({ prompt: 'x', max_tokens: 1, user: 'u'.repeat(1900) }, A))).status, 200);
   });
 
-  test('prompt tokens: 400 prompt_too_long, on every endpoint', async () => {
+  test('prompt tokens: 400 context_length_exceeded, on every endpoint', async () => {
     const { app } = await makeApp({ settings });
     const long = Array(33).fill(5);
-    await expectError(await app.request('/v1/completions', post({ prompt: long }, A)), 400, 'prompt_too_long');
-    await expectError(await app.request('/v1/sessions', post({ prompt: long }, A)), 400, 'prompt_too_long');
+    await expectError(await app.request('/v1/completions', post({ prompt: long }, A)), 400, 'context_length_exceeded');
+    await expectError(await app.request('/v1/sessions', post({ prompt: long }, A)), 400, 'context_length_exceeded');
     assert.equal((await app.request('/v1/sessions', post({ session_id: 's', prompt: [1, 2] }, A))).status, 201);
-    await expectError(await app.request('/v1/sessions/s/completions', post({ prompt: long }, A)), 400, 'prompt_too_long');
-    await expectError(await app.request('/v1/chat/completions', post({ messages: [{ role: 'user', content: 'word '.repeat(40) }] }, A)), 400, 'prompt_too_long');
+    await expectError(await app.request('/v1/sessions/s/completions', post({ prompt: long }, A)), 400, 'context_length_exceeded');
+    await expectError(await app.request('/v1/chat/completions', post({ messages: [{ role: 'user', content: 'word '.repeat(40) }] }, A)), 400, 'context_length_exceeded');
     assert.equal((await app.request('/v1/completions', post({ prompt: Array(32).fill(5), max_tokens: 1 }, A))).status, 200);
   });
 

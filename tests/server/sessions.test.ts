@@ -143,4 +143,37 @@ describe('sliding window through the API', () => {
     assert.ok(view.cached_tokens <= 32);
     assert.equal(view.tokens, view.dropped_tokens + view.cached_tokens + 1);
   });
+
+  test('tier: empty for a new session, running (with the tokens cached so far) while it generates, hot after', async () => {
+    let slow!: TestDecoder;
+    const { app } = await makeApp({ wrapDecoder: (d) => (slow = wrapDecoder(d)) });
+    const view = async (id: string) => (await (await app.request(`/v1/sessions/${id}`)).json()) as any;
+    const created = (await (await app.request('/v1/sessions', post({ session_id: 'tiers' }))).json()) as any;
+    assert.equal(created.tier, 'empty');
+    assert.equal(created.cached_tokens, 0);
+    assert.equal((await view('tiers')).tier, 'empty');
+
+    slow.decodeDelayMs = 3;
+    const running = app.request('/v1/sessions/tiers/completions', post({ prompt: 'Once upon a time', max_tokens: 60, temperature: 0, ignore_eos: true }));
+    // While it prefills the request holds nothing yet; then every decode step adds a token.
+    let during = await view('tiers');
+    for (let tries = 0; during.cached_tokens === 0 && tries < 200; tries++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      during = await view('tiers');
+    }
+    for (let i = 0; i < 3; i++) {
+      const earlier = during.cached_tokens;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      during = await view('tiers');
+      assert.equal(during.tier, 'running');
+      assert.equal(during.state, 'busy');
+      assert.ok(during.cached_tokens > earlier, `${during.cached_tokens} cached after ${earlier}`);
+      assert.ok(during.cached_tokens < during.tokens);
+    }
+    slow.decodeDelayMs = 0;
+    const body = (await (await running).json()) as any;
+    const after = await view('tiers');
+    assert.equal(after.tier, 'hot');
+    assert.equal(after.cached_tokens, body.usage.prompt_tokens + body.usage.completion_tokens - 1);
+  });
 });

@@ -66,7 +66,7 @@ describe('graceful shutdown', () => {
       signalled = () => ++count === 2 && resolve();
     });
     const short = fetch(`${first.url}/v1/completions`, json({ prompt: 'Short', max_tokens: 40, temperature: 0, ignore_eos: true, stream: true })).then((r) => readStream(r, signalled));
-    const long = fetch(`${first.url}/v1/completions`, json({ prompt: 'Long', max_tokens: 500000, temperature: 0, ignore_eos: true, stream: true })).then((r) => readStream(r, signalled));
+    const long = fetch(`${first.url}/v1/completions`, json({ prompt: 'Long', max_tokens: 500000, temperature: 0, ignore_eos: true, stream: true, truncation: 'auto' })).then((r) => readStream(r, signalled));
     await bothStreaming;
 
     const signalledAt = Date.now();

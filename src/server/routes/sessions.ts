@@ -10,18 +10,32 @@ import { runGeneration } from '../generation.ts';
 import { appendSchema, checkSessionId, createSessionSchema, listSessionsQuery, parseWith } from '../schemas.ts';
 import { Translator } from '../translate.ts';
 
+/**
+ * Where a session's cache is: `running` while a request generates on it (the request holds the KV
+ * and `cached_tokens` counts what it has filled so far), `empty` for a session that never held
+ * anything, else its tier.
+ */
+function tierView({ engine }: Serving, session: Session): { tier: string; cachedTokens: number } {
+  const running = engine.runningCacheLength(session);
+  if (running !== undefined) return { tier: 'running', cachedTokens: running };
+  if (session.tier === 'evicted' && session.tokens.length === 0) return { tier: 'empty', cachedTokens: 0 };
+  return { tier: session.tier, cachedTokens: session.cachedLength };
+}
+
 /** A session as the API shows it. */
-function sessionView({ tiers }: Serving, session: Session) {
+function sessionView(parts: Serving, session: Session) {
+  const { tiers } = parts;
+  const { tier, cachedTokens } = tierView(parts, session);
   return {
     id: session.id,
     object: 'session',
     tokens: session.tokens.length,
-    cached_tokens: session.cachedLength,
+    cached_tokens: cachedTokens,
     bytes: session.reservedBytes,
     used_bytes: tiers.usedBytes(session),
     blocks: tiers.blocks(session),
     state: session.busy ? 'busy' : 'idle',
-    tier: session.tier,
+    tier,
     dropped_tokens: session.window.droppedTokens,
     window_drops: session.window.dropEvents,
     requests: session.requests,

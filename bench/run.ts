@@ -11,6 +11,7 @@ const BENCHMARKS: Record<string, string> = {
   tiers: './tiers.ts',
   responses: './responses.ts',
   logprobs: './logprobs.ts',
+  constrained: './constrained.ts',
 };
 
 /** One line per benchmark for the top-level help; each benchmark's own --help lists its options. */
@@ -22,6 +23,7 @@ const SUMMARIES: Record<keyof typeof BENCHMARKS, string> = {
   window: 'sliding-window truncation (shift, recompute) against no truncation',
   tiers: 'bytes per token per cache tier, and time to first token resuming from each',
   logprobs: 'decode throughput with logprobs and 20 alternatives per token, against without',
+  constrained: 'decode tok/s with a JSON-schema grammar against without, grammar compile time and cache hits',
 };
 
 function usage(): string {
@@ -37,7 +39,7 @@ function usage(): string {
     '  core --quick',
     '  load --concurrency 1,4 --requests-per-client 2 --level-seconds 30 --tag load-quick',
     '  soak --minutes 0.5 --clients 2 --tag soak-quick',
-    'logprobs, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
+    'constrained, logprobs, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
   ].join('\n');
 }
 

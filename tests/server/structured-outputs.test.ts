@@ -54,6 +54,8 @@ for (const family of [LLAMA, GPT2]) {
       const bad = await fetch(`${server.url}/v1/chat/completions`, post({ model, messages: [{ role: 'user', content: 'hi' }], response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'string', format: 'email' } } } }));
       const error = await expectError(bad, 400, 'invalid_value', 'response_format');
       assert.match(JSON.stringify(error), /'format'/);
+      const withMinTokens = await fetch(`${server.url}/v1/chat/completions`, post({ model, messages: [{ role: 'user', content: 'hi' }], response_format: { type: 'json_object' }, min_tokens: 3 }));
+      await expectError(withMinTokens, 400, 'unsupported_parameter', 'min_tokens');
       const malformed = await fetch(`${server.url}/v1/completions`, post({ model, prompt: 'a', response_format: { type: 'json_schema' } }));
       await expectError(malformed, 400, 'invalid_value');
     });

@@ -12,6 +12,7 @@ const BENCHMARKS: Record<string, string> = {
   responses: './responses.ts',
   logprobs: './logprobs.ts',
   fairness: './fairness.ts',
+  constrained: './constrained.ts',
 };
 
 /** One line per benchmark for the top-level help; each benchmark's own --help lists its options. */
@@ -24,6 +25,7 @@ const SUMMARIES: Record<keyof typeof BENCHMARKS, string> = {
   tiers: 'bytes per token per cache tier, and time to first token resuming from each',
   logprobs: 'decode throughput with logprobs and 20 alternatives per token, against without',
   fairness: 'TTFT of a short request and ITL p99 of a stream while a long prompt prefills, against idle',
+  constrained: 'decode tok/s with a JSON-schema grammar against without, grammar compile time and cache hits',
 };
 
 function usage(): string {
@@ -39,7 +41,7 @@ function usage(): string {
     '  core --quick',
     '  load --concurrency 1,4 --requests-per-client 2 --level-seconds 30 --tag load-quick',
     '  soak --minutes 0.5 --clients 2 --tag soak-quick',
-    'fairness, logprobs, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
+    'constrained, fairness, logprobs, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
   ].join('\n');
 }
 

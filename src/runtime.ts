@@ -64,7 +64,8 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
   const store = new SessionStore(new KvBudget(budgetBytes, config.kvBlockTokens));
   const decoder = options.wrapDecoder ? options.wrapDecoder(loaded.decoder) : loaded.decoder;
   const engine = new Engine(
-    { decoder, tokenizer: loaded.tokenizer, vocabSize: loaded.vocabSize, eosTokenIds: folder.eosTokenIds, positionEncoding: folder.positionEncoding, capabilities: loaded.capabilities },
+    { decoder, tokenizer: loaded.tokenizer, vocabSize: loaded.vocabSize, eosTokenIds: folder.eosTokenIds, positionEncoding: folder.positionEncoding, capabilities: loaded.capabilities,
+      grammarVocabulary: () => loaded.tokenizer.encodedVocabulary() },
     store,
     {
       maxBatchSize: config.maxBatchSize,

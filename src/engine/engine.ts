@@ -8,6 +8,7 @@ import { silentLogger, type Logger } from '../lib/logger.ts';
 import { emptyKv, FULL_CAPABILITIES, kvOnHost, type Decoder, type KvData, type KvTensors, type ModelCapabilities, type PositionEncoding } from '../model/types.ts';
 import type { TokenDecoder } from './detokenizer.ts';
 import { tokenLogprob } from './logprobs.ts';
+import { GrammarService, type GrammarCounters, type GrammarVocabulary } from './grammar.ts';
 import { Sampler } from './sampler.ts';
 import { Sequence } from './sequence.ts';
 import type { EngineError, FinishReason, GenerationRequest, SubmitResult } from './types.ts';
@@ -21,6 +22,8 @@ export interface EngineModel {
   positionEncoding: PositionEncoding;
   /** What the export can do (probed at load); default: everything. */
   capabilities?: ModelCapabilities;
+  /** The tokenizer's vocabulary for constrained decoding (read on the first request with a grammar); absent: grammars are refused. */
+  grammarVocabulary?: () => GrammarVocabulary;
 }
 
 export interface EngineOptions {
@@ -143,7 +146,10 @@ export class Engine {
   /** Something happened since the loop last looked (a submit, an abort, freed room): do not sleep. */
   private woken = false;
   private readonly sampler: Sampler;
+  private grammarService: GrammarService | null = null;
   private readonly logitsRow: Float32Array;
+  /** A row of logits with a grammar's mask applied. `// [vocabSize]` */
+  private readonly maskedRow: Float32Array;
   private readonly inverseFrequencies: Float32Array | null;
   private restorer: TierRestorer | null = null;
   private readonly observers: EngineObserver[] = [];
@@ -165,6 +171,7 @@ export class Engine {
   ) {
     this.sampler = new Sampler(model.vocabSize);
     this.logitsRow = new Float32Array(model.vocabSize);
+    this.maskedRow = new Float32Array(model.vocabSize);
     const positions = model.positionEncoding;
     this.inverseFrequencies = positions.kind === 'rotary' ? rotaryInverseFrequencies(positions.theta, positions.rotaryDim) : null;
     if (options.window.strategy === 'shift' && !this.inverseFrequencies) throw new Error('shift strategy needs a rotary model');
@@ -196,6 +203,11 @@ export class Engine {
 
   counters(): EngineCounters {
     return { ...this.counterValues };
+  }
+
+  /** Grammar compiles, compile time and cache hits; null before the first request with a grammar. */
+  grammarCounters(): GrammarCounters | null {
+    return this.grammarService?.counters() ?? null;
   }
 
   /**
@@ -249,11 +261,22 @@ export class Engine {
     if (this.waiting.length >= this.options.maxQueue) {
       return fail({ kind: 'queue_full', message: `the request queue is full (${this.options.maxQueue} waiting)`, retryAfterSeconds: 1 });
     }
+    let constraint = null;
+    if (request.grammar) {
+      const vocabulary = this.model.grammarVocabulary;
+      if (!vocabulary) return fail({ kind: 'invalid_request', param: 'response_format', message: 'this model does not support constrained decoding' });
+      this.grammarService ??= new GrammarService(vocabulary(), this.model.vocabSize, this.model.eosTokenIds);
+      const made = await this.grammarService.constraint(request.grammar);
+      if (!made.ok) return fail(made.error);
+      constraint = made.constraint;
+    }
     if (!this.store.acquire(session)) {
+      constraint?.dispose();
       return fail({ kind: 'session_busy', param: 'session_id', message: `session ${session.id} is busy with another request` });
     }
 
     const sequence = new Sequence(request, session, this.model.eosTokenIds, this.now());
+    sequence.constraint = constraint;
     this.waiting.push(sequence);
     request.signal?.addEventListener('abort', () => this.wake(), { once: true });
     for (const o of this.observers) o.requestQueued?.(sequence);
@@ -568,6 +591,7 @@ export class Engine {
     c.paddingSlots += batchSize * totalLength - kvTokens;
     this.decodeStepMs = this.decodeStepMs === 0 ? durationMs : 0.8 * this.decodeStepMs + 0.2 * durationMs;
     for (const o of this.observers) o.decodeStep?.({ sequences: rows, kvTokens, startMs, durationMs });
+    for (const sequence of rows) await sequence.constraint?.prepare();
     let finished: Array<[Sequence, FinishReason]> | null = null;
     for (let r = 0; r < batchSize; r++) {
       const sequence = slots[r];
@@ -656,6 +680,7 @@ export class Engine {
     for (const o of this.observers) o.prefillChunk?.(sequence, { tokens: count, kvTokens: total, startMs, durationMs });
     if (sequence.remainingPending === 0) {
       // max_tokens 0 only fills the cache (the native API's session prefill).
+      await sequence.constraint?.prepare();
       const reason = sequence.request.maxTokens === 0 ? 'length' : this.sampleNext(sequence, output.logits, count - 1, output.vocabSize);
       if (reason) {
         if (sequence.kv?.device) await this.hostSequence(sequence);
@@ -675,7 +700,9 @@ export class Engine {
     else rowLogits = halfArrayToFloat(logits.subarray(offset, offset + this.model.vocabSize), this.logitsRow);
     const request = sequence.request;
     const greedy = request.sampling.temperature <= 0;
-    const token = this.sampler.sample(rowLogits, request.sampling, greedy ? null : sequence.rng, sequence.seen, sequence.row);
+    // The grammar masks a copy, so logprobs stay the raw model's.
+    const sampled = sequence.constraint ? sequence.constraint.mask(rowLogits, this.maskedRow) : rowLogits;
+    const token = this.sampler.sample(sampled, request.sampling, greedy ? null : sequence.rng, sequence.seen, sequence.row);
     // Raw-model logprobs (before any processing), only for rows that asked.
     const logprob = request.logprobs === undefined ? undefined : tokenLogprob(rowLogits, this.model.vocabSize, token, request.logprobs);
     if (sequence.firstTokenAt === 0) sequence.firstTokenAt = this.now();
@@ -865,6 +892,8 @@ export class Engine {
     }
     sequence.state = 'finished';
     sequence.finishReason = reason;
+    sequence.constraint?.dispose();
+    sequence.constraint = null;
     sequence.error = error;
     const budget = this.store.budget;
     const cacheBytes = session.tier === 'hot' ? budget.bytesFor(session.cachedLength, this.layout.bytesPerToken) : session.reservedBytes;

@@ -3,6 +3,7 @@ import type { Session, Tier, WindowState } from '../cache/session.ts';
 import { Channel } from '../lib/channel.ts';
 import { Rng } from '../lib/rng.ts';
 import type { KvTensors } from '../model/types.ts';
+import type { Constraint } from './grammar.ts';
 import { IncrementalDetokenizer, type TokenDecoder } from './detokenizer.ts';
 import { TokenCounts, TokenSet, type RowState } from './sampler.ts';
 import { StopStringMatcher } from './stop.ts';
@@ -47,6 +48,8 @@ export class Sequence {
   seen: TokenSet | null = null;
   /** What the sampler needs of this row beyond its parameters; `masked` clears once min_tokens is reached. */
   readonly row: RowState = { counts: null, masked: null };
+  /** The grammar the output must match (per request; the session's cache never sees it). */
+  constraint: Constraint | null = null;
   /** Made when the request is admitted, with the prompt's tail as context (see startOutput). */
   private detokenizer!: IncrementalDetokenizer;
   private stoppedByString = false;
@@ -92,6 +95,8 @@ export class Sequence {
     this.generated.push(tokenId);
     this.session.tokens.push(tokenId);
     this.seen?.add(tokenId);
+    // The token was drawn from the grammar's mask, so the matcher always takes it.
+    this.constraint?.accept(tokenId);
     this.row.counts?.add(tokenId);
     const count = this.generated.length;
     if (count === this.minTokens) this.row.masked = null;
@@ -114,6 +119,7 @@ export class Sequence {
       this.stoppedByString = true;
       return 'stop';
     }
+    if (this.constraint?.isTerminated) return 'stop';
     if (this.generated.length >= this.request.maxTokens) return 'length';
     return null;
   }

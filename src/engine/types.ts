@@ -1,4 +1,5 @@
 import type { Tier } from '../cache/session.ts';
+import type { GrammarSpec } from './grammar.ts';
 import type { TokenLogprob } from './logprobs.ts';
 import type { SamplingParams } from './sampler.ts';
 
@@ -56,6 +57,8 @@ export interface GenerationRequest {
   ignoreEos: boolean;
   /** auto: slide the window when the context fills up; error: refuse requests that would not fit. */
   truncation: 'auto' | 'error';
+  /** Constrained decoding: every output token keeps the text a prefix of something the grammar accepts. */
+  grammar?: GrammarSpec;
   signal?: AbortSignal;
 }
 

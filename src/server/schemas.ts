@@ -35,6 +35,22 @@ const tokenIds = z.array(z.number().int().min(0)).min(1, 'must hold at least one
 const stop = z.union([z.string(), z.array(z.string())]);
 
 /** Fields shared by every generating endpoint. `null` means absent, as in OpenAI's API. */
+/** OpenAI's structured outputs: enforced by constrained decoding (engine/grammar.ts). */
+export const responseFormat = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('text') }),
+  z.object({ type: z.literal('json_object') }),
+  z.object({
+    type: z.literal('json_schema'),
+    json_schema: z.object({
+      name: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1 to 64 letters, digits, underscores or dashes'),
+      description: z.string().nullish(),
+      schema: z.record(z.string(), z.unknown()).nullish(),
+      strict: z.boolean().nullish(),
+    }),
+  }),
+]);
+export type ResponseFormatBody = z.infer<typeof responseFormat>;
+
 const generationFields = {
   model: z.string().nullish(),
   max_tokens: z.number().int().min(1).nullish(),
@@ -61,6 +77,7 @@ const generationFields = {
   min_tokens: z.number().int().min(0).nullish(),
   stop_token_ids: z.array(z.number().int().min(0)).nullish(),
   include_stop_str_in_output: z.boolean().nullish(),
+  response_format: responseFormat.nullish(),
 };
 
 export const completionSchema = z.object({
@@ -168,7 +185,6 @@ const UNSUPPORTED: Record<string, Check> = {
   functions: nonEmptyArray,
   tool_choice: (v) => isSet(v) && v !== 'none' && v !== 'auto',
   function_call: (v) => isSet(v) && v !== 'none' && v !== 'auto',
-  response_format: (v) => isSet(v) && (v as { type?: unknown }).type !== 'text',
   audio: isSet,
   modalities: (v) => Array.isArray(v) && v.some((m) => m !== 'text'),
   prediction: isSet,

@@ -6,13 +6,14 @@
 import { randomBytes } from 'node:crypto';
 import type { Config } from '../config.ts';
 import { GREEDY, type SamplingParams } from '../engine/sampler.ts';
+import type { GrammarSpec } from '../engine/grammar.ts';
 import type { GenerationRequest } from '../engine/types.ts';
 import { ChatTemplateError, type ChatMessage } from '../model/chat-template.ts';
 import type { Transcript } from '../responses/store.ts';
 import type { Serving } from '../serving.ts';
 import { ApiError } from './errors.ts';
 import type { GenerationJob, ResponseFormat } from './generation.ts';
-import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type DetokenizeBody, type MessageBody, type TokenizeBody } from './schemas.ts';
+import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type DetokenizeBody, type MessageBody, type ResponseFormatBody, type TokenizeBody } from './schemas.ts';
 
 /** OpenAI's default for /v1/completions. */
 const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
@@ -45,6 +46,7 @@ interface GenerationFields extends SamplingFields {
   min_tokens?: number | null;
   stop_token_ids?: number[] | null;
   include_stop_str_in_output?: boolean | null;
+  response_format?: ResponseFormatBody | null;
 }
 
 /** A parent response's transcript, and where its reply sits among the child's messages. */
@@ -220,6 +222,10 @@ export class Translator {
     if (minTokens > job.maxTokens) {
       throw new ApiError('invalid_request', `Invalid value for 'min_tokens': ${minTokens} is more than the request's maximum of ${job.maxTokens} tokens.`, 'min_tokens');
     }
+    // min_tokens holds EOS back even where the grammar allows nothing else.
+    if (minTokens > 0 && b.response_format && b.response_format.type !== 'text') {
+      throw new ApiError('unsupported_parameter', "'min_tokens' cannot be combined with a JSON 'response_format'.", 'min_tokens');
+    }
     const stopTokenIds = b.stop_token_ids ?? [];
     stopTokenIds.forEach((id, i) => this.checkTokenId(id, `stop_token_ids[${i}]`));
     return {
@@ -246,6 +252,7 @@ export class Translator {
         minTokens,
         includeStopInOutput: b.include_stop_str_in_output ?? false,
         ...(job.logprobs !== undefined ? { logprobs: job.logprobs } : {}),
+        grammar: grammarOf(b.response_format),
       },
     };
   }
@@ -379,4 +386,11 @@ function chatMessages(messages: MessageBody[]): ChatMessage[] {
     else throw new ApiError('invalid_request', `Invalid value for '${param}.content': is required.`, `${param}.content`);
     return m.name != null ? { role, content, name: m.name } : { role, content };
   });
+}
+
+/** `response_format` as the engine's grammar: json_object is any JSON object; a json_schema without `schema` is too. */
+function grammarOf(format: ResponseFormatBody | null | undefined): GrammarSpec | undefined {
+  if (!format || format.type === 'text') return undefined;
+  if (format.type === 'json_object' || !format.json_schema.schema) return { kind: 'json_object' };
+  return { kind: 'json_schema', schema: format.json_schema.schema };
 }

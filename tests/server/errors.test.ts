@@ -57,7 +57,6 @@ describe('request validation', () => {
       [{ n: 2 }, 'n'],
       [{ echo: true }, 'echo'],
       [{ tools: [{ type: 'function', function: { name: 'f' } }] }, 'tools'],
-      [{ response_format: { type: 'json_object' } }, 'response_format'],
       [{ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }, 'messages[0].content[0].type'],
     ];
     for (const [extra, param] of chat) {

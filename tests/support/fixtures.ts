@@ -81,6 +81,7 @@ export async function makeEngine(options: EngineFixtureOptions = {}): Promise<En
       eosTokenIds: options.eos ?? model.folder.eosTokenIds,
       positionEncoding: model.folder.positionEncoding,
       capabilities: model.capabilities,
+      grammarVocabulary: () => model.tokenizer.encodedVocabulary(),
     },
     store,
     {

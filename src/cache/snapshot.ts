@@ -30,6 +30,8 @@ export interface SnapshotHeader {
   createdAt: number;
   lastUsedAt: number;
   requests: number;
+  /** The session's version (committed turns) when the file was written; absent in older files (0). */
+  sessionVersion?: number;
   cachedLength: number;
   window: WindowState;
   tokenCount: number;

@@ -104,6 +104,7 @@ export async function makeEngine(options: EngineFixtureOptions = {}): Promise<En
     });
     await tiers.init();
     engine.setTierRestorer((session) => tiers!.restore(session));
+    engine.setSessionSuperseder((session) => tiers!.supersede(session));
   }
   return { engine, store, model, decoder, tiers };
 }

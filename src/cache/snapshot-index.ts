@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { open, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../lib/logger.ts';
-import { headLengthHint, SnapshotFormatError, type SnapshotHeader } from './snapshot.ts';
+import { decodeSnapshotHead, headLengthHint, SnapshotFormatError, type SnapshotHeader } from './snapshot.ts';
 
 export interface SnapshotEntry {
   owner: string;
@@ -69,6 +69,20 @@ export class SnapshotIndex {
   /** Ids of `owner` that have a snapshot file. */
   ids(owner: string): ReadonlySet<string> {
     return this.byOwner.get(owner) ?? new Set();
+  }
+
+  /** The least recently used entries (passing over those `keep` holds) whose removal brings the total under `cap`; 0 = no cap. */
+  overCap(cap: number, keep: (entry: SnapshotEntry) => boolean): SnapshotEntry[] {
+    if (cap <= 0 || this.total <= cap) return [];
+    const victims: SnapshotEntry[] = [];
+    let total = this.total;
+    for (const entry of this.oldestFirst()) {
+      if (total <= cap) break;
+      if (keep(entry)) continue;
+      victims.push(entry);
+      total -= entry.bytes;
+    }
+    return victims;
   }
 
   /** Every entry, least recently used first. */
@@ -135,4 +149,25 @@ export async function scanSnapshotDir(dir: string, logger: Logger): Promise<{ in
   };
   for (let i = 0; i < names.length; i += 16) await Promise.all(names.slice(i, i + 16).map(visit));
   return { index, removed };
+}
+
+/** Reads only the header and transcript of a snapshot file. */
+export async function readHead(path: string) {
+  const handle = await open(path, 'r');
+  try {
+    const preamble = Buffer.alloc(16);
+    await handle.read(preamble, 0, 16, 0);
+    const headerEnd = headLengthHint(preamble);
+    if (headerEnd === null) throw new SnapshotFormatError('not a warmkv snapshot');
+    const headerBytes = Buffer.alloc(headerEnd);
+    await handle.read(headerBytes, 0, headerEnd, 0);
+    const tokenCount = Number((JSON.parse(headerBytes.subarray(16).toString('utf8')) as SnapshotHeader).tokenCount);
+    if (!Number.isInteger(tokenCount) || tokenCount < 0) throw new SnapshotFormatError('bad header fields');
+    const total = headerEnd + 4 * tokenCount + 32;
+    const head = Buffer.alloc(total);
+    const { bytesRead } = await handle.read(head, 0, total, 0);
+    return decodeSnapshotHead(head.subarray(0, bytesRead));
+  } finally {
+    await handle.close();
+  }
 }

@@ -8,7 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
-import { mkdir, open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../lib/logger.ts';
 import type { KvLayout } from '../model/types.ts';
@@ -16,8 +16,8 @@ import type { KvBudget } from './budget.ts';
 import { dequantizeKv, int8Bytes as int8BytesExact, int8FixedBytes, int8BytesPerToken, quantizeKv, type KeyScaleMode } from './int8.ts';
 import { Session, type Tier } from './session.ts';
 import type { SessionStore } from './session-store.ts';
-import { decodeSnapshotHead, decodeSnapshotPayload, encodeSnapshot, headLengthHint, SnapshotFormatError, type SnapshotHeader } from './snapshot.ts';
-import { scanSnapshotDir, snapshotFileName, SnapshotIndex, type SnapshotEntry } from './snapshot-index.ts';
+import { decodeSnapshotHead, decodeSnapshotPayload, encodeSession, SnapshotFormatError, type SnapshotHeader } from './snapshot.ts';
+import { readHead, scanSnapshotDir, snapshotFileName, SnapshotIndex, type SnapshotEntry } from './snapshot-index.ts';
 
 export interface TierOptions {
   layout: KvLayout;
@@ -250,7 +250,7 @@ export class TierManager {
       try {
         const path = this.pathOf(session.owner, session.id);
         const temp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
-        const data = this.encode(session);
+        const data = encodeSession(session, this.options);
         await writeFile(temp, data);
         await rename(temp, path);
         this.recordFile(session, path, data.length);
@@ -358,20 +358,9 @@ export class TierManager {
     }
   }
 
-  /** The least recently used entries whose removal brings the folder under the cap. */
+  /** The least recently used files whose removal brings the folder under the cap; a busy session's file stays. */
   private overCap(): SnapshotEntry[] {
-    const cap = this.options.maxSnapshotBytes ?? 0;
-    if (cap <= 0 || this.index.totalBytes <= cap) return [];
-    const victims: SnapshotEntry[] = [];
-    let total = this.index.totalBytes;
-    for (const entry of this.index.oldestFirst()) {
-      if (total <= cap) break;
-      // A session busy with a request keeps its file until the request supersedes it.
-      if (this.store.get(entry.owner, entry.id)?.busy) continue;
-      victims.push(entry);
-      total -= entry.bytes;
-    }
-    return victims;
+    return this.index.overCap(this.options.maxSnapshotBytes ?? 0, (entry) => Boolean(this.store.get(entry.owner, entry.id)?.busy));
   }
 
   private async removeEntry(entry: SnapshotEntry): Promise<void> {
@@ -406,40 +395,13 @@ export class TierManager {
     this.budget.resize(session, 0);
   }
 
-  private encode(session: Session): Buffer {
-    const { layout } = this.options;
-    const kind = session.tier === 'hot' && session.kv ? 'native' : session.tier === 'int8' && session.int8 ? 'int8' : 'none';
-    return Buffer.concat(
-      encodeSnapshot(
-        {
-          modelFingerprint: this.options.modelFingerprint,
-          tokenizerFingerprint: this.options.tokenizerFingerprint,
-          layout: { numLayers: layout.numLayers, numKvHeads: layout.numKvHeads, headDim: layout.headDim, dtype: layout.dtype },
-          payloadKind: kind,
-          keyMode: session.int8?.keyMode,
-          owner: session.owner,
-          sessionId: session.id,
-          createdAt: session.createdAt,
-          lastUsedAt: session.lastUsedAt,
-          requests: session.requests,
-          sessionVersion: session.version,
-          cachedLength: kind === 'none' ? 0 : session.cachedLength,
-          window: session.window,
-        },
-        session.tokens,
-        kind === 'native' ? session.kv : null,
-        kind === 'int8' ? session.int8 : null,
-      ),
-    );
-  }
-
   /** Demotion runs inside a reservation, which is synchronous: write with sync calls, then rename. */
   private writeSync(session: Session): void {
     const path = this.pathOf(session.owner, session.id);
     const temp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
     try {
       mkdirSync(this.snapshotDir!, { recursive: true });
-      const data = this.encode(session);
+      const data = encodeSession(session, this.options);
       writeFileSync(temp, data);
       renameSync(temp, path);
       this.recordFile(session, path, data.length);
@@ -451,26 +413,5 @@ export class TierManager {
       }
       throw error;
     }
-  }
-}
-
-/** Reads only the header and transcript of a snapshot file. */
-async function readHead(path: string) {
-  const handle = await open(path, 'r');
-  try {
-    const preamble = Buffer.alloc(16);
-    await handle.read(preamble, 0, 16, 0);
-    const headerEnd = headLengthHint(preamble);
-    if (headerEnd === null) throw new SnapshotFormatError('not a warmkv snapshot');
-    const headerBytes = Buffer.alloc(headerEnd);
-    await handle.read(headerBytes, 0, headerEnd, 0);
-    const tokenCount = Number((JSON.parse(headerBytes.subarray(16).toString('utf8')) as SnapshotHeader).tokenCount);
-    if (!Number.isInteger(tokenCount) || tokenCount < 0) throw new SnapshotFormatError('bad header fields');
-    const total = headerEnd + 4 * tokenCount + 32;
-    const head = Buffer.alloc(total);
-    const { bytesRead } = await handle.read(head, 0, total, 0);
-    return decodeSnapshotHead(head.subarray(0, bytesRead));
-  } finally {
-    await handle.close();
   }
 }

@@ -2,14 +2,18 @@
  * What the snapshot folder holds, kept in memory: one entry per snapshot file (owner, session id,
  * session version, last use, bytes). It is built once at start from one listing of the folder (and
  * the header of each file), then kept up to date by every write and removal, so the per-key session
- * limit, the idle expiry of files and the folder's byte cap never scan the folder again, and a lookup
- * of an id that has no file costs no disk access. The folder belongs to one server process.
+ * limit, the idle expiry of files and the folder's byte cap never scan the folder again. A lookup
+ * of an id not in the index still looks on disk once (servers sharing a folder write files the others
+ * did not list). With a shared folder each server counts and caps the files it knows of.
  */
 import { createHash } from 'node:crypto';
 import { open, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../lib/logger.ts';
 import { decodeSnapshotHead, headLengthHint, SnapshotFormatError, type SnapshotHeader } from './snapshot.ts';
+
+/** A temporary file this old is a write that a crash interrupted. */
+const STALE_TEMP_MS = 10 * 60_000;
 
 export interface SnapshotEntry {
   owner: string;
@@ -128,7 +132,12 @@ export async function scanSnapshotDir(dir: string, logger: Logger): Promise<{ in
   };
   const visit = async (name: string) => {
     const path = join(dir, name);
-    if (/\.wkv\.tmp-/.test(name)) return remove(path, 'unfinished write');
+    // Another server sharing the folder may be writing right now: only old temporary files are leftovers.
+    if (/\.wkv\.tmp-/.test(name)) {
+      const info = await stat(path).catch(() => null);
+      if (info && Date.now() - info.mtimeMs > STALE_TEMP_MS) await remove(path, 'unfinished write');
+      return;
+    }
     if (!name.endsWith('.wkv')) return;
     try {
       const [header, info] = await Promise.all([readSnapshotHeader(path), stat(path)]);

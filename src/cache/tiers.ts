@@ -7,8 +7,8 @@
  * counted, expired and capped from the in-memory index.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
-import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../lib/logger.ts';
 import type { KvLayout } from '../model/types.ts';
@@ -92,10 +92,8 @@ export class TierManager {
     this.index = index;
     const expired = await this.expireFiles();
     const trimmed = await this.trim();
-    this.options.logger.info(
-      { snapshotDir: dir, files: index.size, bytes: index.totalBytes, removed, expired, trimmed, scanMs: Math.round(performance.now() - started) },
-      'session snapshots enabled',
-    );
+    const scanMs = Math.round(performance.now() - started);
+    this.options.logger.info({ snapshotDir: dir, files: index.size, bytes: index.totalBytes, removed, expired, trimmed, scanMs }, 'session snapshots enabled');
   }
 
   hotBytes(length: number): number {
@@ -199,13 +197,14 @@ export class TierManager {
   async find(owner: string, id: string): Promise<Session | undefined> {
     if (!this.snapshotDir) return undefined;
     const path = this.pathOf(owner, id);
-    const entry = this.index.get(path);
-    if (!entry) return undefined;
+    const known = this.index.get(path);
     const ttl = this.options.idleTtlMs ?? 0;
-    if (ttl > 0 && this.now() - entry.lastUsedAt >= ttl) {
-      await this.removeEntry(entry);
+    const expired = (entry: SnapshotEntry) => ttl > 0 && this.now() - entry.lastUsedAt >= ttl;
+    if (known && expired(known)) {
+      await this.removeEntry(known);
       return undefined;
     }
+    // Not in the index: another server sharing the folder may have written it since the start, so look.
     let head;
     try {
       head = await readHead(path);
@@ -221,6 +220,15 @@ export class TierManager {
     } catch (error) {
       this.options.logger.warn({ sessionId: id, err: (error as Error).message }, 'snapshot skipped');
       return undefined;
+    }
+    if (!known) {
+      const bytes = (await stat(path).catch(() => ({ size: 0 }))).size;
+      const entry = { owner, id, path, version: header.sessionVersion ?? 0, lastUsedAt: header.lastUsedAt, bytes };
+      this.index.set(entry);
+      if (expired(entry)) {
+        await this.removeEntry(entry);
+        return undefined;
+      }
     }
     const session = new Session(id, owner, header.createdAt);
     session.lastUsedAt = header.lastUsedAt;
@@ -273,11 +281,9 @@ export class TierManager {
   }
 
   /**
-   * Before a request changes a session (the engine calls this when it admits one): removes the
-   * session's snapshot file, whatever its version, so that no crash can bring back a transcript older
-   * than the reply to this request. Null when there is no file (nothing to wait for). The unlink runs
-   * off the event loop; the engine awaits it before the transcript changes. A session whose KV was only
-   * in that file is left with its transcript. Rejects when the file cannot be removed.
+   * Before a request changes a session (the engine awaits it at admission): removes its snapshot file,
+   * whatever its version, so no crash can bring back a transcript older than this request's reply.
+   * Null when there is no file. The unlink runs off the event loop; rejects when it fails.
    */
   supersede(session: Session): Promise<void> | null {
     if (!this.snapshotDir || session.ephemeral) return null;
@@ -337,23 +343,16 @@ export class TierManager {
 
   /** Removes least recently used files until the folder is under its byte cap (async, for start and flush). */
   private async trim(): Promise<number> {
-    let trimmed = 0;
-    for (const entry of this.overCap()) {
-      await this.removeEntry(entry);
-      trimmed++;
-    }
-    return trimmed;
+    const victims = this.overCap();
+    for (const entry of victims) await this.removeEntry(entry);
+    return victims.length;
   }
 
   /** The same inside a demotion, which is synchronous. */
   private trimSync(): void {
     for (const entry of this.overCap()) {
       this.index.delete(entry.path);
-      try {
-        unlinkSync(entry.path);
-      } catch {
-        // already gone
-      }
+      rmSync(entry.path, { force: true });
       this.dropped(entry);
     }
   }

@@ -5,7 +5,7 @@
  * process: tests/server/durability.test.ts).
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
@@ -145,18 +145,34 @@ describe('snapshot limits across restarts (issue 24.4)', () => {
     assert.equal(restarted.store.countOwned('k1'), 3);
   });
 
+  test('a file another server wrote after this one listed the folder is still found, and then counted', async () => {
+    const snapshotDir = tempDir();
+    const listedEarly = await makeEngine({ tiers: { snapshotDir } });
+    await withFiles(snapshotDir, 'k', ['late']);
+    assert.equal(listedEarly.store.countOwned('k'), 0, 'not known yet');
+    const found = await listedEarly.store.find('k', 'late');
+    assert.equal(found?.tokens.length, 24);
+    listedEarly.store.delete(found!);
+    assert.equal(listedEarly.store.countOwned('k'), 1, 'known now: on disk');
+  });
+
   test('files idle past SESSION_IDLE_SECONDS are removed at start, on lookup and by the sweep, by their own last use', async () => {
     const snapshotDir = tempDir();
     const now = Date.now();
     await withFiles(snapshotDir, 'k', ['stale', 'fresh'], (id) => (id === 'stale' ? now - 120_000 : now));
     // Leftovers of a crash mid-write and files that can never load go at start too.
     writeFileSync(join(snapshotDir, 'deadbeef.wkv.tmp-1-abc'), 'partial');
+    const hourAgo = new Date(now - 3_600_000);
+    utimesSync(join(snapshotDir, 'deadbeef.wkv.tmp-1-abc'), hourAgo, hourAgo);
+    // A recent temporary file may be another server's write in progress (a shared folder): it stays.
+    writeFileSync(join(snapshotDir, 'cafe.wkv.tmp-2-def'), 'in progress');
     writeFileSync(join(snapshotDir, 'deadbeef.wkv'), 'not a snapshot');
     const restarted = await makeEngine({ tiers: { snapshotDir, idleTtlMs: 60_000 } });
     assert.equal(restarted.store.countOwned('k'), 1);
     assert.equal(await restarted.store.find('k', 'stale'), undefined);
     assert.ok(await restarted.store.find('k', 'fresh'));
-    assert.deepEqual(readdirSync(snapshotDir), [restarted.tiers!.pathOf('k', 'fresh').split('/').at(-1)]);
+    assert.deepEqual(readdirSync(snapshotDir).sort(), [restarted.tiers!.pathOf('k', 'fresh').split('/').at(-1), 'cafe.wkv.tmp-2-def'].sort());
+    rmSync(join(snapshotDir, 'cafe.wkv.tmp-2-def'));
 
     // Later: a file not loaded expires by the time in its header, at lookup or at the next sweep.
     let clock = now;

@@ -47,7 +47,13 @@ export interface Int8Decision {
 /** INT8_TIER: true / false as set; auto runs the measured gate (int8-gate.ts) on the loaded decoder. */
 export async function decideInt8(config: Config, loaded: LoadedModel, logger: Logger): Promise<Int8Decision> {
   if (config.int8Tier !== 'auto') return { enabled: config.int8Tier, gate: null };
-  const gate = await measureInt8(loaded.decoder, { vocabSize: loaded.vocabSize, keyMode: 'channel' });
+  let gate: Int8GateResult;
+  try {
+    gate = await measureInt8(loaded.decoder, { vocabSize: loaded.vocabSize, keyMode: 'channel', multiTokenOverPast: loaded.capabilities.multiTokenOverPast });
+  } catch (error) {
+    logger.warn({ err: (error as Error).message }, 'int8 tier disabled: the int8 gate could not run on this model');
+    return { enabled: false, gate: null };
+  }
   const fields = { agreement: gate.agreement, perplexityDrift: Number(gate.perplexityDrift.toFixed(5)), maxLogitDrift: Number(gate.maxLogitDrift.toFixed(4)), positions: gate.positions, ms: Math.round(gate.ms) };
   if (gate.enabled) logger.info(fields, 'int8 tier enabled: the measured gate passed');
   else logger.warn(fields, 'int8 tier disabled: int8 KV changes this model\'s greedy output or perplexity too much');

@@ -23,6 +23,8 @@ export interface Int8GateOptions {
   /** Largest relative change of the continuation's perplexity. */
   maxPerplexityDrift?: number;
   seed?: number;
+  /** false: the export cannot take several tokens over a past (model probe); score one token per call. */
+  multiTokenOverPast?: boolean;
 }
 
 export interface Int8GateResult {
@@ -73,6 +75,22 @@ async function run(decoder: Decoder, tokens: readonly number[], start: number, p
   });
 }
 
+/** Logits rows of `tokens` fed after `past` (which holds `start` tokens), in one call or one call per token. */
+async function score(decoder: Decoder, tokens: readonly number[], start: number, past: KvTensors, vocab: number, oneCall: boolean): Promise<Float32Array[]> {
+  if (oneCall) {
+    const output = await run(decoder, tokens, start, past);
+    return tokens.map((_, i) => rowOf(output, i, vocab).slice());
+  }
+  const rows: Float32Array[] = [];
+  let cache = past;
+  for (const [i, token] of tokens.entries()) {
+    const output = await run(decoder, [token], start + i, cache);
+    cache = await kvOnHost(output.present);
+    rows.push(rowOf(output, 0, vocab).slice());
+  }
+  return rows;
+}
+
 export async function measureInt8(decoder: Decoder, options: Int8GateOptions): Promise<Int8GateResult> {
   const started = performance.now();
   const settings = { ...INT8_GATE_DEFAULTS, ...options };
@@ -93,16 +111,17 @@ export async function measureInt8(decoder: Decoder, options: Int8GateOptions): P
   }
 
   const roundTrip = dequantizeKv(layout, quantizeKv(layout, promptKv, settings.keyMode));
-  const native = await run(decoder, continuation, prompt.length, promptKv);
-  const lossy = await run(decoder, continuation, prompt.length, roundTrip);
+  const oneCall = options.multiTokenOverPast ?? true;
+  const native = await score(decoder, continuation, prompt.length, promptKv, vocab, oneCall);
+  const lossy = await score(decoder, continuation, prompt.length, roundTrip, vocab, oneCall);
   let agree = 0;
   let nativeNll = 0;
   let lossyNll = 0;
   let maxLogitDrift = 0;
   const positions = continuation.length - 1;
   for (let i = 0; i < positions; i++) {
-    const a = rowOf(native, i, vocab);
-    const b = rowOf(lossy, i, vocab);
+    const a = native[i];
+    const b = lossy[i];
     if (argmax(a) === argmax(b)) agree++;
     for (let v = 0; v < vocab; v++) maxLogitDrift = Math.max(maxLogitDrift, Math.abs(a[v] - b[v]));
     nativeNll += nll(a, continuation[i + 1]);

@@ -23,6 +23,21 @@ describe('the int8 gate', () => {
     assert.equal((await measureInt8(model.decoder, { ...options, minAgreement: 0, maxPerplexityDrift: -1 })).enabled, false);
   });
 
+  test('on an export that cannot take several tokens over a past, the gate scores one token per call and decides', async () => {
+    const limited = await testModel({ family: 'llama', seed: 7, quirks: ['no-multi-token-past'] });
+    assert.equal(limited.capabilities.multiTokenOverPast, false);
+    const config = loadConfig({ MODEL_DIR: '/unused', INT8_TIER: 'auto', KV_CACHE_BYTES: '64MiB' });
+    const decision = await decideInt8(config, limited, silentLogger);
+    assert.ok(decision.gate, 'the gate ran');
+    // The same numbers as one call per continuation on the unlimited model (same weights, same seed).
+    const full = await testModel(LLAMA);
+    const options = { vocabSize: full.vocabSize, keyMode: 'channel' as const, promptTokens: 32, continuationTokens: 12 };
+    const oneCall = await measureInt8(full.decoder, options);
+    const perToken = await measureInt8(full.decoder, { ...options, multiTokenOverPast: false });
+    assert.equal(perToken.agreement, oneCall.agreement);
+    assert.ok(Math.abs(perToken.perplexityDrift - oneCall.perplexityDrift) < 1e-3);
+  });
+
   test('INT8_TIER=true|false is taken as set; auto runs the gate; /metrics shows the decision and counts int8 resumes', async () => {
     const loaded = await testModel(LLAMA);
     const config = (int8: string) => loadConfig({ MODEL_DIR: '/unused', INT8_TIER: int8, KV_CACHE_BYTES: '64MiB' });

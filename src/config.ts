@@ -81,8 +81,15 @@ export const configSchema = z.object({
   maxStopSequences: int(0).default(16),
 
   snapshotDir: z.string().min(1).optional(),
-  /** Whether idle sessions pass through the int8 tier (lossy) before disk / eviction (exact). */
-  int8Tier: boolish.default(true),
+  /**
+   * Whether idle sessions pass through the int8 tier (lossy) before disk / eviction (exact): true,
+   * false, or auto (a measured gate at load decides per model: greedy agreement and perplexity drift).
+   */
+  int8Tier: z
+    .preprocess((v) => (typeof v === 'string' && v.trim().toLowerCase() === 'auto' ? 'auto' : v), z.union([z.literal('auto'), boolish]))
+    .default('auto'),
+  /** Most bytes the snapshot folder may hold; least recently used files are removed first. */
+  snapshotMaxBytes: byteSize.default(10 * 1024 ** 3),
   /** Idle time before a hot session is quantized to int8, if memory is not needed sooner; 0 = only under pressure. */
   int8AfterSeconds: seconds.default(0),
   /** Idle time after which a session is deleted (memory and snapshot); 0 keeps sessions until deleted. */

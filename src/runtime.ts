@@ -11,6 +11,7 @@ import { resolveWindowPolicy } from './cache/window.ts';
 import { defaultKvCacheBytes, type Config } from './config.ts';
 import { TierManager } from './cache/tiers.ts';
 import { Engine } from './engine/engine.ts';
+import { measureInt8, type Int8GateResult } from './engine/int8-gate.ts';
 import { silentLogger, type Logger } from './lib/logger.ts';
 import { loadModel, type Decoder, type LoadedModel } from './model/index.ts';
 import { ChatTemplate } from './model/chat-template.ts';
@@ -37,6 +38,28 @@ export interface RuntimeOptions {
   streams?: EventLogRegistry;
 }
 
+/** Whether the int8 tier is on, and the gate's measurement when INT8_TIER=auto decided it. */
+export interface Int8Decision {
+  enabled: boolean;
+  gate: Int8GateResult | null;
+}
+
+/** INT8_TIER: true / false as set; auto runs the measured gate (int8-gate.ts) on the loaded decoder. */
+export async function decideInt8(config: Config, loaded: LoadedModel, logger: Logger): Promise<Int8Decision> {
+  if (config.int8Tier !== 'auto') return { enabled: config.int8Tier, gate: null };
+  let gate: Int8GateResult;
+  try {
+    gate = await measureInt8(loaded.decoder, { vocabSize: loaded.vocabSize, keyMode: 'channel', multiTokenOverPast: loaded.capabilities.multiTokenOverPast });
+  } catch (error) {
+    logger.warn({ err: (error as Error).message }, 'int8 tier disabled: the int8 gate could not run on this model');
+    return { enabled: false, gate: null };
+  }
+  const fields = { agreement: gate.agreement, perplexityDrift: Number(gate.perplexityDrift.toFixed(5)), maxLogitDrift: Number(gate.maxLogitDrift.toFixed(4)), positions: gate.positions, ms: Math.round(gate.ms) };
+  if (gate.enabled) logger.info(fields, 'int8 tier enabled: the measured gate passed');
+  else logger.warn(fields, 'int8 tier disabled: int8 KV changes this model\'s greedy output or perplexity too much');
+  return { enabled: gate.enabled, gate };
+}
+
 /** The model's context length under the config, checked against what the architecture allows. */
 export function contextLengthFor(config: Config, loaded: LoadedModel): number {
   const folder = loaded.folder;
@@ -51,7 +74,9 @@ export function contextLengthFor(config: Config, loaded: LoadedModel): number {
 }
 
 /** Builds the serving parts from a loaded model. Throws RuntimeError / WindowConfigError on bad settings. */
-export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOptions = {}): Serving {
+export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOptions = {}, int8Decision?: Int8Decision): Serving {
+  // Without a measurement, auto means off: the lossy tier is used only where it was measured.
+  const int8: Int8Decision = int8Decision ?? { enabled: config.int8Tier === true, gate: null };
   const logger = options.logger ?? silentLogger;
   const folder = loaded.folder;
   const contextLength = contextLengthFor(config, loaded);
@@ -78,14 +103,17 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
   );
   const tiers = new TierManager(store, {
     layout: decoder.io.kv,
-    int8: config.int8Tier,
+    int8: int8.enabled,
     keyMode: 'channel',
     snapshotDir: config.snapshotDir ?? null,
     modelFingerprint: folder.modelFingerprint,
     tokenizerFingerprint: folder.tokenizerFingerprint,
     logger: logger.child({ component: 'tiers' }),
+    idleTtlMs: config.sessionIdleSeconds * 1000,
+    maxSnapshotBytes: config.snapshotMaxBytes,
   });
   engine.setTierRestorer((session) => tiers.restore(session));
+  engine.setSessionSuperseder((session) => tiers.supersede(session));
   const modelId = config.modelId ?? folder.id;
   const metrics = new Metrics(
     {
@@ -93,6 +121,8 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
       engineStats: () => engine.stats(),
       budget: () => ({ capacityBytes: store.budget.capacityBytes, reservedBytes: store.budget.reservedBytes }),
       tiers: () => tiers.counts(),
+      int8: () => ({ enabled: int8.enabled, agreement: int8.gate?.agreement ?? null, perplexityDrift: int8.gate?.perplexityDrift ?? null }),
+      snapshotFiles: () => tiers.files,
     },
     { processMetrics: options.processMetrics ?? true },
   );
@@ -147,7 +177,8 @@ export class Runtime implements ServingSource {
     this.ready = (async () => {
       try {
         const loaded = await load(config, logger.child({ component: 'model' }));
-        const parts = assemble(config, loaded, { ...options, logger });
+        const int8 = await decideInt8(config, loaded, logger.child({ component: 'tiers' }));
+        const parts = assemble(config, loaded, { ...options, logger }, int8);
         await parts.tiers.init();
         if (this.closing) {
           // Closed while loading: nothing was served with these parts.

@@ -28,7 +28,9 @@ export class SessionStore {
   private readonly sessions = new Map<string, Session>();
   private readonly listeners: Array<(event: EvictionEvent) => void> = [];
   private demoter: Demoter = dropCache;
+  private losslessDemoter: Demoter = dropCache;
   private finder: SessionFinder | null = null;
+  private diskIds: (owner: string) => ReadonlySet<string> = () => new Set();
   private readonly probes = new Map<string, Promise<Session | undefined>>();
 
   constructor(
@@ -36,8 +38,10 @@ export class SessionStore {
     private readonly now: () => number = Date.now,
   ) {}
 
-  setDemoter(demoter: Demoter): void {
+  /** `lossless`: the move for sessions waiting for a request, which must come back exact (never int8). */
+  setDemoter(demoter: Demoter, lossless: Demoter = dropCache): void {
     this.demoter = demoter;
+    this.losslessDemoter = lossless;
   }
 
   onEviction(listener: (event: EvictionEvent) => void): void {
@@ -73,6 +77,19 @@ export class SessionStore {
   /** Where `find` looks for sessions not in memory (the snapshot directory). */
   setFinder(finder: SessionFinder): void {
     this.finder = finder;
+  }
+
+  /** Where the ids of an owner's sessions on disk come from (the snapshot index). */
+  setDiskIds(diskIds: (owner: string) => ReadonlySet<string>): void {
+    this.diskIds = diskIds;
+  }
+
+  /** Sessions `owner` holds, in memory or only on disk (each counted once): what MAX_SESSIONS_PER_KEY limits. */
+  countOwned(owner: string): number {
+    let count = 0;
+    for (const session of this.sessions.values()) if (session.owner === owner) count++;
+    for (const id of this.diskIds(owner)) if (!this.sessions.has(storeKey(owner, id))) count++;
+    return count;
   }
 
   create(owner: string, id = newSessionId(), ephemeral = false): Session {
@@ -145,11 +162,21 @@ export class SessionStore {
     return bytes <= this.budget.capacityBytes;
   }
 
-  /** Demotes the least recently used idle session holding memory; false if there is none. */
+  /**
+   * Demotes the least recently used idle session holding memory; false if there is none. Sessions with
+   * a request waiting (busy, not yet pinned) are passed over; only when nothing else holds memory is one
+   * of them moved, and then without loss (a native snapshot or its transcript, never int8), so the
+   * queue head is never stuck behind the requests waiting after it and no waiting turn comes back inexact.
+   */
   demoteOne(except?: Session): boolean {
     for (const candidate of this.sessions.values()) {
-      if (candidate.pinned || candidate === except || candidate.reservedBytes === 0) continue;
+      if (candidate.pinned || candidate.busy || candidate === except || candidate.reservedBytes === 0) continue;
       this.demote(candidate);
+      return true;
+    }
+    for (const candidate of this.sessions.values()) {
+      if (candidate.pinned || candidate === except || candidate.reservedBytes === 0) continue;
+      this.demote(candidate, this.losslessDemoter);
       return true;
     }
     return false;

@@ -38,6 +38,14 @@ export class Session {
   lastUsedAt: number;
   /** Requests served, for the session API. */
   requests = 0;
+  /**
+   * Turns committed so far: every request that changes the transcript (a finished or cancelled
+   * generation, a prefill) adds one when it commits. Stored in every snapshot, so a file can be
+   * compared with the state clients were answered from.
+   */
+  version = 0;
+  /** The version of this session's snapshot file, or null when it has none. */
+  snapshotVersion: number | null = null;
 
   constructor(
     readonly id: string,

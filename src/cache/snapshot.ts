@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import type { KvData, KvDtype, KvLayout, KvTensors } from '../model/types.ts';
 import type { Int8Kv, KeyScaleMode } from './int8.ts';
-import type { WindowState } from './session.ts';
+import type { Session, WindowState } from './session.ts';
 
 export const SNAPSHOT_MAGIC = Buffer.from('WARMKVSN', 'ascii');
 export const SNAPSHOT_VERSION = 1;
@@ -30,6 +30,8 @@ export interface SnapshotHeader {
   createdAt: number;
   lastUsedAt: number;
   requests: number;
+  /** The session's version (committed turns) when the file was written; absent in older files (0). */
+  sessionVersion?: number;
   cachedLength: number;
   window: WindowState;
   tokenCount: number;
@@ -157,4 +159,32 @@ export function decodeSnapshotPayload(data: Buffer, head: DecodedHead, layout: K
   }
   if (offset !== copy.byteLength) throw new SnapshotFormatError('payload longer than its layout');
   return { kv: null, int8: { length, keyMode, layers: int8Layers } };
+}
+
+/** A session's snapshot file as bytes: its KV in the tier it is in (native, int8) or only its transcript. */
+export function encodeSession(session: Session, identity: { layout: KvLayout; modelFingerprint: string; tokenizerFingerprint: string }): Buffer {
+  const { layout } = identity;
+  const kind = session.tier === 'hot' && session.kv ? 'native' : session.tier === 'int8' && session.int8 ? 'int8' : 'none';
+  return Buffer.concat(
+    encodeSnapshot(
+      {
+        modelFingerprint: identity.modelFingerprint,
+        tokenizerFingerprint: identity.tokenizerFingerprint,
+        layout: { numLayers: layout.numLayers, numKvHeads: layout.numKvHeads, headDim: layout.headDim, dtype: layout.dtype },
+        payloadKind: kind,
+        keyMode: session.int8?.keyMode,
+        owner: session.owner,
+        sessionId: session.id,
+        createdAt: session.createdAt,
+        lastUsedAt: session.lastUsedAt,
+        requests: session.requests,
+        sessionVersion: session.version,
+        cachedLength: kind === 'none' ? 0 : session.cachedLength,
+        window: session.window,
+      },
+      session.tokens,
+      kind === 'native' ? session.kv : null,
+      kind === 'int8' ? session.int8 : null,
+    ),
+  );
 }

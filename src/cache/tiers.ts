@@ -2,12 +2,13 @@
  * Tier moves for idle sessions: hot (model dtype) -> int8 (quantized in memory) -> disk (a snapshot
  * file) -> evicted (transcript only). The session store calls `demote` when it needs room; the
  * engine calls `restore` before running a session that is not hot; `find` brings back sessions that
- * only exist on disk (after a restart). Snapshot files are written to a temporary name and renamed,
- * and looked up by name, never by scanning the directory, so a mounted bucket works.
+ * only exist on disk (after a restart). Snapshot files are written to a temporary name and renamed.
+ * The folder is listed once at start (snapshot-index.ts); after that files are found by name and
+ * counted, expired and capped from the in-memory index.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
-import { mkdir, open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../lib/logger.ts';
 import type { KvLayout } from '../model/types.ts';
@@ -15,7 +16,8 @@ import type { KvBudget } from './budget.ts';
 import { dequantizeKv, int8Bytes as int8BytesExact, int8FixedBytes, int8BytesPerToken, quantizeKv, type KeyScaleMode } from './int8.ts';
 import { Session, type Tier } from './session.ts';
 import type { SessionStore } from './session-store.ts';
-import { decodeSnapshotHead, decodeSnapshotPayload, encodeSnapshot, headLengthHint, SnapshotFormatError, type SnapshotHeader } from './snapshot.ts';
+import { decodeSnapshotHead, decodeSnapshotPayload, encodeSession, SnapshotFormatError, type SnapshotHeader } from './snapshot.ts';
+import { readHead, scanSnapshotDir, snapshotFileName, SnapshotIndex, type SnapshotEntry } from './snapshot-index.ts';
 
 export interface TierOptions {
   layout: KvLayout;
@@ -27,6 +29,11 @@ export interface TierOptions {
   modelFingerprint: string;
   tokenizerFingerprint: string;
   logger: Logger;
+  /** Snapshot files whose session was last used this long ago are removed (SESSION_IDLE_SECONDS); 0 = never. */
+  idleTtlMs?: number;
+  /** Most bytes the snapshot folder may hold (SNAPSHOT_MAX_BYTES); least recently used files go first; 0 = no cap. */
+  maxSnapshotBytes?: number;
+  now?: () => number;
 }
 
 export interface TierCounts {
@@ -39,14 +46,23 @@ export interface TierCounts {
 
 export class TierManager {
   private snapshotDir: string | null;
+  private index = new SnapshotIndex();
+  private readonly now: () => number;
 
   constructor(
     private readonly store: SessionStore,
     private readonly options: TierOptions,
   ) {
     this.snapshotDir = options.snapshotDir;
-    store.setDemoter((session) => this.demote(session));
+    this.now = options.now ?? Date.now;
+    store.setDemoter((session) => this.demote(session), (session) => this.demote(session, false));
     store.setFinder((owner, id) => this.find(owner, id));
+    store.setDiskIds((owner) => this.index.ids(owner));
+  }
+
+  /** Snapshot files and their bytes. */
+  get files(): { count: number; bytes: number } {
+    return { count: this.index.size, bytes: this.index.totalBytes };
   }
 
   get budget(): KvBudget {
@@ -66,11 +82,18 @@ export class TierManager {
       const probe = join(dir, `.warmkv-write-test-${process.pid}-${randomBytes(4).toString('hex')}`);
       await writeFile(probe, 'ok');
       await unlink(probe);
-      this.options.logger.info({ snapshotDir: dir }, 'session snapshots enabled');
     } catch (error) {
       this.options.logger.warn({ snapshotDir: dir, err: (error as Error).message }, 'SNAPSHOT_DIR is not writable: running memory-only');
       this.snapshotDir = null;
+      return;
     }
+    const started = performance.now();
+    const { index, removed } = await scanSnapshotDir(dir, this.options.logger);
+    this.index = index;
+    const expired = await this.expireFiles();
+    const trimmed = await this.trim();
+    const scanMs = Math.round(performance.now() - started);
+    this.options.logger.info({ snapshotDir: dir, files: index.size, bytes: index.totalBytes, removed, expired, trimmed, scanMs }, 'session snapshots enabled');
   }
 
   hotBytes(length: number): number {
@@ -82,14 +105,16 @@ export class TierManager {
     return this.budget.blocksFor(length) * this.budget.blockTokens * int8BytesPerToken(layout, keyMode) + int8FixedBytes(layout, keyMode);
   }
 
-  /** One tier down for an idle session; returns where it landed and the bytes it now holds. */
-  demote(session: Session): { tier: Tier; bytes: number } {
-    if (session.tier === 'hot' && session.kv && this.options.int8) return this.quantize(session);
+  /** One tier down for an idle session (`int8` false: skip the lossy tier); where it landed and the bytes it now holds. */
+  demote(session: Session, int8 = this.options.int8): { tier: Tier; bytes: number } {
+    if (session.tier === 'hot' && session.kv && int8) return this.quantize(session);
     if ((session.tier === 'int8' || session.tier === 'hot') && this.snapshotDir) {
       try {
         this.writeSync(session);
         session.toDisk();
-        return { tier: 'disk', bytes: 0 };
+        // The cap may take this very file (the folder holds only newer ones): then it is the transcript.
+        this.trimSync();
+        return { tier: session.tier, bytes: 0 };
       } catch (error) {
         this.options.logger.warn({ sessionId: session.id, err: (error as Error).message }, 'snapshot write failed: evicting to the transcript');
       }
@@ -123,6 +148,7 @@ export class TierManager {
           this.store.demote(session, () => this.quantize(session));
         }
       }
+      if (options.idleTtlMs > 0) void this.expireFiles(options.idleTtlMs, time);
     };
     const intervals = [options.int8AfterMs, options.idleTtlMs].filter((ms) => ms > 0);
     if (intervals.length === 0) return () => {};
@@ -148,6 +174,9 @@ export class TierManager {
       const data = await readFile(path);
       const head = decodeSnapshotHead(data);
       this.checkIdentity(head.header, session.owner, session.id);
+      if ((head.header.sessionVersion ?? 0) !== session.snapshotVersion) {
+        throw new SnapshotFormatError(`snapshot holds version ${head.header.sessionVersion ?? 0}, the session is at ${session.snapshotVersion}`);
+      }
       const { kv, int8 } = decodeSnapshotPayload(data, head, this.options.layout);
       const restored = kv ?? (int8 ? dequantizeKv(this.options.layout, int8) : null);
       if (session.tier !== 'disk') return;
@@ -156,9 +185,8 @@ export class TierManager {
         return;
       }
       if (!this.store.reserve(session, Math.max(session.reservedBytes, this.hotBytes(restored.length)))) return;
+      // The file stays until the request is admitted: `supersede` removes it before the transcript changes.
       session.toHot(restored, restored.length);
-      // The file now lags the session: remove it so a crash cannot resurrect an older transcript.
-      unlink(path).catch(() => {});
     } catch (error) {
       this.options.logger.warn({ sessionId: session.id, err: (error as Error).message }, 'snapshot unreadable: recomputing the session from its transcript');
       this.toTranscriptOnly(session);
@@ -169,13 +197,20 @@ export class TierManager {
   async find(owner: string, id: string): Promise<Session | undefined> {
     if (!this.snapshotDir) return undefined;
     const path = this.pathOf(owner, id);
+    const known = this.index.get(path);
+    const ttl = this.options.idleTtlMs ?? 0;
+    const expired = (entry: SnapshotEntry) => ttl > 0 && this.now() - entry.lastUsedAt >= ttl;
+    if (known && expired(known)) {
+      await this.removeEntry(known);
+      return undefined;
+    }
+    // Not in the index: another server sharing the folder may have written it since the start, so look.
     let head;
     try {
       head = await readHead(path);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
-        this.options.logger.warn({ sessionId: id, err: (error as Error).message }, 'snapshot skipped');
-      }
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') this.index.delete(path);
+      else this.options.logger.warn({ sessionId: id, err: (error as Error).message }, 'snapshot skipped');
       return undefined;
     }
     const { header, tokens } = head;
@@ -186,9 +221,20 @@ export class TierManager {
       this.options.logger.warn({ sessionId: id, err: (error as Error).message }, 'snapshot skipped');
       return undefined;
     }
+    if (!known) {
+      const bytes = (await stat(path).catch(() => ({ size: 0 }))).size;
+      const entry = { owner, id, path, version: header.sessionVersion ?? 0, lastUsedAt: header.lastUsedAt, bytes };
+      this.index.set(entry);
+      if (expired(entry)) {
+        await this.removeEntry(entry);
+        return undefined;
+      }
+    }
     const session = new Session(id, owner, header.createdAt);
     session.lastUsedAt = header.lastUsedAt;
     session.requests = header.requests;
+    session.version = header.sessionVersion ?? 0;
+    session.snapshotVersion = session.version;
     session.tokens = tokens;
     session.window = { ...header.window };
     if (header.modelFingerprint !== this.options.modelFingerprint) {
@@ -212,21 +258,46 @@ export class TierManager {
       try {
         const path = this.pathOf(session.owner, session.id);
         const temp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
-        await writeFile(temp, this.encode(session));
+        const data = encodeSession(session, this.options);
+        await writeFile(temp, data);
         await rename(temp, path);
+        this.recordFile(session, path, data.length);
         written++;
       } catch (error) {
         failed++;
         this.options.logger.warn({ sessionId: session.id, err: (error as Error).message }, 'snapshot write failed');
       }
     }
+    await this.trim();
     return { written, failed };
   }
 
   /** Removes a deleted session's snapshot. */
   async forget(owner: string, id: string): Promise<void> {
     if (!this.snapshotDir) return;
-    await unlink(this.pathOf(owner, id)).catch(() => {});
+    const path = this.pathOf(owner, id);
+    this.index.delete(path);
+    await unlink(path).catch(() => {});
+  }
+
+  /**
+   * Before a request changes a session (the engine awaits it at admission): removes its snapshot file,
+   * whatever its version, so no crash can bring back a transcript older than this request's reply.
+   * Null when there is no file. The unlink runs off the event loop; rejects when it fails.
+   */
+  supersede(session: Session): Promise<void> | null {
+    if (!this.snapshotDir || session.ephemeral) return null;
+    const path = this.pathOf(session.owner, session.id);
+    if (session.snapshotVersion === null && !this.index.get(path)) return null;
+    return (async () => {
+      try {
+        await unlink(path);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      }
+      this.index.delete(path);
+      this.fileGone(session);
+    })();
   }
 
   /** Bytes a session's KV actually occupies in memory (reserved bytes include the unused rest of blocks). */
@@ -254,8 +325,64 @@ export class TierManager {
   }
 
   pathOf(owner: string, id: string): string {
-    const name = createHash('sha256').update(owner).update('\u0000').update(id).digest('hex');
-    return join(this.snapshotDir!, `${name}.wkv`);
+    return join(this.snapshotDir!, snapshotFileName(owner, id));
+  }
+
+  /** Removes files of sessions not in memory that were last used `ttlMs` ago (in-memory ones expire with their session). */
+  private async expireFiles(ttlMs = this.options.idleTtlMs ?? 0, time = this.now()): Promise<number> {
+    if (ttlMs <= 0) return 0;
+    let expired = 0;
+    for (const entry of this.index.oldestFirst()) {
+      if (time - entry.lastUsedAt < ttlMs) break;
+      if (this.store.get(entry.owner, entry.id)) continue;
+      await this.removeEntry(entry);
+      expired++;
+    }
+    return expired;
+  }
+
+  /** Removes least recently used files until the folder is under its byte cap (async, for start and flush). */
+  private async trim(): Promise<number> {
+    const victims = this.overCap();
+    for (const entry of victims) await this.removeEntry(entry);
+    return victims.length;
+  }
+
+  /** The same inside a demotion, which is synchronous. */
+  private trimSync(): void {
+    for (const entry of this.overCap()) {
+      this.index.delete(entry.path);
+      rmSync(entry.path, { force: true });
+      this.dropped(entry);
+    }
+  }
+
+  /** The least recently used files whose removal brings the folder under the cap; a busy session's file stays. */
+  private overCap(): SnapshotEntry[] {
+    return this.index.overCap(this.options.maxSnapshotBytes ?? 0, (entry) => Boolean(this.store.get(entry.owner, entry.id)?.busy));
+  }
+
+  private async removeEntry(entry: SnapshotEntry): Promise<void> {
+    this.index.delete(entry.path);
+    await unlink(entry.path).catch(() => {});
+    this.dropped(entry);
+  }
+
+  /** A file was removed by expiry or the cap: a loaded session that relied on it keeps its transcript. */
+  private dropped(entry: SnapshotEntry): void {
+    const session = this.store.get(entry.owner, entry.id);
+    if (session) this.fileGone(session);
+    this.options.logger.debug({ sessionId: entry.id, bytes: entry.bytes }, 'snapshot file removed');
+  }
+
+  private fileGone(session: Session): void {
+    session.snapshotVersion = null;
+    if (session.tier === 'disk') this.toTranscriptOnly(session);
+  }
+
+  private recordFile(session: Session, path: string, bytes: number): void {
+    this.index.set({ owner: session.owner, id: session.id, path, version: session.version, lastUsedAt: session.lastUsedAt, bytes });
+    session.snapshotVersion = session.version;
   }
 
   private checkIdentity(header: SnapshotHeader, owner: string, id: string): void {
@@ -267,40 +394,16 @@ export class TierManager {
     this.budget.resize(session, 0);
   }
 
-  private encode(session: Session): Buffer {
-    const { layout } = this.options;
-    const kind = session.tier === 'hot' && session.kv ? 'native' : session.tier === 'int8' && session.int8 ? 'int8' : 'none';
-    return Buffer.concat(
-      encodeSnapshot(
-        {
-          modelFingerprint: this.options.modelFingerprint,
-          tokenizerFingerprint: this.options.tokenizerFingerprint,
-          layout: { numLayers: layout.numLayers, numKvHeads: layout.numKvHeads, headDim: layout.headDim, dtype: layout.dtype },
-          payloadKind: kind,
-          keyMode: session.int8?.keyMode,
-          owner: session.owner,
-          sessionId: session.id,
-          createdAt: session.createdAt,
-          lastUsedAt: session.lastUsedAt,
-          requests: session.requests,
-          cachedLength: kind === 'none' ? 0 : session.cachedLength,
-          window: session.window,
-        },
-        session.tokens,
-        kind === 'native' ? session.kv : null,
-        kind === 'int8' ? session.int8 : null,
-      ),
-    );
-  }
-
   /** Demotion runs inside a reservation, which is synchronous: write with sync calls, then rename. */
   private writeSync(session: Session): void {
     const path = this.pathOf(session.owner, session.id);
     const temp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
     try {
       mkdirSync(this.snapshotDir!, { recursive: true });
-      writeFileSync(temp, this.encode(session));
+      const data = encodeSession(session, this.options);
+      writeFileSync(temp, data);
       renameSync(temp, path);
+      this.recordFile(session, path, data.length);
     } catch (error) {
       try {
         unlinkSync(temp);
@@ -309,26 +412,5 @@ export class TierManager {
       }
       throw error;
     }
-  }
-}
-
-/** Reads only the header and transcript of a snapshot file. */
-async function readHead(path: string) {
-  const handle = await open(path, 'r');
-  try {
-    const preamble = Buffer.alloc(16);
-    await handle.read(preamble, 0, 16, 0);
-    const headerEnd = headLengthHint(preamble);
-    if (headerEnd === null) throw new SnapshotFormatError('not a warmkv snapshot');
-    const headerBytes = Buffer.alloc(headerEnd);
-    await handle.read(headerBytes, 0, headerEnd, 0);
-    const tokenCount = Number((JSON.parse(headerBytes.subarray(16).toString('utf8')) as SnapshotHeader).tokenCount);
-    if (!Number.isInteger(tokenCount) || tokenCount < 0) throw new SnapshotFormatError('bad header fields');
-    const total = headerEnd + 4 * tokenCount + 32;
-    const head = Buffer.alloc(total);
-    const { bytesRead } = await handle.read(head, 0, total, 0);
-    return decodeSnapshotHead(head.subarray(0, bytesRead));
-  } finally {
-    await handle.close();
   }
 }

@@ -88,6 +88,13 @@ export interface EngineObserver {
 /** Moves a session's KV from a lower tier (int8, disk) back to hot; leaves it evicted when it cannot. */
 export type TierRestorer = (session: Session) => Promise<void>;
 
+/**
+ * Called when a request on a stored session is admitted, before its transcript changes: makes sure no
+ * durable copy of the session (a snapshot file) is older than what this request will answer. Null when
+ * there is nothing to do; a rejection fails the request before it starts.
+ */
+export type SessionSuperseder = (session: Session) => Promise<void> | null;
+
 /** What a request reuses of its session's cache. */
 interface CachePlan {
   /** Cache slots kept (a prefix of the session's cache). */
@@ -152,6 +159,7 @@ export class Engine {
   private readonly maskedRow: Float32Array;
   private readonly inverseFrequencies: Float32Array | null;
   private restorer: TierRestorer | null = null;
+  private superseder: SessionSuperseder | null = null;
   private readonly observers: EngineObserver[] = [];
   private readonly idleWaiters: Array<() => void> = [];
   private readonly counterValues: EngineCounters = {
@@ -191,6 +199,10 @@ export class Engine {
 
   setTierRestorer(restorer: TierRestorer): void {
     this.restorer = restorer;
+  }
+
+  setSessionSuperseder(superseder: SessionSuperseder): void {
+    this.superseder = superseder;
   }
 
   addObserver(observer: EngineObserver): void {
@@ -394,6 +406,24 @@ export class Engine {
       }
       // The restorer awaited: the sequence may have been cancelled meanwhile.
       if (this.waiting[0] !== sequence) continue;
+      const superseding = this.superseder?.(session);
+      if (superseding) {
+        session.pinned = true;
+        let failure: Error | null = null;
+        try {
+          await superseding;
+        } catch (error) {
+          failure = error as Error;
+        } finally {
+          session.pinned = false;
+        }
+        if (this.waiting[0] !== sequence) continue;
+        if (failure) {
+          this.logger.error({ sessionId: session.id, err: failure.message }, 'the session snapshot could not be superseded');
+          this.finish(sequence, 'error', { kind: 'internal', message: "the session's snapshot could not be updated; the session is unchanged" });
+          continue;
+        }
+      }
 
       const request = sequence.request;
       const fullInput = request.mode === 'append' ? session.tokens.concat(request.input) : request.input;
@@ -924,6 +954,7 @@ export class Engine {
     if (sequence.cacheLength > 0 && sequence.kv) session.toHot(sequence.kv, sequence.cacheLength);
     else session.toEvicted();
     session.window = sequence.window;
+    session.version++;
     sequence.kv = null;
   }
 

@@ -54,7 +54,7 @@ export class Admission {
 
   /** Creates an empty session under the per-key session limit (POST /v1/sessions without a prompt). */
   createSession(store: SessionStore, owner: string, id: string): Session {
-    this.limits.checkSessions(store.list(owner).length);
+    this.limits.checkSessions(store.countOwned(owner));
     return store.create(owner, id);
   }
 

@@ -23,6 +23,10 @@ export interface MetricsSources {
   engineStats(): { running: number; waiting: number; batchSize: number };
   budget(): { capacityBytes: number; reservedBytes: number };
   tiers(): { sessions: Record<Tier, number>; bytes: Record<Tier, number>; usedBytes: number };
+  /** The int8 tier decision and, when INT8_TIER=auto measured it, the gate's numbers. */
+  int8?(): { enabled: boolean; agreement: number | null; perplexityDrift: number | null };
+  /** Snapshot files and their bytes (the SNAPSHOT_MAX_BYTES cap applies). */
+  snapshotFiles?(): { count: number; bytes: number };
 }
 
 export class Metrics implements EngineObserver {
@@ -43,6 +47,7 @@ export class Metrics implements EngineObserver {
   private readonly evictions: Counter<string>;
   private readonly windowDrops: Counter<string>;
   private readonly clientDisconnects: Counter<string>;
+  private readonly int8Resumes: Counter<string>;
 
   constructor(private readonly sources: MetricsSources, options: { processMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -61,6 +66,7 @@ export class Metrics implements EngineObserver {
     this.requests = new Counter({ name: 'warmkv_requests_total', help: 'Finished generation requests by finish reason.', labelNames: ['gen_ai_request_model', 'finish_reason'], registers });
     this.tierMoves = new Counter({ name: 'warmkv_tier_moves_total', help: 'Idle sessions moved down a tier under memory pressure.', labelNames: ['from', 'to'], registers });
     this.evictions = new Counter({ name: 'warmkv_evictions_total', help: 'Sessions whose KV was dropped from memory entirely (to disk or to the transcript).', registers });
+    this.int8Resumes = new Counter({ name: 'warmkv_int8_resumes_total', help: 'Requests that resumed a session from its int8 (lossy) cache.', registers });
     this.windowDrops = new Counter({ name: 'warmkv_window_drops_total', help: 'Sliding-window truncations.', labelNames: ['strategy'], registers });
     this.clientDisconnects = new Counter({ name: 'warmkv_client_disconnects_total', help: 'Clients that left before their answer: mid-body (body) or before a non-streamed answer (generation).', labelNames: ['phase'], registers });
 
@@ -79,6 +85,23 @@ export class Metrics implements EngineObserver {
       for (const tier of TIERS) g.set({ tier }, counts.bytes[tier]);
     }, ['tier']);
     gauge('warmkv_kv_cache_used_bytes', 'Bytes the cached tokens occupy; reserved (warmkv_kv_cache_bytes) minus this is block fragmentation.', (g) => g.set(sources.tiers().usedBytes));
+    const int8 = sources.int8;
+    if (int8) {
+      gauge('warmkv_int8_tier_enabled', 'Whether idle sessions may be quantized to int8 (INT8_TIER, or the gate at load when auto).', (g) => g.set(int8().enabled ? 1 : 0));
+      gauge('warmkv_int8_gate_agreement', 'Share of calibration positions where the int8 cache kept the greedy token (INT8_TIER=auto only).', (g) => {
+        const value = int8().agreement;
+        if (value !== null) g.set(value);
+      });
+      gauge('warmkv_int8_gate_perplexity_drift', 'Relative perplexity change of the calibration continuation on the int8 cache (INT8_TIER=auto only).', (g) => {
+        const value = int8().perplexityDrift;
+        if (value !== null) g.set(value);
+      });
+    }
+    const files = sources.snapshotFiles;
+    if (files) {
+      gauge('warmkv_snapshot_files', 'Session snapshot files in SNAPSHOT_DIR.', (g) => g.set(files().count));
+      gauge('warmkv_snapshot_bytes', 'Bytes of the session snapshot files (capped by SNAPSHOT_MAX_BYTES).', (g) => g.set(files().bytes));
+    }
     gauge('warmkv_sessions', 'Sessions per tier.', (g) => {
       const counts = sources.tiers();
       for (const tier of TIERS) g.set({ tier }, counts.sessions[tier]);
@@ -93,6 +116,10 @@ export class Metrics implements EngineObserver {
 
   clientDisconnected(phase: string): void {
     this.clientDisconnects.inc({ phase });
+  }
+
+  requestStarted(sequence: Sequence): void {
+    if (sequence.restoredFrom === 'int8') this.int8Resumes.inc();
   }
 
   decodeStep(info: { sequences: readonly Sequence[]; durationMs: number }): void {

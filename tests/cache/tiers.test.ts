@@ -121,11 +121,21 @@ describe('snapshots across restarts', () => {
     return { path: first.tiers!.pathOf('k1', 'keep'), tokens: session.tokens.slice(), cached: session.cachedLength, first };
   }
 
+  /**
+   * What the snapshotted session answers next, from an engine that never wrote a snapshot (a turn on
+   * the first engine itself would supersede, i.e. remove, its now older file).
+   */
+  async function continuation(next: number[], maxTokens: number) {
+    const reference = await makeEngine({});
+    await collect(reference.engine.submit(request(randomTokens(30, 1), { sessionId: 'keep', owner: 'k1', maxTokens: 10 })));
+    return collect(reference.engine.submit(request(next, { sessionId: 'keep', owner: 'k1', mode: 'append', maxTokens })));
+  }
+
   test('a snapshot restored by a new process gives identical greedy output with the whole cache reused', async () => {
     const snapshotDir = tempDir();
-    const { cached, first } = await snapshotOnce(snapshotDir);
+    const { cached } = await snapshotOnce(snapshotDir);
     const next = randomTokens(5, 2);
-    const expected = await collect(first.engine.submit(request(next, { sessionId: 'keep', owner: 'k1', mode: 'append', maxTokens: 10 })));
+    const expected = await continuation(next, 10);
     const restarted = await makeEngine({ tiers: { snapshotDir } });
     assert.equal(restarted.store.size, 0, 'nothing is loaded at start');
     const resumed = await collect(restarted.engine.submit(request(next, { sessionId: 'keep', owner: 'k1', mode: 'append', maxTokens: 10 })));
@@ -145,7 +155,7 @@ describe('snapshots across restarts', () => {
   ] as const) {
     test(`a snapshot with a ${damage} is rejected safely`, async () => {
       const snapshotDir = tempDir();
-      const { path, tokens, first } = await snapshotOnce(snapshotDir);
+      const { path, tokens } = await snapshotOnce(snapshotDir);
       const size = statSync(path).size;
       if (damage === 'flipped payload byte') {
         const data = readFileSync(path);
@@ -155,7 +165,7 @@ describe('snapshots across restarts', () => {
       else if (damage === 'truncated header') truncateSync(path, 40);
       else writeFileSync(path, 'this is not a snapshot at all');
       const next = randomTokens(5, 2);
-      const expected = await collect(first.engine.submit(request(next, { sessionId: 'keep', owner: 'k1', mode: 'append', maxTokens: 8 })));
+      const expected = await continuation(next, 8);
       const restarted = await makeEngine({ tiers: { snapshotDir } });
       const result = await collect(restarted.engine.submit(request(next, { sessionId: 'keep', owner: 'k1', mode: 'append', maxTokens: 8 })));
       assert.equal(result.usage.cachedTokens, 0);
@@ -173,15 +183,15 @@ describe('snapshots across restarts', () => {
   test('a snapshot from another model is recomputed from its transcript; another owner\'s file is skipped', async () => {
     const snapshotDir = tempDir();
     const { path, tokens } = await snapshotOnce(snapshotDir);
-    const otherModel = await makeEngine({ model: { ...LLAMA, seed: 99 }, tiers: { snapshotDir } });
-    const result = await collect(otherModel.engine.submit(request([], { sessionId: 'keep', owner: 'k1', mode: 'append', maxTokens: 4 })));
-    assert.equal(result.usage.cachedTokens, 0);
-    assert.deepEqual(otherModel.store.get('k1', 'keep')!.tokens.slice(0, tokens.length), tokens);
-
     const thief = await makeEngine({ tiers: { snapshotDir } });
     copyFileSync(path, thief.tiers!.pathOf('k2', 'keep'));
     const stolen = await thief.engine.submit(request([1, 2], { sessionId: 'keep', owner: 'k2', onUnknownSession: 'fail' }));
     assert.equal(!stolen.ok && stolen.error.kind, 'session_not_found');
+
+    const otherModel = await makeEngine({ model: { ...LLAMA, seed: 99 }, tiers: { snapshotDir } });
+    const result = await collect(otherModel.engine.submit(request([], { sessionId: 'keep', owner: 'k1', mode: 'append', maxTokens: 4 })));
+    assert.equal(result.usage.cachedTokens, 0);
+    assert.deepEqual(otherModel.store.get('k1', 'keep')!.tokens.slice(0, tokens.length), tokens);
   });
 
   test('an unwritable snapshot directory degrades to memory-only', async () => {

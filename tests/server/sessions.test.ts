@@ -83,7 +83,7 @@ describe('native session API', () => {
     }
     const view = (await (await app.request('/v1/sessions/a1')).json()) as any;
     assert.deepEqual(Object.keys(view).sort(), [
-      'blocks', 'bytes', 'cached_tokens', 'created_at', 'dropped_tokens', 'id', 'last_used_at', 'object', 'requests', 'state', 'tier', 'tokens', 'used_bytes', 'window_drops',
+      'blocks', 'bytes', 'cached_tokens', 'created_at', 'dropped_tokens', 'id', 'last_used_at', 'object', 'requests', 'state', 'tier', 'tokens', 'used_bytes', 'version', 'window_drops',
     ]);
     assert.equal(view.object, 'session');
     assert.equal(view.state, 'idle');

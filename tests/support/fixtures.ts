@@ -53,7 +53,7 @@ export interface EngineFixtureOptions extends Partial<Omit<EngineOptions, 'windo
   wrapDecoder?: (decoder: Decoder) => Decoder;
   eos?: number[];
   /** Enables the int8 / disk tiers (disk only with a snapshot directory). */
-  tiers?: { snapshotDir?: string; keyMode?: KeyScaleMode; int8?: boolean };
+  tiers?: { snapshotDir?: string; keyMode?: KeyScaleMode; int8?: boolean; idleTtlMs?: number; maxSnapshotBytes?: number; now?: () => number };
 }
 
 export interface EngineFixture {
@@ -102,9 +102,13 @@ export async function makeEngine(options: EngineFixtureOptions = {}): Promise<En
       modelFingerprint: model.folder.modelFingerprint,
       tokenizerFingerprint: model.folder.tokenizerFingerprint,
       logger: silentLogger,
+      idleTtlMs: options.tiers.idleTtlMs,
+      maxSnapshotBytes: options.tiers.maxSnapshotBytes,
+      now: options.tiers.now,
     });
     await tiers.init();
     engine.setTierRestorer((session) => tiers!.restore(session));
+    engine.setSessionSuperseder((session) => tiers!.supersede(session));
   }
   return { engine, store, model, decoder, tiers };
 }

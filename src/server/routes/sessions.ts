@@ -39,6 +39,7 @@ function sessionView(parts: Serving, session: Session) {
     dropped_tokens: session.window.droppedTokens,
     window_drops: session.window.dropEvents,
     requests: session.requests,
+    version: session.version,
     created_at: Math.floor(session.createdAt / 1000),
     last_used_at: Math.floor(session.lastUsedAt / 1000),
   };

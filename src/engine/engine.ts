@@ -247,21 +247,32 @@ export class Engine {
     }
 
     let session: Session | undefined;
+    let createdHere = false;
     if (request.sessionId !== undefined) {
       session = await this.store.find(request.owner, request.sessionId);
       if (!session) {
         if (request.onUnknownSession === 'fail') return fail({ kind: 'session_not_found', param: 'session_id', message: `session ${request.sessionId} not found` });
         // Another submit may have created it while this one awaited the lookup.
-        session = this.store.get(request.owner, request.sessionId) ?? this.store.create(request.owner, request.sessionId);
+        session = this.store.get(request.owner, request.sessionId);
+        if (!session) {
+          session = this.store.create(request.owner, request.sessionId);
+          createdHere = true;
+        }
       }
     } else {
       session = this.store.create(request.owner, undefined, true);
     }
+    // A refused request leaves no session behind that it created itself (as the server's admission does).
+    const created = session;
+    const refuse = (error: EngineError): SubmitResult => {
+      if (createdHere) this.store.delete(created);
+      return fail(error);
+    };
 
     const sequenceLength = request.mode === 'append' ? session.tokens.length + request.input.length : request.input.length;
-    if (sequenceLength === 0) return fail({ kind: 'invalid_request', param: 'prompt', message: 'the prompt is empty' });
+    if (sequenceLength === 0) return refuse({ kind: 'invalid_request', param: 'prompt', message: 'the prompt is empty' });
     if (request.truncation === 'error' && sequenceLength + request.maxTokens > this.contextLength) {
-      return fail({
+      return refuse({
         kind: 'context_length_exceeded',
         param: 'max_tokens',
         message:
@@ -271,20 +282,20 @@ export class Engine {
       });
     }
     if (this.waiting.length >= this.options.maxQueue) {
-      return fail({ kind: 'queue_full', message: `the request queue is full (${this.options.maxQueue} waiting)`, retryAfterSeconds: 1 });
+      return refuse({ kind: 'queue_full', message: `the request queue is full (${this.options.maxQueue} waiting)`, retryAfterSeconds: 1 });
     }
     let constraint = null;
     if (request.grammar) {
       const vocabulary = this.model.grammarVocabulary;
-      if (!vocabulary) return fail({ kind: 'invalid_request', param: 'response_format', message: 'this model does not support constrained decoding' });
+      if (!vocabulary) return refuse({ kind: 'invalid_request', param: 'response_format', message: 'this model does not support constrained decoding' });
       this.grammarService ??= new GrammarService(vocabulary(), this.model.vocabSize, this.model.eosTokenIds);
       const made = await this.grammarService.constraint(request.grammar);
-      if (!made.ok) return fail(made.error);
+      if (!made.ok) return refuse(made.error);
       constraint = made.constraint;
     }
     if (!this.store.acquire(session)) {
       constraint?.dispose();
-      return fail({ kind: 'session_busy', param: 'session_id', message: `session ${session.id} is busy with another request` });
+      return refuse({ kind: 'session_busy', param: 'session_id', message: `session ${session.id} is busy with another request` });
     }
 
     const sequence = new Sequence(request, session, this.model.eosTokenIds, this.now());

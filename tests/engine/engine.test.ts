@@ -143,6 +143,21 @@ describe('sessions and the budget', () => {
     assert.equal(!result.ok && result.error.kind, 'context_length_exceeded');
   });
 
+  test('a refused submit removes the session it created and leaves an existing one as it was', async () => {
+    const { engine, store } = await makeEngine({ capacity: 64 });
+    const tooLong = { maxTokens: 10, truncation: 'error' as const };
+    const refused = await engine.submit(request(randomTokens(60, 1), { ...tooLong, sessionId: 'new-one' }));
+    assert.equal(!refused.ok && refused.error.kind, 'context_length_exceeded');
+    assert.equal(store.get('', 'new-one'), undefined, 'no empty session is left behind');
+
+    const prompt = randomTokens(8, 2);
+    await collect(engine.submit(request(prompt, { maxTokens: 4, sessionId: 'kept' })));
+    const before = store.get('', 'kept')!.tokens.slice();
+    const refusedOnExisting = await engine.submit(request(randomTokens(60, 3), { ...tooLong, sessionId: 'kept' }));
+    assert.equal(!refusedOnExisting.ok && refusedOnExisting.error.kind, 'context_length_exceeded');
+    assert.deepEqual(store.get('', 'kept')?.tokens, before, 'the existing session keeps its transcript');
+  });
+
   test('tokens outside the vocabulary are refused', async () => {
     const { engine, model } = await makeEngine({});
     const result = await engine.submit(request([1, model.vocabSize]));

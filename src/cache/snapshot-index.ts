@@ -7,7 +7,7 @@
  * did not list). With a shared folder each server counts and caps the files it knows of.
  */
 import { createHash } from 'node:crypto';
-import { open, readdir, stat, unlink } from 'node:fs/promises';
+import { open, readdir, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../lib/logger.ts';
 import { decodeSnapshotHead, headLengthHint, SnapshotFormatError, type SnapshotHeader } from './snapshot.ts';
@@ -95,17 +95,23 @@ export class SnapshotIndex {
   }
 }
 
+/** The 16-byte preamble and the JSON header of an open snapshot file, both bytes of the file. */
+async function readHeaderBytes(handle: FileHandle): Promise<Buffer> {
+  const preamble = Buffer.alloc(16);
+  await handle.read(preamble, 0, 16, 0);
+  const headerEnd = headLengthHint(preamble);
+  if (headerEnd === null) throw new SnapshotFormatError('not a warmkv snapshot');
+  const bytes = Buffer.alloc(headerEnd);
+  const { bytesRead } = await handle.read(bytes, 0, headerEnd, 0);
+  if (bytesRead < headerEnd) throw new SnapshotFormatError('truncated header');
+  return bytes;
+}
+
 /** Reads the header (not the transcript) of a snapshot file. */
 export async function readSnapshotHeader(path: string): Promise<SnapshotHeader> {
   const handle = await open(path, 'r');
   try {
-    const preamble = Buffer.alloc(16);
-    await handle.read(preamble, 0, 16, 0);
-    const headerEnd = headLengthHint(preamble);
-    if (headerEnd === null) throw new SnapshotFormatError('not a warmkv snapshot');
-    const bytes = Buffer.alloc(headerEnd);
-    const { bytesRead } = await handle.read(bytes, 0, headerEnd, 0);
-    if (bytesRead < headerEnd) throw new SnapshotFormatError('truncated header');
+    const bytes = await readHeaderBytes(handle);
     try {
       return JSON.parse(bytes.subarray(16).toString('utf8')) as SnapshotHeader;
     } catch {
@@ -164,12 +170,8 @@ export async function scanSnapshotDir(dir: string, logger: Logger): Promise<{ in
 export async function readHead(path: string) {
   const handle = await open(path, 'r');
   try {
-    const preamble = Buffer.alloc(16);
-    await handle.read(preamble, 0, 16, 0);
-    const headerEnd = headLengthHint(preamble);
-    if (headerEnd === null) throw new SnapshotFormatError('not a warmkv snapshot');
-    const headerBytes = Buffer.alloc(headerEnd);
-    await handle.read(headerBytes, 0, headerEnd, 0);
+    const headerBytes = await readHeaderBytes(handle);
+    const headerEnd = headerBytes.length;
     const tokenCount = Number((JSON.parse(headerBytes.subarray(16).toString('utf8')) as SnapshotHeader).tokenCount);
     if (!Number.isInteger(tokenCount) || tokenCount < 0) throw new SnapshotFormatError('bad header fields');
     const total = headerEnd + 4 * tokenCount + 32;

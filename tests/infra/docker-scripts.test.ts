@@ -7,12 +7,10 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { ROOT } from './helpers.ts';
+import { ROOT, freePort } from './helpers.ts';
 
 const CHECK = join(ROOT, 'infra/docker/check-cuda-provider.sh');
 const HEALTHCHECK = join(ROOT, 'infra/docker/healthcheck.mjs');
@@ -117,13 +115,6 @@ describe('healthcheck.mjs', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function freePort(): Promise<number> {
-    const probe = createServer();
-    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
-    const { port } = probe.address() as AddressInfo;
-    await new Promise<void>((resolve) => probe.close(() => resolve()));
-    return port;
-  }
 
   /** Starts the stand-in as `node --max-semi-space-size=64 main.js ARGS` and waits until it listens. */
   async function startServer(args: string[], env: Record<string, string>): Promise<number> {

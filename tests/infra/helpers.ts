@@ -4,11 +4,21 @@
  * set of environment variables the server understands (from src/config.ts).
  */
 import { readFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { configSchema, envName } from '../../src/config.ts';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
+
+/** A port nobody listens on right now (other checkouts may run their tests on this machine at the same time). */
+export async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address() as AddressInfo;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
 
 export function readRepoFile(path: string): string {
   return readFileSync(join(ROOT, path), 'utf8');

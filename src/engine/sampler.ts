@@ -218,44 +218,45 @@ function sortByProbability(order: Int32Array, count: number, probs: Float32Array
   view.sort((a, b) => probs[b] - probs[a] || a - b);
 }
 
-/** The k most likely ids, in descending order, via a bounded min-heap: O(V log k). */
-function topKIndices(probs: Float32Array, vocab: number, k: number, out: Int32Array): number {
+/**
+ * The k largest values' ids into `out`, largest first, ties by the smaller id, via a bounded min-heap:
+ * O(V log k). Returns k. The sampler runs it over probabilities, logprobs over logits.
+ */
+export function topKIndices(values: Float32Array, vocab: number, k: number, out: Int32Array): number {
+  // `// [k]` ids; heap[0] is the worst kept. Most ids fail the first comparison against it.
   const heap = new Int32Array(k);
-  let size = 0;
-  const less = (a: number, b: number) => probs[a] < probs[b] || (probs[a] === probs[b] && a > b);
-  const siftDown = (start: number) => {
-    let i = start;
+  const worse = (a: number, b: number) => values[a] < values[b] || (values[a] === values[b] && a > b);
+  for (let id = 0; id < k; id++) {
+    let i = id;
+    heap[i] = id;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!worse(heap[i], heap[parent])) break;
+      const swap = heap[i];
+      heap[i] = heap[parent];
+      heap[parent] = swap;
+      i = parent;
+    }
+  }
+  for (let id = k; id < vocab; id++) {
+    // A later id never beats an equal value (ties go to the smaller id), so `<=` rejects it.
+    if (values[id] <= values[heap[0]]) continue;
+    heap[0] = id;
+    let i = 0;
     for (;;) {
       const left = 2 * i + 1;
       const right = left + 1;
       let smallest = i;
-      if (left < size && less(heap[left], heap[smallest])) smallest = left;
-      if (right < size && less(heap[right], heap[smallest])) smallest = right;
-      if (smallest === i) return;
-      const tmp = heap[i];
+      if (left < k && worse(heap[left], heap[smallest])) smallest = left;
+      if (right < k && worse(heap[right], heap[smallest])) smallest = right;
+      if (smallest === i) break;
+      const swap = heap[i];
       heap[i] = heap[smallest];
-      heap[smallest] = tmp;
+      heap[smallest] = swap;
       i = smallest;
     }
-  };
-  for (let id = 0; id < vocab; id++) {
-    if (size < k) {
-      let i = size++;
-      heap[i] = id;
-      while (i > 0) {
-        const parent = (i - 1) >> 1;
-        if (!less(heap[i], heap[parent])) break;
-        const tmp = heap[i];
-        heap[i] = heap[parent];
-        heap[parent] = tmp;
-        i = parent;
-      }
-    } else if (less(heap[0], id)) {
-      heap[0] = id;
-      siftDown(0);
-    }
   }
-  for (let i = 0; i < size; i++) out[i] = heap[i];
-  sortByProbability(out, size, probs);
-  return size;
+  out.set(heap);
+  sortByProbability(out, k, values);
+  return k;
 }

@@ -12,7 +12,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { silentLogger } from '../src/lib/logger.ts';
+import { silentLogger, type Logger } from '../src/lib/logger.ts';
 import { loadModel } from '../src/model/index.ts';
 import { createApp } from '../src/server/app.ts';
 import type { ServingSource } from '../src/serving.ts';
@@ -40,7 +40,22 @@ interface Turn {
   cachedTokens: number;
   outputTokens: number;
   text: string;
+  /** From the server's 'response finished' log: time queued, and from the engine's start to the first token. */
+  queueMs: number;
+  engineTtftMs: number;
 }
+
+/** The server's 'response finished' log lines by response id: where a turn's TTFT goes. */
+const finished = new Map<string, { queueMs: number; ttftMs: number }>();
+const capturingLogger: Logger = {
+  ...silentLogger,
+  info(fields, message) {
+    if (message === 'response finished') finished.set(String(fields.responseId), { queueMs: Number(fields.queueMs), ttftMs: Number(fields.ttftMs) });
+  },
+  child(bound) {
+    return { ...capturingLogger, info: (fields, message) => capturingLogger.info({ ...bound, ...fields }, message) };
+  },
+};
 
 type App = ReturnType<typeof createApp>;
 
@@ -64,7 +79,8 @@ async function respond(app: App, body: Record<string, unknown>): Promise<Turn> {
   const data = JSON.parse(last.slice(last.indexOf('data: ') + 6)) as { type: string; response: { id: string; usage: { input_tokens: number; output_tokens: number; input_tokens_details: { cached_tokens: number } }; output: Array<{ content: Array<{ text: string }> }> } };
   if (data.type !== 'response.completed' && data.type !== 'response.incomplete') throw new Error(`ended with ${data.type}`);
   const r = data.response;
-  return { id: r.id, ttftMs, inputTokens: r.usage.input_tokens, cachedTokens: r.usage.input_tokens_details.cached_tokens, outputTokens: r.usage.output_tokens, text: r.output[0]?.content[0]?.text ?? '' };
+  const server = finished.get(r.id);
+  return { id: r.id, ttftMs, queueMs: server?.queueMs ?? NaN, engineTtftMs: server?.ttftMs ?? NaN, inputTokens: r.usage.input_tokens, cachedTokens: r.usage.input_tokens_details.cached_tokens, outputTokens: r.usage.output_tokens, text: r.output[0]?.content[0]?.text ?? '' };
 }
 
 /** The user's words on turn `t`: fixed pseudo-random words, the same on every run. */
@@ -92,9 +108,12 @@ async function main(): Promise<void> {
   const parts = serving(config, model);
   await parts.tiers.init();
   const runtime: ServingSource = { config, logger: silentLogger, modelId: parts.model.id, state: 'ready', serving: parts };
-  const app = createApp(runtime, { logger: silentLogger });
+  const app = createApp(runtime, { logger: capturingLogger });
 
   const perTurn: number[][] = Array.from({ length: turns }, () => []);
+  /** Per turn: the engine's part of the TTFT (start to first token), and the rest (queue, route, SSE). */
+  const enginePerTurn: number[][] = Array.from({ length: turns }, () => []);
+  const restPerTurn: number[][] = Array.from({ length: turns }, () => []);
   const stateless: number[] = [];
   const branch: number[] = [];
   const cold: number[] = [];
@@ -106,6 +125,8 @@ async function main(): Promise<void> {
       if (t > 0 && turn.cachedTokens < chain[t - 1].inputTokens) throw new Error(`turn ${t + 1} reused only ${turn.cachedTokens} tokens`);
       chain.push(turn);
       perTurn[t].push(turn.ttftMs);
+      enginePerTurn[t].push(turn.engineTtftMs);
+      restPerTurn[t].push(turn.ttftMs - turn.engineTtftMs);
     }
     // Turn 20's transcript in one stateless call (the conversation resent as items, nothing cached).
     const items: Array<{ role: string; content: string }> = chain.slice(0, -1).flatMap((turn, t) => [{ role: 'user', content: userText(t, words) }, { role: 'assistant', content: turn.text }]);
@@ -141,10 +162,10 @@ async function main(): Promise<void> {
       ],
     ),
     '',
-    table(['turn', ...ttft.map((_, t) => String(t + 1))], [['TTFT (ms)', ...ttft.map((v) => v.toFixed(1))], ['prompt tokens', ...lastChain.map((t) => t.inputTokens)]]),
+    table(['turn', ...ttft.map((_, t) => String(t + 1))], [['TTFT (ms)', ...ttft.map((v) => v.toFixed(1))], ['engine: start to first token (ms)', ...enginePerTurn.map((v) => median(v).toFixed(1))], ['the rest: queue, route, SSE (ms)', ...restPerTurn.map((v) => median(v).toFixed(1))], ['prompt tokens', ...lastChain.map((t) => t.inputTokens)]]),
   ].join('\n');
   console.log(markdown);
-  const file = writeResult('responses', { model: source, threads, turns, repeats, wordsPerTurn: words, maxOutputTokens: MAX_OUTPUT, ttftByTurnMs: ttft, statelessMs: stateless, branchMs: branch, ratios, markdown });
+  const file = writeResult('responses', { model: source, threads, turns, repeats, wordsPerTurn: words, maxOutputTokens: MAX_OUTPUT, ttftByTurnMs: ttft, engineTtftByTurnMs: enginePerTurn.map(median), restByTurnMs: restPerTurn.map(median), statelessMs: stateless, branchMs: branch, ratios, markdown });
   console.error(`wrote ${file}`);
   await parts.engine.drain(1000);
 }

@@ -30,6 +30,8 @@ export interface ResponseRun {
   backgroundStreams: StreamRegistry;
   /** The request never started: undo what the route prepared (a branch's copied KV). */
   onRefused?: () => void;
+  /** The generation has ended (the record holds its result; the engine has released the session). */
+  onEnded?: (record: StoredResponse) => void;
 }
 
 type EndEvent = Extract<GenerationEvent, { type: 'end' }>;
@@ -212,6 +214,7 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
     } catch (error) {
       log.warn({ err: (error as Error).message }, 'response not written to disk');
     }
+    run.onEnded?.(record);
     serving.tracing.endRequest(requestId, {
       responseId: record.id,
       finishReason: end?.finishReason,

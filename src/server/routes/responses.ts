@@ -19,7 +19,7 @@ import type { Serving } from '../../serving.ts';
 import { readJsonBody } from '../body.ts';
 import { generationContext, ownerOf, servingFor, type AppEnv, type Ctx, type ServerDeps } from '../context.ts';
 import { ApiError } from '../errors.ts';
-import { inputItemsOf, parseResponseBody } from '../responses-body.ts';
+import { inputItemsOf, parseResponseBody, responseFormatOf } from '../responses-body.ts';
 import { responseObject, runResponse, whenFinished } from '../responses-run.ts';
 import { parseWith } from '../schemas.ts';
 import { Translator } from '../translate.ts';
@@ -102,7 +102,7 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
     const translator = new Translator(config, parts);
     const replyIndex = prompt.length - messages.length - 1;
     const parentTranscript = parent?.transcript ? { ...parent.transcript, replyIndex } : null;
-    const translated = translator.response({ requestId: c.get('requestId'), owner }, prompt, body, sessionId, parentTranscript);
+    const translated = translator.response({ requestId: c.get('requestId'), owner }, prompt, { ...body, response_format: responseFormatOf(body.text?.format) }, sessionId, parentTranscript);
     const { promptText } = translated;
     let { job } = translated;
     // A request without a parent whose prompt starts with a kept transcript of this key copies that
@@ -162,6 +162,7 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
         metadata: body.metadata ?? {},
         background: body.background ?? false,
         store,
+        textFormat: body.text?.format ?? { type: 'text' },
       },
       input: items,
       conversation: [...history, ...messages],

@@ -5,7 +5,9 @@
  * Which engine session a response runs on (see docs/api.md, "Responses"): a response without a parent
  * starts a session named after itself; a child of its session's head takes that session over (the
  * cache already holds the parent's transcript, so only the new input is prefilled); a child of any
- * other response (a branch) gets a session of its own, seeded with a copy of the shared prefix.
+ * other response (a branch) gets a session of its own, seeded with a copy of the shared prefix; a
+ * response without a parent whose prompt starts with a kept transcript of the same key is seeded the
+ * same way (found through the prefix index), on a temporary session when it is not stored.
  */
 import { join } from 'node:path';
 import { Hono } from 'hono';

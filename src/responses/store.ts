@@ -55,6 +55,8 @@ export interface ResponseParams {
   metadata: Record<string, string>;
   background: boolean;
   store: boolean;
+  /** `text.format` as requested (absent in records written before it existed: text). */
+  textFormat?: Record<string, unknown> & { type: string };
 }
 
 export interface StoredResponse {

@@ -5,9 +5,23 @@
 import { z } from 'zod';
 import { newResponseId, type ConversationMessage, type InputItem } from '../responses/store.ts';
 import { ApiError } from './errors.ts';
-import { parseWith } from './schemas.ts';
+import { parseWith, type ResponseFormatBody } from './schemas.ts';
 
 const RESPONSE_ID = /^resp_[A-Za-z0-9]{1,64}$/;
+
+/** Responses' `text.format`: as chat's response_format, with the json_schema fields flat on the format. */
+export const textFormatSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('text') }),
+  z.object({ type: z.literal('json_object') }),
+  z.object({
+    type: z.literal('json_schema'),
+    name: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1 to 64 letters, digits, underscores or dashes'),
+    description: z.string().nullish(),
+    schema: z.record(z.string(), z.unknown()),
+    strict: z.boolean().nullish(),
+  }),
+]);
+export type TextFormat = z.infer<typeof textFormatSchema>;
 
 export const responseSchema = z.object({
   model: z.string().nullish(),
@@ -25,7 +39,7 @@ export const responseSchema = z.object({
     .record(z.string().max(64), z.string().max(512))
     .refine((m) => Object.keys(m).length <= 16, 'must have at most 16 keys')
     .nullish(),
-  text: z.object({ format: z.looseObject({ type: z.string() }).nullish(), verbosity: z.string().nullish() }).nullish(),
+  text: z.object({ format: textFormatSchema.nullish(), verbosity: z.string().nullish() }).nullish(),
   // warmkv extensions, as on chat completions.
   top_k: z.number().int().min(-1).nullish(),
   min_p: z.number().min(0).max(1).nullish(),
@@ -70,10 +84,6 @@ export function parseResponseBody(raw: unknown): ResponseBody {
     }
   }
   const body = parseWith(responseSchema, raw);
-  const format = body.text?.format?.type;
-  if (format != null && format !== 'text') {
-    throw new ApiError('unsupported_parameter', `Structured output is not supported by this server yet: 'text.format.type' must be 'text', not '${format}'.`, 'text.format.type');
-  }
   if (body.previous_response_id != null && !RESPONSE_ID.test(body.previous_response_id)) {
     throw new ApiError('invalid_request', `Invalid 'previous_response_id': '${body.previous_response_id}'. Expected an ID that begins with 'resp'.`, 'previous_response_id');
   }
@@ -81,6 +91,12 @@ export function parseResponseBody(raw: unknown): ResponseBody {
     throw new ApiError('invalid_request', 'Background responses must be stored: background: true needs store: true.', 'background');
   }
   return body;
+}
+
+/** `text.format` as chat's `response_format`, which the constrained decoding (engine/grammar.ts) enforces. */
+export function responseFormatOf(format: TextFormat | null | undefined): ResponseFormatBody | undefined {
+  if (!format || format.type !== 'json_schema') return format ?? undefined;
+  return { type: 'json_schema', json_schema: { name: format.name, description: format.description, schema: format.schema, strict: format.strict } };
 }
 
 const ROLES = new Set(['user', 'system', 'developer', 'assistant']);

@@ -30,6 +30,8 @@ export interface ResponseRun {
   backgroundStreams: StreamRegistry;
   /** The request never started: undo what the route prepared (a branch's copied KV). */
   onRefused?: () => void;
+  /** The generation has ended (the record holds its result; the engine has released the session). */
+  onEnded?: (record: StoredResponse) => void;
 }
 
 type EndEvent = Extract<GenerationEvent, { type: 'end' }>;
@@ -67,7 +69,7 @@ export function responseObject(r: StoredResponse, snapshot: 'start' | 'current' 
     service_tier: 'default',
     store: p.store,
     temperature: p.temperature,
-    text: { format: { type: 'text' }, verbosity: 'medium' },
+    text: { format: p.textFormat ?? { type: 'text' }, verbosity: 'medium' },
     tool_choice: 'auto',
     tools: [],
     top_logprobs: 0,
@@ -140,13 +142,13 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
     if (error instanceof ApiError) return failBeforeStart(error);
     throw error;
   }
-  if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error));
+  if (!submitted.ok) return failBeforeStart(inResponseTerms(ApiError.fromEngine(submitted.error)));
   const events = submitted.events[Symbol.asyncIterator]();
   const first = await events.next();
   if (first.done) return failBeforeStart(new ApiError('internal', 'the generation ended without events'));
   if (first.value.type === 'end') {
     const end = first.value;
-    return failBeforeStart(end.error ? ApiError.fromEngine(end.error) : new ClientGoneError());
+    return failBeforeStart(end.error ? inResponseTerms(ApiError.fromEngine(end.error)) : new ClientGoneError());
   }
   const start = first.value as Extract<GenerationEvent, { type: 'start' }>;
   if (record.params.store) run.responses.put(record);
@@ -212,6 +214,7 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
     } catch (error) {
       log.warn({ err: (error as Error).message }, 'response not written to disk');
     }
+    run.onEnded?.(record);
     serving.tracing.endRequest(requestId, {
       responseId: record.id,
       finishReason: end?.finishReason,
@@ -247,6 +250,11 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
   }
   const body = eventLog!.reader(0, { pingIntervalMs: ctx.pingIntervalMs, closeConnection: ctx.closeConnection });
   return new Response(body, { status: 200, headers: { ...SSE_HEADERS, ...headers } });
+}
+
+/** The engine names chat's `response_format` when it refuses a schema: here the field is `text.format`. */
+function inResponseTerms(error: ApiError): ApiError {
+  return error.param === 'response_format' ? new ApiError(error.kind, error.message, 'text.format', error.retryAfterSeconds) : error;
 }
 
 /**

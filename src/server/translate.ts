@@ -62,6 +62,8 @@ export interface ResponseFields extends SamplingFields {
   seed?: number | null;
   stop?: string | string[] | null;
   ignore_eos?: boolean | null;
+  /** `text.format` in chat's terms (responses-body.ts maps it). */
+  response_format?: ResponseFormatBody | null;
 }
 
 /** `session_id` from the body or the X-Session-Id header (they must agree). */

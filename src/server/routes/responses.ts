@@ -5,12 +5,15 @@
  * Which engine session a response runs on (see docs/api.md, "Responses"): a response without a parent
  * starts a session named after itself; a child of its session's head takes that session over (the
  * cache already holds the parent's transcript, so only the new input is prefilled); a child of any
- * other response (a branch) gets a session of its own, seeded with a copy of the shared prefix.
+ * other response (a branch) gets a session of its own, seeded with a copy of the shared prefix; a
+ * response without a parent whose prompt starts with a kept transcript of the same key is seeded the
+ * same way (found through the prefix index), on a temporary session when it is not stored.
  */
 import { join } from 'node:path';
 import { Hono } from 'hono';
 import { z } from 'zod';
 import { forkPrefix } from '../../cache/fork.ts';
+import { PrefixIndex } from '../../cache/prefix-index.ts';
 import type { Session } from '../../cache/session.ts';
 import { ResponseFiles } from '../../responses/files.ts';
 import { newResponseId, ResponseStore, type StoredResponse } from '../../responses/store.ts';
@@ -18,13 +21,15 @@ import type { Serving } from '../../serving.ts';
 import { readJsonBody } from '../body.ts';
 import { generationContext, ownerOf, servingFor, type AppEnv, type Ctx, type ServerDeps } from '../context.ts';
 import { ApiError } from '../errors.ts';
-import { inputItemsOf, parseResponseBody } from '../responses-body.ts';
+import { inputItemsOf, parseResponseBody, responseFormatOf } from '../responses-body.ts';
 import { responseObject, runResponse, whenFinished } from '../responses-run.ts';
 import { parseWith } from '../schemas.ts';
 import { Translator } from '../translate.ts';
 
 /** How long a background response's events stay resumable (and how long one nobody reads may run). */
 export const BACKGROUND_RESPONSE_STREAM_MS = 3600_000;
+/** Prefix blocks the stateless-reuse index keeps (about 40 bytes each; 64 tokens a block). */
+const PREFIX_INDEX_ENTRIES = 65_536;
 
 const itemsQuery = z.object({
   limit: z.coerce.number().int().min(1).max(100).default(20),
@@ -43,12 +48,16 @@ const retrieveQuery = z.object({
 export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
   const { runtime, config } = deps;
   const routes = new Hono<AppEnv>();
+  const prefixes = new PrefixIndex(PREFIX_INDEX_ENTRIES);
   const responses = new ResponseStore({
     ttlSeconds: config.responseTtlSeconds,
     maxPerKey: config.maxResponsesPerKey,
     now: deps.now,
     files: config.snapshotDir !== undefined ? new ResponseFiles(join(config.snapshotDir, 'responses')) : undefined,
-    onSessionReleased: (owner, sessionId) => void releaseSession(runtime.serving, owner, sessionId),
+    onSessionReleased: (owner, sessionId) => {
+      prefixes.forget(owner, sessionId);
+      void releaseSession(runtime.serving, owner, sessionId);
+    },
   });
   const { backgroundStreams } = deps;
 
@@ -95,7 +104,20 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
     const translator = new Translator(config, parts);
     const replyIndex = prompt.length - messages.length - 1;
     const parentTranscript = parent?.transcript ? { ...parent.transcript, replyIndex } : null;
-    const { job, promptText } = translator.response({ requestId: c.get('requestId'), owner }, prompt, body, sessionId, parentTranscript);
+    const translated = translator.response({ requestId: c.get('requestId'), owner }, prompt, { ...body, response_format: responseFormatOf(body.text?.format) }, sessionId, parentTranscript);
+    const { promptText } = translated;
+    let { job } = translated;
+    // A request without a parent whose prompt starts with a kept transcript of this key copies that
+    // prefix like a branch; one not stored runs on a session of its own for the while (deleted at its end).
+    let temporary = false;
+    if (!parent) {
+      branchFrom = prefixSource(parts, prefixes, owner, job.request.input);
+      if (branchFrom && sessionId === undefined) {
+        sessionId = id;
+        temporary = true;
+        job = { ...job, request: { ...job.request, sessionId } };
+      }
+    }
     // A branch copies from a hot cache: bring an idle int8 or disk parent session up first, as its own
     // next turn would (pinned, so making room for it cannot demote it again). After the translation, so
     // a body refused as invalid promotes nothing.
@@ -107,7 +129,18 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
         branchFrom.pinned = false;
       }
     }
-    const admitted = await deps.admission.admit(parts, owner, sessionId);
+    let admitted;
+    try {
+      admitted = await deps.admission.admit(parts, owner, sessionId);
+    } catch (error) {
+      // A temporary session over the key's session limit: run the request without a cache instead.
+      if (!temporary || !(error instanceof ApiError)) throw error;
+      temporary = false;
+      branchFrom = undefined;
+      sessionId = undefined;
+      job = { ...job, request: { ...job.request, sessionId } };
+      admitted = await deps.admission.admit(parts, owner, sessionId);
+    }
     let forked: Session | undefined;
     if (branchFrom && admitted.created && sessionId !== undefined) {
       const target = parts.store.get(owner, sessionId);
@@ -131,13 +164,14 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
         metadata: body.metadata ?? {},
         background: body.background ?? false,
         store,
+        textFormat: body.text?.format ?? { type: 'text' },
       },
       input: items,
       conversation: [...history, ...messages],
       outputItemId: newResponseId('msg'),
       outputText: '',
       transcript: null,
-      sessionId: sessionId ?? '',
+      sessionId: temporary ? '' : (sessionId ?? ''),
       usage: null,
       error: null,
       incompleteReason: null,
@@ -151,6 +185,11 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
       backgroundStreams,
       // The refused request's session goes with admission; a forked one must not be left reserved.
       onRefused: () => forked && parts.store.get(owner, forked.id) === forked && parts.store.delete(forked),
+      onEnded: (ended) => {
+        const tokens = ended.transcript?.tokens;
+        if (temporary) void releaseSession(parts, owner, id);
+        else if (store && tokens && sessionId !== undefined && responses.isHead(ended)) prefixes.add(owner, sessionId, tokens);
+      },
     });
   });
 
@@ -203,6 +242,18 @@ function holds(session: Session | undefined, record: StoredResponse): boolean {
   if (!session || !tokens || session.tokens.length < tokens.length || session.tokens.length > tokens.length + 1) return false;
   for (let i = 0; i < tokens.length; i++) if (session.tokens[i] !== tokens[i]) return false;
   return true;
+}
+
+/**
+ * The kept session of `owner` holding the longest indexed prefix of `input`, if it is idle and can be
+ * copied from (hot, or int8/disk, brought up like a branch's parent); forkPrefix then checks the tokens.
+ */
+function prefixSource(parts: Serving, prefixes: PrefixIndex, owner: string, input: readonly number[]): Session | undefined {
+  for (const sessionId of prefixes.candidates(owner, input)) {
+    const session = parts.store.get(owner, sessionId);
+    if (session && !session.busy && session.window.droppedTokens === 0) return session;
+  }
+  return undefined;
 }
 
 /** Deletes a chain's engine session once no stored response uses it (memory and snapshot). */

@@ -1,0 +1,112 @@
+/**
+ * Which kept session a stateless prompt may continue: a bounded index from the hash of a token prefix
+ * (whole blocks of BLOCK tokens, each block's hash chained to the one before) to the session of the
+ * same owner whose transcript starts with it. A hit is only a hint: the caller copies the prefix with
+ * forkPrefix, which compares the tokens themselves, so a stale entry or a hash collision costs a
+ * shorter copy (or none), never a wrong cache.
+ */
+
+/** Tokens per block: prefixes are found at block boundaries (a partial last block is not indexed). */
+export const PREFIX_BLOCK = 64;
+
+interface Indexed {
+  /** Whole blocks hashed so far, the chained hash after the last of them, and the tokens they hashed. */
+  blocks: number;
+  hash: Hash;
+  tokens: readonly number[];
+  /** Keys pointing at this session (to forget them with it). */
+  keys: string[];
+}
+
+export class PrefixIndex {
+  /** owner \0 blocks \0 chained hash -> session id; in insertion order, oldest first (dropped first). */
+  private readonly sessionByPrefix = new Map<string, string>();
+  private readonly indexed = new Map<string, Indexed>();
+
+  constructor(private readonly maxEntries: number) {}
+
+  get size(): number {
+    return this.sessionByPrefix.size;
+  }
+
+  /**
+   * Indexes `tokens`, the transcript the session now holds. A session's later, longer transcript
+   * continues from where the last one stopped (a chain grows), so each turn hashes only its new blocks;
+   * when the hashed tokens changed (a turn rendered afresh), the session is indexed from the start.
+   */
+  add(owner: string, sessionId: string, tokens: readonly number[]): void {
+    const at = sessionKey(owner, sessionId);
+    let entry = this.indexed.get(at);
+    if (!entry || !startsWith(tokens, entry.tokens, entry.blocks * PREFIX_BLOCK)) {
+      this.forget(owner, sessionId);
+      entry = { blocks: 0, hash: [0, 0], keys: [], tokens };
+      this.indexed.set(at, entry);
+    }
+    entry.tokens = tokens;
+    for (let block = entry.blocks; (block + 1) * PREFIX_BLOCK <= tokens.length; block++) {
+      entry.hash = blockHash(entry.hash, tokens, block * PREFIX_BLOCK);
+      entry.blocks = block + 1;
+      const key = prefixKey(owner, entry.blocks, entry.hash);
+      // The newest session with this prefix wins: the likeliest to be hot.
+      this.sessionByPrefix.delete(key);
+      this.sessionByPrefix.set(key, sessionId);
+      entry.keys.push(key);
+    }
+    while (this.sessionByPrefix.size > this.maxEntries) {
+      const oldest = this.sessionByPrefix.keys().next().value!;
+      this.sessionByPrefix.delete(oldest);
+    }
+  }
+
+  /** Session ids of `owner` whose transcript may start with a prefix of `input`, the longest prefix first. */
+  candidates(owner: string, input: readonly number[]): string[] {
+    const found: string[] = [];
+    let hash: Hash = [0, 0];
+    for (let block = 0; (block + 1) * PREFIX_BLOCK <= input.length; block++) {
+      hash = blockHash(hash, input, block * PREFIX_BLOCK);
+      // No stop at the first unknown block: the bound may have dropped a session's early blocks only.
+      const sessionId = this.sessionByPrefix.get(prefixKey(owner, block + 1, hash));
+      if (sessionId !== undefined) found.push(sessionId);
+    }
+    return [...new Set(found.reverse())];
+  }
+
+  /** Drops a session's entries (it was deleted). */
+  forget(owner: string, sessionId: string): void {
+    const at = sessionKey(owner, sessionId);
+    const entry = this.indexed.get(at);
+    if (!entry) return;
+    this.indexed.delete(at);
+    for (const key of entry.keys) if (this.sessionByPrefix.get(key) === sessionId) this.sessionByPrefix.delete(key);
+  }
+}
+
+/** Two independent 32-bit hashes: 64 bits against collisions, without BigInt's cost per token. */
+type Hash = [number, number];
+
+/** FNV-1a and a multiply-rotate hash of one block of token ids, each seeded with the previous block's. */
+function blockHash(previous: Hash, tokens: readonly number[], start: number): Hash {
+  let a = previous[0] ^ 0x811c9dc5;
+  let b = previous[1] ^ 0x9e3779b9;
+  for (let i = start; i < start + PREFIX_BLOCK; i++) {
+    const token = tokens[i];
+    a = Math.imul(a ^ token, 0x01000193);
+    b = Math.imul((b ^ token) + 0x7f4a7c15, 0x85ebca6b);
+    b = (b << 13) | (b >>> 19);
+  }
+  return [a >>> 0, b >>> 0];
+}
+
+function startsWith(tokens: readonly number[], prefix: readonly number[], length: number): boolean {
+  if (tokens.length < length || prefix.length < length) return false;
+  for (let i = 0; i < length; i++) if (tokens[i] !== prefix[i]) return false;
+  return true;
+}
+
+function prefixKey(owner: string, blocks: number, hash: Hash): string {
+  return `${owner}\u0000${blocks}\u0000${hash[0].toString(36)}.${hash[1].toString(36)}`;
+}
+
+function sessionKey(owner: string, sessionId: string): string {
+  return `${owner}\u0000${sessionId}`;
+}

@@ -9,9 +9,10 @@ import { emptyKv, FULL_CAPABILITIES, kvOnHost, type Decoder, type KvData, type K
 import type { TokenDecoder } from './detokenizer.ts';
 import { tokenLogprob } from './logprobs.ts';
 import { GrammarService, type GrammarCounters, type GrammarVocabulary } from './grammar.ts';
+import { commonPrefixLength, planCache } from './cache-plan.ts';
 import { Sampler } from './sampler.ts';
 import { Sequence } from './sequence.ts';
-import type { EngineError, FinishReason, GenerationRequest, SubmitResult } from './types.ts';
+import type { EngineError, FinishReason, GenerationRequest, RequestRecord, SubmitResult } from './types.ts';
 
 export interface EngineModel {
   decoder: Decoder;
@@ -77,12 +78,12 @@ export interface EngineCounters {
 
 /** Hooks for telemetry; the engine itself knows nothing of spans or metrics. */
 export interface EngineObserver {
-  requestQueued?(sequence: Sequence): void;
-  requestStarted?(sequence: Sequence, info: { restoredFrom: Tier; restoreMs: number }): void;
-  prefillChunk?(sequence: Sequence, info: { tokens: number; kvTokens: number; startMs: number; durationMs: number }): void;
-  decodeStep?(info: { sequences: readonly Sequence[]; kvTokens: number; startMs: number; durationMs: number }): void;
-  windowDrop?(sequence: Sequence, info: { droppedTokens: number; strategy: WindowPolicy['strategy'] }): void;
-  requestFinished?(sequence: Sequence): void;
+  requestQueued?(sequence: RequestRecord): void;
+  requestStarted?(sequence: RequestRecord, info: { restoredFrom: Tier; restoreMs: number }): void;
+  prefillChunk?(sequence: RequestRecord, info: { tokens: number; kvTokens: number; startMs: number; durationMs: number }): void;
+  decodeStep?(info: { sequences: readonly RequestRecord[]; kvTokens: number; startMs: number; durationMs: number }): void;
+  windowDrop?(sequence: RequestRecord, info: { droppedTokens: number; strategy: WindowPolicy['strategy'] }): void;
+  requestFinished?(sequence: RequestRecord): void;
 }
 
 /** Moves a session's KV from a lower tier (int8, disk) back to hot; leaves it evicted when it cannot. */
@@ -94,17 +95,6 @@ export type TierRestorer = (session: Session) => Promise<void>;
  * there is nothing to do; a rejection fails the request before it starts.
  */
 export type SessionSuperseder = (session: Session) => Promise<void> | null;
-
-/** What a request reuses of its session's cache. */
-interface CachePlan {
-  /** Cache slots kept (a prefix of the session's cache). */
-  keep: number;
-  window: WindowState;
-  /** Tokens to prefill are pending[pendingIndex..]. */
-  pending: number[];
-  pendingIndex: number;
-  cachedTokens: number;
-}
 
 interface DecodeBatch {
   /**
@@ -129,13 +119,6 @@ export interface EngineStats {
   running: number;
   waiting: number;
   batchSize: number;
-}
-
-function commonPrefixLength(a: readonly number[], b: readonly number[], limit: number): number {
-  const n = Math.min(a.length, b.length, limit);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
 }
 
 /**
@@ -438,7 +421,7 @@ export class Engine {
 
       const request = sequence.request;
       const fullInput = request.mode === 'append' ? session.tokens.concat(request.input) : request.input;
-      const plan = this.planCache(session, fullInput);
+      const plan = planCache({ tokens: session.tokens, window: session.window, cachedLength: session.kv ? session.cachedLength : 0 }, fullInput, this.options.window);
       const policy = this.options.window;
       const finalLength = Math.min(plan.keep + plan.pending.length - plan.pendingIndex + request.maxTokens, policy.capacity);
       const bytes = this.store.budget.bytesFor(finalLength, this.layout.bytesPerToken);
@@ -482,33 +465,6 @@ export class Engine {
       const restoreMs = performance.now() - restoreStart;
       for (const o of this.observers) o.requestStarted?.(sequence, { restoredFrom: sequence.restoredFrom, restoreMs });
     }
-  }
-
-  /**
-   * Decides what of the session's cache a new sequence keeps and what it must prefill: the longest
-   * cached prefix (at least one token is always fed, to get logits). Copies nothing.
-   */
-  private planCache(session: Session, full: readonly number[]): CachePlan {
-    const policy = this.options.window;
-    if (session.kv && session.cachedLength > 0) {
-      const cacheEnd = session.window.droppedTokens + session.cachedLength;
-      const match = Math.min(commonPrefixLength(full, session.tokens, cacheEnd), full.length - 1);
-      const keep = reusableSlots(session.window, session.cachedLength, match);
-      if (keep > 0) {
-        const start = session.window.droppedTokens + keep;
-        return { keep, window: { ...session.window }, pending: full as number[], pendingIndex: start, cachedTokens: start };
-      }
-    } else if (session.window.droppedTokens > 0 && policy.strategy === 'recompute') {
-      // After a recompute-style drop the cache is just a prefill of the kept tokens, so an evicted
-      // session rebuilds it exactly from the transcript without replaying the drops.
-      const match = commonPrefixLength(full, session.tokens, session.tokens.length);
-      if (match >= session.window.lastDropAt && full.length > session.window.lastDropAt) {
-        const sinks = policy.sinkTokens;
-        const pending = full.slice(0, sinks).concat(full.slice(sinks + session.window.droppedTokens));
-        return { keep: 0, window: { ...session.window }, pending, pendingIndex: 0, cachedTokens: 0 };
-      }
-    }
-    return { keep: 0, window: { ...NO_WINDOW }, pending: full as number[], pendingIndex: 0, cachedTokens: 0 };
   }
 
   private async iterate(): Promise<boolean> {

@@ -1,15 +1,16 @@
 import { performance } from 'node:perf_hooks';
 import type { SessionStore } from '../cache/session-store.ts';
-import { NO_WINDOW, type Session, type Tier, type WindowState } from '../cache/session.ts';
+import type { Session, Tier } from '../cache/session.ts';
 import { dropAndShift, gatherRows, extractRow, prefixOf, rotaryInverseFrequencies } from '../cache/kv-ops.ts';
-import { reusableSlots, type WindowPolicy } from '../cache/window.ts';
+import type { WindowPolicy } from '../cache/window.ts';
 import { halfArrayToFloat } from '../lib/float16.ts';
 import { silentLogger, type Logger } from '../lib/logger.ts';
 import { emptyKv, FULL_CAPABILITIES, kvOnHost, type Decoder, type KvData, type KvTensors, type ModelCapabilities, type PositionEncoding } from '../model/types.ts';
 import type { TokenDecoder } from './detokenizer.ts';
 import { tokenLogprob } from './logprobs.ts';
 import { GrammarService, type GrammarCounters, type GrammarVocabulary } from './grammar.ts';
-import { commonPrefixLength, planCache } from './cache-plan.ts';
+import { planCache } from './cache-plan.ts';
+import { keepCache, keepProcessed, rollBack } from './commit.ts';
 import { Sampler } from './sampler.ts';
 import { Sequence } from './sequence.ts';
 import type { EngineError, FinishReason, GenerationRequest, RequestRecord, SubmitResult } from './types.ts';
@@ -883,9 +884,9 @@ export class Engine {
     } else {
       this.leaveBatch(sequence);
       this.running.splice(this.running.indexOf(sequence), 1);
-      if (reason === 'error') this.rollBack(sequence);
-      else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) this.keepProcessed(sequence);
-      else this.keepCache(sequence);
+      if (reason === 'error') rollBack(sequence, this.layout);
+      else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) keepProcessed(sequence, this.layout, this.options.window.sinkTokens);
+      else keepCache(sequence);
     }
     sequence.state = 'finished';
     sequence.finishReason = reason;
@@ -914,54 +915,5 @@ export class Engine {
     sequence.events.close();
     for (const o of this.observers) o.requestFinished?.(sequence);
     this.wake();
-  }
-
-  private keepCache(sequence: Sequence): void {
-    const session = sequence.session;
-    if (sequence.cacheLength > 0 && sequence.kv) session.toHot(sequence.kv, sequence.cacheLength);
-    else session.toEvicted();
-    session.window = sequence.window;
-    session.version++;
-    sequence.kv = null;
-  }
-
-  /**
-   * Cancelled during its prompt's prefill (not a recompute after a window drop, where every token was
-   * processed before): the transcript keeps what was committed before this request or
-   * processed by it, never prompt tokens that were not prefilled (an abandoned huge append must not
-   * grow the transcript), and the cache keeps the processed prefix. When the cache slots cannot be
-   * mapped back onto the transcript (a recompute drop still rebuilding its sinks), as a failure.
-   */
-  private keepProcessed(sequence: Sequence): void {
-    const { sinkTokens } = this.options.window;
-    const window = sequence.window;
-    if (window.droppedTokens > 0 && sequence.cacheLength < sinkTokens) {
-      this.rollBack(sequence);
-      return;
-    }
-    const processed = window.droppedTokens + sequence.cacheLength;
-    const committedBefore = commonPrefixLength(sequence.fullInput, sequence.originalTokens, sequence.originalTokens.length);
-    sequence.session.tokens = sequence.fullInput.slice(0, Math.max(processed, committedBefore));
-    this.keepCache(sequence);
-  }
-
-  /**
-   * A failed request leaves the session as it was before the request: the old transcript, and of the
-   * cache only the part that still matches it.
-   */
-  private rollBack(sequence: Sequence): void {
-    const session = sequence.session;
-    session.tokens = sequence.originalTokens;
-    const window: WindowState = sequence.window;
-    const match = commonPrefixLength(sequence.fullInput, session.tokens, session.tokens.length);
-    const keep = sequence.kv ? reusableSlots(window, sequence.cacheLength, match) : 0;
-    if (keep > 0) {
-      session.toHot(prefixOf(this.layout, sequence.kv!, keep), keep);
-      session.window = { ...window };
-    } else {
-      session.toEvicted();
-      session.window = { ...NO_WINDOW };
-    }
-    sequence.kv = null;
   }
 }

@@ -1,17 +1,20 @@
 import { performance } from 'node:perf_hooks';
 import type { SessionStore } from '../cache/session-store.ts';
-import { NO_WINDOW, type Session, type Tier, type WindowState } from '../cache/session.ts';
-import { dropAndShift, gatherRows, extractRow, prefixOf, rotaryInverseFrequencies } from '../cache/kv-ops.ts';
-import { reusableSlots, type WindowPolicy } from '../cache/window.ts';
+import type { Session, Tier } from '../cache/session.ts';
+import { dropAndShift, prefixOf, rotaryInverseFrequencies } from '../cache/kv-ops.ts';
+import type { WindowPolicy } from '../cache/window.ts';
 import { halfArrayToFloat } from '../lib/float16.ts';
 import { silentLogger, type Logger } from '../lib/logger.ts';
-import { emptyKv, FULL_CAPABILITIES, kvOnHost, type Decoder, type KvData, type KvTensors, type ModelCapabilities, type PositionEncoding } from '../model/types.ts';
+import { emptyKv, FULL_CAPABILITIES, kvOnHost, type Decoder, type KvData, type ModelCapabilities, type PositionEncoding } from '../model/types.ts';
 import type { TokenDecoder } from './detokenizer.ts';
 import { tokenLogprob } from './logprobs.ts';
 import { GrammarService, type GrammarCounters, type GrammarVocabulary } from './grammar.ts';
+import { DecodeBatch } from './batch.ts';
+import { planCache } from './cache-plan.ts';
+import { keepCache, keepProcessed, rollBack } from './commit.ts';
 import { Sampler } from './sampler.ts';
 import { Sequence } from './sequence.ts';
-import type { EngineError, FinishReason, GenerationRequest, SubmitResult } from './types.ts';
+import type { EngineError, FinishReason, GenerationRequest, RequestRecord, SubmitResult } from './types.ts';
 
 export interface EngineModel {
   decoder: Decoder;
@@ -77,12 +80,12 @@ export interface EngineCounters {
 
 /** Hooks for telemetry; the engine itself knows nothing of spans or metrics. */
 export interface EngineObserver {
-  requestQueued?(sequence: Sequence): void;
-  requestStarted?(sequence: Sequence, info: { restoredFrom: Tier; restoreMs: number }): void;
-  prefillChunk?(sequence: Sequence, info: { tokens: number; kvTokens: number; startMs: number; durationMs: number }): void;
-  decodeStep?(info: { sequences: readonly Sequence[]; kvTokens: number; startMs: number; durationMs: number }): void;
-  windowDrop?(sequence: Sequence, info: { droppedTokens: number; strategy: WindowPolicy['strategy'] }): void;
-  requestFinished?(sequence: Sequence): void;
+  requestQueued?(sequence: RequestRecord): void;
+  requestStarted?(sequence: RequestRecord, info: { restoredFrom: Tier; restoreMs: number }): void;
+  prefillChunk?(sequence: RequestRecord, info: { tokens: number; kvTokens: number; startMs: number; durationMs: number }): void;
+  decodeStep?(info: { sequences: readonly RequestRecord[]; kvTokens: number; startMs: number; durationMs: number }): void;
+  windowDrop?(sequence: RequestRecord, info: { droppedTokens: number; strategy: WindowPolicy['strategy'] }): void;
+  requestFinished?(sequence: RequestRecord): void;
 }
 
 /** Moves a session's KV from a lower tier (int8, disk) back to hot; leaves it evicted when it cannot. */
@@ -95,47 +98,10 @@ export type TierRestorer = (session: Session) => Promise<void>;
  */
 export type SessionSuperseder = (session: Session) => Promise<void> | null;
 
-/** What a request reuses of its session's cache. */
-interface CachePlan {
-  /** Cache slots kept (a prefix of the session's cache). */
-  keep: number;
-  window: WindowState;
-  /** Tokens to prefill are pending[pendingIndex..]. */
-  pending: number[];
-  pendingIndex: number;
-  cachedTokens: number;
-}
-
-interface DecodeBatch {
-  /**
-   * The sequence of each row, or null for a free row: its sequence left and the row waits for a
-   * newcomer. Free rows are still computed (on a dummy token) but nobody reads their output.
-   */
-  rows: Array<Sequence | null>;
-  /** `// [rows.length, numKvHeads, length, headDim]`, row r left-padded by padding[r] slots. */
-  kv: KvTensors;
-  padding: number[];
-  /** Rows whose sequence is still in the batch. */
-  live: number;
-}
-
-/**
- * Re-pack (copy every row into a new, tight tensor) when more than this share of the batch's cache
- * slots could be saved by doing so (free rows, and padding beyond what the live rows need).
- */
-const REPACK_WASTE_SHARE = 0.2;
-
 export interface EngineStats {
   running: number;
   waiting: number;
   batchSize: number;
-}
-
-function commonPrefixLength(a: readonly number[], b: readonly number[], limit: number): number {
-  const n = Math.min(a.length, b.length, limit);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
 }
 
 /**
@@ -146,7 +112,6 @@ function commonPrefixLength(a: readonly number[], b: readonly number[], limit: n
 export class Engine {
   private readonly waiting: Sequence[] = [];
   private readonly running: Sequence[] = [];
-  private batch: DecodeBatch | null = null;
   private looping = false;
   private draining = false;
   private wakeLoop: (() => void) | null = null;
@@ -166,8 +131,12 @@ export class Engine {
     decodeSteps: 0, decodeRows: 0, decodeMs: 0, batchSlots: 0, paddingSlots: 0,
     prefillChunks: 0, prefillTokens: 0, prefillMs: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0,
   };
+  /** The decoding sequences' shared KV (see batch.ts). */
+  private readonly decodeBatch: DecodeBatch<Sequence>;
   /** Moving averages of the decode step time and of the prefill time per prompt token (ms). */
   private decodeStepMs = 0;
+  /** What kept the head of the queue waiting at the last admission: a free batch slot, or KV cache room. */
+  private queueBlockedBy: 'batch_slot' | 'cache_room' = 'batch_slot';
   private prefillMsPerToken = 0;
 
   constructor(
@@ -178,6 +147,7 @@ export class Engine {
     private readonly now: () => number = Date.now,
   ) {
     this.sampler = new Sampler(model.vocabSize);
+    this.decodeBatch = new DecodeBatch(model.decoder.io.kv, this.counterValues);
     this.logitsRow = new Float32Array(model.vocabSize);
     this.maskedRow = new Float32Array(model.vocabSize);
     const positions = model.positionEncoding;
@@ -210,7 +180,7 @@ export class Engine {
   }
 
   stats(): EngineStats {
-    return { running: this.running.length, waiting: this.waiting.length, batchSize: this.batch?.live ?? 0 };
+    return { running: this.running.length, waiting: this.waiting.length, batchSize: this.decodeBatch.live };
   }
 
   counters(): EngineCounters {
@@ -390,17 +360,19 @@ export class Engine {
     const now = this.now();
     for (const sequence of [...this.waiting]) {
       if (now - sequence.enqueuedAt >= this.options.queueTimeoutMs) {
-        this.finish(sequence, 'error', {
-          kind: 'cache_full',
-          message: `no room to start the request within ${Math.round(this.options.queueTimeoutMs / 1000)} s; the server is at capacity`,
-          retryAfterSeconds: 5,
-        });
+        const seconds = Math.round(this.options.queueTimeoutMs / 1000);
+        // Same kind (429 cache_full) either way; the message says which resource the request waited for.
+        const message = this.queueBlockedBy === 'batch_slot'
+          ? `no batch slot became free within ${seconds} s (all ${this.options.maxBatchSize} are generating); the server is at capacity`
+          : `no KV cache room for the request within ${seconds} s; the server is at capacity`;
+        this.finish(sequence, 'error', { kind: 'cache_full', message, retryAfterSeconds: 5 });
       }
     }
   }
 
   /** Moves queued requests into the running set, first come first served, while the batch and budget allow. */
   private async admit(): Promise<void> {
+    this.queueBlockedBy = 'batch_slot';
     while (this.waiting.length > 0 && this.running.length < this.options.maxBatchSize) {
       const sequence = this.waiting[0];
       const session = sequence.session;
@@ -438,7 +410,7 @@ export class Engine {
 
       const request = sequence.request;
       const fullInput = request.mode === 'append' ? session.tokens.concat(request.input) : request.input;
-      const plan = this.planCache(session, fullInput);
+      const plan = planCache({ tokens: session.tokens, window: session.window, cachedLength: session.kv ? session.cachedLength : 0 }, fullInput, this.options.window);
       const policy = this.options.window;
       const finalLength = Math.min(plan.keep + plan.pending.length - plan.pendingIndex + request.maxTokens, policy.capacity);
       const bytes = this.store.budget.bytesFor(finalLength, this.layout.bytesPerToken);
@@ -452,6 +424,7 @@ export class Engine {
       session.pinned = true;
       if (!this.store.reserve(session, Math.max(bytes, session.reservedBytes))) {
         session.pinned = false;
+        this.queueBlockedBy = 'cache_room';
         return;
       }
       this.waiting.shift();
@@ -482,33 +455,6 @@ export class Engine {
       const restoreMs = performance.now() - restoreStart;
       for (const o of this.observers) o.requestStarted?.(sequence, { restoredFrom: sequence.restoredFrom, restoreMs });
     }
-  }
-
-  /**
-   * Decides what of the session's cache a new sequence keeps and what it must prefill: the longest
-   * cached prefix (at least one token is always fed, to get logits). Copies nothing.
-   */
-  private planCache(session: Session, full: readonly number[]): CachePlan {
-    const policy = this.options.window;
-    if (session.kv && session.cachedLength > 0) {
-      const cacheEnd = session.window.droppedTokens + session.cachedLength;
-      const match = Math.min(commonPrefixLength(full, session.tokens, cacheEnd), full.length - 1);
-      const keep = reusableSlots(session.window, session.cachedLength, match);
-      if (keep > 0) {
-        const start = session.window.droppedTokens + keep;
-        return { keep, window: { ...session.window }, pending: full as number[], pendingIndex: start, cachedTokens: start };
-      }
-    } else if (session.window.droppedTokens > 0 && policy.strategy === 'recompute') {
-      // After a recompute-style drop the cache is just a prefill of the kept tokens, so an evicted
-      // session rebuilds it exactly from the transcript without replaying the drops.
-      const match = commonPrefixLength(full, session.tokens, session.tokens.length);
-      if (match >= session.window.lastDropAt && full.length > session.window.lastDropAt) {
-        const sinks = policy.sinkTokens;
-        const pending = full.slice(0, sinks).concat(full.slice(sinks + session.window.droppedTokens));
-        return { keep: 0, window: { ...session.window }, pending, pendingIndex: 0, cachedTokens: 0 };
-      }
-    }
-    return { keep: 0, window: { ...NO_WINDOW }, pending: full as number[], pendingIndex: 0, cachedTokens: 0 };
   }
 
   private async iterate(): Promise<boolean> {
@@ -563,7 +509,7 @@ export class Engine {
     if (decodingRows === 0 || !Number.isFinite(share) || this.decodeStepMs === 0) return max;
     const min = Math.min(max, this.options.minPrefillChunkTokens ?? 128);
     // Before any chunk was measured, a prompt token costs about what a decode row costs.
-    const perToken = this.prefillMsPerToken || this.decodeStepMs / Math.max(1, this.batch?.rows.length ?? 1);
+    const perToken = this.prefillMsPerToken || this.decodeStepMs / Math.max(1, this.decodeBatch.current?.rows.length ?? 1);
     const budgetMs = share * this.decodeStepMs * ((prefillingRows + decodingRows) / decodingRows);
     return Math.max(min, Math.min(max, Math.floor(budgetMs / perToken)));
   }
@@ -582,13 +528,13 @@ export class Engine {
       if (sequence.cacheLength >= capacity) full++;
     }
     // Device-resident KV stays put while the batch does not change; anything else works on the host.
-    if ((full > 0 || (joining > 0 && (this.batch || joining > 1))) && this.hasDeviceKv()) await this.hostAll();
+    if ((full > 0 || (joining > 0 && (this.decodeBatch.current || joining > 1))) && this.hasDeviceKv()) await this.hostAll();
     if (full > 0) {
       for (const sequence of candidates) if (sequence.cacheLength >= capacity) this.dropWindow(sequence);
     }
     const decoding = full > 0 ? candidates.filter((s) => s.state === 'decode') : candidates;
     if (decoding.length === 0) return;
-    const batch = this.syncBatch(decoding);
+    const batch = this.decodeBatch.sync(decoding);
     const slots = batch.rows;
     const batchSize = slots.length;
     const pastLength = batch.kv.length;
@@ -755,12 +701,12 @@ export class Engine {
   }
 
   private hasDeviceKv(): boolean {
-    return Boolean(this.batch?.kv.device) || this.running.some((s) => s.kv?.device);
+    return this.decodeBatch.onDevice || this.running.some((s) => s.kv?.device);
   }
 
   /** Brings the batch's and every running sequence's KV to host memory, where the cache code works. */
   private async hostAll(): Promise<void> {
-    if (this.batch?.kv.device) this.batch.kv = await kvOnHost(this.batch.kv);
+    await this.decodeBatch.toHost();
     for (const sequence of this.running) await this.hostSequence(sequence);
   }
 
@@ -768,122 +714,9 @@ export class Engine {
     if (sequence.kv?.device) sequence.kv = await kvOnHost(sequence.kv);
   }
 
-  /**
-   * Makes the decode batch hold exactly the sequences `decoding` (in any row order). While nobody
-   * joins or leaves, the batch stays as it is: the model's present output is fed straight back as the
-   * next past, without a copy. A sequence that leaves frees its row (no copy of the others); a newcomer
-   * that fits the batch length takes a free row and only its own cache is copied in. Everything is
-   * re-packed into a new, tight tensor only when a newcomer finds no free row or is longer than the
-   * batch, or when more than REPACK_WASTE_SHARE of the cache slots are free rows or avoidable padding.
-   */
-  private syncBatch(decoding: Sequence[]): DecodeBatch {
-    const current = this.batch;
-    const joining = decoding.filter((s) => s.batchRow < 0);
-    if (current && current.live + joining.length !== decoding.length) throw new Error('a batch row is not decoding');
-    if (current && joining.length === 0 && current.live === current.rows.length) return current;
-    if (current && joining.length <= current.rows.length - current.live) {
-      const length = current.kv.length;
-      if (joining.every((s) => s.kv!.length <= length) && this.wasteAfterJoin(current, joining) <= REPACK_WASTE_SHARE) {
-        this.joinInPlace(current, joining);
-        return current;
-      }
-    }
-    return this.repack(decoding);
-  }
-
-  /** The share of cache slots a re-pack would save, once `joining` took free rows of `batch`. */
-  private wasteAfterJoin(batch: DecodeBatch, joining: readonly Sequence[]): number {
-    const length = batch.kv.length;
-    let longest = 0;
-    let used = 0;
-    batch.rows.forEach((s, r) => {
-      if (!s) return;
-      longest = Math.max(longest, length - batch.padding[r]);
-      used++;
-    });
-    for (const s of joining) longest = Math.max(longest, s.kv!.length);
-    used += joining.length;
-    // Slots now (all rows at the batch length) against slots after a re-pack (live rows at the longest).
-    const now = batch.rows.length * (length + 1);
-    const tight = used * (longest + 1);
-    return (now - tight) / now;
-  }
-
-  /** Copies each newcomer's own cache into a free row of the batch, left-padded to the batch length. */
-  private joinInPlace(batch: DecodeBatch, joining: readonly Sequence[]): void {
-    const copyStart = performance.now();
-    const { numKvHeads: heads, headDim, numLayers } = this.layout;
-    const length = batch.kv.length;
-    for (const sequence of joining) {
-      const row = batch.rows.indexOf(null);
-      const own = sequence.kv!;
-      const n = own.length;
-      const padding = length - n;
-      for (let layer = 0; layer < numLayers; layer++) {
-        const target = batch.kv.layers[layer];
-        const source = own.layers[layer];
-        for (let h = 0; h < heads; h++) {
-          const to = ((row * heads + h) * length + padding) * headDim;
-          const from = h * own.length * headDim;
-          (target.key as Float32Array).set((source.key as Float32Array).subarray(from, from + n * headDim), to);
-          (target.value as Float32Array).set((source.value as Float32Array).subarray(from, from + n * headDim), to);
-        }
-      }
-      batch.rows[row] = sequence;
-      batch.padding[row] = padding;
-      batch.live++;
-      sequence.batchRow = row;
-      sequence.kv = null;
-    }
-    this.counterValues.inPlaceJoins += joining.length;
-    this.counterValues.repackMs += performance.now() - copyStart;
-  }
-
-  /** A new batch of exactly `rows`, each copied once (a single newcomer alone is used as it is). */
-  private repack(rows: Sequence[]): DecodeBatch {
-    const current = this.batch;
-    let kv: KvTensors;
-    let padding: number[];
-    if (rows.length === 1 && rows[0].batchRow < 0) {
-      kv = rows[0].kv!;
-      padding = [0];
-    } else {
-      const copyStart = performance.now();
-      const packed = gatherRows(
-        this.layout,
-        rows.map((s) => {
-          if (s.batchRow >= 0 && current) return { kv: current.kv, row: s.batchRow, segments: [[current.padding[s.batchRow], current.kv.length] as const] };
-          return { kv: s.kv!, row: 0, segments: [[0, s.kv!.length] as const] };
-        }),
-      );
-      kv = packed.kv;
-      padding = packed.padding;
-      this.counterValues.repacks++;
-      this.counterValues.repackMs += performance.now() - copyStart;
-    }
-    rows.forEach((s, i) => {
-      s.batchRow = i;
-      s.kv = null;
-    });
-    this.batch = { rows: rows.slice(), kv, padding, live: rows.length };
-    return this.batch;
-  }
-
-  /** Gives a sequence its own KV back out of the decode batch; its row becomes free. */
-  private leaveBatch(sequence: Sequence): void {
-    const batch = this.batch;
-    if (sequence.batchRow < 0 || !batch) return;
-    sequence.kv = extractRow(this.layout, batch.kv, sequence.batchRow, batch.padding[sequence.batchRow]);
-    batch.rows[sequence.batchRow] = null;
-    batch.live--;
-    sequence.batchRow = -1;
-    // With nobody left, the batch goes (a lone row's tensor may now be the session's cache itself).
-    if (batch.live === 0) this.batch = null;
-  }
-
   /** The cache is full: drop `dropTokens` tokens after the sinks, by shifting keys or by recomputing. */
   private dropWindow(sequence: Sequence): void {
-    this.leaveBatch(sequence);
+    this.decodeBatch.leave(sequence);
     const policy = this.options.window;
     const { sinkTokens: sinks, dropTokens: drop } = policy;
     const length = sequence.cacheLength;
@@ -925,11 +758,11 @@ export class Engine {
     if (!wasAdmitted) {
       this.waiting.splice(this.waiting.indexOf(sequence), 1);
     } else {
-      this.leaveBatch(sequence);
+      this.decodeBatch.leave(sequence);
       this.running.splice(this.running.indexOf(sequence), 1);
-      if (reason === 'error') this.rollBack(sequence);
-      else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) this.keepProcessed(sequence);
-      else this.keepCache(sequence);
+      if (reason === 'error') rollBack(sequence, this.layout);
+      else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) keepProcessed(sequence, this.layout, this.options.window.sinkTokens);
+      else keepCache(sequence);
     }
     sequence.state = 'finished';
     sequence.finishReason = reason;
@@ -958,54 +791,5 @@ export class Engine {
     sequence.events.close();
     for (const o of this.observers) o.requestFinished?.(sequence);
     this.wake();
-  }
-
-  private keepCache(sequence: Sequence): void {
-    const session = sequence.session;
-    if (sequence.cacheLength > 0 && sequence.kv) session.toHot(sequence.kv, sequence.cacheLength);
-    else session.toEvicted();
-    session.window = sequence.window;
-    session.version++;
-    sequence.kv = null;
-  }
-
-  /**
-   * Cancelled during its prompt's prefill (not a recompute after a window drop, where every token was
-   * processed before): the transcript keeps what was committed before this request or
-   * processed by it, never prompt tokens that were not prefilled (an abandoned huge append must not
-   * grow the transcript), and the cache keeps the processed prefix. When the cache slots cannot be
-   * mapped back onto the transcript (a recompute drop still rebuilding its sinks), as a failure.
-   */
-  private keepProcessed(sequence: Sequence): void {
-    const { sinkTokens } = this.options.window;
-    const window = sequence.window;
-    if (window.droppedTokens > 0 && sequence.cacheLength < sinkTokens) {
-      this.rollBack(sequence);
-      return;
-    }
-    const processed = window.droppedTokens + sequence.cacheLength;
-    const committedBefore = commonPrefixLength(sequence.fullInput, sequence.originalTokens, sequence.originalTokens.length);
-    sequence.session.tokens = sequence.fullInput.slice(0, Math.max(processed, committedBefore));
-    this.keepCache(sequence);
-  }
-
-  /**
-   * A failed request leaves the session as it was before the request: the old transcript, and of the
-   * cache only the part that still matches it.
-   */
-  private rollBack(sequence: Sequence): void {
-    const session = sequence.session;
-    session.tokens = sequence.originalTokens;
-    const window: WindowState = sequence.window;
-    const match = commonPrefixLength(sequence.fullInput, session.tokens, session.tokens.length);
-    const keep = sequence.kv ? reusableSlots(window, sequence.cacheLength, match) : 0;
-    if (keep > 0) {
-      session.toHot(prefixOf(this.layout, sequence.kv!, keep), keep);
-      session.window = { ...window };
-    } else {
-      session.toEvicted();
-      session.window = { ...NO_WINDOW };
-    }
-    sequence.kv = null;
   }
 }

@@ -86,3 +86,32 @@ export type GenerationEvent =
   | { type: 'end'; finishReason: FinishReason; text: string; usage: Usage; error?: EngineError };
 
 export type SubmitResult = { ok: true; sessionId: string; events: AsyncIterable<GenerationEvent> } | { ok: false; error: EngineError };
+
+export type { Tier };
+
+/**
+ * What an observer (telemetry, per-key limits) sees of a request: a read-only view of the engine's
+ * sequence. The same object is passed to every hook of one request, so observers may key on it; they
+ * never write to it. Timestamps are epoch ms (0: not yet).
+ */
+export interface RequestRecord {
+  readonly request: Readonly<GenerationRequest>;
+  readonly enqueuedAt: number;
+  readonly admittedAt: number;
+  readonly firstTokenAt: number;
+  /** The whole sequence the request conditions on (set when admitted). */
+  readonly fullInput: readonly number[];
+  readonly generated: readonly number[];
+  /** Cache slots the request fills so far. */
+  readonly cacheLength: number;
+  readonly cachedTokens: number;
+  readonly restoredFrom: Tier;
+  readonly finishReason: FinishReason | null;
+  readonly error: EngineError | undefined;
+}
+
+/** A session moving between cache tiers (hot -> int8 -> disk -> evicted, or back up), as telemetry counts it. */
+export interface TierMove {
+  readonly from: Tier;
+  readonly to: Tier;
+}

@@ -5,10 +5,8 @@
  * warmkv_running_requests and warmkv_kv_cache_utilization.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { EvictionEvent } from '../cache/session-store.ts';
-import type { Tier } from '../cache/session.ts';
 import type { EngineObserver } from '../engine/engine.ts';
-import type { Sequence } from '../engine/sequence.ts';
+import type { RequestRecord, Tier, TierMove } from '../engine/types.ts';
 
 const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 const TPOT_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
@@ -109,7 +107,7 @@ export class Metrics implements EngineObserver {
   }
 
   /** For store.onEviction. */
-  recordTierMove(event: EvictionEvent): void {
+  recordTierMove(event: TierMove): void {
     this.tierMoves.inc({ from: event.from, to: event.to });
     if (event.to === 'disk' || event.to === 'evicted') this.evictions.inc();
   }
@@ -118,19 +116,19 @@ export class Metrics implements EngineObserver {
     this.clientDisconnects.inc({ phase });
   }
 
-  requestStarted(sequence: Sequence): void {
+  requestStarted(sequence: RequestRecord): void {
     if (sequence.restoredFrom === 'int8') this.int8Resumes.inc();
   }
 
-  decodeStep(info: { sequences: readonly Sequence[]; durationMs: number }): void {
+  decodeStep(info: { sequences: readonly RequestRecord[]; durationMs: number }): void {
     this.stepTime.observe(info.durationMs / 1000);
   }
 
-  windowDrop(_sequence: Sequence, info: { strategy: string }): void {
+  windowDrop(_sequence: RequestRecord, info: { strategy: string }): void {
     this.windowDrops.inc({ strategy: info.strategy });
   }
 
-  requestFinished(sequence: Sequence): void {
+  requestFinished(sequence: RequestRecord): void {
     const model = this.sources.modelId;
     const operation = sequence.request.operation ?? 'text_completion';
     const labels = { gen_ai_operation_name: operation, gen_ai_request_model: model };

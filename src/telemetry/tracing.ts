@@ -6,10 +6,8 @@
  */
 import { context, propagation, trace, SpanKind, SpanStatusCode, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { performance } from 'node:perf_hooks';
-import type { Tier } from '../cache/session.ts';
 import type { EngineObserver } from '../engine/engine.ts';
-import type { Sequence } from '../engine/sequence.ts';
-import type { Usage } from '../engine/types.ts';
+import type { RequestRecord, Tier, Usage } from '../engine/types.ts';
 
 export interface RequestSpanInfo {
   requestId: string;
@@ -86,13 +84,13 @@ export class Tracing implements EngineObserver {
     span.end();
   }
 
-  private child(sequence: Sequence, name: string, start: number, end: number, attributes: Record<string, string | number>): void {
+  private child(sequence: RequestRecord, name: string, start: number, end: number, attributes: Record<string, string | number>): void {
     const parent = this.spans.get(sequence.request.requestId);
     if (!parent) return;
     this.tracer.startSpan(name, { startTime: start, attributes }, parent.context).end(end);
   }
 
-  requestStarted(sequence: Sequence, info: { restoredFrom: Tier; restoreMs: number }): void {
+  requestStarted(sequence: RequestRecord, info: { restoredFrom: Tier; restoreMs: number }): void {
     const admitted = sequence.admittedAt;
     this.child(sequence, 'queue', sequence.enqueuedAt, admitted, { 'warmkv.queue.ms': admitted - sequence.enqueuedAt });
     const restoreEnd = toEpoch(performance.now());
@@ -103,14 +101,14 @@ export class Tracing implements EngineObserver {
     });
   }
 
-  prefillChunk(sequence: Sequence, info: { tokens: number; kvTokens: number; startMs: number; durationMs: number }): void {
+  prefillChunk(sequence: RequestRecord, info: { tokens: number; kvTokens: number; startMs: number; durationMs: number }): void {
     this.child(sequence, 'prefill', toEpoch(info.startMs), toEpoch(info.startMs + info.durationMs), {
       'warmkv.prefill.tokens': info.tokens,
       'warmkv.kv.tokens': info.kvTokens,
     });
   }
 
-  decodeStep(info: { sequences: readonly Sequence[]; kvTokens: number; startMs: number; durationMs: number }): void {
+  decodeStep(info: { sequences: readonly RequestRecord[]; kvTokens: number; startMs: number; durationMs: number }): void {
     const start = toEpoch(info.startMs);
     const end = toEpoch(info.startMs + info.durationMs);
     // The step's latency is the span's own duration; two attributes keep the many step spans small.
@@ -119,7 +117,7 @@ export class Tracing implements EngineObserver {
     }
   }
 
-  windowDrop(sequence: Sequence, info: { droppedTokens: number; strategy: string }): void {
+  windowDrop(sequence: RequestRecord, info: { droppedTokens: number; strategy: string }): void {
     this.spans.get(sequence.request.requestId)?.span.addEvent('window.drop', { 'warmkv.window.dropped_tokens': info.droppedTokens, 'warmkv.window.strategy': info.strategy });
   }
 }

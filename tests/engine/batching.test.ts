@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { Sequence } from '../../src/engine/sequence.ts';
+import type { RequestRecord } from '../../src/engine/types.ts';
 import { GPT2, LLAMA, collect, makeEngine, randomTokens, request, sampling } from '../support/fixtures.ts';
 import { listen, post } from '../server/helpers.ts';
 import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
@@ -17,9 +17,9 @@ type CallRecord = { kind: 'decode'; ids: string[]; rows: number } | { kind: 'pre
 function callLog() {
   const calls: CallRecord[] = [];
   const observer = {
-    decodeStep: (info: { sequences: readonly Sequence[] }) =>
+    decodeStep: (info: { sequences: readonly RequestRecord[] }) =>
       calls.push({ kind: 'decode', ids: info.sequences.map((s) => s.request.requestId), rows: info.sequences.length }),
-    prefillChunk: (sequence: Sequence, info: { tokens: number }) => calls.push({ kind: 'prefill', id: sequence.request.requestId, tokens: info.tokens }),
+    prefillChunk: (sequence: RequestRecord, info: { tokens: number }) => calls.push({ kind: 'prefill', id: sequence.request.requestId, tokens: info.tokens }),
   };
   return { calls, observer };
 }

@@ -13,6 +13,7 @@ const BENCHMARKS: Record<string, string> = {
   logprobs: './logprobs.ts',
   fairness: './fairness.ts',
   constrained: './constrained.ts',
+  overhead: './overhead.ts',
 };
 
 /** One line per benchmark for the top-level help; each benchmark's own --help lists its options. */
@@ -26,6 +27,7 @@ const SUMMARIES: Record<keyof typeof BENCHMARKS, string> = {
   logprobs: 'decode throughput with logprobs and 20 alternatives per token, against without',
   fairness: 'TTFT of a short request and ITL p99 of a stream while a long prompt prefills, against idle',
   constrained: 'decode tok/s with a JSON-schema grammar against without, grammar compile time and cache hits',
+  overhead: 'warmkv (engine, HTTP, SSE) against a bare onnxruntime loop: tok/s, warm TTFT, event-loop delay, RSS (--tag NAME)',
 };
 
 function usage(): string {

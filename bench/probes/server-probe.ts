@@ -1,0 +1,32 @@
+/**
+ * Preloaded into a server child by `npm run bench -- overhead` (node --import): answers the parent's
+ * IPC messages with this process's event-loop delay since the last reset and its peak RSS, so the
+ * server is measured from the inside without anything of the bench in src/.
+ *
+ *   {type: 'reset'} -> {type: 'reset'}
+ *   {type: 'sample'} -> {type: 'sample', loopDelayP99Ms, loopDelayMaxMs, loopDelayMeanMs, maxRssMiB, heapUsedMiB}
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+
+const histogram = monitorEventLoopDelay({ resolution: 1 });
+histogram.enable();
+
+const mib = (bytes: number) => Math.round((bytes / 1024 ** 2) * 10) / 10;
+
+process.on('message', (message: { type?: string }) => {
+  if (message.type === 'reset') {
+    histogram.reset();
+    process.send?.({ type: 'reset' });
+  } else if (message.type === 'sample') {
+    process.send?.({
+      type: 'sample',
+      loopDelayP99Ms: histogram.percentile(99) / 1e6,
+      loopDelayMaxMs: histogram.max / 1e6,
+      loopDelayMeanMs: histogram.mean / 1e6,
+      maxRssMiB: mib(process.resourceUsage().maxRSS * 1024),
+      heapUsedMiB: mib(process.memoryUsage().heapUsed),
+    });
+  }
+});
+// The IPC channel must not keep a server that was told to stop alive.
+process.channel?.unref();

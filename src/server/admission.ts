@@ -99,8 +99,9 @@ export class Admission {
     return {
       created: created !== null,
       async submit(request) {
-        limits.checkStreams(request.owner);
         await admission.checkTranscript(parts, request);
+        // The check and the count in one tick, so a burst cannot overshoot the limit.
+        limits.checkStreams(request.owner);
         return limits.whileSubmitting(request, () => parts.engine.submit(request));
       },
       refused() {

@@ -52,7 +52,7 @@ const CONTEXT = reference.serving!.model.contextLength;
 
 const env = {
   MODEL_DIR: model.folder.dir, SNAPSHOT_DIR: snapshotDir, KV_CACHE_BYTES: values['kv-cache-bytes']!, API_KEYS: KEY, INT8_TIER: 'false',
-  LOG_LEVEL: 'warn', HEADERS_TIMEOUT_SECONDS: '3', REQUEST_TIMEOUT_SECONDS: '6', INTRA_OP_THREADS: '2', MAX_TOKENS_LIMIT: '64',
+  LOG_LEVEL: 'info', HEADERS_TIMEOUT_SECONDS: '3', REQUEST_TIMEOUT_SECONDS: '6', INTRA_OP_THREADS: '2', MAX_TOKENS_LIMIT: '64',
 };
 const stats = {
   requests: 0, compared: 0, exact: 0, status5xx: 0, hangs: 0, refusedWhileDown: 0, lostToKill: 0, other4xx: 0,
@@ -150,7 +150,14 @@ async function cutAndResume(prompt: number[], sessionId: string, expected: strin
     return;
   }
   if (rest.status >= 500) stats.status5xx++;
-  const after = rest.status === 200 ? parseEvents(await rest.text()) : [];
+  const restText = rest.status === 200 ? await rest.text().catch(() => null) : '';
+  if (restText === null) {
+    // Cut by a kill while replaying.
+    stats.resumes--;
+    stats.lostToKill++;
+    return;
+  }
+  const after = parseEvents(restText);
   const ids = [...before, ...after].map((e) => e.id);
   const once = ids.every((id, i) => id === i) && after.at(-1)?.data === '[DONE]';
   if (once && textOf([...before, ...after]) === expected) stats.resumesExactlyOnce++;

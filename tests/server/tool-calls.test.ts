@@ -20,9 +20,9 @@ import { expectError, listen, parseSse, post, type Listening } from './helpers.t
 
 const LLAMA3_TEMPLATE =
   "{%- if tools %}{{- 'tools: ' + (tools | tojson) + '\\n' }}{%- endif %}{%- for message in messages %}{%- if message.role == 'tool' %}{{- '<|ipython|>' + message.content + '\\n' }}" +
-  "{%- elif message.tool_calls %}{%- for call in message.tool_calls %}{{- '{\"name\": \"' + call.function.name + '\", \"parameters\": ' + (call.function.arguments | tojson) + '}' }}{%- endfor %}{{- '\\n' }}" +
+  "{%- elif message.tool_calls %}{{- 'assistant:' }}{%- for call in message.tool_calls %}{{- '{\"name\": \"' + call.function.name + '\", \"parameters\": ' + (call.function.arguments | tojson) + '}' }}{%- endfor %}{{- '\\n' }}" +
   "{%- else %}{{- message.role + ': ' + message.content + '\\n' }}{%- endif %}{%- endfor %}" +
-  "{%- if add_generation_prompt %}{{- 'assistant: ' }}{%- endif %}";
+  "{%- if add_generation_prompt %}{{- 'assistant:' }}{%- endif %}";
 
 const weather = {
   type: 'object',

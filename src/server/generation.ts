@@ -13,6 +13,7 @@ import type { FinishReason, GenerationEvent, GenerationRequest, Usage } from '..
 import type { Logger } from '../lib/logger.ts';
 import type { Serving } from '../serving.ts';
 import type { Admitted } from './admission.ts';
+import type { PromptLogprob } from './prompt-logprobs.ts';
 import { sumUsage, type SharedPrompt } from './choices.ts';
 import { LogprobFormatter } from './logprobs.ts';
 import { ApiError, ClientGoneError } from './errors.ts';
@@ -41,7 +42,10 @@ export interface GenerationJob {
    * Completions with several prompts: choices 1.. (choice 0 is `request` and `echo`). Each is its own
    * engine request, submitted together so the scheduler batches them; none may name a session.
    */
-  extraChoices?: Array<{ request: Omit<GenerationRequest, 'signal'>; echo: string }>;
+  extraChoices?: Array<{ request: Omit<GenerationRequest, 'signal'>; echo: string; promptLogprobs?: PromptLogprob[] }>;
+  /** Completions `echo` with `logprobs`: the route scores the prompts (prompt-logprobs.ts) into `promptLogprobs`. */
+  echoLogprobs?: boolean;
+  promptLogprobs?: PromptLogprob[];
   /** Chat with tools: the reply is read for tool calls in this format (a stream holds its text back until the end). */
   toolCallFormat?: ToolCallFormat;
   /** `n` > 1: the choices share one prompt, prefilled once on sessions of the server's (choices.ts). */
@@ -136,12 +140,12 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
 
   const id = completionId(job.format);
   const operation = job.format === 'chat' ? 'chat' : 'text_completion';
-  const choices: Choice[] = [{ request: job.request, echo: job.echo }, ...(job.extraChoices ?? [])].map((c, index) => ({
+  const choices: Choice[] = [{ request: job.request, echo: job.echo, promptLogprobs: job.promptLogprobs }, ...(job.extraChoices ?? [])].map((c, index) => ({
     index,
     request: c.request,
     echo: c.echo,
     firstTokenMs: null,
-    logprobs: c.request.logprobs === undefined ? null : new LogprobFormatter(job.format, model.loaded.tokenizer, c.echo.length),
+    logprobs: c.request.logprobs === undefined ? null : new LogprobFormatter(job.format, model.loaded.tokenizer, c.echo.length, c.promptLogprobs),
     traced: false,
   }));
   const endTrace = (choice: Choice, result: Parameters<Serving['tracing']['endRequest']>[1]) => {

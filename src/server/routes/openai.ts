@@ -6,6 +6,7 @@ import { readGenerationBody } from '../body.ts';
 import { generationContext, ownerOf, servingFor, type AppEnv, type Ctx, type ServerDeps } from '../context.ts';
 import { fanOut } from '../choices.ts';
 import { runGeneration, type GenerationJob } from '../generation.ts';
+import { withPromptLogprobs } from '../prompt-logprobs.ts';
 import { chatSchema, completionSchema } from '../schemas.ts';
 import { Translator, sessionIdOf, type Caller } from '../translate.ts';
 
@@ -26,15 +27,14 @@ export function openAiRoutes(deps: ServerDeps): Hono<AppEnv> {
       const owner = ownerOf(c);
       let job = translate(new Translator(deps.config, parts), { requestId: c.get('requestId'), owner }, body, sessionId);
       const admitted = await deps.admission.admit(parts, owner, sessionId);
-      if (job.shared) {
-        // n choices: the shared prefill runs on the client's session first, so an unread run there gives way now.
-        if (sessionId !== undefined) await deps.runs.supersede(owner, sessionId);
-        try {
-          job = await fanOut(parts, admitted, job, c.req.raw.signal);
-        } catch (error) {
-          admitted.refused();
-          throw error;
-        }
+      // n choices: the shared prefill runs on the client's session first, so an unread run there gives way now.
+      if (job.shared && sessionId !== undefined) await deps.runs.supersede(owner, sessionId);
+      try {
+        job = await withPromptLogprobs(parts, job);
+        job = await fanOut(parts, admitted, job, c.req.raw.signal);
+      } catch (error) {
+        admitted.refused();
+        throw error;
       }
       return runGeneration(generationContext(c, deps, parts, admitted), job);
     };

@@ -38,7 +38,7 @@ describe('intra-op thread calibration', () => {
   });
 
   test('keeps the fastest count, stops climbing at the first doubling that does not pay, and releases the rest', async () => {
-    const { open, opened, disposed } = await opener({ 1: 24, 2: 4, 4: 14, 8: 1 });
+    const { open, opened, disposed } = await opener({ 1: 40, 2: 6, 4: 30, 8: 1 });
     const choice = await calibrateThreads(open, 8);
     try {
       assert.equal(choice.threads, 2);
@@ -53,8 +53,8 @@ describe('intra-op thread calibration', () => {
     }
   });
 
-  test('a doubling that is not clearly faster keeps one thread', async () => {
-    const { open, opened, disposed } = await opener({ 1: 12, 2: 12, 4: 1 });
+  test('a slower doubling keeps one thread and tries no more', async () => {
+    const { open, opened, disposed } = await opener({ 1: 6, 2: 40, 4: 1 });
     const choice = await calibrateThreads(open, 4);
     try {
       assert.equal(choice.threads, 1);

@@ -17,7 +17,7 @@ import type { PromptLogprob } from './prompt-logprobs.ts';
 import { sumUsage, type SharedPrompt } from './choices.ts';
 import { LogprobFormatter } from './logprobs.ts';
 import { ApiError, ClientGoneError } from './errors.ts';
-import { SSE_HEADERS } from './sse.ts';
+import { SSE_HEADERS, jsonTemplate } from './sse.ts';
 import type { CancelReason, EventLog } from '../streams/registry.ts';
 import type { SessionRuns } from './session-runs.ts';
 import type { StreamRegistry } from './streams.ts';
@@ -339,9 +339,11 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
         try {
           if (job.format === 'chat') writer.send(chunk([{ index: choice.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
           if (choice.echo) writer.send(chunk([textChoice(choice, choice.echo)]));
+          // Without per-token fields (logprobs, step stats) a token's chunk is a template around its text.
+          const tokenChunk = choice.logprobs === null && !stepStats ? jsonTemplate((text) => chunk([textChoice(choice, text)])) : null;
           end = await pump(choice, (piece) => {
             if (job.toolCallFormat) held += piece;
-            else if (piece && !failure) writer.send(chunk([textChoice(choice, piece)]));
+            else if (piece && !failure) writer.sendJson(tokenChunk ? tokenChunk.prefix + JSON.stringify(piece) + tokenChunk.suffix : JSON.stringify(chunk([textChoice(choice, piece)])));
           });
           if (job.toolCallFormat && end) {
             const text = held + end.text;

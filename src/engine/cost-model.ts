@@ -20,7 +20,7 @@ const MIN_SAMPLES = 6;
 /** Feature scales (tokens per 100, past per 1,000), so the normal equations are well conditioned. */
 const TOKEN_SCALE = 100;
 const PAST_SCALE = 1000;
-const RIDGE = 1e-3;
+const RIDGE = 1e-4;
 
 export interface PrefillCost {
   /** ms per call, per prompt token, per past token, per token × past token. */
@@ -69,14 +69,21 @@ export class StepCostModel {
     return fit.overheadMs + fit.perTokenMs * tokens + fit.perPastMs * past + fit.perTokenPastMs * tokens * past;
   }
 
-  /** Most prompt tokens over a cache of `past` that fit in `budgetMs` (may be 0 or less: nothing fits). */
+  /**
+   * Most prompt tokens over a cache of `past` that fit in `budgetMs`. When a call's fixed cost at this
+   * past (overhead and the copy of the past) is over half the budget, no chunk can meet the budget, and
+   * smaller chunks would only add calls, each paying that cost again: the chunk then costs up to twice
+   * the fixed cost (at least half of each call does prompt work), which bounds both the pause and the
+   * waste.
+   */
   tokensWithin(budgetMs: number, past: number, fallbackPerTokenMs: number): number {
     const fit = this.fitted;
     if (!fit) return Math.floor(budgetMs / (this.msPerToken || fallbackPerTokenMs));
     const marginal = fit.perTokenMs + fit.perTokenPastMs * past;
     // A degenerate fit (no per-token cost) falls back to the average, which is never zero once measured.
     if (!(marginal > 0)) return Math.floor(budgetMs / (this.msPerToken || fallbackPerTokenMs));
-    return Math.floor((budgetMs - fit.overheadMs - fit.perPastMs * past) / marginal);
+    const fixed = fit.overheadMs + fit.perPastMs * past;
+    return Math.floor((Math.max(budgetMs, 2 * fixed) - fixed) / marginal);
   }
 }
 
@@ -90,12 +97,10 @@ function features(tokens: number, past: number): number[] {
 function solve(xtx: Float64Array, xty: Float64Array): PrefillCost | null {
   const n = FEATURES;
   const a: number[][] = [];
-  let trace = 0;
-  for (let i = 0; i < n; i++) trace += xtx[i * n + i];
-  const ridge = RIDGE * (trace / n);
   for (let i = 0; i < n; i++) {
     a.push([]);
-    for (let j = 0; j < n; j++) a[i].push(xtx[i * n + j] + (i === j ? ridge : 0));
+    // The ridge is relative to each feature's own scale, so it never favours one coefficient.
+    for (let j = 0; j < n; j++) a[i].push(xtx[i * n + j] * (i === j ? 1 + RIDGE : 1) + (i === j ? 1e-9 : 0));
     a[i].push(xty[i]);
   }
   // Gaussian elimination with partial pivoting.

@@ -13,6 +13,7 @@ import { DecodeBatch } from './batch.ts';
 import { planCache } from './cache-plan.ts';
 import { keepCache, keepProcessed, rollBack } from './commit.ts';
 import { Sampler } from './sampler.ts';
+import type { PrefillCost } from './cost-model.ts';
 import { Scheduler, type SchedulerOptions } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import type { EngineError, FinishReason, GenerationRequest, RequestRecord, SubmitResult } from './types.ts';
@@ -169,6 +170,11 @@ export class Engine {
 
   counters(): EngineCounters {
     return { ...this.counterValues };
+  }
+
+  /** What the scheduler sizes prefill chunks by: the decode step's moving average and the fitted prefill cost (null before enough chunks). */
+  stepCosts(): { decodeStepMs: number; prefill: PrefillCost | null } {
+    return { decodeStepMs: this.scheduler.cost.decodeStepMs, prefill: this.scheduler.cost.prefillCost() };
   }
 
   /** Grammar compiles, compile time and cache hits; null before the first request with a grammar. */

@@ -201,7 +201,7 @@ export class Scheduler<T extends Schedulable> {
     const share = this.options.prefillStepShare ?? 1;
     const decodeStepMs = this.cost.decodeStepMs;
     if (decodingRows === 0 || !Number.isFinite(share) || decodeStepMs === 0) return max;
-    const min = Math.min(max, this.options.minPrefillChunkTokens ?? 128);
+    const min = Math.min(max, this.options.minPrefillChunkTokens ?? 16);
     // Before any chunk was measured, a prompt token costs about what a decode row costs.
     const fallbackPerTokenMs = decodeStepMs / Math.max(1, batchRows);
     const budgetMs = share * decodeStepMs * ((prefillingRows + decodingRows) / decodingRows);

@@ -166,6 +166,18 @@ describe('step cost model', () => {
     assert.ok(Math.abs(model.predictPrefill(300, 3000, 1) - (3 + 15 + 6 + 36)) < 3);
   });
 
+  test('when a call over a long past costs more than the budget whatever its size, the chunk amortizes that fixed cost', () => {
+    const model = new StepCostModel();
+    // 0.05 ms per past token per call (the past copied in and out), 0.1 ms per prompt token.
+    const cost = (tokens: number, past: number) => 1 + 0.1 * tokens + 0.05 * past;
+    measure(model, cost);
+    assert.ok(Math.abs(model.tokensWithin(30, 0, 1) - 290) <= 3, 'short past: the budget rules');
+    // At past 4000 a call costs 201 ms before any prompt work: a 30 ms budget cannot be met, and
+    // 1-token chunks would pay 201 ms per token; the chunk does as much prompt work as the fixed cost.
+    const tokens = model.tokensWithin(30, 4000, 1);
+    assert.ok(Math.abs(tokens - 2010) <= 20, String(tokens));
+  });
+
   test('before enough calls, a cost per prompt token (or the fallback) sizes chunks', () => {
     const model = new StepCostModel();
     assert.equal(model.tokensWithin(100, 0, 0.5), 200, 'nothing measured: the fallback cost');

@@ -223,9 +223,11 @@ export class Constraint {
       if (value === -1) continue;
       const base = word * 32;
       const end = Math.min(base + 32, this.vocabSize);
-      for (let id = base; id < end; id++) if ((value & (1 << (id - base))) === 0) out[id] = -Infinity;
+      // Most words of a large vocabulary allow nothing at a given step.
+      if (value === 0) out.fill(-Infinity, base, end);
+      else for (let id = base; id < end; id++) if ((value & (1 << (id - base))) === 0) out[id] = -Infinity;
     }
-    for (let id = bits.length * 32; id < this.vocabSize; id++) out[id] = -Infinity;
+    if (bits.length * 32 < this.vocabSize) out.fill(-Infinity, bits.length * 32, this.vocabSize);
     this.bitmask = null;
     return out;
   }

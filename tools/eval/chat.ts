@@ -12,6 +12,10 @@
  * - tools: the tool list in the system turn (the text the template renders for `tools`), one request;
  *   the reply must be one `<tool_call>` whose JSON names the right tool with schema-valid arguments.
  *   Then the tool's result comes back as a `<tool_response>` turn and the final answer must use it.
+ *   The same question runs again with constrained decoding: `/v1/completions` on the template's text
+ *   up to the assistant's `<tool_call>\n`, with a `response_format` JSON schema that admits a call to
+ *   one of the offered tools with schema-valid arguments, so what is left to the model is the choice of
+ *   tool and the argument values.
  */
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
@@ -172,7 +176,34 @@ async function memoryCase(url: string, client: OpenAI, c: MemoryCase, index: num
   return { recompute, resend, native, sameResend: same(resend), sameNative: same(native), answer: c.answer };
 }
 
-async function toolCase(client: OpenAI, c: ToolCase) {
+/** A schema for `{"name": ..., "arguments": {...}}` that admits exactly the valid calls to the offered tools. */
+export function toolCallSchema(tools: ToolDef[]): Record<string, unknown> {
+  return {
+    anyOf: tools.map((t) => ({
+      type: 'object',
+      properties: { name: { const: t.function.name }, arguments: { ...t.function.parameters, additionalProperties: false } },
+      required: ['name', 'arguments'],
+      additionalProperties: false,
+    })),
+  };
+}
+
+/** The call under constrained decoding: the prompt ends with the assistant's `<tool_call>\n`, the grammar writes the JSON. */
+async function constrainedToolCall(url: string, c: ToolCase) {
+  const prompt = `<|im_start|>system\n${c.system_text}<|im_end|>\n<|im_start|>user\n${c.question}<|im_end|>\n<|im_start|>assistant\n<tool_call>\n`;
+  const r = await post(url, '/v1/completions', {
+    model: servedModel, prompt, temperature: 0, max_tokens: TOOL_MAX_TOKENS,
+    response_format: { type: 'json_schema', json_schema: { name: 'tool_call', schema: toolCallSchema(c.tools) } },
+  });
+  const text = (r.choices as Array<{ text: string }>)[0]!.text;
+  const call = parseToolCall(`<tool_call>\n${text}\n</tool_call>`);
+  const def = c.tools.find((t) => t.function.name === call?.name);
+  const rightTool = call !== null && call.name === c.tool;
+  const schemaValid = rightTool && def !== undefined && schemaErrors(call.arguments, def.function.parameters).length === 0;
+  return { rightTool, schemaValid, exactArguments: schemaValid && sameJson(call.arguments, c.arguments), reply: text };
+}
+
+async function toolCase(url: string, client: OpenAI, c: ToolCase) {
   const messages: Message[] = [{ role: 'system', content: c.system_text }, { role: 'user', content: c.question }];
   const first = await chat(client, messages, undefined, TOOL_MAX_TOKENS);
   const call = parseToolCall(first.text);
@@ -186,7 +217,12 @@ async function toolCase(client: OpenAI, c: ToolCase) {
   const final = await chat(client, [...messages, { role: 'assistant', content: expectedCall }, { role: 'user', content: `<tool_response>\n${c.result}\n</tool_response>` }]);
   const resultValues = Object.values(JSON.parse(c.result) as Record<string, unknown>).filter((v) => typeof v !== 'boolean').map(String);
   const usesResult = resultValues.every((v) => final.text.includes(v));
-  return { parsed, rightTool, schemaValid, exactArguments, usesResult, reply: first.text, final: final.text };
+  const constrained = await constrainedToolCall(url, c);
+  return {
+    parsed, rightTool, schemaValid, exactArguments, usesResult, reply: first.text, final: final.text,
+    constrainedRightTool: constrained.rightTool, constrainedValid: constrained.schemaValid,
+    constrainedExact: constrained.exactArguments, constrainedReply: constrained.reply,
+  };
 }
 
 /** JSON with Python's default separators (", ", ": "), as the template's `tojson` and the training data. */
@@ -216,8 +252,9 @@ export async function runChatSuite(modelDir: string, cases: ChatEvalCases) {
     const recall = (pick: (r: (typeof memoryRuns)[number]) => Reply[]) => share(memoryRuns.filter((r) => contains(pick(r).at(-1)!.text, r.answer)).length, memoryRuns.length);
     progress('memory');
     const toolRuns: Array<Awaited<ReturnType<typeof toolCase>>> = [];
-    for (const c of cases.tools) toolRuns.push(await toolCase(client, c));
-    const count = (key: 'parsed' | 'rightTool' | 'schemaValid' | 'exactArguments' | 'usesResult') => share(toolRuns.filter((t) => t[key]).length, toolRuns.length);
+    for (const c of cases.tools) toolRuns.push(await toolCase(url, client, c));
+    type ToolKey = 'parsed' | 'rightTool' | 'schemaValid' | 'exactArguments' | 'usesResult' | 'constrainedRightTool' | 'constrainedValid' | 'constrainedExact';
+    const count = (key: ToolKey) => share(toolRuns.filter((t) => t[key]).length, toolRuns.length);
     const lastNative = memoryRuns.at(-1)!.native;
     return {
       facts: { heldOutPhrasings: facts, byRelation, seenPhrasings: factsSeenPhrasing, unseenCountries: factsUnseenEntities },
@@ -241,8 +278,8 @@ export async function runChatSuite(modelDir: string, cases: ChatEvalCases) {
         validCall: count('schemaValid'),
         exactArguments: count('exactArguments'),
         finalAnswerUsesResult: count('usesResult'),
-        constrainedDecoding: 'not available: the server refuses tools and response_format, so only unconstrained decoding is measured',
-        examples: toolRuns.slice(0, 4).map((t) => ({ reply: t.reply, final: t.final })),
+        constrained: { rightTool: count('constrainedRightTool'), validCall: count('constrainedValid'), exactArguments: count('constrainedExact') },
+        examples: toolRuns.slice(0, 4).map((t) => ({ reply: t.reply, final: t.final, constrained: t.constrainedReply })),
       },
       seconds: (performance.now() - started) / 1000,
     };
@@ -266,6 +303,9 @@ export function chatMarkdown(model: string, r: Awaited<ReturnType<typeof runChat
     ['tool calls: valid call (right tool, schema-valid arguments)', pct(r.tools.validCall)],
     ['tool calls: exact arguments', pct(r.tools.exactArguments)],
     ['tool calls: final answer uses the tool result', pct(r.tools.finalAnswerUsesResult)],
+    ['tool calls, constrained decoding: right tool', pct(r.tools.constrained.rightTool)],
+    ['tool calls, constrained decoding: valid call (right tool, schema-valid arguments)', pct(r.tools.constrained.validCall)],
+    ['tool calls, constrained decoding: exact arguments', pct(r.tools.constrained.exactArguments)],
   ];
   if (brownPerplexity !== null) rows.push(['Brown held-out perplexity (independent 512-token chunks, 84,778 predictions)', brownPerplexity.toFixed(2)]);
   return [`model ${model}, greedy, through the HTTP API`, '', '| measure | result |', '| --- | ---: |', ...rows.map(([a, b]) => `| ${a} | ${b} |`)].join('\n');

@@ -173,7 +173,12 @@ async function memoryCase(url: string, client: OpenAI, c: MemoryCase, index: num
     native.push({ text: choice.text, finish: choice.finish_reason, cached: usage.prompt_tokens_details.cached_tokens, prompt: usage.prompt_tokens });
   }
   const same = (a: Reply[]) => a.every((r, i) => r.text === recompute[i]!.text);
-  return { recompute, resend, native, sameResend: same(resend), sameNative: same(native), answer: c.answer };
+  // A native session keeps the tokens the model generated; a resend (and the recompute) re-tokenizes the
+  // reply's text, which can give another token sequence. A prompt_tokens difference up to the first
+  // differing reply shows that the two runs conditioned on different tokens, not that the cache is wrong.
+  const firstDiff = native.findIndex((r, i) => r.text !== recompute[i]!.text);
+  const nativeTokensDiffer = firstDiff >= 0 && native.slice(0, firstDiff + 1).some((r, i) => r.prompt !== recompute[i]!.prompt);
+  return { recompute, resend, native, sameResend: same(resend), sameNative: same(native), nativeTokensDiffer, answer: c.answer };
 }
 
 /** A schema for `{"name": ..., "arguments": {...}}` that admits exactly the valid calls to the offered tools. */
@@ -267,9 +272,14 @@ export async function runChatSuite(modelDir: string, cases: ChatEvalCases) {
         recallNative: recall((r) => r.native),
         repliesEqualResendVsRecompute: share(memoryRuns.filter((r) => r.sameResend).length, memoryRuns.length),
         repliesEqualNativeVsRecompute: share(memoryRuns.filter((r) => r.sameNative).length, memoryRuns.length),
+        nativeDifferencesWithOtherTokens: share(memoryRuns.filter((r) => r.nativeTokensDiffer).length, memoryRuns.filter((r) => !r.sameNative).length),
         cachedTokensLastTurnNative: lastNative.map((r) => ({ prompt: r.prompt, cached: r.cached })),
         cachedTokensLastTurnResend: memoryRuns.at(-1)!.resend.map((r) => ({ prompt: r.prompt, cached: r.cached })),
         examples: memoryRuns.slice(0, 3).map((r, i) => ({ turns: cases.memory[i]!.user_turns, replies: r.native.map((x) => x.text), answer: r.answer })),
+        // every warm reply that differs from the recompute's: which conversation, turn and run, and both texts
+        mismatches: memoryRuns.flatMap((r, i) => (['resend', 'native'] as const).flatMap((run) => r[run]
+          .map((reply, turn) => ({ conversation: i, turn, run, warm: reply.text, recompute: r.recompute[turn]!.text, warmPromptTokens: reply.prompt, recomputePromptTokens: r.recompute[turn]!.prompt }))
+          .filter((m) => m.warm !== m.recompute))),
       },
       tools: {
         cases: toolRuns.length,
@@ -299,6 +309,7 @@ export function chatMarkdown(model: string, r: Awaited<ReturnType<typeof runChat
     ['memory recall, native append (warm)', pct(r.memory.recallNative)],
     ['conversations with every reply equal: resend vs recompute', pct(r.memory.repliesEqualResendVsRecompute)],
     ['conversations with every reply equal: native vs recompute', pct(r.memory.repliesEqualNativeVsRecompute)],
+    ['  of the differing ones: the native prompt had another token count (the model\'s own tokens, not the re-tokenized text)', pct(r.memory.nativeDifferencesWithOtherTokens)],
     ['tool calls: parsable <tool_call> JSON', pct(r.tools.parsedToolCall)],
     ['tool calls: valid call (right tool, schema-valid arguments)', pct(r.tools.validCall)],
     ['tool calls: exact arguments', pct(r.tools.exactArguments)],

@@ -33,12 +33,13 @@ async function run(parts: Serving, tracing: Tracing, tokens: number, streams: nu
   await Promise.all(
     Array.from({ length: streams }, async () => {
       const requestId = `trace-${counter++}`;
-      tracing.startRequest({ requestId, operation: 'text_completion', headers: {}, maxTokens: tokens, stream: true });
-      const submitted = await parts.engine.submit(greedyRequest(prompt, { requestId, maxTokens: tokens }));
+      const request = greedyRequest(prompt, { requestId, maxTokens: tokens });
+      tracing.startRequest(request, { headers: {}, stream: true });
+      const submitted = await parts.engine.submit(request);
       if (!submitted.ok) throw new Error(submitted.error.message);
       for await (const event of submitted.events) {
         if (event.type === 'token') decoded++;
-        if (event.type === 'end') tracing.endRequest(requestId, { finishReason: event.finishReason, usage: event.usage });
+        if (event.type === 'end') tracing.endRequest(request, { finishReason: event.finishReason, usage: event.usage });
       }
     }),
   );

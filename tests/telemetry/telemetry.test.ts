@@ -13,9 +13,10 @@ import { collect, makeEngine, randomTokens, request, type EngineFixture } from '
 propagation.setGlobalPropagator(new W3CTraceContextPropagator());
 
 async function tracedTurn(fixture: EngineFixture, tracing: Tracing, input: number[], requestId: string, headers: Record<string, string> = {}) {
-  tracing.startRequest({ requestId, operation: 'text_completion', headers, maxTokens: 8, temperature: 0, stream: true, sessionId: 'traced', seed: 3 });
-  const result = await collect(fixture.engine.submit(request(input, { requestId, sessionId: 'traced', mode: 'append', maxTokens: 8, seed: 3 })));
-  tracing.endRequest(requestId, { responseId: `cmpl-${requestId}`, finishReason: result.end.finishReason, usage: result.usage });
+  const submitted = request(input, { requestId, sessionId: 'traced', mode: 'append', maxTokens: 8, seed: 3 });
+  tracing.startRequest(submitted, { headers, stream: true });
+  const result = await collect(fixture.engine.submit(submitted));
+  tracing.endRequest(submitted, { responseId: `cmpl-${requestId}`, finishReason: result.end.finishReason, usage: result.usage });
   return result;
 }
 

@@ -131,7 +131,7 @@ describe('metrics', () => {
       { processMetrics: false },
     );
     fixture.engine.addObserver(metrics);
-    fixture.store.onEviction((e) => metrics.recordTierMove(e));
+    fixture.store.onTierMove((e) => metrics.recordTierMove(e));
     const before = parsePrometheus((await metrics.render()).body);
     assert.equal(before.get('warmkv_running_requests'), 0);
     await collect(fixture.engine.submit(request(randomTokens(12, 1), { sessionId: 'm', maxTokens: 5, operation: 'chat' })));

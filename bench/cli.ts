@@ -49,3 +49,14 @@ export function parseBenchArgs<O extends Record<string, BenchOption>>(name: stri
   }
   return values as Values<O>;
 }
+
+/** The model folder and onnxruntime thread count that most benchmarks take: spread them first into the options. */
+export const MODEL_OPTIONS = {
+  model: { type: 'string', value: 'DIR', help: 'model folder' },
+  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
+} satisfies Record<string, BenchOption>;
+
+/** `--repeats N`: runs per measurement, of which the median is reported. */
+export function repeatsOption(defaultRepeats: string) {
+  return { type: 'string', default: defaultRepeats, value: 'N', help: 'runs per measurement (the median is reported)' } satisfies BenchOption;
+}

@@ -16,12 +16,11 @@ import { silentLogger } from '../src/lib/logger.ts';
 import { buildModelFolder } from '../tools/model-builder/index.ts';
 import type { Serving } from '../src/serving.ts';
 import { benchConfig, benchModel, greedyRequest, median, serving, table, writeResult } from './common.ts';
-import { parseBenchArgs } from './cli.ts';
+import { MODEL_OPTIONS, parseBenchArgs, repeatsOption } from './cli.ts';
 
 const values = parseBenchArgs('constrained', 'Decode tokens/s with a JSON-schema grammar against without one, 1 and 8 streams, default model and a 150k-vocabulary builder model; grammar compile time and cache hits.', {
-  model: { type: 'string', value: 'DIR', help: 'model folder' },
-  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
-  repeats: { type: 'string', default: '5', value: 'N', help: 'runs per measurement (the median is reported)' },
+  ...MODEL_OPTIONS,
+  repeats: repeatsOption('5'),
   tokens: { type: 'string', default: '128', value: 'N', help: 'tokens generated per run' },
   'large-vocab': { type: 'string', default: '150000', value: 'N', help: 'vocabulary of the builder model (0: skip it)' },
 });

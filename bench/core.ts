@@ -15,12 +15,11 @@ import type { Engine } from '../src/engine/engine.ts';
 import type { LoadedModel } from '../src/model/index.ts';
 import { readBrownDocuments } from '../tools/eval/brown.ts';
 import { benchConfig, benchModel, emptyKv, forward, greedyRequest as request, lastArgmax, median, serving, table, writeResult } from './common.ts';
-import { parseBenchArgs } from './cli.ts';
+import { MODEL_OPTIONS, parseBenchArgs, repeatsOption } from './cli.ts';
 
 const values = parseBenchArgs('core', 'Decode tokens/s with the KV cache against full recomputation, per-step overhead, and the cost of resuming a session, on the default model (or --model). --quick: one length, fewer steps (bench/results/core-quick.json).', {
-  model: { type: 'string', value: 'DIR', help: 'model folder' },
-  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
-  repeats: { type: 'string', default: '3', value: 'N', help: 'runs per measurement (the median is reported)' },
+  ...MODEL_OPTIONS,
+  repeats: repeatsOption('3'),
   quick: { type: 'boolean', default: false, help: 'a short run: prompt 256 only, 64 steps, a shorter resume history; writes core-quick.json' },
 });
 

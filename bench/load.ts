@@ -36,7 +36,7 @@ import { silentLogger } from '../src/lib/logger.ts';
 import { listBrownFiles, readBrownDocuments } from '../tools/eval/brown.ts';
 import { RESULTS_DIR, benchModel, emptyKv, forward, median, percentile, table, writeResult } from './common.ts';
 import { plotSvg } from './plot.ts';
-import { parseBenchArgs } from './cli.ts';
+import { MODEL_OPTIONS, parseBenchArgs } from './cli.ts';
 
 const values = parseBenchArgs('load', 'The real HTTP server under N concurrent streaming openai clients (multi-turn chat sessions): tokens/s, time to first token, inter-token latency and queue time per concurrency level.', {
   concurrency: { type: 'string', default: '1,4,8,16,32', value: 'LIST', help: 'comma-separated client counts, one level each' },
@@ -46,8 +46,7 @@ const values = parseBenchArgs('load', 'The real HTTP server under N concurrent s
   'max-tokens': { type: 'string', default: '64', value: 'N', help: 'tokens per reply (ignore_eos)' },
   'prompt-tokens': { type: 'string', default: '128', value: 'N', help: 'tokens of the first prompt' },
   'turn-tokens': { type: 'string', default: '24', value: 'N', help: 'tokens each later user turn adds' },
-  model: { type: 'string', value: 'DIR', help: 'model folder' },
-  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
+  ...MODEL_OPTIONS,
   'in-process': { type: 'boolean', default: false, help: 'run the server in this process instead of a child' },
   set: { type: 'string', multiple: true, default: [], value: 'KEY=VALUE', help: 'a server setting, config flag name without the dashes (e.g. prefill-chunk-tokens=64)' },
   engine: { type: 'string', multiple: true, default: [], value: 'KEY=VALUE', help: 'an engine option that has no setting (with --in-process only)' },

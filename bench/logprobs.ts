@@ -8,12 +8,11 @@
 import { performance } from 'node:perf_hooks';
 import type { Serving } from '../src/serving.ts';
 import { benchConfig, benchModel, greedyRequest, median, serving, table, writeResult } from './common.ts';
-import { parseBenchArgs } from './cli.ts';
+import { MODEL_OPTIONS, parseBenchArgs, repeatsOption } from './cli.ts';
 
 const values = parseBenchArgs('logprobs', 'Logprobs overhead: decode tokens/s with logprobs and N alternatives per token, divided by the same run without (goal: at least 0.95).', {
-  model: { type: 'string', value: 'DIR', help: 'model folder' },
-  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
-  repeats: { type: 'string', default: '5', value: 'N', help: 'runs per measurement (the median is reported)' },
+  ...MODEL_OPTIONS,
+  repeats: repeatsOption('5'),
   tokens: { type: 'string', default: '256', value: 'N', help: 'tokens generated per run' },
   top: { type: 'string', default: '20', value: 'N', help: 'alternatives per token (top_logprobs)' },
 });

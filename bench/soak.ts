@@ -37,7 +37,7 @@ import { createApp } from '../src/server/app.ts';
 import { keyId } from '../src/server/auth.ts';
 import type { ChatMessage } from '../src/model/chat-template.ts';
 import { RESULTS_DIR, benchModel, percentile, table, writeResult } from './common.ts';
-import { parseBenchArgs } from './cli.ts';
+import { MODEL_OPTIONS, parseBenchArgs } from './cli.ts';
 
 if (process.argv.includes('--chaos')) {
   // The chaos mode runs the server as a process it kills; its own file (soak-chaos.ts) keeps both readable.
@@ -47,8 +47,7 @@ if (process.argv.includes('--chaos')) {
 const values = parseBenchArgs('soak', 'Soak test: the real server and concurrent clients with two API keys for M minutes (appends, resends, dropped and resumed streams, deletions, bad requests); every session is checked against a one-shot recomputation.', {
   clients: { type: 'string', default: '8', value: 'N', help: 'concurrent clients' },
   minutes: { type: 'string', default: '2', value: 'M', help: 'how long the load runs' },
-  model: { type: 'string', value: 'DIR', help: 'model folder' },
-  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
+  ...MODEL_OPTIONS,
   'kv-cache-bytes': { type: 'string', default: '24MiB', value: 'SIZE', help: 'KV budget (small, so sessions move between tiers)' },
   'max-tokens': { type: 'string', default: '24', value: 'N', help: 'tokens per reply' },
   seed: { type: 'string', default: '1', value: 'N', help: 'seed of the client schedule' },

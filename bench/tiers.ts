@@ -13,12 +13,11 @@ import { int8BytesPerToken } from '../src/cache/int8.ts';
 import type { GenerationRequest } from '../src/engine/types.ts';
 import type { Serving } from '../src/serving.ts';
 import { benchConfig, benchModel, greedyRequest as request, median, serving, table, writeResult } from './common.ts';
-import { parseBenchArgs } from './cli.ts';
+import { MODEL_OPTIONS, parseBenchArgs, repeatsOption } from './cli.ts';
 
 const values = parseBenchArgs('tiers', 'The tiered cache: bytes per token in each tier, and time to first token when a session resumes from each tier, against recomputing it.', {
-  model: { type: 'string', value: 'DIR', help: 'model folder' },
-  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
-  repeats: { type: 'string', default: '3', value: 'N', help: 'runs per measurement (the median is reported)' },
+  ...MODEL_OPTIONS,
+  repeats: repeatsOption('3'),
   lengths: { type: 'string', default: '512,2048', value: 'LIST', help: 'comma-separated cached session lengths in tokens' },
 });
 

@@ -10,12 +10,11 @@ import { AlwaysOnSampler, BasicTracerProvider, BatchSpanProcessor } from '@opent
 import type { Serving } from '../src/serving.ts';
 import { Tracing } from '../src/telemetry/tracing.ts';
 import { CountingExporter, benchConfig, benchModel, greedyRequest, median, serving, table, writeResult } from './common.ts';
-import { parseBenchArgs } from './cli.ts';
+import { MODEL_OPTIONS, parseBenchArgs, repeatsOption } from './cli.ts';
 
 const values = parseBenchArgs('tracing', 'Tracing overhead: decode tokens/s with every step traced and exported, divided by the same run untraced (goal: at least 0.95).', {
-  model: { type: 'string', value: 'DIR', help: 'model folder' },
-  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
-  repeats: { type: 'string', default: '5', value: 'N', help: 'runs per measurement (the median is reported)' },
+  ...MODEL_OPTIONS,
+  repeats: repeatsOption('5'),
   tokens: { type: 'string', default: '256', value: 'N', help: 'tokens generated per stream' },
   streams: { type: 'string', default: '1', value: 'N', help: 'concurrent streams (decode batch size)' },
 });
@@ -33,12 +32,13 @@ async function run(parts: Serving, tracing: Tracing, tokens: number, streams: nu
   await Promise.all(
     Array.from({ length: streams }, async () => {
       const requestId = `trace-${counter++}`;
-      tracing.startRequest({ requestId, operation: 'text_completion', headers: {}, maxTokens: tokens, stream: true });
-      const submitted = await parts.engine.submit(greedyRequest(prompt, { requestId, maxTokens: tokens }));
+      const request = greedyRequest(prompt, { requestId, maxTokens: tokens });
+      tracing.startRequest(request, { headers: {}, stream: true });
+      const submitted = await parts.engine.submit(request);
       if (!submitted.ok) throw new Error(submitted.error.message);
       for await (const event of submitted.events) {
         if (event.type === 'token') decoded++;
-        if (event.type === 'end') tracing.endRequest(requestId, { finishReason: event.finishReason, usage: event.usage });
+        if (event.type === 'end') tracing.endRequest(request, { finishReason: event.finishReason, usage: event.usage });
       }
     }),
   );

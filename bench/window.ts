@@ -7,11 +7,10 @@
 import { performance } from 'node:perf_hooks';
 import type { LoadedModel } from '../src/model/index.ts';
 import { benchConfig, benchModel, greedyRequest, median, percentile, serving, table, writeResult } from './common.ts';
-import { parseBenchArgs } from './cli.ts';
+import { MODEL_OPTIONS, parseBenchArgs } from './cli.ts';
 
 const values = parseBenchArgs('window', 'Cost of the sliding window: decode tokens/s of a long generation with truncation events (shift and recompute) against one that never truncates.', {
-  model: { type: 'string', value: 'DIR', help: 'model folder' },
-  threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
+  ...MODEL_OPTIONS,
   context: { type: 'string', default: '512', value: 'N', help: 'context in tokens (small, so the window drops often)' },
   tokens: { type: 'string', default: '2048', value: 'N', help: 'tokens generated' },
 });

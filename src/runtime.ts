@@ -128,7 +128,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     { processMetrics: options.processMetrics ?? true },
   );
   engine.addObserver(metrics);
-  store.onEviction((event) => metrics.recordTierMove(event));
+  store.onTierMove((event) => metrics.recordTierMove(event));
   const tracing = new Tracing(globalTracer(), modelId);
   engine.addObserver(tracing);
   const model: ServedModel = {

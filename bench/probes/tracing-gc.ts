@@ -49,13 +49,14 @@ interface Sample { tokensPerSecond: number; runUs: number; restUs: number; gcUs:
 let counter = 0;
 async function run(tracing: Tracing): Promise<Sample> {
   const requestId = `probe-${counter++}`;
-  tracing.startRequest({ requestId, operation: 'text_completion', headers: {}, maxTokens: tokens, stream: true });
+  const request = greedyRequest(prompt, { requestId, maxTokens: tokens });
+  tracing.startRequest(request, { headers: {}, stream: true });
   const before = parts.engine.counters();
   const [gc0, mc0] = [gcMs, markCompacts];
   const start = performance.now();
-  const submitted = await parts.engine.submit(greedyRequest(prompt, { requestId, maxTokens: tokens }));
+  const submitted = await parts.engine.submit(request);
   if (!submitted.ok) throw new Error(submitted.error.message);
-  for await (const event of submitted.events) if (event.type === 'end') tracing.endRequest(requestId, { finishReason: event.finishReason, usage: event.usage });
+  for await (const event of submitted.events) if (event.type === 'end') tracing.endRequest(request, { finishReason: event.finishReason, usage: event.usage });
   const wall = performance.now() - start;
   await new Promise((resolve) => setImmediate(resolve)); // let the last GC entries arrive
   const after = parts.engine.counters();

@@ -2,11 +2,15 @@ import { randomBytes } from 'node:crypto';
 import type { KvBudget } from './budget.ts';
 import { Session, type Tier } from './session.ts';
 
+/** A session moving between cache tiers (hot -> int8 -> disk -> evicted, or back up), as telemetry counts it. */
+export interface TierMove {
+  readonly from: Tier;
+  readonly to: Tier;
+}
 
-export interface EvictionEvent {
-  session: Session;
-  from: Tier;
-  to: Tier;
+/** What the store tells its listeners on every tier move, demotions to int8 as well as evictions. */
+export interface SessionTierMove extends TierMove {
+  readonly session: Session;
 }
 
 /** Moves an idle session one tier down; returns the tier it landed in and the bytes it now holds. */
@@ -26,7 +30,7 @@ export function newSessionId(): string {
  */
 export class SessionStore {
   private readonly sessions = new Map<string, Session>();
-  private readonly listeners: Array<(event: EvictionEvent) => void> = [];
+  private readonly listeners: Array<(event: SessionTierMove) => void> = [];
   private demoter: Demoter = dropCache;
   private losslessDemoter: Demoter = dropCache;
   private finder: SessionFinder | null = null;
@@ -44,7 +48,7 @@ export class SessionStore {
     this.losslessDemoter = lossless;
   }
 
-  onEviction(listener: (event: EvictionEvent) => void): void {
+  onTierMove(listener: (event: SessionTierMove) => void): void {
     this.listeners.push(listener);
   }
 

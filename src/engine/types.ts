@@ -111,8 +111,4 @@ export interface RequestRecord {
   readonly error: EngineError | undefined;
 }
 
-/** A session moving between cache tiers (hot -> int8 -> disk -> evicted, or back up), as telemetry counts it. */
-export interface TierMove {
-  readonly from: Tier;
-  readonly to: Tier;
-}
+export type { TierMove } from '../cache/session-store.ts';

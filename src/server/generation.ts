@@ -122,8 +122,8 @@ interface Choice {
   start?: StartEvent;
   firstTokenMs: number | null;
   logprobs: LogprobFormatter | null;
-  /** Its tracing request is open. */
-  traced: boolean;
+  /** The request submitted to the engine while its tracing span is open (the span's key). */
+  traced: GenerationRequest | null;
 }
 
 export async function runGeneration(ctx: GenerationContext, job: GenerationJob): Promise<Response> {
@@ -146,12 +146,12 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     echo: c.echo,
     firstTokenMs: null,
     logprobs: c.request.logprobs === undefined ? null : new LogprobFormatter(job.format, model.loaded.tokenizer, c.echo.length, c.promptLogprobs),
-    traced: false,
+    traced: null,
   }));
   const endTrace = (choice: Choice, result: Parameters<Serving['tracing']['endRequest']>[1]) => {
     if (!choice.traced) return;
-    choice.traced = false;
-    serving.tracing.endRequest(choice.request.requestId, result);
+    serving.tracing.endRequest(choice.traced, result);
+    choice.traced = null;
   };
   let settleEnded!: () => void;
   const ended = new Promise<void>((resolve) => (settleEnded = resolve));
@@ -176,22 +176,12 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
   const firsts: Array<Promise<IteratorResult<GenerationEvent>> | null> = [];
   for (const choice of choices) {
     const { request } = choice;
-    serving.tracing.startRequest({
-      requestId: request.requestId,
-      operation,
-      headers: ctx.traceHeaders,
-      maxTokens: request.maxTokens,
-      temperature: request.sampling.temperature,
-      topP: request.sampling.topP,
-      topK: request.sampling.topK,
-      seed: request.seed,
-      stream: job.stream,
-      sessionId: request.sessionId,
-    });
-    choice.traced = true;
+    const submittedRequest: GenerationRequest = { ...request, operation, signal: abort.signal };
+    serving.tracing.startRequest(submittedRequest, { headers: ctx.traceHeaders, stream: job.stream });
+    choice.traced = submittedRequest;
     let submitted;
     try {
-      submitted = await ctx.admitted.submit({ ...request, operation, signal: abort.signal });
+      submitted = await ctx.admitted.submit(submittedRequest);
     } catch (error) {
       if (error instanceof ApiError) return failBeforeStart(error);
       stepStats?.unwatch(abort.signal);

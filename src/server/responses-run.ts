@@ -8,7 +8,7 @@
  * created is removed (admission.ts).
  */
 import { performance } from 'node:perf_hooks';
-import type { GenerationEvent } from '../engine/types.ts';
+import type { GenerationEvent, GenerationRequest } from '../engine/types.ts';
 import type { ResponseStore, StoredResponse, Transcript } from '../responses/store.ts';
 import type { EventLog } from '../streams/registry.ts';
 import { ApiError } from './errors.ts';
@@ -113,31 +113,20 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
     ctx.clientSignal?.addEventListener('abort', onClientAbort, { once: true });
   }
   const detach = () => ctx.clientSignal?.removeEventListener('abort', onClientAbort);
-  const requestId = job.request.requestId;
-  serving.tracing.startRequest({
-    requestId,
-    operation: 'chat',
-    headers: ctx.traceHeaders,
-    maxTokens: job.request.maxTokens,
-    temperature: job.request.sampling.temperature,
-    topP: job.request.sampling.topP,
-    topK: job.request.sampling.topK,
-    seed: job.request.seed,
-    stream: job.stream,
-    sessionId: job.request.sessionId,
-  });
+  const submittedRequest: GenerationRequest = { ...job.request, operation: 'chat', signal: abort.signal };
+  serving.tracing.startRequest(submittedRequest, { headers: ctx.traceHeaders, stream: job.stream });
   const failBeforeStart = (error: ApiError | ClientGoneError): never => {
     detach();
     record.abort = null;
     ctx.admitted.refused();
     run.onRefused?.();
-    serving.tracing.endRequest(requestId, { errorType: error instanceof ApiError ? error.kind : 'client_gone' });
+    serving.tracing.endRequest(submittedRequest, { errorType: error instanceof ApiError ? error.kind : 'client_gone' });
     throw error;
   };
 
   let submitted;
   try {
-    submitted = await ctx.admitted.submit({ ...job.request, operation: 'chat', signal: abort.signal });
+    submitted = await ctx.admitted.submit(submittedRequest);
   } catch (error) {
     if (error instanceof ApiError) return failBeforeStart(error);
     throw error;
@@ -215,7 +204,7 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
       log.warn({ err: (error as Error).message }, 'response not written to disk');
     }
     run.onEnded?.(record);
-    serving.tracing.endRequest(requestId, {
+    serving.tracing.endRequest(submittedRequest, {
       responseId: record.id,
       finishReason: end?.finishReason,
       usage: end?.usage,

@@ -110,7 +110,7 @@ export class Metrics implements EngineObserver {
     }, ['tier']);
   }
 
-  /** For store.onEviction. */
+  /** For store.onTierMove. */
   recordTierMove(event: TierMove): void {
     this.tierMoves.inc({ from: event.from, to: event.to });
     if (event.to === 'disk' || event.to === 'evicted') this.evictions.inc();

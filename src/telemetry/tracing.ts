@@ -7,20 +7,13 @@
 import { context, propagation, trace, SpanKind, SpanStatusCode, type Context, type Span, type Tracer } from '@opentelemetry/api';
 import { performance } from 'node:perf_hooks';
 import type { EngineObserver } from '../engine/engine.ts';
-import type { RequestRecord, Tier, Usage } from '../engine/types.ts';
+import type { GenerationRequest, RequestRecord, Tier, Usage } from '../engine/types.ts';
 
+/** What the request span needs beyond the engine request itself. */
 export interface RequestSpanInfo {
-  requestId: string;
-  operation: 'chat' | 'text_completion';
   /** Incoming HTTP headers, for W3C traceparent / tracestate. */
   headers: Record<string, string | undefined>;
-  maxTokens?: number;
-  temperature?: number;
-  topP?: number;
-  topK?: number;
-  seed?: number;
   stream: boolean;
-  sessionId?: string;
 }
 
 export interface RequestSpanEnd {
@@ -35,39 +28,48 @@ export interface RequestSpanEnd {
 const toEpoch = (ms: number) => performance.timeOrigin + ms;
 
 export class Tracing implements EngineObserver {
-  /** Open request spans with the context their children start in (made once, not per step). */
-  private readonly spans = new Map<string, { span: Span; context: Context }>();
+  /**
+   * Open request spans with the context their children start in (made once, not per step), keyed by
+   * the request object handed to the engine: the engine's record of it carries that same object, and
+   * unlike the client-supplied X-Request-Id it is one per request.
+   */
+  private readonly spans = new Map<Readonly<GenerationRequest>, { span: Span; context: Context }>();
 
   constructor(
     private readonly tracer: Tracer,
     private readonly modelId: string,
   ) {}
 
-  /** Opens the request span, as a child of the caller's trace when a traceparent header came in. */
-  startRequest(info: RequestSpanInfo): void {
+  /**
+   * Opens the request span, as a child of the caller's trace when a traceparent header came in.
+   * `request` is the very object then passed to `Engine.submit`: the engine's hooks find the span by it.
+   */
+  startRequest(request: Readonly<GenerationRequest>, info: RequestSpanInfo): void {
     const parent = propagation.extract(context.active(), info.headers);
+    const operation = request.operation ?? 'text_completion';
+    const { sampling } = request;
     const attributes: Record<string, string | number | boolean> = {
-      'gen_ai.operation.name': info.operation,
+      'gen_ai.operation.name': operation,
       'gen_ai.request.model': this.modelId,
       'gen_ai.provider.name': 'warmkv',
       'gen_ai.request.stream': info.stream,
-      'warmkv.request.id': info.requestId,
+      'gen_ai.request.max_tokens': request.maxTokens,
+      'gen_ai.request.temperature': sampling.temperature,
+      'gen_ai.request.top_p': sampling.topP,
+      'warmkv.request.id': request.requestId,
     };
-    if (info.maxTokens !== undefined) attributes['gen_ai.request.max_tokens'] = info.maxTokens;
-    if (info.temperature !== undefined) attributes['gen_ai.request.temperature'] = info.temperature;
-    if (info.topP !== undefined) attributes['gen_ai.request.top_p'] = info.topP;
-    if (info.topK !== undefined && info.topK > 0) attributes['gen_ai.request.top_k'] = info.topK;
-    if (info.seed !== undefined) attributes['gen_ai.request.seed'] = info.seed;
-    if (info.sessionId) attributes['gen_ai.conversation.id'] = info.sessionId;
-    const span = this.tracer.startSpan(`${info.operation} ${this.modelId}`, { kind: SpanKind.SERVER, attributes }, parent);
-    this.spans.set(info.requestId, { span, context: trace.setSpan(parent, span) });
+    if (sampling.topK > 0) attributes['gen_ai.request.top_k'] = sampling.topK;
+    if (request.seed !== undefined) attributes['gen_ai.request.seed'] = request.seed;
+    if (request.sessionId) attributes['gen_ai.conversation.id'] = request.sessionId;
+    const span = this.tracer.startSpan(`${operation} ${this.modelId}`, { kind: SpanKind.SERVER, attributes }, parent);
+    this.spans.set(request, { span, context: trace.setSpan(parent, span) });
   }
 
-  /** Closes the request span: call when the response (or stream) has ended. */
-  endRequest(requestId: string, end: RequestSpanEnd): void {
-    const open = this.spans.get(requestId);
+  /** Closes the request span of the request `startRequest` was given: call when the response (or stream) has ended. */
+  endRequest(request: Readonly<GenerationRequest>, end: RequestSpanEnd): void {
+    const open = this.spans.get(request);
     if (!open) return;
-    this.spans.delete(requestId);
+    this.spans.delete(request);
     const span = open.span;
     if (end.responseId) span.setAttribute('gen_ai.response.id', end.responseId);
     if (end.finishReason) span.setAttribute('gen_ai.response.finish_reasons', [end.finishReason]);
@@ -85,7 +87,7 @@ export class Tracing implements EngineObserver {
   }
 
   private child(sequence: RequestRecord, name: string, start: number, end: number, attributes: Record<string, string | number>): void {
-    const parent = this.spans.get(sequence.request.requestId);
+    const parent = this.spans.get(sequence.request);
     if (!parent) return;
     this.tracer.startSpan(name, { startTime: start, attributes }, parent.context).end(end);
   }
@@ -118,7 +120,7 @@ export class Tracing implements EngineObserver {
   }
 
   windowDrop(sequence: RequestRecord, info: { droppedTokens: number; strategy: string }): void {
-    this.spans.get(sequence.request.requestId)?.span.addEvent('window.drop', { 'warmkv.window.dropped_tokens': info.droppedTokens, 'warmkv.window.strategy': info.strategy });
+    this.spans.get(sequence.request)?.span.addEvent('window.drop', { 'warmkv.window.dropped_tokens': info.droppedTokens, 'warmkv.window.strategy': info.strategy });
   }
 }
 

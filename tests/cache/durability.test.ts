@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import type { EvictionEvent } from '../../src/cache/session-store.ts';
+import type { SessionTierMove } from '../../src/cache/session-store.ts';
 import { readSnapshotHeader } from '../../src/cache/snapshot-index.ts';
 import { collect, makeEngine, randomTokens, request } from '../support/fixtures.ts';
 
@@ -96,8 +96,8 @@ describe('waiting sessions (issue 24.2)', () => {
   test('a session whose request waits in the queue is not quantized: it resumes hot and exact', async () => {
     // 5 blocks: two finished 32-token sessions (2 blocks each) and a newcomer (2 blocks) need one demotion.
     const { engine, store } = await makeEngine({ budgetBytes: 5 * 16 * TOKEN_BYTES, maxBatchSize: 1, tiers: {} });
-    const events: EvictionEvent[] = [];
-    store.onEviction((e) => events.push(e));
+    const events: SessionTierMove[] = [];
+    store.onTierMove((e) => events.push(e));
     await collect(engine.submit(request(randomTokens(20, 1), { sessionId: 'b', maxTokens: 12 })));
     // Each submit resolves once its request is queued, so the order is r, x, b.
     const running = collect(await engine.submit(request(randomTokens(20, 2), { sessionId: 'r', maxTokens: 12 })));

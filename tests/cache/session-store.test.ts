@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { KvBudget } from '../../src/cache/budget.ts';
 import { Session } from '../../src/cache/session.ts';
-import { dropCache, newSessionId, SessionStore, type EvictionEvent } from '../../src/cache/session-store.ts';
+import { dropCache, newSessionId, SessionStore, type SessionTierMove } from '../../src/cache/session-store.ts';
 import type { KvTensors } from '../../src/model/types.ts';
 
 function store(capacity = 1000) {
@@ -99,8 +99,8 @@ describe('SessionStore', () => {
 
   test('reserve demotes least recently used sessions first, only as many as needed', () => {
     const { store: s } = store(1000);
-    const events: EvictionEvent[] = [];
-    s.onEviction((e) => events.push(e));
+    const events: SessionTierMove[] = [];
+    s.onTierMove((e) => events.push(e));
     const a = hot(s, 'a', 300);
     const b = hot(s, 'b', 300);
     const c = hot(s, 'c', 300);
@@ -125,7 +125,7 @@ describe('SessionStore', () => {
   test('reserve never demotes pinned sessions nor the session itself, and fails when nothing else can go', () => {
     const { store: s } = store(1000);
     const events: string[] = [];
-    s.onEviction((e) => events.push(e.session.id));
+    s.onTierMove((e) => events.push(e.session.id));
     const a = hot(s, 'a', 400);
     hot(s, 'b', 400);
     a.pinned = true;
@@ -145,7 +145,7 @@ describe('SessionStore', () => {
     () => {
       const { store: s } = store(1000);
       const events: string[] = [];
-      s.onEviction((e) => events.push(e.session.id));
+      s.onTierMove((e) => events.push(e.session.id));
       const running = hot(s, 'running', 500);
       running.pinned = true;
       const idle = hot(s, 'idle', 300);
@@ -171,8 +171,8 @@ describe('SessionStore', () => {
 
   test('a custom demoter moves a session one tier down and keeps the bytes it reports', () => {
     const { store: s } = store(1000);
-    const events: EvictionEvent[] = [];
-    s.onEviction((e) => events.push(e));
+    const events: SessionTierMove[] = [];
+    s.onTierMove((e) => events.push(e));
     s.setDemoter((session) => {
       if (session.tier === 'hot') {
         session.tier = 'int8';

@@ -4,12 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { dequantizeKv, int8Bytes, quantizeKv } from '../../src/cache/int8.ts';
-import type { EvictionEvent } from '../../src/cache/session-store.ts';
+import type { SessionTierMove } from '../../src/cache/session-store.ts';
 import { halfToFloat } from '../../src/lib/float16.ts';
 import { LLAMA, collect, makeEngine, randomTokens, request } from '../support/fixtures.ts';
 
 const tempDir = () => mkdtempSync(join(tmpdir(), 'warmkv-tiers-'));
-const moves = (events: EvictionEvent[]) => events.map((e) => `${e.session.id}:${e.from}->${e.to}`);
+const moves = (events: SessionTierMove[]) => events.map((e) => `${e.session.id}:${e.from}->${e.to}`);
 
 describe('int8 quantization', () => {
   test('round trip stays within half a quantization step, and memory is at most 0.27x of float32', async () => {
@@ -51,8 +51,8 @@ describe('tiers', () => {
     const snapshotDir = tempDir();
     // 512 bytes per token in float32; a finished 32-token session holds 16 KiB hot, 4.4 KiB int8.
     const { engine, store, tiers } = await makeEngine({ budgetBytes: 3 * 16384, tiers: { snapshotDir } });
-    const events: EvictionEvent[] = [];
-    store.onEviction((e) => events.push(e));
+    const events: SessionTierMove[] = [];
+    store.onTierMove((e) => events.push(e));
     const outputs = new Map<string, number[]>();
     for (const [id, seed] of [['a', 1], ['b', 2], ['c', 3]] as const) {
       outputs.set(id, (await collect(engine.submit(request(randomTokens(20, seed), { sessionId: id, maxTokens: 12 })))).tokens);
@@ -83,8 +83,8 @@ describe('tiers', () => {
 
   test('without a snapshot directory int8 sessions fall to their transcript and are recomputed', async () => {
     const { engine, store } = await makeEngine({ budgetBytes: 2 * 16384, tiers: {} });
-    const events: EvictionEvent[] = [];
-    store.onEviction((e) => events.push(e));
+    const events: SessionTierMove[] = [];
+    store.onTierMove((e) => events.push(e));
     await collect(engine.submit(request(randomTokens(20, 1), { sessionId: 'a', maxTokens: 12 })));
     await collect(engine.submit(request(randomTokens(20, 2), { sessionId: 'b', maxTokens: 12 })));
     await collect(engine.submit(request(randomTokens(20, 3), { sessionId: 'c', maxTokens: 12 })));
@@ -208,8 +208,8 @@ describe('tier options and housekeeping', () => {
   test('with the int8 tier off, idle sessions go from hot straight to an exact snapshot', async () => {
     const snapshotDir = tempDir();
     const { engine, store } = await makeEngine({ budgetBytes: 2 * 16384, tiers: { snapshotDir, int8: false } });
-    const events: EvictionEvent[] = [];
-    store.onEviction((e) => events.push(e));
+    const events: SessionTierMove[] = [];
+    store.onTierMove((e) => events.push(e));
     await collect(engine.submit(request(randomTokens(20, 1), { sessionId: 'a', maxTokens: 12 })));
     await collect(engine.submit(request(randomTokens(20, 2), { sessionId: 'b', maxTokens: 12 })));
     await collect(engine.submit(request(randomTokens(20, 3), { sessionId: 'c', maxTokens: 12 })));

@@ -74,7 +74,7 @@ describe('sessions and the budget', () => {
     const { engine, store, model } = await makeEngine({ budgetBytes });
     assert.equal(model.decoder.io.kv.bytesPerToken, 512);
     const evicted: string[] = [];
-    store.onEviction((e) => evicted.push(e.session.id));
+    store.onTierMove((e) => evicted.push(e.session.id));
     let peak = 0;
     engine.addObserver({ decodeStep: () => (peak = Math.max(peak, store.budget.reservedBytes)) });
     const run = async (id: string, seed: number) => {

@@ -6,19 +6,17 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { listen, type Listening } from './helpers.ts';
+import { openAiServer, type Listening } from './helpers.ts';
 
 let server: Listening;
 let client: OpenAI;
 let model: string;
 
 before(async () => {
-  server = await listen({
+  ({ server, client, model } = await openAiServer({
     model: { family: 'llama', seed: 7, kvDtype: 'float16', externalData: true, quirks: ['no-multi-token-past'] },
     settings: { 'prefill-chunk-tokens': '16' },
-  });
-  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-  model = server.runtime.serving!.model.id;
+  }));
 });
 after(() => server.close());
 

@@ -1,6 +1,7 @@
 /** Server test support: runtimes around builder models, a listening server, SSE parsing. */
 import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
+import OpenAI from 'openai';
 import { loadConfig } from '../../src/config.ts';
 import { Runtime, type RuntimeOptions } from '../../src/runtime.ts';
 import { createApp, type AppOptions } from '../../src/server/app.ts';
@@ -67,6 +68,24 @@ export async function listen(options: TestServerOptions = {}): Promise<Listening
         server.close(() => resolve());
       }),
   };
+}
+
+/** An openai client on a test server (the key is only checked when the server has API keys). */
+export function openAiClient(server: Listening, apiKey = 'unused'): OpenAI {
+  return new OpenAI({ baseURL: `${server.url}/v1`, apiKey, maxRetries: 0 });
+}
+
+export interface OpenAiServer {
+  server: Listening;
+  client: OpenAI;
+  /** The served model's id, for the requests' `model` field. */
+  model: string;
+}
+
+/** A listening server, an openai client on it and the model's id: `before(async () => ({ server, client, model } = await openAiServer()))`. */
+export async function openAiServer(options: TestServerOptions = {}): Promise<OpenAiServer> {
+  const server = await listen(options);
+  return { server, client: openAiClient(server), model: server.runtime.serving!.model.id };
 }
 
 export interface SseEvent {

@@ -4,17 +4,13 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { argmax } from '../../src/engine/sampler.ts';
 import { fullRecompute } from '../support/fixtures.ts';
-import { listen, post, type Listening } from './helpers.ts';
+import { openAiServer, post, type Listening } from './helpers.ts';
 
 let server: Listening;
 let client: OpenAI;
 let model: string;
 
-before(async () => {
-  server = await listen();
-  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-  model = server.runtime.serving!.model.id;
-});
+before(async () => ({ server, client, model } = await openAiServer()));
 after(() => server.close());
 
 type Extra = Record<string, unknown>;

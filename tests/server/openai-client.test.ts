@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { chunksOf, listen, waitFor, type Listening } from './helpers.ts';
+import { chunksOf, openAiServer, waitFor, type Listening } from './helpers.ts';
 import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 let server: Listening;
@@ -12,9 +12,7 @@ let model: string;
 
 before(async () => {
   // Pings every 5 ms: the client must skip SSE comments and `id:` lines.
-  server = await listen({ pingIntervalMs: 5, wrapDecoder: (d) => (slow = wrapDecoder(d)) });
-  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-  model = server.runtime.serving!.model.id;
+  ({ server, client, model } = await openAiServer({ pingIntervalMs: 5, wrapDecoder: (d) => (slow = wrapDecoder(d)) }));
 });
 after(() => server.close());
 

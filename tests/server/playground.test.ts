@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { loadConfig } from '../../src/config.ts';
-import { listen, makeApp, type Listening } from './helpers.ts';
+import { makeApp, openAiServer, type Listening } from './helpers.ts';
 
 const KEY = 'playground-test-key-0123456789';
 const auth = { Authorization: `Bearer ${KEY}` };
@@ -99,10 +99,7 @@ describe('playground files', () => {
 describe('stream_options.include_step_stats', () => {
   let server: Listening;
   let client: OpenAI;
-  before(async () => {
-    server = await listen({ settings: { 'prefill-chunk-tokens': '4' } });
-    client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-  });
+  before(async () => ({ server, client } = await openAiServer({ settings: { 'prefill-chunk-tokens': '4' } })));
   after(() => server.close());
 
   test('the openai client parses the stream; every chunk carries warmkv.steps, prefill chunks then one decode step per further token', async () => {

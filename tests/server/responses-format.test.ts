@@ -6,7 +6,7 @@ import OpenAI from 'openai';
 import { zodTextFormat } from 'openai/helpers/zod';
 import { z } from 'zod';
 import { GPT2, LLAMA } from '../support/fixtures.ts';
-import { listen, type Listening } from './helpers.ts';
+import { openAiServer, type Listening } from './helpers.ts';
 
 const Answer = z.object({
   verdict: z.enum(['yes', 'no', 'maybe']),
@@ -19,11 +19,7 @@ for (const family of [LLAMA, GPT2]) {
     let server: Listening;
     let client: OpenAI;
     let model: string;
-    before(async () => {
-      server = await listen({ model: family });
-      client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-      model = server.runtime.serving!.model.id;
-    });
+    before(async () => ({ server, client, model } = await openAiServer({ model: family })));
     after(() => server.close());
 
     test('responses.parse with a strict json_schema: every seed parses and validates; the format is echoed; a chain continues it', async () => {

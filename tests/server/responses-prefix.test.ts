@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
-import { listen, type Listening } from './helpers.ts';
+import { listen, openAiClient, type Listening } from './helpers.ts';
 
 const KEY_A = 'key-aaaaaaaaaaaaaaaa';
 const KEY_B = 'key-bbbbbbbbbbbbbbbb';
@@ -18,8 +18,8 @@ let model: string;
 
 before(async () => {
   server = await listen({ settings: { 'api-keys': `${KEY_A},${KEY_B}` } });
-  a = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: KEY_A, maxRetries: 0 });
-  b = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: KEY_B, maxRetries: 0 });
+  a = openAiClient(server, KEY_A);
+  b = openAiClient(server, KEY_B);
   model = server.runtime.serving!.model.id;
 });
 after(() => server.close());

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { listen, parseSse, waitFor, type Listening } from './helpers.ts';
+import { openAiServer, parseSse, waitFor, type Listening } from './helpers.ts';
 import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 let server: Listening;
@@ -11,9 +11,7 @@ let client: OpenAI;
 let model: string;
 
 before(async () => {
-  server = await listen({ pingIntervalMs: 5, wrapDecoder: (d) => (slow = wrapDecoder(d)) });
-  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-  model = server.runtime.serving!.model.id;
+  ({ server, client, model } = await openAiServer({ pingIntervalMs: 5, wrapDecoder: (d) => (slow = wrapDecoder(d)) }));
 });
 after(() => server.close());
 

@@ -6,7 +6,7 @@ import OpenAI from 'openai';
 import { zodResponseFormat } from 'openai/helpers/zod';
 import { z } from 'zod';
 import { GPT2, LLAMA } from '../support/fixtures.ts';
-import { expectError, listen, post, type Listening } from './helpers.ts';
+import { expectError, openAiServer, post, type Listening } from './helpers.ts';
 
 const Answer = z.object({
   verdict: z.enum(['yes', 'no', 'maybe']),
@@ -20,11 +20,7 @@ for (const family of [LLAMA, GPT2]) {
     let server: Listening;
     let client: OpenAI;
     let model: string;
-    before(async () => {
-      server = await listen({ model: family });
-      client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-      model = server.runtime.serving!.model.id;
-    });
+    before(async () => ({ server, client, model } = await openAiServer({ model: family })));
     after(() => server.close());
 
     test('chat.completions.parse with a zod response format: every seed parses and validates', async () => {

@@ -2,15 +2,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { expectError, listen, post, type Listening } from './helpers.ts';
+import { expectError, openAiServer, post, type Listening } from './helpers.ts';
 
 let server: Listening;
 let client: OpenAI;
 
-before(async () => {
-  server = await listen();
-  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-});
+before(async () => ({ server, client } = await openAiServer()));
 after(() => server.close());
 
 const call = (path: string, body: unknown) => fetch(`${server.url}${path}`, post(body));

@@ -16,7 +16,7 @@ import { Runtime } from '../../src/runtime.ts';
 import { createApp } from '../../src/server/app.ts';
 import { listenWith } from '../../src/server/listen.ts';
 import { GPT2, LLAMA } from '../support/fixtures.ts';
-import { expectError, listen, parseSse, post, type Listening } from './helpers.ts';
+import { expectError, listen, openAiClient, parseSse, post, type Listening } from './helpers.ts';
 
 const LLAMA3_TEMPLATE =
   "{%- if tools %}{{- 'tools: ' + (tools | tojson) + '\\n' }}{%- endif %}{%- for message in messages %}{%- if message.role == 'tool' %}{{- '<|ipython|>' + message.content + '\\n' }}" +
@@ -69,7 +69,7 @@ for (const [label, start] of MODELS) {
     let model: string;
     before(async () => {
       server = await start();
-      client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+      client = openAiClient(server);
       model = server.runtime.serving!.model.id;
     });
     after(() => server.close());

@@ -13,9 +13,10 @@ import { collect, makeEngine, randomTokens, request, type EngineFixture } from '
 propagation.setGlobalPropagator(new W3CTraceContextPropagator());
 
 async function tracedTurn(fixture: EngineFixture, tracing: Tracing, input: number[], requestId: string, headers: Record<string, string> = {}) {
-  tracing.startRequest({ requestId, operation: 'text_completion', headers, maxTokens: 8, temperature: 0, stream: true, sessionId: 'traced', seed: 3 });
-  const result = await collect(fixture.engine.submit(request(input, { requestId, sessionId: 'traced', mode: 'append', maxTokens: 8, seed: 3 })));
-  tracing.endRequest(requestId, { responseId: `cmpl-${requestId}`, finishReason: result.end.finishReason, usage: result.usage });
+  const submitted = request(input, { requestId, sessionId: 'traced', mode: 'append', maxTokens: 8, seed: 3 });
+  tracing.startRequest(submitted, { headers, stream: true });
+  const result = await collect(fixture.engine.submit(submitted));
+  tracing.endRequest(submitted, { responseId: `cmpl-${requestId}`, finishReason: result.end.finishReason, usage: result.usage });
   return result;
 }
 
@@ -130,7 +131,7 @@ describe('metrics', () => {
       { processMetrics: false },
     );
     fixture.engine.addObserver(metrics);
-    fixture.store.onEviction((e) => metrics.recordTierMove(e));
+    fixture.store.onTierMove((e) => metrics.recordTierMove(e));
     const before = parsePrometheus((await metrics.render()).body);
     assert.equal(before.get('warmkv_running_requests'), 0);
     await collect(fixture.engine.submit(request(randomTokens(12, 1), { sessionId: 'm', maxTokens: 5, operation: 'chat' })));

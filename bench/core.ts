@@ -125,6 +125,7 @@ async function main(): Promise<void> {
   const engineRuns: number[] = [];
   const engineModelUsPerStep: number[] = [];
   const engineOtherUsPerStep: number[] = [];
+  const engineBytesOutPerStep: number[] = [];
   // Warm-up: the first runs pay for onnxruntime's allocation plans and V8's compilation.
   await bareDecodeSeconds(model, prompt, 16);
   await timed(engine, request(prompt, { maxTokens: 17 }));
@@ -139,6 +140,7 @@ async function main(): Promise<void> {
     const modelMs = after.decodeMs - before.decodeMs;
     engineModelUsPerStep.push((modelMs / steps) * 1000);
     engineOtherUsPerStep.push(((run.decode * 1000 - modelMs) / steps) * 1000);
+    engineBytesOutPerStep.push((after.decodeBytesOut - before.decodeBytesOut) / (after.decodeSteps - before.decodeSteps));
   }
   const overhead = {
     steps,
@@ -153,10 +155,12 @@ async function main(): Promise<void> {
     engineRuns,
     engineModelUsPerStep: median(engineModelUsPerStep),
     engineOtherUsPerStep: median(engineOtherUsPerStep),
+    /** Bytes copied out of onnxruntime per decode step (logits + present KV), from the engine's counters. */
+    engineBytesOutPerStep: median(engineBytesOutPerStep),
   };
   console.error(
     `(b) decode: bare ${overhead.bareTokensPerSecond.toFixed(1)} tok/s, engine ${overhead.engineTokensPerSecond.toFixed(1)} tok/s, ratio ${overhead.ratio.toFixed(3)} (paired ${overhead.pairedRatioMedian.toFixed(3)}); ` +
-      `engine step: ${overhead.engineModelUsPerStep.toFixed(0)} us in decoder.run, ${overhead.engineOtherUsPerStep.toFixed(0)} us elsewhere`,
+      `engine step: ${overhead.engineModelUsPerStep.toFixed(0)} us in decoder.run, ${overhead.engineOtherUsPerStep.toFixed(0)} us elsewhere, ${(overhead.engineBytesOutPerStep / 1024).toFixed(0)} KiB out of onnxruntime per step`,
   );
 
   const history = promptTokens(model, values.quick ? 500 : 2016);

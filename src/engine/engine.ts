@@ -7,7 +7,8 @@ import { silentLogger, type Logger } from '../lib/logger.ts';
 import { FULL_CAPABILITIES, kvOnHost, type Decoder, type ModelCapabilities, type PositionEncoding } from '../model/types.ts';
 import type { TokenDecoder } from './detokenizer.ts';
 import { GrammarService, type GrammarCounters, type GrammarVocabulary } from './grammar.ts';
-import { DecodeBatch } from './batch.ts';
+import { DecodeBatch, type BatchRows } from './batch.ts';
+import { InPlaceBatch } from './inplace-batch.ts';
 import { planCache } from './cache-plan.ts';
 import { keepCache, keepProcessed, rollBack } from './commit.ts';
 import { Runner } from './runner.ts';
@@ -56,6 +57,15 @@ export interface EngineOptions {
    * tokens left, `arrival` the earliest admitted (bench/fairness.ts compares the two).
    */
   prefillOrder?: 'shortest' | 'arrival';
+  /**
+   * How decoding rows keep their KV (issue 25). `concat` (default): the model's whole present is fed
+   * back as the next past (batch.ts). `inplace`: pre-allocated per-batch buffers written one slot per
+   * step, only logits and new rows fetched (inplace-batch.ts); needs a decoder loaded with new-row
+   * outputs, else the engine logs it and runs `concat`.
+   */
+  kvMode?: 'concat' | 'inplace';
+  /** `inplace` only: the buffers' capacity grows in blocks of this many slots. Default 256. */
+  kvCapacityBlock?: number;
 }
 
 /** Running totals, for benchmarks and profiling (what the loop spent its time on). */
@@ -130,7 +140,7 @@ export class Engine {
     decodeBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0,
   };
   /** The decoding sequences' shared KV (see batch.ts). */
-  private readonly decodeBatch: DecodeBatch<Sequence>;
+  private readonly decodeBatch: DecodeBatch<Sequence> | InPlaceBatch<Sequence>;
   /** What kept the head of the queue waiting at the last admission: a free batch slot, or KV cache room. */
   private queueBlockedBy: 'batch_slot' | 'cache_room' = 'batch_slot';
 
@@ -141,7 +151,11 @@ export class Engine {
     private readonly logger: Logger = silentLogger,
     private readonly now: () => number = Date.now,
   ) {
-    this.decodeBatch = new DecodeBatch(model.decoder.io.kv, this.counterValues);
+    const inPlace = options.kvMode === 'inplace' && model.decoder.io.newRows !== undefined;
+    if (options.kvMode === 'inplace' && !inPlace) logger.warn({ kvMode: 'concat' }, 'KV_MODE=inplace needs a decoder with new-row outputs; running concat');
+    this.decodeBatch = inPlace
+      ? new InPlaceBatch(model.decoder.io.kv, options.kvCapacityBlock ?? 256, this.counterValues)
+      : new DecodeBatch(model.decoder.io.kv, this.counterValues);
     this.runner = new Runner(model.decoder, model.vocabSize, this.counterValues, now);
     const positions = model.positionEncoding;
     this.inverseFrequencies = positions.kind === 'rotary' ? rotaryInverseFrequencies(positions.theta, positions.rotaryDim) : null;
@@ -528,10 +542,11 @@ export class Engine {
     }
     const decoding = full > 0 ? candidates.filter((s) => s.state === 'decode') : candidates;
     if (decoding.length === 0) return;
-    const batch = this.decodeBatch.sync(decoding);
+    const inPlace = this.decodeBatch instanceof InPlaceBatch ? this.decodeBatch.sync(decoding) : null;
+    const batch = inPlace ?? (this.decodeBatch as DecodeBatch<Sequence>).sync(decoding);
     const slots = batch.rows;
     const rows = slots.filter((s): s is Sequence => s !== null);
-    const step = await this.runner.decodeBatch(batch);
+    const step = inPlace ? await this.runner.decodeInPlace(inPlace) : await this.runner.decodeBatch(batch as BatchRows<Sequence>);
     if (!step.ok) {
       await this.failStep(rows, step.error);
       return;

@@ -8,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { halfArrayToFloat } from '../lib/float16.ts';
 import { emptyKv, type Decoder, type DecoderOutput, type KvData, type KvLayout, type KvTensors } from '../model/types.ts';
 import type { BatchRows } from './batch.ts';
+import type { InPlaceRows } from './inplace-batch.ts';
 import { tokenLogprob } from './logprobs.ts';
 import { Sampler } from './sampler.ts';
 import type { Sequence } from './sequence.ts';
@@ -109,6 +110,40 @@ export class Runner {
       rows++;
     }
     this.countDecode(rows, batchSize * totalLength, kvTokens, durationMs, output);
+    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens };
+  }
+
+  /**
+   * One decode step of every row of an in-place batch: the buffers are the past (unused capacity
+   * masked out), only logits and the new rows are fetched, and those are written into the buffers.
+   */
+  async decodeInPlace(batch: InPlaceRows<Sequence>): Promise<StepResult> {
+    const { rows: slots, kv } = batch;
+    const batchSize = slots.length;
+    kv.ensureCapacity(Math.max(...kv.lengths) + 1);
+    const inputIds = new BigInt64Array(batchSize); // [batch, 1]
+    const positionIds = new BigInt64Array(batchSize); // [batch, 1]
+    for (let r = 0; r < batchSize; r++) {
+      const sequence = slots[r];
+      if (!sequence) continue;
+      inputIds[r] = BigInt(sequence.pending[sequence.pendingIndex]);
+      positionIds[r] = BigInt(sequence.cacheLength);
+    }
+    const attentionMask = kv.attentionMask(); // [batch, capacity + 1]
+    const call = await this.timed(() => this.decoder.run({ batchSize, seqLength: 1, inputIds, attentionMask, positionIds, past: kv.past, fetch: 'new-rows' }));
+    if (!call.ok) return call;
+    const { output, startMs, durationMs } = call;
+    kv.append(output.present);
+    let kvTokens = 0;
+    let rows = 0;
+    for (const sequence of slots) {
+      if (!sequence) continue;
+      sequence.cacheLength++;
+      sequence.pendingIndex++;
+      kvTokens += sequence.cacheLength;
+      rows++;
+    }
+    this.countDecode(rows, batchSize * (kv.capacity + 1), kvTokens, durationMs, output);
     return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens };
   }
 

@@ -21,12 +21,14 @@ const values = parseBenchArgs('core', 'Decode tokens/s with the KV cache against
   model: { type: 'string', value: 'DIR', help: 'model folder' },
   threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
   repeats: { type: 'string', default: '3', value: 'N', help: 'runs per measurement (the median is reported)' },
+  'kv-mode': { type: 'string', default: 'concat', value: 'concat|inplace', help: 'KV_MODE of the engine (inplace writes core[-quick]-inplace.json)' },
   quick: { type: 'boolean', default: false, help: 'a short run: prompt 256 only, 64 steps, a shorter resume history; writes core-quick.json' },
 });
 
 const threads = Number(values.threads);
 const repeats = Number(values.repeats);
 const NEW_TOKENS = 128;
+const kvMode = values['kv-mode'] === 'inplace' ? 'inplace' : 'concat';
 
 /** Natural text for prompts: the held-out Brown documents when the model has them, else a fixed ramp. */
 function promptTokens(model: LoadedModel, count: number): number[] {
@@ -106,8 +108,8 @@ async function timed(engine: Engine, req: GenerationRequest): Promise<{ ttft: nu
 }
 
 async function main(): Promise<void> {
-  const { model, source } = await benchModel(values.model, threads);
-  const config = benchConfig({ MAX_CONTEXT_TOKENS: '4096', KV_CACHE_BYTES: '2GiB', MAX_BATCH_SIZE: '1', PREFILL_CHUNK_TOKENS: '4096' });
+  const { model, source } = await benchModel(values.model, threads, kvMode === 'inplace');
+  const config = benchConfig({ MAX_CONTEXT_TOKENS: '4096', KV_CACHE_BYTES: '2GiB', MAX_BATCH_SIZE: '1', PREFILL_CHUNK_TOKENS: '4096', KV_MODE: kvMode });
   const { engine } = serving(config, model);
   console.error(`model: ${source}; threads ${threads}`);
 
@@ -197,7 +199,7 @@ async function main(): Promise<void> {
     ),
   ].join('\n');
   console.log(markdown);
-  const file = writeResult(values.quick ? 'core-quick' : 'core', { model: source, threads, cache, overhead, resume, markdown });
+  const file = writeResult(`${values.quick ? 'core-quick' : 'core'}${kvMode === 'inplace' ? '-inplace' : ''}`, { model: source, threads, kvMode, cache, overhead, resume, markdown });
   console.error(`wrote ${file}`);
 }
 

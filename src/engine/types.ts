@@ -13,6 +13,7 @@ export type EngineErrorKind =
   | 'request_too_large'
   | 'queue_full'
   | 'cache_full'
+  | 'batch_full'
   | 'shutting_down'
   | 'internal';
 

@@ -17,7 +17,8 @@ export const DEFAULT_MODEL = 'models/warmkv-brown';
 export const RESULTS_DIR = 'bench/results';
 
 /** The default model, or a builder model of similar size while the trained one does not exist. */
-export async function benchModel(dir: string | undefined, threads: number): Promise<{ model: LoadedModel; source: string }> {
+/** `newRowOutputs`: load the decoder with new-row outputs (for KV_MODE=inplace). */
+export async function benchModel(dir: string | undefined, threads: number, newRowOutputs = false): Promise<{ model: LoadedModel; source: string }> {
   let path = dir ?? DEFAULT_MODEL;
   let source = path;
   if (!dir && !existsSync(join(path, 'config.json'))) {
@@ -27,7 +28,7 @@ export async function benchModel(dir: string | undefined, threads: number): Prom
       await buildModelFolder(path, { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, vocabSize: 4096, maxPositions: 4096 });
     }
   }
-  const model = await loadModel(path, { logger: silentLogger, intraOpThreads: threads });
+  const model = await loadModel(path, { logger: silentLogger, intraOpThreads: threads, newRowOutputs });
   return { model, source };
 }
 

@@ -20,12 +20,14 @@ import { MODEL_OPTIONS, parseBenchArgs, repeatsOption } from './cli.ts';
 const values = parseBenchArgs('core', 'Decode tokens/s with the KV cache against full recomputation, per-step overhead, and the cost of resuming a session, on the default model (or --model). --quick: one length, fewer steps (bench/results/core-quick.json).', {
   ...MODEL_OPTIONS,
   repeats: repeatsOption('3'),
+  'kv-mode': { type: 'string', default: 'concat', value: 'concat|inplace', help: 'KV_MODE of the engine (inplace writes core[-quick]-inplace.json)' },
   quick: { type: 'boolean', default: false, help: 'a short run: prompt 256 only, 64 steps, a shorter resume history; writes core-quick.json' },
 });
 
 const threads = Number(values.threads);
 const repeats = Number(values.repeats);
 const NEW_TOKENS = 128;
+const kvMode = values['kv-mode'] === 'inplace' ? 'inplace' : 'concat';
 
 /** Natural text for prompts: the held-out Brown documents when the model has them, else a fixed ramp. */
 function promptTokens(model: LoadedModel, count: number): number[] {
@@ -105,8 +107,8 @@ async function timed(engine: Engine, req: GenerationRequest): Promise<{ ttft: nu
 }
 
 async function main(): Promise<void> {
-  const { model, source } = await benchModel(values.model, threads);
-  const config = benchConfig({ MAX_CONTEXT_TOKENS: '4096', KV_CACHE_BYTES: '2GiB', MAX_BATCH_SIZE: '1', PREFILL_CHUNK_TOKENS: '4096' });
+  const { model, source } = await benchModel(values.model, threads, kvMode === 'inplace');
+  const config = benchConfig({ MAX_CONTEXT_TOKENS: '4096', KV_CACHE_BYTES: '2GiB', MAX_BATCH_SIZE: '1', PREFILL_CHUNK_TOKENS: '4096', KV_MODE: kvMode });
   const { engine } = serving(config, model);
   console.error(`model: ${source}; threads ${threads}`);
 
@@ -124,6 +126,7 @@ async function main(): Promise<void> {
   const engineRuns: number[] = [];
   const engineModelUsPerStep: number[] = [];
   const engineOtherUsPerStep: number[] = [];
+  const engineBytesOutPerStep: number[] = [];
   // Warm-up: the first runs pay for onnxruntime's allocation plans and V8's compilation.
   await bareDecodeSeconds(model, prompt, 16);
   await timed(engine, request(prompt, { maxTokens: 17 }));
@@ -138,6 +141,7 @@ async function main(): Promise<void> {
     const modelMs = after.decodeMs - before.decodeMs;
     engineModelUsPerStep.push((modelMs / steps) * 1000);
     engineOtherUsPerStep.push(((run.decode * 1000 - modelMs) / steps) * 1000);
+    engineBytesOutPerStep.push((after.decodeBytesOut - before.decodeBytesOut) / (after.decodeSteps - before.decodeSteps));
   }
   const overhead = {
     steps,
@@ -152,10 +156,12 @@ async function main(): Promise<void> {
     engineRuns,
     engineModelUsPerStep: median(engineModelUsPerStep),
     engineOtherUsPerStep: median(engineOtherUsPerStep),
+    /** Bytes copied out of onnxruntime per decode step (logits + present KV), from the engine's counters. */
+    engineBytesOutPerStep: median(engineBytesOutPerStep),
   };
   console.error(
     `(b) decode: bare ${overhead.bareTokensPerSecond.toFixed(1)} tok/s, engine ${overhead.engineTokensPerSecond.toFixed(1)} tok/s, ratio ${overhead.ratio.toFixed(3)} (paired ${overhead.pairedRatioMedian.toFixed(3)}); ` +
-      `engine step: ${overhead.engineModelUsPerStep.toFixed(0)} us in decoder.run, ${overhead.engineOtherUsPerStep.toFixed(0)} us elsewhere`,
+      `engine step: ${overhead.engineModelUsPerStep.toFixed(0)} us in decoder.run, ${overhead.engineOtherUsPerStep.toFixed(0)} us elsewhere, ${(overhead.engineBytesOutPerStep / 1024).toFixed(0)} KiB out of onnxruntime per step`,
   );
 
   const history = promptTokens(model, values.quick ? 500 : 2016);
@@ -192,7 +198,7 @@ async function main(): Promise<void> {
     ),
   ].join('\n');
   console.log(markdown);
-  const file = writeResult(values.quick ? 'core-quick' : 'core', { model: source, threads, cache, overhead, resume, markdown });
+  const file = writeResult(`${values.quick ? 'core-quick' : 'core'}${kvMode === 'inplace' ? '-inplace' : ''}`, { model: source, threads, kvMode, cache, overhead, resume, markdown });
   console.error(`wrote ${file}`);
 }
 

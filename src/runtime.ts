@@ -98,6 +98,8 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
       prefillChunkTokens: config.prefillChunkTokens,
       queueTimeoutMs: config.queueTimeoutSeconds * 1000,
       window,
+      kvMode: config.kvMode,
+      kvCapacityBlock: config.kvCapacityBlock,
     },
     logger.child({ component: 'engine' }),
   );
@@ -173,6 +175,7 @@ export class Runtime implements ServingSource {
       executionProvider: c.executionProvider,
       fallbackToCpu: c.executionProviderFallback,
       intraOpThreads: c.intraOpThreads,
+      newRowOutputs: c.kvMode === 'inplace',
       logger,
     }));
     this.ready = (async () => {

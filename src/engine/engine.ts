@@ -3,16 +3,15 @@ import type { SessionStore } from '../cache/session-store.ts';
 import type { Session, Tier } from '../cache/session.ts';
 import { dropAndShift, prefixOf, rotaryInverseFrequencies } from '../cache/kv-ops.ts';
 import type { WindowPolicy } from '../cache/window.ts';
-import { halfArrayToFloat } from '../lib/float16.ts';
 import { silentLogger, type Logger } from '../lib/logger.ts';
-import { emptyKv, FULL_CAPABILITIES, kvOnHost, type Decoder, type KvData, type ModelCapabilities, type PositionEncoding } from '../model/types.ts';
+import { FULL_CAPABILITIES, kvOnHost, type Decoder, type ModelCapabilities, type PositionEncoding } from '../model/types.ts';
 import type { TokenDecoder } from './detokenizer.ts';
-import { tokenLogprob } from './logprobs.ts';
 import { GrammarService, type GrammarCounters, type GrammarVocabulary } from './grammar.ts';
-import { DecodeBatch } from './batch.ts';
+import { DecodeBatch, type BatchRows } from './batch.ts';
+import { InPlaceBatch } from './inplace-batch.ts';
 import { planCache } from './cache-plan.ts';
 import { keepCache, keepProcessed, rollBack } from './commit.ts';
-import { Sampler } from './sampler.ts';
+import { Runner } from './runner.ts';
 import type { PrefillCost } from './cost-model.ts';
 import { Scheduler, type SchedulerOptions } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
@@ -34,6 +33,15 @@ export interface EngineModel {
 /** The scheduler's options (queues, batch slots, chunk budget; see scheduler.ts) and the window policy. */
 export interface EngineOptions extends SchedulerOptions {
   window: WindowPolicy;
+  /**
+   * How decoding rows keep their KV (issue 25). `concat` (default): the model's whole present is fed
+   * back as the next past (batch.ts). `inplace`: pre-allocated per-batch buffers written one slot per
+   * step, only logits and new rows fetched (inplace-batch.ts); needs a decoder loaded with new-row
+   * outputs, else the engine logs it and runs `concat`.
+   */
+  kvMode?: 'concat' | 'inplace';
+  /** `inplace` only: the buffers' capacity grows in blocks of this many slots. Default 256. */
+  kvCapacityBlock?: number;
 }
 
 /** Running totals, for benchmarks and profiling (what the loop spent its time on). */
@@ -42,6 +50,8 @@ export interface EngineCounters {
   /** Rows over all decode steps (mean batch size = decodeRows / decodeSteps). */
   decodeRows: number;
   decodeMs: number;
+  /** Bytes the decode steps copied out of the model runtime into JavaScript: logits, and present KV when it comes back to the host. */
+  decodeBytesOut: number;
   /** Cache slots of all decode steps' batches, and how many of them were left padding. */
   batchSlots: number;
   paddingSlots: number;
@@ -93,11 +103,9 @@ export class Engine {
   private wakeLoop: (() => void) | null = null;
   /** Something happened since the loop last looked (a submit, an abort, freed room): do not sleep. */
   private woken = false;
-  private readonly sampler: Sampler;
   private grammarService: GrammarService | null = null;
-  private readonly logitsRow: Float32Array;
-  /** A row of logits with a grammar's mask applied. `// [vocabSize]` */
-  private readonly maskedRow: Float32Array;
+  /** Builds each step's inputs, runs the model, times and samples (see runner.ts). */
+  private readonly runner: Runner;
   private readonly inverseFrequencies: Float32Array | null;
   private restorer: TierRestorer | null = null;
   private superseder: SessionSuperseder | null = null;
@@ -105,10 +113,10 @@ export class Engine {
   private readonly idleWaiters: Array<() => void> = [];
   private readonly counterValues: EngineCounters = {
     decodeSteps: 0, decodeRows: 0, decodeMs: 0, batchSlots: 0, paddingSlots: 0,
-    prefillChunks: 0, prefillTokens: 0, prefillMs: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0,
+    decodeBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0,
   };
   /** The decoding sequences' shared KV (see batch.ts). */
-  private readonly decodeBatch: DecodeBatch<Sequence>;
+  private readonly decodeBatch: DecodeBatch<Sequence> | InPlaceBatch<Sequence>;
 
   constructor(
     readonly model: EngineModel,
@@ -123,10 +131,12 @@ export class Engine {
       decodeStep: (info) => this.scheduler.cost.recordDecode(info.durationMs),
       prefillChunk: (_sequence, info) => this.scheduler.cost.recordPrefill(info.tokens, info.kvTokens - info.tokens, info.durationMs),
     });
-    this.sampler = new Sampler(model.vocabSize);
-    this.decodeBatch = new DecodeBatch(model.decoder.io.kv, this.counterValues);
-    this.logitsRow = new Float32Array(model.vocabSize);
-    this.maskedRow = new Float32Array(model.vocabSize);
+    const inPlace = options.kvMode === 'inplace' && model.decoder.io.newRows !== undefined;
+    if (options.kvMode === 'inplace' && !inPlace) logger.warn({ kvMode: 'concat' }, 'KV_MODE=inplace needs a decoder with new-row outputs; running concat');
+    this.decodeBatch = inPlace
+      ? new InPlaceBatch(model.decoder.io.kv, options.kvCapacityBlock ?? 256, this.counterValues)
+      : new DecodeBatch(model.decoder.io.kv, this.counterValues);
+    this.runner = new Runner(model.decoder, model.vocabSize, this.counterValues, now);
     const positions = model.positionEncoding;
     this.inverseFrequencies = positions.kind === 'rotary' ? rotaryInverseFrequencies(positions.theta, positions.rotaryDim) : null;
     if (options.window.strategy === 'shift' && !this.inverseFrequencies) throw new Error('shift strategy needs a rotary model');
@@ -467,57 +477,18 @@ export class Engine {
     }
     const decoding = full > 0 ? candidates.filter((s) => s.state === 'decode') : candidates;
     if (decoding.length === 0) return;
-    const batch = this.decodeBatch.sync(decoding);
+    const inPlace = this.decodeBatch instanceof InPlaceBatch ? this.decodeBatch.sync(decoding) : null;
+    const batch = inPlace ?? (this.decodeBatch as DecodeBatch<Sequence>).sync(decoding);
     const slots = batch.rows;
-    const batchSize = slots.length;
-    const pastLength = batch.kv.length;
-    const totalLength = pastLength + 1;
-    const inputIds = new BigInt64Array(batchSize); // [batch, 1]
-    const positionIds = new BigInt64Array(batchSize); // [batch, 1]
-    const attentionMask = new BigInt64Array(batchSize * totalLength); // [batch, past + 1]
-    for (let r = 0; r < batchSize; r++) {
-      const sequence = slots[r];
-      if (sequence) {
-        inputIds[r] = BigInt(sequence.pending[sequence.pendingIndex]);
-        positionIds[r] = BigInt(sequence.cacheLength);
-        attentionMask.fill(1n, r * totalLength + batch.padding[r], (r + 1) * totalLength);
-      } else {
-        // A free row: token 0 at position 0 attending only to itself; its output is never read.
-        attentionMask[(r + 1) * totalLength - 1] = 1n;
-      }
-    }
     const rows = slots.filter((s): s is Sequence => s !== null);
-    const startMs = performance.now();
-    let output;
-    try {
-      output = await this.model.decoder.run({ batchSize, seqLength: 1, inputIds, attentionMask, positionIds, past: batch.kv });
-    } catch (error) {
-      await this.failStep(rows, error);
+    const step = inPlace ? await this.runner.decodeInPlace(inPlace) : await this.runner.decodeBatch(batch as BatchRows<Sequence>);
+    if (!step.ok) {
+      await this.failStep(rows, step.error);
       return;
     }
-    const durationMs = performance.now() - startMs;
-    batch.kv = output.present;
-    let kvTokens = 0;
-    for (const sequence of rows) {
-      sequence.cacheLength++;
-      sequence.pendingIndex++;
-      kvTokens += sequence.cacheLength;
-    }
-    const c = this.counterValues;
-    c.decodeSteps++;
-    c.decodeRows += rows.length;
-    c.decodeMs += durationMs;
-    c.batchSlots += batchSize * totalLength;
-    c.paddingSlots += batchSize * totalLength - kvTokens;
-    for (const o of this.observers) o.decodeStep?.({ sequences: rows, kvTokens, startMs, durationMs });
-    for (const sequence of rows) await sequence.constraint?.prepare();
-    let finished: Array<[Sequence, FinishReason]> | null = null;
-    for (let r = 0; r < batchSize; r++) {
-      const sequence = slots[r];
-      const reason = sequence ? this.sampleNext(sequence, output.logits, r, output.vocabSize) : null;
-      if (reason) (finished ??= []).push([sequence!, reason]);
-    }
-    if (!finished) return;
+    for (const o of this.observers) o.decodeStep?.({ sequences: rows, kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs });
+    const finished = await this.runner.sampleRows(slots, step);
+    if (finished.length === 0) return;
     if (this.hasDeviceKv()) await this.hostAll();
     for (const [sequence, reason] of finished) this.finish(sequence, reason);
   }
@@ -529,30 +500,13 @@ export class Engine {
       this.dropWindow(sequence);
       if (sequence.state !== 'decode') return; // recompute: the kept tokens are prefilled again first
     }
-    const past = sequence.kv!;
-    const total = sequence.cacheLength + 1;
-    const inputIds = BigInt64Array.of(BigInt(sequence.pending[sequence.pendingIndex])); // [1, 1]
-    const positionIds = BigInt64Array.of(BigInt(sequence.cacheLength)); // [1, 1]
-    const attentionMask = new BigInt64Array(total).fill(1n); // [1, past + 1]
-    const startMs = performance.now();
-    let output;
-    try {
-      output = await this.model.decoder.run({ batchSize: 1, seqLength: 1, inputIds, attentionMask, positionIds, past });
-    } catch (error) {
-      await this.failStep([sequence], error);
+    const step = await this.runner.decodeAlone(sequence);
+    if (!step.ok) {
+      await this.failStep([sequence], step.error);
       return;
     }
-    const durationMs = performance.now() - startMs;
-    sequence.kv = output.present;
-    sequence.cacheLength = total;
-    sequence.pendingIndex++;
-    const c = this.counterValues;
-    c.decodeSteps++;
-    c.decodeRows++;
-    c.decodeMs += durationMs;
-    c.batchSlots += total;
-    for (const o of this.observers) o.decodeStep?.({ sequences: [sequence], kvTokens: total, startMs, durationMs });
-    const reason = this.sampleNext(sequence, output.logits, 0, output.vocabSize);
+    for (const o of this.observers) o.decodeStep?.({ sequences: [sequence], kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs });
+    const reason = this.runner.sampleNext(sequence, step.logits, 0, step.vocabSize);
     if (!reason) return;
     await this.hostSequence(sequence);
     this.finish(sequence, reason);
@@ -565,65 +519,21 @@ export class Engine {
       this.dropWindow(sequence);
     }
     const count = Math.min(chunkTokens, policy.capacity - sequence.cacheLength, sequence.remainingPending);
-    const past = sequence.kv ?? emptyKv(this.layout, 1);
-    const total = sequence.cacheLength + count;
-    const inputIds = new BigInt64Array(count); // [1, count]
-    const positionIds = new BigInt64Array(count); // [1, count]
-    for (let i = 0; i < count; i++) {
-      inputIds[i] = BigInt(sequence.pending[sequence.pendingIndex + i]);
-      positionIds[i] = BigInt(sequence.cacheLength + i);
-    }
-    const attentionMask = new BigInt64Array(total).fill(1n); // [1, past + count]
-    const startMs = performance.now();
-    let output;
-    try {
-      output = await this.model.decoder.run({ batchSize: 1, seqLength: count, inputIds, attentionMask, positionIds, past });
-    } catch (error) {
-      await this.failStep([sequence], error);
+    const step = await this.runner.prefill(sequence, count);
+    if (!step.ok) {
+      await this.failStep([sequence], step.error);
       return;
     }
-    const durationMs = performance.now() - startMs;
-    const c = this.counterValues;
-    c.prefillChunks++;
-    c.prefillTokens += count;
-    c.prefillMs += durationMs;
-    sequence.kv = output.present;
-    sequence.cacheLength = total;
-    sequence.pendingIndex += count;
-    for (const o of this.observers) o.prefillChunk?.(sequence, { tokens: count, kvTokens: total, startMs, durationMs });
+    for (const o of this.observers) o.prefillChunk?.(sequence, { tokens: count, kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs });
     if (sequence.remainingPending === 0) {
       // max_tokens 0 only fills the cache (the native API's session prefill).
       await sequence.constraint?.prepare();
-      const reason = sequence.request.maxTokens === 0 ? 'length' : this.sampleNext(sequence, output.logits, count - 1, output.vocabSize);
+      const reason = sequence.request.maxTokens === 0 ? 'length' : this.runner.sampleNext(sequence, step.logits, count - 1, step.vocabSize);
       if (reason) {
         if (sequence.kv?.device) await this.hostSequence(sequence);
         this.finish(sequence, reason);
       } else sequence.state = 'decode';
     }
-  }
-
-  /**
-   * Samples the token after row `row` of the logits; returns why the sequence ends, or null after
-   * queueing the token as the next input.
-   */
-  private sampleNext(sequence: Sequence, logits: KvData, row: number, vocabSize: number): FinishReason | null {
-    const offset = row * vocabSize;
-    let rowLogits: Float32Array;
-    if (logits instanceof Float32Array) rowLogits = logits.subarray(offset, offset + this.model.vocabSize);
-    else rowLogits = halfArrayToFloat(logits.subarray(offset, offset + this.model.vocabSize), this.logitsRow);
-    const request = sequence.request;
-    const greedy = request.sampling.temperature <= 0;
-    // The grammar masks a copy, so logprobs stay the raw model's.
-    const sampled = sequence.constraint ? sequence.constraint.mask(rowLogits, this.maskedRow) : rowLogits;
-    const token = this.sampler.sample(sampled, request.sampling, greedy ? null : sequence.rng, sequence.seen, sequence.row);
-    // Raw-model logprobs (before any processing), only for rows that asked.
-    const logprob = request.logprobs === undefined ? undefined : tokenLogprob(rowLogits, this.model.vocabSize, token, request.logprobs);
-    if (sequence.firstTokenAt === 0) sequence.firstTokenAt = this.now();
-    const reason = sequence.accept(token, logprob);
-    if (reason) return reason;
-    sequence.pending = [token];
-    sequence.pendingIndex = 0;
-    return null;
   }
 
   private hasDeviceKv(): boolean {

@@ -28,6 +28,8 @@ export interface LoadModelOptions {
   executionProvider?: ExecutionProvider;
   fallbackToCpu?: boolean;
   intraOpThreads?: number;
+  /** Load the graph with new-row outputs for in-place KV (see OnnxDecoder's `newRowOutputs`). */
+  newRowOutputs?: boolean;
   logger: Logger;
 }
 
@@ -41,6 +43,7 @@ export async function loadModel(dir: string, options: LoadModelOptions): Promise
       executionProvider: options.executionProvider ?? 'cpu',
       fallbackToCpu: options.fallbackToCpu ?? false,
       intraOpThreads: options.intraOpThreads,
+      newRowOutputs: options.newRowOutputs,
       logger: options.logger,
     },
   );

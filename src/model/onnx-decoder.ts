@@ -1,6 +1,8 @@
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import type { Logger } from '../lib/logger.ts';
+import { addNewRowOutputs } from './kv-rewrite.ts';
 import { calibrateThreads } from './thread-calibration.ts';
 import { detectDecoderIo, type ConfigHints, type ValueInfo } from './layout.ts';
 import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, DeviceKv, KvData, KvTensors, RunOptions } from './types.ts';
@@ -17,6 +19,11 @@ export interface DecoderOptions {
   /** Use the CPU when the requested provider cannot start, with a warning, instead of failing. */
   fallbackToCpu: boolean;
   intraOpThreads?: number;
+  /**
+   * Rewrite the graph at load so that it also outputs just the new KV rows (kv-rewrite.ts), for
+   * in-place KV (`fetch: 'new-rows'`). Graphs without the Concat shape load as they are, with the reason logged.
+   */
+  newRowOutputs?: boolean;
   logger: Logger;
 }
 
@@ -68,7 +75,7 @@ export class OnnxDecoder implements Decoder {
   private logLoaded(logger: Logger, extra: Record<string, unknown>): void {
     const { kv } = this.io;
     logger.info(
-      { provider: this.executionProvider, threads: this.intraOpThreads, layers: kv.numLayers, kvHeads: kv.numKvHeads, headDim: kv.headDim, kvDtype: kv.dtype, ...extra },
+      { provider: this.executionProvider, threads: this.intraOpThreads, kvPath: this.io.newRows ? 'inplace' : 'concat', layers: kv.numLayers, kvHeads: kv.numKvHeads, headDim: kv.headDim, kvDtype: kv.dtype, ...extra },
       'decoder loaded',
     );
   }
@@ -106,6 +113,13 @@ export class OnnxDecoder implements Decoder {
       session = await create('webgpu', io.kv.numLayers);
       io = detectDecoderIo(session.inputMetadata as readonly ValueInfo[], session.outputMetadata as readonly ValueInfo[], hints);
     }
+    if (options.newRowOutputs) {
+      const rewritten = await withNewRowOutputs(source, io, provider, (bytes) => ort.InferenceSession.create(bytes, sessionOptions(provider, threads, [])), options.logger);
+      if (rewritten) {
+        await session.release();
+        ({ session, io } = rewritten);
+      }
+    }
     return new OnnxDecoder(session, io, provider, threads);
   }
 
@@ -137,6 +151,7 @@ export class OnnxDecoder implements Decoder {
       }
     }
     // Severity 4 (fatal only): an expected probe failure would otherwise print an ERROR line.
+    if (step.fetch === 'new-rows') return this.runNewRows(feeds, step, options);
     const results = options.quiet ? await this.session.run(feeds, { logSeverityLevel: 4 }) : await this.session.run(feeds);
     // The past is consumed: its GPU buffers can go (after a failure they stay, and so does the past).
     onDevice?.release();
@@ -167,6 +182,47 @@ export class OnnxDecoder implements Decoder {
 
   async dispose(): Promise<void> {
     await this.session.release();
+  }
+
+  /** Fetches logits and the new rows only; present then holds just the step's `seqLength` slots. */
+  private async runNewRows(feeds: Record<string, ort.Tensor>, step: DecoderStep, options: RunOptions): Promise<DecoderOutput> {
+    const { names, newRows } = this.io;
+    if (!newRows) throw new Error('this decoder has no new-row outputs (load it with newRowOutputs on a graph with the Concat shape)');
+    const fetches = [names.logits, ...newRows.keys, ...newRows.values];
+    const results = options.quiet ? await this.session.run(feeds, fetches, { logSeverityLevel: 4 }) : await this.session.run(feeds, fetches);
+    const logits = results[names.logits] as ort.Tensor;
+    const present: KvTensors = { batchSize: step.batchSize, length: step.seqLength, layers: [] };
+    for (let layer = 0; layer < this.io.kv.numLayers; layer++) {
+      present.layers.push({ key: results[newRows.keys[layer]].data as KvData, value: results[newRows.values[layer]].data as KvData });
+    }
+    return { logits: logits.data as KvData, vocabSize: logits.dims[2], present };
+  }
+}
+
+/**
+ * The session made again from the graph with new-row outputs, or null (with the reason logged) when the
+ * KV is stacked or on the device, the graph has no Concat shape, or the rewritten graph does not load.
+ */
+async function withNewRowOutputs(
+  source: string | Uint8Array,
+  io: DecoderIo,
+  provider: ExecutionProvider,
+  create: (bytes: Uint8Array) => Promise<ort.InferenceSession>,
+  logger: Logger,
+): Promise<{ session: ort.InferenceSession; io: DecoderIo } | null> {
+  const keep = (reason: string) => {
+    logger.info({ kvPath: 'concat', reason }, 'in-place KV unavailable, the decoder runs the concat path');
+    return null;
+  };
+  if (io.names.kvPacking !== 'separate') return keep('the KV is stacked per layer (past_N), not past_key_values.N.key/value');
+  if (provider === 'webgpu') return keep('the WebGPU provider keeps the KV on the device already');
+  const rewrite = addNewRowOutputs(typeof source === 'string' ? readFileSync(source) : source, io.names);
+  if (!rewrite.ok) return keep(rewrite.reason);
+  try {
+    const session = await create(rewrite.model);
+    return { session, io: { ...io, newRows: { keys: rewrite.newKeys, values: rewrite.newValues } } };
+  } catch (error) {
+    return keep(`the rewritten graph does not load: ${(error as Error).message.split('\n')[0]}`);
   }
 }
 

@@ -67,6 +67,11 @@ export interface DecoderInputTypes {
 
 export interface DecoderIo {
   names: DecoderIoNames;
+  /**
+   * Per layer, the outputs holding only the new rows of keys and values (`// [batch, kv_heads, seqLength, head_dim]`),
+   * added at load by kv-rewrite.ts when asked for and the graph has the Concat shape; absent otherwise.
+   */
+  newRows?: { keys: readonly string[]; values: readonly string[] };
   inputTypes: DecoderInputTypes;
   kv: KvLayout;
   logitsDtype: KvDtype;
@@ -80,6 +85,12 @@ export interface DecoderStep {
   attentionMask: BigInt64Array; // [batchSize, past.length + seqLength]
   positionIds: BigInt64Array; // [batchSize, seqLength]
   past: KvTensors;
+  /**
+   * 'present' (default): the output's present is the whole cache, past and new rows. 'new-rows' (only
+   * when `io.newRows` is set): only logits and the new rows are fetched, so present holds `seqLength`
+   * slots and the past's bytes are never copied out of the runtime.
+   */
+  fetch?: 'present' | 'new-rows';
 }
 
 export interface DecoderOutput {

@@ -31,11 +31,12 @@ export function testModelDir(options: BuildOptions): Promise<string> {
 
 const loaded = new Map<string, Promise<LoadedModel>>();
 
-export function testModel(options: BuildOptions): Promise<LoadedModel> {
-  const key = JSON.stringify(options);
+/** `newRowOutputs`: the decoder is loaded with new-row outputs, for in-place KV. */
+export function testModel(options: BuildOptions, newRowOutputs = false): Promise<LoadedModel> {
+  const key = JSON.stringify(options) + (newRowOutputs ? ' new-rows' : '');
   let model = loaded.get(key);
   if (!model) {
-    model = testModelDir(options).then((dir) => loadModel(dir, { logger: silentLogger, intraOpThreads: 1 }));
+    model = testModelDir(options).then((dir) => loadModel(dir, { logger: silentLogger, intraOpThreads: 1, newRowOutputs }));
     loaded.set(key, model);
   }
   return model;
@@ -65,7 +66,7 @@ export interface EngineFixture {
 }
 
 export async function makeEngine(options: EngineFixtureOptions = {}): Promise<EngineFixture> {
-  const model = await testModel(options.model ?? LLAMA);
+  const model = await testModel(options.model ?? LLAMA, options.kvMode === 'inplace');
   const decoder = options.wrapDecoder ? options.wrapDecoder(model.decoder) : model.decoder;
   const store = new SessionStore(new KvBudget(options.budgetBytes ?? 256 * 1024 * 1024, options.blockTokens ?? 16));
   const window = resolveWindowPolicy(
@@ -90,6 +91,8 @@ export async function makeEngine(options: EngineFixtureOptions = {}): Promise<En
       prefillChunkTokens: options.prefillChunkTokens ?? 64,
       queueTimeoutMs: options.queueTimeoutMs ?? 30_000,
       window,
+      kvMode: options.kvMode,
+      kvCapacityBlock: options.kvCapacityBlock,
     },
   );
   let tiers: TierManager | null = null;

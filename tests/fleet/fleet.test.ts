@@ -13,8 +13,6 @@ import { startServerProcess, type ServerProcess } from '../support/server-proces
 const json = { 'Content-Type': 'application/json' };
 const append = (url: string, id: string, prompt: number[], maxTokens = 3) =>
   fetch(`${url}/v1/sessions/${id}/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt, max_tokens: maxTokens, temperature: 0 }) });
-const oneShot = (url: string, prompt: number[], maxTokens = 3) =>
-  fetch(`${url}/v1/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt, max_tokens: maxTokens, temperature: 0 }) });
 const sessionOf = async (url: string, id: string) => (await fetch(`${url}/v1/sessions/${id}`)).json() as Promise<{ version: number; tokens: number }>;
 
 describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 240_000 }, () => {

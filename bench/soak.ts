@@ -39,6 +39,11 @@ import type { ChatMessage } from '../src/model/chat-template.ts';
 import { RESULTS_DIR, benchModel, percentile, table, writeResult } from './common.ts';
 import { parseBenchArgs } from './cli.ts';
 
+if (process.argv.includes('--chaos')) {
+  // The chaos mode runs the server as a process it kills; its own file (soak-chaos.ts) keeps both readable.
+  await import('./soak-chaos.ts');
+  process.exit(process.exitCode ?? 0);
+}
 const values = parseBenchArgs('soak', 'Soak test: the real server and concurrent clients with two API keys for M minutes (appends, resends, dropped and resumed streams, deletions, bad requests); every session is checked against a one-shot recomputation.', {
   clients: { type: 'string', default: '8', value: 'N', help: 'concurrent clients' },
   minutes: { type: 'string', default: '2', value: 'M', help: 'how long the load runs' },

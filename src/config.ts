@@ -74,6 +74,8 @@ export const configSchema = z.object({
   maxBodyBytes: byteSize.default(4 * 1024 * 1024),
   /** Largest prompt (on the append API: the appended part) in tokens; default 4x the context. */
   maxPromptTokens: int(1).optional(),
+  /** Largest transcript a session may grow to by a request's prompt (an append or a replace); default 64x the context. */
+  maxSessionTokens: int(1).optional(),
   /** Largest max_tokens a request may ask for. */
   maxTokensLimit: int(1).default(4096),
   /** max_tokens of a chat request that does not set it (completions default to 16, as OpenAI). */

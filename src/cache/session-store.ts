@@ -141,6 +141,16 @@ export class SessionStore {
   }
 
   /**
+   * Every session `owner` holds, in memory or only on disk: those on disk are loaded as `find` loads
+   * them (an expired file is removed, not listed), so a listing shows exactly what a GET by id finds
+   * and what MAX_SESSIONS_PER_KEY counts.
+   */
+  async listAll(owner: string): Promise<Session[]> {
+    for (const id of [...this.diskIds(owner)]) if (!this.sessions.has(storeKey(owner, id))) await this.find(owner, id);
+    return this.list(owner);
+  }
+
+  /**
    * Grows (or shrinks) a session's reservation to `bytes`, demoting idle sessions least recently used
    * first until it fits. Returns false, having demoted nothing more than needed, when it cannot fit.
    */

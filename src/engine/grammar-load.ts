@@ -20,8 +20,10 @@ export interface XgGrammarMatcher {
 export interface XgGrammarCompiler {
   dispose(): void;
   compileJSONSchema(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean): Promise<XgCompiledGrammar>;
+  compileStructuralTag(structuralTag: string): Promise<XgCompiledGrammar>;
 }
 export interface Xgrammar {
+  Testings: { _jsonSchemaToEBNF(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean): Promise<string> };
   TokenizerInfo: {
     createTokenizerInfo(encodedVocab: string[], vocabType: string, prependSpaceInTokenization: boolean, vocabSize: number, stopTokenIds: number[]): Promise<XgTokenizerInfo>;
   };

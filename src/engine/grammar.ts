@@ -4,7 +4,19 @@ import { loadXgrammar, type XgCompiledGrammar, type XgGrammarCompiler, type XgGr
 import type { EngineError } from './types.ts';
 
 /** What a request's output must match. */
-export type GrammarSpec = { kind: 'json_object' } | { kind: 'json_schema'; schema: Record<string, unknown> };
+export type GrammarSpec =
+  | { kind: 'json_object' }
+  | { kind: 'json_schema'; schema: Record<string, unknown> }
+  /** Tool calls: one of `tags` (`begin`, JSON matching `schema`, `end`), or with a separator one or more. */
+  | { kind: 'tagged_json'; tags: TaggedJson[]; separator: string | null };
+
+export interface TaggedJson {
+  begin: string;
+  schema: Record<string, unknown>;
+  end: string;
+  /** The request field the schema came from, for errors. */
+  param: string;
+}
 
 /** The tokenizer's vocabulary as xgrammar reads it (see TextTokenizer.grammarVocabulary). */
 export interface GrammarVocabulary {
@@ -35,6 +47,7 @@ export class GrammarService {
   private compiler: Promise<XgGrammarCompiler> | null = null;
   private readonly cache = new Map<string, Promise<XgCompiledGrammar>>();
   private forbidden: Int32Array | null = null;
+  private everything: Int32Array | null = null;
   private readonly values: GrammarCounters = { compiles: 0, compileMs: 0, cacheHits: 0, cacheMisses: 0, setupMs: 0 };
 
   constructor(
@@ -53,33 +66,47 @@ export class GrammarService {
   async constraint(spec: GrammarSpec): Promise<{ ok: true; constraint: Constraint } | { ok: false; error: EngineError }> {
     let key: string;
     let strict = true;
-    if (spec.kind === 'json_object') {
+    if (spec.kind === 'tagged_json') {
+      for (const tag of spec.tags) {
+        const error = schemaError(tag.schema, tag.param);
+        if (error) return { ok: false, error };
+      }
+      key = `t:${canonicalJson(spec)}`;
+    } else if (spec.kind === 'json_object') {
       key = canonicalJson(ANY_OBJECT);
       strict = false;
     } else {
-      try {
-        checkSchema(spec.schema);
-      } catch (error) {
-        if (!(error instanceof SchemaError)) throw error;
-        const where = error.pointer ? ` (at ${error.pointer})` : '';
-        return { ok: false, error: { kind: 'invalid_request', param: 'response_format', message: `Invalid JSON schema: ${error.message}${where}.` } };
-      }
+      const error = schemaError(spec.schema, 'response_format');
+      if (error) return { ok: false, error };
       key = canonicalJson(spec.schema);
     }
     let matcher: XgGrammarMatcher;
     try {
-      const compiled = await this.compiled(key, strict);
+      const compiled = spec.kind === 'tagged_json' ? await this.compiledTags(key, spec) : await this.compiled(key, strict);
       // Without a stop token the matcher ends where the grammar does.
       matcher = await loadXgrammar().GrammarMatcher.createGrammarMatcher(compiled, [...this.stopTokenIds], this.stopTokenIds.length === 0);
     } catch (error) {
-      return { ok: false, error: { kind: 'invalid_request', param: 'response_format', message: `The JSON schema could not be compiled: ${(error as Error).message}.` } };
+      const param = spec.kind === 'tagged_json' ? 'tools' : 'response_format';
+      return { ok: false, error: { kind: 'invalid_request', param, message: `The JSON schema could not be compiled: ${(error as Error).message}.` } };
+    }
+    // Tool-call tags hold newlines; their EBNF strings already exclude raw control characters.
+    if (spec.kind === 'tagged_json') {
+      this.everything ??= new Int32Array(Math.ceil(this.vocabSize / 32)).fill(-1);
+      return { ok: true, constraint: new Constraint(matcher, this.vocabSize, this.everything) };
     }
     this.forbidden ??= controlCharacterMask(this.vocabulary, this.vocabSize, this.stopTokenIds);
     return { ok: true, constraint: new Constraint(matcher, this.vocabSize, this.forbidden) };
   }
 
+  private compiledTags(key: string, spec: Extract<GrammarSpec, { kind: 'tagged_json' }>): Promise<XgCompiledGrammar> {
+    return this.cached(key, () => this.compileTags(spec));
+  }
+
   private compiled(key: string, strict: boolean): Promise<XgCompiledGrammar> {
-    const cacheKey = `${strict ? 's' : 'l'}:${key}`;
+    return this.cached(`${strict ? 's' : 'l'}:${key}`, () => this.compile(key, strict));
+  }
+
+  private cached(cacheKey: string, compile: () => Promise<XgCompiledGrammar>): Promise<XgCompiledGrammar> {
     const hit = this.cache.get(cacheKey);
     if (hit) {
       this.values.cacheHits++;
@@ -88,7 +115,7 @@ export class GrammarService {
       return hit;
     }
     this.values.cacheMisses++;
-    const compiling = this.compile(key, strict);
+    const compiling = compile();
     this.cache.set(cacheKey, compiling);
     compiling.catch(() => this.cache.delete(cacheKey));
     while (this.cache.size > this.cacheSize) {
@@ -110,6 +137,29 @@ export class GrammarService {
     return grammar;
   }
 
+  /**
+   * Each schema as its own EBNF (xgrammar's JSON-schema elements inside a structural tag allow unbounded
+   * whitespace; these use the chat templates' `tojson` separators and none else), inside its tag.
+   */
+  private async compileTags(spec: Extract<GrammarSpec, { kind: 'tagged_json' }>): Promise<XgCompiledGrammar> {
+    const compiler = await this.grammarCompiler();
+    const start = performance.now();
+    const xg = loadXgrammar();
+    const tags = await Promise.all(
+      spec.tags.map(async (tag) => ({
+        type: 'tag',
+        begin: tag.begin,
+        content: { type: 'grammar', grammar: await xg.Testings._jsonSchemaToEBNF(canonicalJson(tag.schema), false, -1, [', ', ': '], true) },
+        end: tag.end,
+      })),
+    );
+    const format = spec.separator === null ? { type: 'or', elements: tags } : { type: 'tags_with_separator', tags, separator: spec.separator, at_least_one: true };
+    const grammar = await compiler.compileStructuralTag(JSON.stringify({ type: 'structural_tag', format }));
+    this.values.compiles++;
+    this.values.compileMs += performance.now() - start;
+    return grammar;
+  }
+
   private grammarCompiler(): Promise<XgGrammarCompiler> {
     this.compiler ??= (async () => {
       const start = performance.now();
@@ -121,6 +171,17 @@ export class GrammarService {
       return compiler;
     })();
     return this.compiler;
+  }
+}
+
+function schemaError(schema: unknown, param: string): EngineError | null {
+  try {
+    checkSchema(schema);
+    return null;
+  } catch (error) {
+    if (!(error instanceof SchemaError)) throw error;
+    const where = error.pointer ? ` (at ${error.pointer})` : '';
+    return { kind: 'invalid_request', param, message: `Invalid JSON schema: ${error.message}${where}.` };
   }
 }
 

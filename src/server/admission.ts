@@ -9,6 +9,11 @@
  * - When the request never starts (refused by the limit or the engine, or ended before its first
  *   event), `Admitted.refused` removes the session that this request created; a session that existed
  *   before is untouched. So a refused request leaves the store as it found it, on every path.
+ * - A session's transcript is capped at MAX_SESSION_TOKENS (default SESSION_CONTEXT_MULTIPLE times the
+ *   context): a prompt that would take it past the cap is a 400 before anything is queued or prefilled,
+ *   so no sequence of appends (abandoned or not) can grow a transcript, or the work pending on it,
+ *   without bound. A turn's generated tokens may pass the cap by at most its max_tokens; the next turn
+ *   is then refused.
  */
 import type { Session } from '../cache/session.ts';
 import type { SessionStore } from '../cache/session-store.ts';
@@ -19,6 +24,9 @@ import { ApiError } from './errors.ts';
 import { KeyLimits } from './limits.ts';
 import { beginTurn, committing, recordOf, storeCall, syncLocal } from './shared-turns.ts';
 import type { SessionLease } from '../cache/shared-sessions.ts';
+
+/** Default MAX_SESSION_TOKENS, as a multiple of the model's context. */
+export const SESSION_CONTEXT_MULTIPLE = 64;
 
 /** One admitted request: how it submits, and how it undoes its admission when it never starts. */
 export interface Admitted {
@@ -35,8 +43,33 @@ export class Admission {
   /** Engines whose queue/finish events the limits already observe. */
   private readonly observed = new WeakSet<Engine>();
 
-  constructor(maxStreamsPerKey: number, maxSessionsPerKey: number) {
+  constructor(
+    maxStreamsPerKey: number,
+    maxSessionsPerKey: number,
+    /** MAX_SESSION_TOKENS; undefined: SESSION_CONTEXT_MULTIPLE times the model's context. */
+    private readonly maxSessionTokens?: number,
+  ) {
     this.limits = new KeyLimits(maxStreamsPerKey, maxSessionsPerKey);
+  }
+
+  /**
+   * Refuses a request whose prompt would make its session's transcript longer than MAX_SESSION_TOKENS:
+   * an append adds to the transcript, a replace becomes it. A request without a session keeps nothing.
+   */
+  async checkTranscript(parts: Serving, request: GenerationRequest): Promise<void> {
+    if (request.sessionId === undefined) return;
+    const limit = this.maxSessionTokens ?? SESSION_CONTEXT_MULTIPLE * parts.model.contextLength;
+    let length = request.input.length;
+    if (request.mode === 'append') {
+      const session = parts.store.get(request.owner, request.sessionId) ?? (await parts.store.find(request.owner, request.sessionId));
+      length += session?.tokens.length ?? 0;
+    }
+    if (length <= limit) return;
+    throw new ApiError(
+      'context_length_exceeded',
+      `Session ${request.sessionId} would hold ${length} tokens after this prompt; this server keeps at most ${limit} per session (MAX_SESSION_TOKENS). Start a new session or delete this one.`,
+      request.mode === 'append' ? 'prompt' : 'session_id',
+    );
   }
 
   /**
@@ -99,6 +132,7 @@ export class Admission {
 
   private admitted(parts: Serving, created: Session | null, lease: SessionLease | null): Admitted {
     const limits = this.limits;
+    const admission = this;
     let undone = false;
     let leaseHandedOn = false;
     const dropLease = () => {
@@ -111,6 +145,8 @@ export class Admission {
       async submit(request) {
         let result: SubmitResult;
         try {
+          await admission.checkTranscript(parts, request);
+          // The check and the count in one tick, so a burst cannot overshoot the limit.
           limits.checkStreams(request.owner);
           result = await limits.whileSubmitting(request, () => parts.engine.submit(request));
         } catch (error) {

@@ -44,7 +44,7 @@ export function createApp(runtime: ServingSource, options: AppOptions = {}): Hon
   const deps: ServerDeps = {
     runtime,
     config,
-    admission: new Admission(config.maxStreamsPerKey, config.maxSessionsPerKey),
+    admission: new Admission(config.maxStreamsPerKey, config.maxSessionsPerKey, config.maxSessionTokens),
     streams: options.streams ?? new StreamRegistry({ resumeMs: config.streamResumeSeconds * 1000, logger: baseLogger.child({ component: 'streams' }) }),
     backgroundStreams: options.backgroundStreams ?? new StreamRegistry({ resumeMs: BACKGROUND_RESPONSE_STREAM_MS, logger: baseLogger.child({ component: 'background-streams' }) }),
     runs: new SessionRuns(),

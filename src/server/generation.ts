@@ -20,6 +20,8 @@ import type { CancelReason, EventLog } from '../streams/registry.ts';
 import type { SessionRuns } from './session-runs.ts';
 import type { StreamRegistry } from './streams.ts';
 import { stepStatsOf, type StepStat } from './step-stats.ts';
+import type { ToolCallFormat } from '../model/chat-template.ts';
+import { parseToolCalls, toolCallDeltas } from './tool-calls.ts';
 
 export type ResponseFormat = 'completion' | 'chat';
 
@@ -39,6 +41,8 @@ export interface GenerationJob {
    * engine request, submitted together so the scheduler batches them; none may name a session.
    */
   extraChoices?: Array<{ request: Omit<GenerationRequest, 'signal'>; echo: string }>;
+  /** Chat with tools: the reply is read for tool calls in this format (a stream holds its text back until the end). */
+  toolCallFormat?: ToolCallFormat;
 }
 
 export interface GenerationContext {
@@ -296,6 +300,8 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       choices: answers.map(({ choice, text, end }) => {
         const finishReason = choiceFinish(end!.finishReason);
         const logprobs = choice.logprobs?.take() ?? emptyLogprobs(choice);
+        const tools = job.toolCallFormat && end!.finishReason === 'stop' ? parseToolCalls(text, job.toolCallFormat) : null;
+        if (tools) return { index: choice.index, message: { role: 'assistant', content: tools.content, refusal: null, tool_calls: tools.calls }, logprobs, finish_reason: 'tool_calls' };
         return job.format === 'chat'
           ? { index: choice.index, message: { role: 'assistant', content: text, refusal: null }, logprobs, finish_reason: finishReason }
           : { index: choice.index, text, logprobs, finish_reason: finishReason };
@@ -332,12 +338,26 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     const ends = await Promise.all(
       choices.map(async (choice) => {
         let end: EndEvent | undefined;
+        let held = '';
         try {
           if (job.format === 'chat') writer.send(chunk([{ index: choice.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
           if (choice.echo) writer.send(chunk([textChoice(choice, choice.echo)]));
           end = await pump(choice, (piece) => {
-            if (piece && !failure) writer.send(chunk([textChoice(choice, piece)]));
+            if (job.toolCallFormat) held += piece;
+            else if (piece && !failure) writer.send(chunk([textChoice(choice, piece)]));
           });
+          if (job.toolCallFormat && end) {
+            const text = held + end.text;
+            const tools = end.finishReason === 'stop' ? parseToolCalls(text, job.toolCallFormat) : null;
+            if (tools && !failure) {
+              if (tools.content) writer.send(chunk([textChoice(choice, tools.content)]));
+              for (const delta of toolCallDeltas(tools.calls)) writer.send(chunk([{ index: choice.index, delta, logprobs: null, finish_reason: null }]));
+              finished(choice, end);
+              writer.send(chunk([{ index: choice.index, delta: {}, logprobs: choice.logprobs?.take() ?? null, finish_reason: 'tool_calls' }]));
+              return end;
+            }
+            end = { ...end, text };
+          }
         } catch (error) {
           log.error({ err: (error as Error).message }, 'stream failed');
           endTrace(choice, { responseId: id, errorType: 'internal' });

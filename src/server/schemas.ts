@@ -99,6 +99,7 @@ const messageSchema = z.looseObject({
   content: z.union([z.string(), z.array(z.union([textPart, otherPart]))]).nullish(),
   name: z.string().nullish(),
   tool_calls: z.array(z.unknown()).nullish(),
+  tool_call_id: z.string().nullish(),
 });
 export type MessageBody = z.infer<typeof messageSchema>;
 const messages = z.array(messageSchema).min(1, 'must hold at least one message');
@@ -110,6 +111,10 @@ export const chatSchema = z.object({
   session_id: sessionIdSchema.nullish(),
   logprobs: z.boolean().nullish(),
   top_logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
+  /** Checked in tool-calls.ts, which names the offending entry. */
+  tools: z.array(z.unknown()).nullish(),
+  tool_choice: z.unknown().optional(),
+  parallel_tool_calls: z.boolean().nullish(),
 });
 export type ChatBody = z.infer<typeof chatSchema>;
 
@@ -209,7 +214,7 @@ const UNSUPPORTED: Record<string, Check> = {
 
 const UNSUPPORTED_BY_ENDPOINT: Record<'completions' | 'chat' | 'append', Record<string, Check>> = {
   completions: { ...UNSUPPORTED, suffix: (v) => typeof v === 'string' && v.length > 0 },
-  chat: { ...UNSUPPORTED, echo: isTrue },
+  chat: { ...Object.fromEntries(Object.entries(UNSUPPORTED).filter(([field]) => field !== 'tools' && field !== 'tool_choice')), echo: isTrue },
   append: { ...UNSUPPORTED, logprobs: isSet, suffix: (v) => typeof v === 'string' && v.length > 0 },
 };
 

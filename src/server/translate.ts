@@ -8,12 +8,14 @@ import type { Config } from '../config.ts';
 import { GREEDY, type SamplingParams } from '../engine/sampler.ts';
 import type { GrammarSpec } from '../engine/grammar.ts';
 import type { GenerationRequest } from '../engine/types.ts';
-import { ChatTemplateError, type ChatMessage } from '../model/chat-template.ts';
+import { ChatTemplateError, type ChatMessage, type ChatTool } from '../model/chat-template.ts';
+import { chatMessages } from './chat-messages.ts';
+import { toolPlanOf } from './tool-calls.ts';
 import type { Transcript } from '../responses/store.ts';
 import type { Serving } from '../serving.ts';
 import { ApiError } from './errors.ts';
 import type { GenerationJob, ResponseFormat } from './generation.ts';
-import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type DetokenizeBody, type MessageBody, type ResponseFormatBody, type TokenizeBody } from './schemas.ts';
+import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type DetokenizeBody, type ResponseFormatBody, type TokenizeBody } from './schemas.ts';
 
 /** OpenAI's default for /v1/completions. */
 const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
@@ -109,7 +111,11 @@ export class Translator {
 
   /** POST /v1/chat/completions. */
   chat(caller: Caller, b: ChatBody, sessionId: string | undefined): GenerationJob {
-    const input = this.renderChat(chatMessages(b.messages), true, 'messages');
+    const tools = toolPlanOf(b.tools, b.tool_choice, b.parallel_tool_calls, this.parts.model.chatTemplate.toolCallFormat);
+    if (tools?.grammar && b.response_format && b.response_format.type !== 'text') {
+      throw new ApiError('unsupported_parameter', "'response_format' cannot be combined with a 'tool_choice' that requires a call.", 'response_format');
+    }
+    const input = this.renderChat(chatMessages(b.messages), true, 'messages', false, tools?.tools);
     this.checkPromptLength(input, 'messages');
     const param = b.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
     const truncation = this.truncationOf(b.truncation, sessionId);
@@ -121,7 +127,9 @@ export class Translator {
       throw new ApiError('invalid_request', "Invalid value for 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is given.", 'top_logprobs');
     }
     const logprobs = b.logprobs === true ? (b.top_logprobs ?? 0) : undefined;
-    return this.generationJob(caller, b, { format: 'chat', route: 'chat', echo: '', sessionId, mode: 'replace', input, maxTokens, stop, logprobs });
+    const job = this.generationJob(caller, b, { format: 'chat', route: 'chat', echo: '', sessionId, mode: 'replace', input, maxTokens, stop, logprobs });
+    if (!tools?.parse) return job;
+    return { ...job, toolCallFormat: tools.format, request: tools.grammar ? { ...job.request, grammar: tools.grammar } : job.request };
   }
 
   /**
@@ -345,13 +353,13 @@ export class Translator {
     return ids;
   }
 
-  private renderChat(messages: ChatMessage[], addGenerationPrompt: boolean, param: string, addSpecialTokens = false): number[] {
-    return this.parts.model.loaded.tokenizer.encode(this.renderText(messages, addGenerationPrompt, param), addSpecialTokens);
+  private renderChat(messages: ChatMessage[], addGenerationPrompt: boolean, param: string, addSpecialTokens = false, tools: ChatTool[] = []): number[] {
+    return this.parts.model.loaded.tokenizer.encode(this.renderText(messages, addGenerationPrompt, param, tools), addSpecialTokens);
   }
 
-  private renderText(messages: ChatMessage[], addGenerationPrompt: boolean, param: string): string {
+  private renderText(messages: ChatMessage[], addGenerationPrompt: boolean, param: string, tools: ChatTool[] = []): string {
     try {
-      return this.parts.model.chatTemplate.render(messages, addGenerationPrompt);
+      return this.parts.model.chatTemplate.render(messages, addGenerationPrompt, tools);
     } catch (error) {
       if (error instanceof ChatTemplateError) {
         throw new ApiError('invalid_request', `The model's chat template cannot render these messages: ${error.message}`, param);
@@ -359,35 +367,6 @@ export class Translator {
       throw error;
     }
   }
-}
-
-/** OpenAI messages into the template's roles; tool messages and non-text parts are refused. */
-function chatMessages(messages: MessageBody[]): ChatMessage[] {
-  return messages.map((m, i) => {
-    const param = `messages[${i}]`;
-    let role: ChatMessage['role'];
-    if (m.role === 'system' || m.role === 'developer') role = 'system';
-    else if (m.role === 'user' || m.role === 'assistant') role = m.role;
-    else if (m.role === 'tool' || m.role === 'function') throw new ApiError('unsupported_parameter', `Tool messages are not supported by this server.`, `${param}.role`);
-    else throw new ApiError('invalid_request', `Invalid value for '${param}.role': '${m.role}' is not one of system, developer, user, assistant.`, `${param}.role`);
-    if (Array.isArray(m.tool_calls) && m.tool_calls.length > 0) {
-      throw new ApiError('unsupported_parameter', 'Tool calls are not supported by this server.', `${param}.tool_calls`);
-    }
-    let content: string;
-    if (typeof m.content === 'string') content = m.content;
-    else if (Array.isArray(m.content)) {
-      content = m.content
-        .map((part, j) => {
-          if (part.type !== 'text' || typeof (part as { text?: unknown }).text !== 'string') {
-            throw new ApiError('unsupported_parameter', `Content parts of type '${part.type}' are not supported; send text.`, `${param}.content[${j}].type`);
-          }
-          return (part as { text: string }).text;
-        })
-        .join('\n');
-    } else if (role === 'assistant') content = '';
-    else throw new ApiError('invalid_request', `Invalid value for '${param}.content': is required.`, `${param}.content`);
-    return m.name != null ? { role, content, name: m.name } : { role, content };
-  });
 }
 
 /** `response_format` as the engine's grammar: json_object is any JSON object; a json_schema without `schema` is too. */

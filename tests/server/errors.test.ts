@@ -56,7 +56,7 @@ describe('request validation', () => {
     const chat: Array<[Record<string, unknown>, string]> = [
       [{ n: 2 }, 'n'],
       [{ echo: true }, 'echo'],
-      [{ tools: [{ type: 'function', function: { name: 'f' } }] }, 'tools'],
+      [{ functions: [{ name: 'f', parameters: {} }] }, 'functions'],
       [{ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }, 'messages[0].content[0].type'],
     ];
     for (const [extra, param] of chat) {

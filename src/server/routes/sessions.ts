@@ -93,12 +93,10 @@ export function sessionRoutes(deps: ServerDeps): Hono<AppEnv> {
     return c.json(sessionView(parts, session), 201, { 'X-Session-Id': id });
   });
 
-  routes.get('/v1/sessions', (c) => {
+  routes.get('/v1/sessions', async (c) => {
     const parts = servingFor(runtime, false);
     const query = parseWith(listSessionsQuery, c.req.query());
-    const sorted = parts.store
-      .list(ownerOf(c))
-      .sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const sorted = (await parts.store.listAll(ownerOf(c))).sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     if (query.order === 'desc') sorted.reverse();
     let start = 0;
     if (query.after !== undefined) {

@@ -1,7 +1,7 @@
 /**
  * Three server processes on one real redis-server (SESSION_STORE_URL): conversations whose every turn
- * goes to a random replica, races on one session, SIGKILL of a replica mid-turn, and Redis restarted
- * mid-run.
+ * goes to a random replica (native append and OpenAI-style resend), races on one session, SIGKILL of a
+ * replica mid-turn, and Redis restarted mid-run.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -52,6 +52,30 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
         const seen = await sessionOf(urls[(replica + 1) % 3], id);
         assert.equal(seen.version, turn + 1, 'another replica sees the committed version');
         assert.equal(seen.tokens, (await sessionOf(urls[0], baseline)).tokens);
+      }
+    }));
+  });
+
+  test('OpenAI-style resend: 8 concurrent conversations, every turn on a random replica, each equal to a one-shot run of its transcript', async () => {
+    const rng = new Rng(2121);
+    const complete = (url: string, prompt: string, sessionId?: string) =>
+      fetch(`${url}/v1/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt, max_tokens: 4, temperature: 0, ...(sessionId ? { session_id: sessionId } : {}) }) });
+    const words = ['the', 'king', 'castle', 'river', 'walked', 'slowly', 'towards', 'a', 'bright', 'morning'];
+    await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map(async (c) => {
+      const id = `resend-${c}`;
+      let transcript = '';
+      for (let turn = 0; turn < 4; turn++) {
+        transcript += ` ${words[(c + turn) % words.length]} ${words[(c * 3 + turn * 7) % words.length]}`;
+        const replica = Math.floor(rng.next() * 3);
+        const res = await complete(urls[replica], transcript, id);
+        assert.equal(res.status, 200, `conversation ${c} turn ${turn} on replica ${replica}: ${await res.clone().text()}`);
+        const body = (await res.json()) as { session_id: string; choices: Array<{ text: string }> };
+        assert.equal(body.session_id, id);
+        const oneShot = await complete(urls[(replica + 1) % 3], transcript);
+        assert.equal(oneShot.status, 200);
+        assert.equal(body.choices[0].text, ((await oneShot.json()) as { choices: Array<{ text: string }> }).choices[0].text, `conversation ${c} turn ${turn}`);
+        assert.equal((await sessionOf(urls[(replica + 2) % 3], id)).version, turn + 1, 'every replica sees the committed turn');
+        transcript += body.choices[0].text;
       }
     }));
   });

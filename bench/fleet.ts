@@ -9,7 +9,8 @@
  * - as a cold one-shot prefill of the whole transcript under another key,
  *
  * and Redis's share of the warm turn's TTFT: the time spent in session-store calls (lease, load,
- * commit, release), measured around each call.
+ * commit, release), measured around each call (which includes waiting for a busy event loop), and the
+ * same calls on an idle loop (Redis's own round trips).
  *
  *   npm run bench -- fleet [--model DIR] [--threads N] [--sizes 512,2048] [--repeats 5]
  *
@@ -160,6 +161,17 @@ async function main(): Promise<void> {
       redisShareOfWarm: median(samples.redis) / median(samples.warm),
     });
   }
+  // The same calls with nothing else on the event loop: Redis's own round trips, without the wait for a busy loop.
+  const idle: number[] = [];
+  const probeId = `fleet-${sizes[0]}-1`;
+  for (let i = 0; i < 50; i++) {
+    owner.shared.reset();
+    const lease = await owner.shared.store.acquire(fleetOwner, probeId);
+    await owner.shared.store.load(fleetOwner, probeId);
+    if (lease) await owner.shared.store.release(lease);
+    idle.push(owner.shared.spentMs());
+  }
+  const idleLoopMs = median(idle);
   for (const replica of replicas) {
     await replica.parts.engine.drain(1000);
     await replica.shared.store.close();
@@ -172,8 +184,9 @@ async function main(): Promise<void> {
       rows.map((row) => [row.cachedTokens, round(row.warmOwnerMs), `${round(row.nonOwnerMs)} (${row.nonOwnerCachedTokens})`, round(row.coldMs), round(row.nonOwnerOverCold, 2), round(row.redisMsPerWarmTurn, 2), round(row.redisShareOfWarm, 3)]),
     ),
   );
-  const file = writeResult('fleet', { model: source, threads, repeats, followUpTokens: FOLLOW_UP_TOKENS, rows });
-  console.log(`\nwritten: ${file}`);
+  const file = writeResult('fleet', { model: source, threads, repeats, followUpTokens: FOLLOW_UP_TOKENS, rows, idleLoopStoreMs: idleLoopMs });
+  console.log(`\nlease + load + release on an idle event loop: ${idleLoopMs.toFixed(2)} ms (median of 50)`);
+  console.log(`written: ${file}`);
 }
 
 await main();

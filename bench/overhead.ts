@@ -5,10 +5,13 @@
  * (src/main.ts with bench/probes/server-probe.ts preloaded) serves HTTP to a plain fetch (non-streaming)
  * and to the openai client (SSE). Reported as ratios of per-repetition pairs:
  *
- * - tok/s (completion tokens / request wall time) of the engine, HTTP and SSE over the bare loop;
+ * - tok/s (completion tokens / request wall time) of the engine, HTTP and SSE over the bare loop, and
+ *   CPU time per token (bare and engine: this process; HTTP and SSE: the server's), which load from
+ *   other processes on shared cores distorts far less than wall time;
  * - warm follow-up TTFT over SSE (`--cached` tokens in the session + `--new` new ones) over a bare
  *   prefill of the same new tokens after the same cached ones;
- * - event-loop delay p99 in the server while `--clients` streams run, and their aggregate tok/s over one's;
+ * - event-loop delay p99 in the server while `--clients` streams run (next to a bare loop's in this
+ *   process for as long, the machine's floor), and their aggregate tok/s over one's;
  * - the server's peak RSS over a bare loop's (bench/probes/bare-rss.ts) holding the same caches.
  *
  *   npm run bench -- overhead [--models default,stories] [--model DIR] [--threads N] [--tokens 128]
@@ -19,7 +22,7 @@
 import { fork, execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import OpenAI from 'openai';
 import { silentLogger } from '../src/lib/logger.ts';
 import { loadModel, type LoadedModel } from '../src/model/index.ts';
@@ -39,6 +42,7 @@ const values = parseBenchArgs('overhead', SUMMARY, {
   repeats: { type: 'string', default: '7', value: 'N', help: 'interleaved repetitions' },
   clients: { type: 'string', default: '8', value: 'N', help: 'concurrent streaming clients' },
   tag: { type: 'string', default: 'overhead', value: 'NAME', help: 'result name: bench/results/NAME.json' },
+  'server-profile': { type: 'string', default: '', value: 'DIR', help: 'write the server child\'s CPU profile (node --cpu-prof) into DIR' },
 });
 const threads = Number(values.threads);
 const tokens = Number(values.tokens);
@@ -46,6 +50,7 @@ const repeats = Number(values.repeats);
 const clients = Number(values.clients);
 const cachedTokens = Number(values.cached);
 const newTokens = Number(values.new);
+const profileArgs = values['server-profile'] ? ['--cpu-prof', '--cpu-prof-dir', String(values['server-profile'])] : [];
 const STORIES_DIR = '/tmp/warmkv-bench-stories260k';
 
 async function modelDir(name: string): Promise<string> {
@@ -77,6 +82,23 @@ async function bareGenerate(model: LoadedModel, prompt: number[], n: number) {
   return { ids, ms: performance.now() - started };
 }
 
+/**
+ * This process's event-loop delay p99 (ms) while a bare greedy loop runs for `ms`: what the machine
+ * alone does to a loop that runs one onnxruntime step per turn, the floor for the server's number.
+ */
+async function bareLoopDelayP99(model: LoadedModel, prompt: number[], ms: number): Promise<number> {
+  const histogram = monitorEventLoopDelay({ resolution: 1 });
+  histogram.enable();
+  for (const until = performance.now() + ms; performance.now() < until; ) await bareGenerate(model, prompt, tokens);
+  histogram.disable();
+  return histogram.percentile(99) / 1e6;
+}
+
+function ownCpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+}
+
 interface Child {
   url: string;
   ask(type: 'reset' | 'sample'): Promise<Record<string, number>>;
@@ -85,7 +107,7 @@ interface Child {
 
 async function startServer(dir: string): Promise<Child> {
   const env = { ...process.env, MODEL_DIR: dir, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DRAIN_SECONDS: '1', INTRA_OP_THREADS: String(threads) };
-  const child = fork('src/main.ts', [], { env, execArgv: ['--max-semi-space-size=64', '--import', 'tsx', '--import', './bench/probes/server-probe.ts'], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const child = fork('src/main.ts', [], { env, execArgv: ['--max-semi-space-size=64', ...profileArgs, '--import', 'tsx', '--import', './bench/probes/server-probe.ts'], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const port = await new Promise<number>((resolve, reject) => {
     let buffer = '';
@@ -158,26 +180,41 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
   const expected = (await bareGenerate(model, prompt, tokens)).ids;
   const expectedText = model.tokenizer.decode(expected);
 
+  // CPU time per request (this process for bare and engine, the server's for HTTP and SSE).
+  const cpuMs = { bare: [] as number[], engine: [] as number[], http: [] as number[], sse: [] as number[] };
   const modes = {
-    bare: async () => (await bareGenerate(model, prompt, tokens)).ms,
+    bare: async () => {
+      const cpu = ownCpuMs();
+      const { ms } = await bareGenerate(model, prompt, tokens);
+      cpuMs.bare.push(ownCpuMs() - cpu);
+      return ms;
+    },
     engine: async () => {
+      const cpu = ownCpuMs();
       const started = performance.now();
       const submitted = await engine.submit(greedyRequest(prompt, { maxTokens: tokens }));
       if (!submitted.ok) throw new Error(submitted.error.message);
       const ids: number[] = [];
       for await (const event of submitted.events) if (event.type === 'token') ids.push(event.tokenId);
       if (ids.join() !== expected.join()) throw new Error('the engine produced other tokens than the bare loop');
-      return performance.now() - started;
+      const ms = performance.now() - started;
+      cpuMs.engine.push(ownCpuMs() - cpu);
+      return ms;
     },
     http: async () => {
+      const cpu = (await server.ask('sample')).cpuMs;
       const started = performance.now();
       const body = await postJson(server.url, { prompt, max_tokens: tokens, temperature: 0, ignore_eos: true });
       if (body.choices[0].text !== expectedText) throw new Error('HTTP produced another text than the bare loop');
-      return performance.now() - started;
+      const ms = performance.now() - started;
+      cpuMs.http.push((await server.ask('sample')).cpuMs - cpu);
+      return ms;
     },
     sse: async () => {
+      const cpu = (await server.ask('sample')).cpuMs;
       const run = await streamCompletion(client, prompt, tokens);
       if (run.text !== expectedText) throw new Error('SSE produced another text than the bare loop');
+      cpuMs.sse.push((await server.ask('sample')).cpuMs - cpu);
       return run.ms;
     },
     bareWarm: async () => {
@@ -213,21 +250,27 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
   const many: number[] = [];
   const loopP99: number[] = [];
   const loopMax: number[] = [];
+  const bareLoopP99: number[] = [];
   for (let r = 0; r < Math.max(3, Math.ceil(repeats / 2)); r++) {
     single.push(tokens / ((await streamCompletion(client, prompt, tokens)).ms / 1000));
     await server.ask('reset');
     const started = performance.now();
     await Promise.all(Array.from({ length: clients }, () => streamCompletion(client, prompt, tokens)));
     many.push((clients * tokens) / ((performance.now() - started) / 1000));
+    const manyMs = performance.now() - started;
     const sample = await server.ask('sample');
     loopP99.push(sample.loopDelayP99Ms);
     loopMax.push(sample.loopDelayMaxMs);
+    bareLoopP99.push(await bareLoopDelayP99(model, prompt, manyMs));
   }
   const memory = await server.ask('sample');
   const bareRss = JSON.parse(
     execFileSync(process.execPath, ['--import', 'tsx', 'bench/probes/bare-rss.ts', '--model', dir, '--threads', String(threads), '--prompt', prompt.join(','), '--tokens', String(tokens), '--caches', String(clients + 1)], { encoding: 'utf8' }),
   ) as { maxRssMiB: number };
 
+  // The warm-up round above is not counted.
+  for (const list of Object.values(cpuMs)) list.splice(0, list.length - repeats);
+  const cpuUsPerToken = (list: number[]) => (median(list) / tokens) * 1000;
   const pairs = (a: Mode, b: Mode) => median(times[a].map((t, i) => t / times[b][i]));
   const bareStepMs = median(times.bare) / tokens;
   return {
@@ -238,9 +281,10 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
     timesMs: times,
     tokPerSecRatio: { engine: pairs('bare', 'engine'), http: pairs('bare', 'http'), sse: pairs('bare', 'sse') },
     overheadPerTokenUs: { engine: ((median(times.engine) - median(times.bare)) / tokens) * 1000, http: ((median(times.http) - median(times.bare)) / tokens) * 1000, sse: ((median(times.sse) - median(times.bare)) / tokens) * 1000 },
+    cpuUsPerToken: { bare: cpuUsPerToken(cpuMs.bare), engine: cpuUsPerToken(cpuMs.engine), http: cpuUsPerToken(cpuMs.http), sse: cpuUsPerToken(cpuMs.sse) },
     warmTtft: { bareMs: median(times.bareWarm), sseMs: median(times.sseWarm), ratio: pairs('sseWarm', 'bareWarm') },
     concurrency: { clients, singleTokPerSec: single, aggregateTokPerSec: many, ratio: median(many.map((m, i) => m / single[i])) },
-    loopDelay: { p99Ms: median(loopP99), maxMs: Math.max(...loopMax), p99PerRepeatMs: loopP99 },
+    loopDelay: { p99Ms: median(loopP99), maxMs: Math.max(...loopMax), p99PerRepeatMs: loopP99, bareP99Ms: median(bareLoopP99), bareP99PerRepeatMs: bareLoopP99 },
     rss: { serverMiB: memory.maxRssMiB, serverHeapUsedMiB: memory.heapUsedMiB, bareMiB: bareRss.maxRssMiB, ratio: memory.maxRssMiB / bareRss.maxRssMiB },
   };
 }
@@ -249,7 +293,7 @@ const results = [];
 for (const name of values.models.split(',')) results.push(await measure(name));
 const x = (v: number) => `${v.toFixed(2)}x`;
 const markdown = table(
-  ['model', 'bare step, ms', 'engine tok/s / bare', 'HTTP tok/s / bare', 'SSE tok/s / bare', 'SSE us/token over bare', 'warm TTFT SSE / bare (ms)', `loop delay p99 at ${clients}, ms`, 'peak RSS / bare (MiB)', `${clients} clients tok/s / 1`],
+  ['model', 'bare step, ms', 'engine tok/s / bare', 'HTTP tok/s / bare', 'SSE tok/s / bare', 'SSE us/token over bare', 'CPU us/token bare / engine / HTTP / SSE', 'warm TTFT SSE / bare (ms)', `loop delay p99 at ${clients} / bare loop, ms`, 'peak RSS / bare (MiB)', `${clients} clients tok/s / 1`],
   results.map((r) => [
     r.model,
     r.bareStepMs.toFixed(3),
@@ -257,8 +301,9 @@ const markdown = table(
     x(r.tokPerSecRatio.http),
     x(r.tokPerSecRatio.sse),
     r.overheadPerTokenUs.sse.toFixed(0),
+    [r.cpuUsPerToken.bare, r.cpuUsPerToken.engine, r.cpuUsPerToken.http, r.cpuUsPerToken.sse].map((v) => v.toFixed(0)).join(' / '),
     `${x(r.warmTtft.ratio)} (${r.warmTtft.sseMs.toFixed(2)} / ${r.warmTtft.bareMs.toFixed(2)})`,
-    r.loopDelay.p99Ms.toFixed(1),
+    `${r.loopDelay.p99Ms.toFixed(1)} / ${r.loopDelay.bareP99Ms.toFixed(1)}`,
     `${x(r.rss.ratio)} (${r.rss.serverMiB.toFixed(0)} / ${r.rss.bareMiB.toFixed(0)})`,
     x(r.concurrency.ratio),
   ]),

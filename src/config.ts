@@ -81,6 +81,8 @@ export const configSchema = z.object({
   /** max_tokens of a chat request that does not set it (completions default to 16, as OpenAI). */
   defaultChatMaxTokens: int(1).default(128),
   maxStopSequences: int(0).default(16),
+  /** Most choices (`n`) one completions or chat request may ask for. */
+  maxN: int(1).default(16),
 
   snapshotDir: z.string().min(1).optional(),
   /** redis://... : sessions (transcript, window, version) live in Redis, shared by a fleet of replicas; unset: this process only. */

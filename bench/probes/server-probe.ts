@@ -4,13 +4,20 @@
  * server is measured from the inside without anything of the bench in src/.
  *
  *   {type: 'reset'} -> {type: 'reset'}
- *   {type: 'sample'} -> {type: 'sample', loopDelayP99Ms, loopDelayMaxMs, loopDelayMeanMs, maxRssMiB, heapUsedMiB}
+ *   {type: 'sample'} -> {type: 'sample', loopDelayP99Ms, loopDelayMaxMs, loopDelayMeanMs, maxRssMiB, heapUsedMiB, cpuMs}
+ *
+ * cpuMs is this process's user + system CPU time so far: the difference over a request is what serving it
+ * cost, which the load of other processes on shared cores barely changes (unlike wall time).
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
 const histogram = monitorEventLoopDelay({ resolution: 1 });
 histogram.enable();
 
+const cpuMs = () => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+};
 const mib = (bytes: number) => Math.round((bytes / 1024 ** 2) * 10) / 10;
 
 process.on('message', (message: { type?: string }) => {
@@ -25,6 +32,7 @@ process.on('message', (message: { type?: string }) => {
       loopDelayMeanMs: histogram.mean / 1e6,
       maxRssMiB: mib(process.resourceUsage().maxRSS * 1024),
       heapUsedMiB: mib(process.memoryUsage().heapUsed),
+      cpuMs: cpuMs(),
     });
   }
 });

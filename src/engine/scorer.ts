@@ -20,6 +20,8 @@ export interface ScoreOptions {
   int8?: { keyMode: KeyScaleMode } | null;
   /** Called after every chunk with the number of tokens scored so far. */
   onProgress?: (scored: number) => void;
+  /** The logits at every position i (predicting token i + 1), as float32; the row is only valid during the call. */
+  onLogits?: (position: number, logits: Float32Array) => void;
 }
 
 export interface ScoreResult {
@@ -106,6 +108,10 @@ export async function scoreTokens(decoder: Decoder, tokens: readonly number[], o
       for (let v = 0; v < vocab; v++) {
         const x = logits instanceof Float32Array ? logits[offset + v] : halfToFloat(logits[offset + v]);
         sum += Math.exp(x - max);
+      }
+      if (options.onLogits) {
+        const row = logits.subarray(offset, offset + vocab);
+        options.onLogits(next + j, row instanceof Float32Array ? row : Float32Array.from(row, halfToFloat));
       }
       const actual = tokens[next + j + 1];
       const x = logits instanceof Float32Array ? logits[offset + actual] : halfToFloat(logits[offset + actual]);

@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import type { Logger } from '../lib/logger.ts';
+import { calibrateThreads } from './thread-calibration.ts';
 import { detectDecoderIo, type ConfigHints, type ValueInfo } from './layout.ts';
 import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, DeviceKv, KvData, KvTensors, RunOptions } from './types.ts';
 
@@ -42,10 +43,37 @@ export class OnnxDecoder implements Decoder {
     private readonly session: ort.InferenceSession,
     readonly io: DecoderIo,
     readonly executionProvider: ExecutionProvider,
+    /** onnxruntime intra-op threads of this session (set, or calibrated at load). */
+    readonly intraOpThreads: number,
   ) {}
 
+  /**
+   * Opens the model. Without an explicit `intraOpThreads` on the CPU, the thread count is calibrated
+   * (thread-calibration.ts): the fastest per decode step of 1, 2, 4 ... up to the available cores.
+   */
   static async load(source: string | Uint8Array, hints: ConfigHints, options: DecoderOptions): Promise<OnnxDecoder> {
-    const threads = options.intraOpThreads ?? availableParallelism();
+    const cores = availableParallelism();
+    if (options.intraOpThreads !== undefined || options.executionProvider !== 'cpu' || cores < 2) {
+      const decoder = await OnnxDecoder.open(source, hints, options, options.intraOpThreads ?? cores);
+      decoder.logLoaded(options.logger, {});
+      return decoder;
+    }
+    const started = performance.now();
+    const choice = await calibrateThreads((threads) => OnnxDecoder.open(source, hints, options, threads), cores);
+    const stepMs = Object.fromEntries(Object.entries(choice.stepMs).map(([threads, ms]) => [threads, Math.round(ms * 1000) / 1000]));
+    choice.decoder.logLoaded(options.logger, { threadsCalibrated: true, calibrationStepMs: stepMs, calibrationMs: Math.round(performance.now() - started) });
+    return choice.decoder;
+  }
+
+  private logLoaded(logger: Logger, extra: Record<string, unknown>): void {
+    const { kv } = this.io;
+    logger.info(
+      { provider: this.executionProvider, threads: this.intraOpThreads, layers: kv.numLayers, kvHeads: kv.numKvHeads, headDim: kv.headDim, kvDtype: kv.dtype, ...extra },
+      'decoder loaded',
+    );
+  }
+
+  private static async open(source: string | Uint8Array, hints: ConfigHints, options: DecoderOptions, threads: number): Promise<OnnxDecoder> {
     const requested = options.executionProvider;
     let session: ort.InferenceSession;
     let provider = requested;
@@ -78,11 +106,7 @@ export class OnnxDecoder implements Decoder {
       session = await create('webgpu', io.kv.numLayers);
       io = detectDecoderIo(session.inputMetadata as readonly ValueInfo[], session.outputMetadata as readonly ValueInfo[], hints);
     }
-    options.logger.info(
-      { provider, threads, layers: io.kv.numLayers, kvHeads: io.kv.numKvHeads, headDim: io.kv.headDim, kvDtype: io.kv.dtype },
-      'decoder loaded',
-    );
-    return new OnnxDecoder(session, io, provider);
+    return new OnnxDecoder(session, io, provider, threads);
   }
 
   async run(step: DecoderStep, options: RunOptions = {}): Promise<DecoderOutput> {

@@ -13,9 +13,11 @@ import type { FinishReason, GenerationEvent, GenerationRequest, Usage } from '..
 import type { Logger } from '../lib/logger.ts';
 import type { Serving } from '../serving.ts';
 import type { Admitted } from './admission.ts';
+import type { PromptLogprob } from './prompt-logprobs.ts';
+import { sumUsage, type SharedPrompt } from './choices.ts';
 import { LogprobFormatter } from './logprobs.ts';
 import { ApiError, ClientGoneError } from './errors.ts';
-import { SSE_HEADERS } from './sse.ts';
+import { SSE_HEADERS, jsonTemplate } from './sse.ts';
 import type { CancelReason, EventLog } from '../streams/registry.ts';
 import type { SessionRuns } from './session-runs.ts';
 import type { StreamRegistry } from './streams.ts';
@@ -40,9 +42,14 @@ export interface GenerationJob {
    * Completions with several prompts: choices 1.. (choice 0 is `request` and `echo`). Each is its own
    * engine request, submitted together so the scheduler batches them; none may name a session.
    */
-  extraChoices?: Array<{ request: Omit<GenerationRequest, 'signal'>; echo: string }>;
+  extraChoices?: Array<{ request: Omit<GenerationRequest, 'signal'>; echo: string; promptLogprobs?: PromptLogprob[] }>;
+  /** Completions `echo` with `logprobs`: the route scores the prompts (prompt-logprobs.ts) into `promptLogprobs`. */
+  echoLogprobs?: boolean;
+  promptLogprobs?: PromptLogprob[];
   /** Chat with tools: the reply is read for tool calls in this format (a stream holds its text back until the end). */
   toolCallFormat?: ToolCallFormat;
+  /** `n` > 1: the choices share one prompt, prefilled once on sessions of the server's (choices.ts). */
+  shared?: SharedPrompt;
 }
 
 export interface GenerationContext {
@@ -119,18 +126,6 @@ interface Choice {
   traced: boolean;
 }
 
-/** Several choices' usage as OpenAI counts several prompts: each prompt and each output once. */
-function sumUsage(usages: Usage[]): Usage {
-  const total: Usage = { promptTokens: 0, completionTokens: 0, cachedTokens: 0, droppedTokens: 0 };
-  for (const u of usages) {
-    total.promptTokens += u.promptTokens;
-    total.completionTokens += u.completionTokens;
-    total.cachedTokens += u.cachedTokens;
-    total.droppedTokens += u.droppedTokens;
-  }
-  return total;
-}
-
 export async function runGeneration(ctx: GenerationContext, job: GenerationJob): Promise<Response> {
   const { serving, logger } = ctx;
   const model = serving.model;
@@ -145,12 +140,12 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
 
   const id = completionId(job.format);
   const operation = job.format === 'chat' ? 'chat' : 'text_completion';
-  const choices: Choice[] = [{ request: job.request, echo: job.echo }, ...(job.extraChoices ?? [])].map((c, index) => ({
+  const choices: Choice[] = [{ request: job.request, echo: job.echo, promptLogprobs: job.promptLogprobs }, ...(job.extraChoices ?? [])].map((c, index) => ({
     index,
     request: c.request,
     echo: c.echo,
     firstTokenMs: null,
-    logprobs: c.request.logprobs === undefined ? null : new LogprobFormatter(job.format, model.loaded.tokenizer, c.echo.length),
+    logprobs: c.request.logprobs === undefined ? null : new LogprobFormatter(job.format, model.loaded.tokenizer, c.echo.length, c.promptLogprobs),
     traced: false,
   }));
   const endTrace = (choice: Choice, result: Parameters<Serving['tracing']['endRequest']>[1]) => {
@@ -171,7 +166,9 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     throw error;
   };
 
-  const sessionKey = job.request.sessionId;
+  // With n choices, the sessions are the server's except the one the client named.
+  const sessionKey = job.shared ? job.shared.sessionId : job.request.sessionId;
+  void ended.then(() => job.shared?.release());
   // A generation on this session that nobody reads any more (its client pressed Stop) gives way.
   if (sessionKey !== undefined) await ctx.runs.supersede(job.request.owner, sessionKey);
   // Every choice is submitted before any is awaited, so the engine batches them.
@@ -201,7 +198,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       throw error;
     }
     if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error, request.sessionId));
-    if (choice.index === 0 && request.sessionId !== undefined) sessionId = submitted.sessionId;
+    if (choice.index === 0 && sessionKey !== undefined) sessionId = submitted.sessionId;
     choice.events = submitted.events[Symbol.asyncIterator]();
     firsts.push(choice.events.next());
   }
@@ -306,7 +303,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
           ? { index: choice.index, message: { role: 'assistant', content: text, refusal: null }, logprobs, finish_reason: finishReason }
           : { index: choice.index, text, logprobs, finish_reason: finishReason };
       }),
-      usage: openAiUsage(sumUsage(answers.map(({ end }) => end!.usage))),
+      usage: openAiUsage(sumUsage(answers.map(({ end }) => end!.usage), job.shared)),
     };
     if (sessionId !== undefined) body.session_id = sessionId;
     return new Response(JSON.stringify(body), { status: 200, headers: { 'Content-Type': 'application/json', ...headers } });
@@ -342,9 +339,11 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
         try {
           if (job.format === 'chat') writer.send(chunk([{ index: choice.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
           if (choice.echo) writer.send(chunk([textChoice(choice, choice.echo)]));
+          // Without per-token fields (logprobs, step stats) a token's chunk is a template around its text.
+          const tokenChunk = choice.logprobs === null && !stepStats ? jsonTemplate((text) => chunk([textChoice(choice, text)])) : null;
           end = await pump(choice, (piece) => {
             if (job.toolCallFormat) held += piece;
-            else if (piece && !failure) writer.send(chunk([textChoice(choice, piece)]));
+            else if (piece && !failure) writer.sendJson(tokenChunk ? tokenChunk.prefix + JSON.stringify(piece) + tokenChunk.suffix : JSON.stringify(chunk([textChoice(choice, piece)])));
           });
           if (job.toolCallFormat && end) {
             const text = held + end.text;
@@ -392,7 +391,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       writer.send(failure);
       return;
     }
-    if (job.includeUsage) writer.send(chunk([], openAiUsage(sumUsage(ends.map((end) => end!.usage)))));
+    if (job.includeUsage) writer.send(chunk([], openAiUsage(sumUsage(ends.map((end) => end!.usage), job.shared))));
     writer.sendDone();
   };
 

@@ -7,6 +7,7 @@
  */
 import type { TokenLogprob } from '../engine/logprobs.ts';
 import type { ResponseFormat } from './generation.ts';
+import type { PromptLogprob } from './prompt-logprobs.ts';
 
 interface TokenText {
   decode(ids: readonly number[], skipSpecialTokens?: boolean): string;
@@ -26,13 +27,14 @@ export interface ChatLogprobs {
 }
 export interface CompletionLogprobs {
   tokens: string[];
-  token_logprobs: number[];
-  top_logprobs: Array<Record<string, number>>;
+  /** null for the first token of an echoed prompt (nothing predicts it), as OpenAI. */
+  token_logprobs: Array<number | null>;
+  top_logprobs: Array<Record<string, number> | null>;
   text_offset: number[];
 }
 
 export class LogprobFormatter {
-  private pending: Array<{ tokenId: number; logprob: TokenLogprob }> = [];
+  private pending: Array<{ tokenId: number; logprob: TokenLogprob | null }> = [];
   /** Where the next token's text starts in the choice's text (completions' text_offset). */
   private offset: number;
   private readonly strings = new Map<number, string>();
@@ -41,8 +43,11 @@ export class LogprobFormatter {
     private readonly format: ResponseFormat,
     private readonly tokenizer: TokenText,
     textBefore: number,
+    /** An echoed prompt's tokens (completions): they come first, from text offset 0, instead of `textBefore`. */
+    prompt?: readonly PromptLogprob[],
   ) {
-    this.offset = textBefore;
+    this.offset = prompt ? 0 : textBefore;
+    if (prompt) this.pending.push(...prompt);
   }
 
   add(tokenId: number, logprob: TokenLogprob): void {
@@ -57,8 +62,8 @@ export class LogprobFormatter {
     if (this.format === 'chat') {
       return {
         content: entries.map(({ tokenId, logprob }) => ({
-          ...this.chatTop(tokenId, logprob.logprob),
-          top_logprobs: logprob.top.map((t) => this.chatTop(t.tokenId, t.logprob)),
+          ...this.chatTop(tokenId, logprob!.logprob),
+          top_logprobs: logprob!.top.map((t) => this.chatTop(t.tokenId, t.logprob)),
         })),
         refusal: null,
       };
@@ -67,9 +72,14 @@ export class LogprobFormatter {
     for (const { tokenId, logprob } of entries) {
       const token = this.text(tokenId);
       out.tokens.push(token);
-      out.token_logprobs.push(logprob.logprob);
       out.text_offset.push(this.offset);
       this.offset += token.length;
+      if (logprob === null) {
+        out.token_logprobs.push(null);
+        out.top_logprobs.push(null);
+        continue;
+      }
+      out.token_logprobs.push(logprob.logprob);
       // The N most likely, and the sampled token too when it is not among them (as vLLM and OpenAI).
       const top: Record<string, number> = {};
       for (const t of logprob.top) top[this.text(t.tokenId)] ??= t.logprob;

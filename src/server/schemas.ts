@@ -184,7 +184,6 @@ const isTrue: Check = (v) => v === true;
 
 /** Fields that change the output and are not implemented: refused with 400 instead of ignored. */
 const UNSUPPORTED: Record<string, Check> = {
-  n: notOne,
   best_of: notOne,
   tools: nonEmptyArray,
   functions: nonEmptyArray,
@@ -215,7 +214,7 @@ const UNSUPPORTED: Record<string, Check> = {
 const UNSUPPORTED_BY_ENDPOINT: Record<'completions' | 'chat' | 'append', Record<string, Check>> = {
   completions: { ...UNSUPPORTED, suffix: (v) => typeof v === 'string' && v.length > 0 },
   chat: { ...Object.fromEntries(Object.entries(UNSUPPORTED).filter(([field]) => field !== 'tools' && field !== 'tool_choice')), echo: isTrue },
-  append: { ...UNSUPPORTED, logprobs: isSet, suffix: (v) => typeof v === 'string' && v.length > 0 },
+  append: { ...UNSUPPORTED, n: notOne, logprobs: isSet, suffix: (v) => typeof v === 'string' && v.length > 0 },
 };
 
 /** Throws 400 unsupported_parameter for the first field present with a value that is not implemented. */

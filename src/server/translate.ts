@@ -13,7 +13,9 @@ import { chatMessages } from './chat-messages.ts';
 import { toolPlanOf } from './tool-calls.ts';
 import type { Transcript } from '../responses/store.ts';
 import type { Serving } from '../serving.ts';
+import { choicesOf } from './choices.ts';
 import { ApiError } from './errors.ts';
+import { checkScorable } from './prompt-logprobs.ts';
 import type { GenerationJob, ResponseFormat } from './generation.ts';
 import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type DetokenizeBody, type ResponseFormatBody, type TokenizeBody } from './schemas.ts';
 
@@ -92,21 +94,22 @@ export class Translator {
     if (prompts.length > 1 && sessionId !== undefined) {
       throw new ApiError('unsupported_parameter', 'Several prompts cannot share one session; send them without session_id, or one per request.', 'session_id');
     }
-    if (b.echo && b.logprobs != null) {
-      throw new ApiError('unsupported_parameter', "'echo' together with 'logprobs' (the prompt's logprobs) is not supported by this server; send one or the other.", 'echo');
-    }
     const maxTokens = this.maxTokensOf(b.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, 'max_tokens');
     const stop = this.stopsOf(b.stop);
     const jobs = prompts.map((prompt, i) => {
       const input = this.encodePrompt(prompt, true);
       this.checkPromptLength(input, prompts.length > 1 ? `prompt[${i}]` : 'prompt');
+      if (b.echo && b.logprobs != null) checkScorable(input, this.parts.model.contextLength, prompts.length > 1 ? `prompt[${i}]` : 'prompt');
       const echo = b.echo ? this.echoOf(prompt) : '';
       // Choice 0 keeps the request's id; the others are told apart in logs and spans by a suffix.
       const choiceCaller = i === 0 ? caller : { ...caller, requestId: `${caller.requestId}-${i}` };
       return this.generationJob(choiceCaller, b, { format: 'completion', route: 'completions', echo, sessionId, mode: 'replace', input, maxTokens, stop, logprobs: b.logprobs ?? undefined });
     });
     const [first, ...rest] = jobs;
-    return rest.length === 0 ? first : { ...first, extraChoices: rest.map((j) => ({ request: j.request, echo: j.echo })) };
+    if (b.echo && b.logprobs != null) first.echoLogprobs = true;
+    if (rest.length === 0) return choicesOf(first, this.choiceCountOf(b.n));
+    if ((b.n ?? 1) !== 1) throw new ApiError('unsupported_parameter', "'n' above 1 together with several prompts is not supported; send one prompt per request.", 'n');
+    return { ...first, extraChoices: rest.map((j) => ({ request: j.request, echo: j.echo })) };
   }
 
   /** POST /v1/chat/completions. */
@@ -128,8 +131,15 @@ export class Translator {
     }
     const logprobs = b.logprobs === true ? (b.top_logprobs ?? 0) : undefined;
     const job = this.generationJob(caller, b, { format: 'chat', route: 'chat', echo: '', sessionId, mode: 'replace', input, maxTokens, stop, logprobs });
-    if (!tools?.parse) return job;
-    return { ...job, toolCallFormat: tools.format, request: tools.grammar ? { ...job.request, grammar: tools.grammar } : job.request };
+    const withTools = tools?.parse ? { ...job, toolCallFormat: tools.format, request: tools.grammar ? { ...job.request, grammar: tools.grammar } : job.request } : job;
+    return choicesOf(withTools, this.choiceCountOf(b.n));
+  }
+
+  /** `n`: 1 to MAX_N choices. */
+  private choiceCountOf(n: number | null | undefined): number {
+    if (n == null) return 1;
+    if (n < 1 || n > this.config.maxN) throw new ApiError('invalid_request', `Invalid value for 'n': must be between 1 and ${this.config.maxN} on this server (MAX_N).`, 'n');
+    return n;
   }
 
   /**

@@ -6,7 +6,7 @@
  * HTTP: a reader is a web ReadableStream of bytes; the registry (registry.ts) owns lifetimes.
  */
 import type { Logger } from '../lib/logger.ts';
-import { PING, encodeDone, encodeEvent, encodeNamedEvent } from './frames.ts';
+import { PING, encodeDone, encodeEvent, encodeJsonEvent, encodeNamedEvent } from './frames.ts';
 
 const MAX_CHUNK_BYTES = 16 * 1024;
 
@@ -93,6 +93,11 @@ export class EventLog {
     this.append(encodeEvent(this.nextSeq, data));
   }
 
+  /** Appends `data: <json>` for JSON text built by the caller (one token's chunk from a template). */
+  sendJson(json: string): void {
+    this.append(encodeJsonEvent(this.nextSeq, json));
+  }
+
   /** Appends a named event (`event: <name>`); its sequence number is `nextSeq` before the call. */
   sendNamed(name: string, data: unknown): void {
     this.append(encodeNamedEvent(this.nextSeq, name, data));
@@ -121,7 +126,8 @@ export class EventLog {
       this.frames = this.frames.slice(this.head);
       this.head = 0;
     }
-    for (const reader of [...this.readers]) reader.wake();
+    // A Set visits what is still in it: a reader that finishes (and leaves) during its wake is safe.
+    for (const reader of this.readers) reader.wake();
     if (this.registered) this.registry.enforceTotal();
   }
 
@@ -198,6 +204,8 @@ class StreamReader {
   /** Resolves the pull the consumer is waiting on. */
   private pending: (() => void) | null = null;
   private timer: NodeJS.Timeout | undefined;
+  /** When `timer` fires (meaningful while it is set). */
+  private timerDueAt = 0;
   private lastWriteAt: number;
   private done = false;
 
@@ -291,16 +299,21 @@ class StreamReader {
   }
 
   /**
-   * One timer per connection: while the consumer waits, the next ping; while it does not (its socket
-   * has not drained since the last write), the stall deadline.
+   * One timer per connection, set once and moved only when it would fire too late: while the consumer
+   * waits, its deadline is the next ping; while it does not (its socket has not drained since the last
+   * write), the stall deadline. Both count from the last write, which only moves later, so a timer set
+   * for an earlier deadline stays valid and checks `lastWriteAt` when it fires instead of being re-armed
+   * on every token.
    */
   private arm(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
     if (this.done) return;
     const interval = this.pending ? this.options.pingIntervalMs : this.registry.stallMs;
     if (interval <= 0) return;
-    this.timer = setTimeout(() => this.onTimer(), Math.max(1, this.lastWriteAt + interval - this.registry.now()));
+    const due = this.lastWriteAt + interval;
+    if (this.timer !== undefined && this.timerDueAt <= due) return;
+    clearTimeout(this.timer);
+    this.timerDueAt = due;
+    this.timer = setTimeout(() => this.onTimer(), Math.max(1, due - this.registry.now()));
     this.timer.unref();
   }
 

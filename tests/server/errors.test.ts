@@ -42,7 +42,7 @@ describe('request validation', () => {
   test('fields that would change the output but are not implemented are refused, not ignored', async () => {
     const { app } = await makeApp();
     const completions: Array<[Record<string, unknown>, string]> = [
-      [{ n: 2 }, 'n'],
+      [{ prompt: ['a', 'b'], n: 2 }, 'n'],
       [{ best_of: 3 }, 'best_of'],
       [{ prompt_logprobs: 1 }, 'prompt_logprobs'],
       [{ suffix: 'end' }, 'suffix'],
@@ -54,7 +54,6 @@ describe('request validation', () => {
       await expectError(await app.request('/v1/completions', post({ prompt: 'x', ...extra })), 400, 'unsupported_parameter', param);
     }
     const chat: Array<[Record<string, unknown>, string]> = [
-      [{ n: 2 }, 'n'],
       [{ echo: true }, 'echo'],
       [{ functions: [{ name: 'f', parameters: {} }] }, 'functions'],
       [{ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }, 'messages[0].content[0].type'],

@@ -221,8 +221,8 @@ describe('openai client against a listening server', () => {
 
   test('errors map onto the client error classes with type, code and param', async () => {
     await assert.rejects(
-      client.completions.create({ model, prompt: 'x', n: 2 }),
-      (e: unknown) => e instanceof OpenAI.BadRequestError && e.param === 'n' && e.code === 'unsupported_parameter',
+      client.completions.create({ model, prompt: 'x', best_of: 2 }),
+      (e: unknown) => e instanceof OpenAI.BadRequestError && e.param === 'best_of' && e.code === 'unsupported_parameter',
     );
     await assert.rejects(
       client.chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }], temperature: 3 }),

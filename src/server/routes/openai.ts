@@ -4,7 +4,9 @@ import type { z } from 'zod';
 import type { Serving } from '../../serving.ts';
 import { readGenerationBody } from '../body.ts';
 import { generationContext, ownerOf, servingFor, type AppEnv, type Ctx, type ServerDeps } from '../context.ts';
+import { fanOut } from '../choices.ts';
 import { runGeneration, type GenerationJob } from '../generation.ts';
+import { withPromptLogprobs } from '../prompt-logprobs.ts';
 import { chatSchema, completionSchema } from '../schemas.ts';
 import { Translator, sessionIdOf, type Caller } from '../translate.ts';
 
@@ -23,8 +25,17 @@ export function openAiRoutes(deps: ServerDeps): Hono<AppEnv> {
       const body = await readGenerationBody(c.req.raw, deps.config.maxBodyBytes, schema, endpoint, parts.model.id);
       const sessionId = sessionIdOf(c.req.header('x-session-id'), body.session_id);
       const owner = ownerOf(c);
-      const job = translate(new Translator(deps.config, parts), { requestId: c.get('requestId'), owner }, body, sessionId);
+      let job = translate(new Translator(deps.config, parts), { requestId: c.get('requestId'), owner }, body, sessionId);
       const admitted = await deps.admission.admit(parts, owner, sessionId);
+      // n choices: the shared prefill runs on the client's session first, so an unread run there gives way now.
+      if (job.shared && sessionId !== undefined) await deps.runs.supersede(owner, sessionId);
+      try {
+        job = await withPromptLogprobs(parts, job);
+        job = await fanOut(parts, admitted, job, c.req.raw.signal);
+      } catch (error) {
+        admitted.refused();
+        throw error;
+      }
       return runGeneration(generationContext(c, deps, parts, admitted), job);
     };
 

@@ -76,6 +76,10 @@ interface OrderResult {
   shortTtftMs: number[];
   longTtftMs: number[];
   itlP99DuringMs: number;
+  /** The long prompt's chunks while the stream decoded: tokens, the cache before each, ms (median and max). */
+  longChunks: { count: number; medianTokens: number; medianMs: number; maxMs: number; maxMsPast: number };
+  /** Decode steps while the long prompt prefilled (median ms). */
+  decodeStepMedianMs: number;
   ttftRatio: number;
   itlRatio: number;
 }
@@ -107,6 +111,15 @@ async function main(): Promise<void> {
     const shortTtft: number[] = [];
     const longTtft: number[] = [];
     const during: number[] = [];
+    const chunkLog: Array<{ tokens: number; past: number; ms: number }> = [];
+    const decodeMs: number[] = [];
+    let longRunning = false;
+    engine.addObserver({
+      prefillChunk: (s, info) => {
+        if (s.request.requestId.startsWith('long-')) chunkLog.push({ tokens: info.tokens, past: info.kvTokens - info.tokens, ms: info.durationMs });
+      },
+      decodeStep: (info) => void (longRunning && decodeMs.push(info.durationMs)),
+    });
     for (let r = 0; r < repeats; r++) {
       // A running stream, then the long prompt, then (once the long prefill is under way) the short one.
       const stream = await start(engine, tokens(32, 50 + r), 100_000, `stream-${order}-${r}`);
@@ -115,12 +128,14 @@ async function main(): Promise<void> {
       let chunks = 0;
       engine.addObserver({ prefillChunk: (s) => void (s.request.requestId === `long-${order}-${r}` && chunks++) });
       const longFrom = performance.now();
+      longRunning = true;
       const long = await start(engine, tokens(longTokens, 200 + r), 1, `long-${order}-${r}`);
       while (chunks < 2) await new Promise((resolve) => setImmediate(resolve));
       const short = await start(engine, tokens(shortTokens, 300 + r), 1, `short-${order}-${r}`);
       shortTtft.push(await short.ttft);
       longTtft.push(await long.ttft);
       const longTo = performance.now();
+      longRunning = false;
       during.push(...gapsOf(stream.arrivals, longFrom, longTo));
       await Promise.all([short.done, long.done]);
       // The stream runs until cancelled.
@@ -129,19 +144,31 @@ async function main(): Promise<void> {
       console.error(`${order} #${r + 1}: short TTFT ${shortTtft.at(-1)!.toFixed(1)} ms, long TTFT ${longTtft.at(-1)!.toFixed(0)} ms`);
     }
     const itlP99DuringMs = percentile(during, 99);
+    const slowest = chunkLog.reduce((a, b) => (b.ms > a.ms ? b : a), chunkLog[0]);
+    const longChunks = {
+      count: chunkLog.length,
+      medianTokens: median(chunkLog.map((c) => c.tokens)),
+      medianMs: median(chunkLog.map((c) => c.ms)),
+      maxMs: slowest.ms,
+      maxMsPast: slowest.past,
+    };
+    const decodeStepMedianMs = median(decodeMs);
+    console.error(`${order}: long chunks ${JSON.stringify(longChunks)}, decode step median ${decodeStepMedianMs.toFixed(1)} ms, fit ${JSON.stringify(engine.stepCosts())}`);
     results.push({
       order,
       shortTtftMs: shortTtft,
       longTtftMs: longTtft,
       itlP99DuringMs,
+      longChunks,
+      decodeStepMedianMs,
       ttftRatio: median(shortTtft) / idleTtftMs,
       itlRatio: itlP99DuringMs / idleItlP99Ms,
     });
   }
 
   const markdown = table(
-    ['prefill order', `short (${shortTokens}) TTFT median, ms`, 'TTFT / idle', `long (${longTokens}) TTFT median, ms`, 'stream ITL p99 during, ms', 'ITL p99 / idle'],
-    results.map((r) => [r.order, median(r.shortTtftMs).toFixed(1), `${r.ttftRatio.toFixed(2)}x`, median(r.longTtftMs).toFixed(0), r.itlP99DuringMs.toFixed(1), `${r.itlRatio.toFixed(2)}x`]),
+    ['prefill order', `short (${shortTokens}) TTFT median, ms`, 'TTFT / idle', `long (${longTokens}) TTFT median, ms`, 'stream ITL p99 during, ms', 'ITL p99 / idle', 'long chunks: median tokens / median ms / max ms', 'decode step median, ms'],
+    results.map((r) => [r.order, median(r.shortTtftMs).toFixed(1), `${r.ttftRatio.toFixed(2)}x`, median(r.longTtftMs).toFixed(0), r.itlP99DuringMs.toFixed(1), `${r.itlRatio.toFixed(2)}x`, `${r.longChunks.medianTokens} / ${r.longChunks.medianMs.toFixed(1)} / ${r.longChunks.maxMs.toFixed(1)}`, r.decodeStepMedianMs.toFixed(1)]),
   );
   console.log(`idle: short TTFT ${idleTtftMs.toFixed(1)} ms, stream ITL p99 ${idleItlP99Ms.toFixed(1)} ms (goal: both ratios <= 3x)\n\n${markdown}`);
   const file = writeResult('fairness', {

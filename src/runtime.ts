@@ -132,6 +132,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
       tiers: () => tiers.counts(),
       int8: () => ({ enabled: int8.enabled, agreement: int8.gate?.agreement ?? null, perplexityDrift: int8.gate?.perplexityDrift ?? null }),
       snapshotFiles: () => tiers.files,
+      grammar: () => engine.grammarCounters(),
     },
     { processMetrics: options.processMetrics ?? true },
   );

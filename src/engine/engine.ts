@@ -13,6 +13,8 @@ import { DecodeBatch } from './batch.ts';
 import { planCache } from './cache-plan.ts';
 import { keepCache, keepProcessed, rollBack } from './commit.ts';
 import { Sampler } from './sampler.ts';
+import type { PrefillCost } from './cost-model.ts';
+import { Scheduler, type SchedulerOptions } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
 import type { EngineError, FinishReason, GenerationRequest, RequestRecord, SubmitResult } from './types.ts';
 
@@ -29,35 +31,9 @@ export interface EngineModel {
   grammarVocabulary?: () => GrammarVocabulary;
 }
 
-export interface EngineOptions {
-  maxBatchSize: number;
-  maxQueue: number;
-  /**
-   * Most prompt tokens prefilled per loop iteration (one chunk of one sequence). While no stream is
-   * decoding, chunks have this size; while streams decode, see `prefillStepShare`.
-   */
-  prefillChunkTokens: number;
-  /** A request still queued after this long is refused with cache_full / queue timeout. */
-  queueTimeoutMs: number;
+/** The scheduler's options (queues, batch slots, chunk budget; see scheduler.ts) and the window policy. */
+export interface EngineOptions extends SchedulerOptions {
   window: WindowPolicy;
-  /**
-   * While streams are decoding, a prefill chunk is sized to take about this share of one decode step
-   * (both measured as the engine runs), times (prefilling + decoding) / decoding sequences, so a
-   * newcomer's prompt adds about that share to the running streams' inter-token latency, and a backlog
-   * of prompts gets more time. Default 1. `Infinity` always uses full chunks.
-   */
-  prefillStepShare?: number;
-  /**
-   * Smallest prefill chunk while streams decode. Default 128: smaller chunks cost more per token (each
-   * call re-reads the weights and copies the prompt's cache so far) and keep newcomers out of the decode
-   * batch for more iterations, which cost more throughput than they save in inter-token latency.
-   */
-  minPrefillChunkTokens?: number;
-  /**
-   * Which prefilling request gets the next chunk: `shortest` (default) the one with the fewest prompt
-   * tokens left, `arrival` the earliest admitted (bench/fairness.ts compares the two).
-   */
-  prefillOrder?: 'shortest' | 'arrival';
 }
 
 /** Running totals, for benchmarks and profiling (what the loop spent its time on). */
@@ -110,8 +86,8 @@ export interface EngineStats {
  * never stalls running streams for more than a chunk.
  */
 export class Engine {
-  private readonly waiting: Sequence[] = [];
-  private readonly running: Sequence[] = [];
+  /** The queues, admission and each iteration's step plan. */
+  private readonly scheduler: Scheduler<Sequence>;
   private looping = false;
   private draining = false;
   private wakeLoop: (() => void) | null = null;
@@ -133,11 +109,6 @@ export class Engine {
   };
   /** The decoding sequences' shared KV (see batch.ts). */
   private readonly decodeBatch: DecodeBatch<Sequence>;
-  /** Moving averages of the decode step time and of the prefill time per prompt token (ms). */
-  private decodeStepMs = 0;
-  /** What kept the head of the queue waiting at the last admission: a free batch slot, or KV cache room. */
-  private queueBlockedBy: 'batch_slot' | 'cache_room' = 'batch_slot';
-  private prefillMsPerToken = 0;
 
   constructor(
     readonly model: EngineModel,
@@ -146,6 +117,12 @@ export class Engine {
     private readonly logger: Logger = silentLogger,
     private readonly now: () => number = Date.now,
   ) {
+    this.scheduler = new Scheduler(options, () => this.capabilities);
+    // The step costs the scheduler sizes chunks by, measured on every call.
+    this.observers.push({
+      decodeStep: (info) => this.scheduler.cost.recordDecode(info.durationMs),
+      prefillChunk: (_sequence, info) => this.scheduler.cost.recordPrefill(info.tokens, info.kvTokens - info.tokens, info.durationMs),
+    });
     this.sampler = new Sampler(model.vocabSize);
     this.decodeBatch = new DecodeBatch(model.decoder.io.kv, this.counterValues);
     this.logitsRow = new Float32Array(model.vocabSize);
@@ -153,6 +130,14 @@ export class Engine {
     const positions = model.positionEncoding;
     this.inverseFrequencies = positions.kind === 'rotary' ? rotaryInverseFrequencies(positions.theta, positions.rotaryDim) : null;
     if (options.window.strategy === 'shift' && !this.inverseFrequencies) throw new Error('shift strategy needs a rotary model');
+  }
+
+  private get waiting(): Sequence[] {
+    return this.scheduler.waiting;
+  }
+
+  private get running(): Sequence[] {
+    return this.scheduler.running;
   }
 
   get capabilities(): ModelCapabilities {
@@ -185,6 +170,11 @@ export class Engine {
 
   counters(): EngineCounters {
     return { ...this.counterValues };
+  }
+
+  /** What the scheduler sizes prefill chunks by: the decode step's moving average and the fitted prefill cost (null before enough chunks). */
+  stepCosts(): { decodeStepMs: number; prefill: PrefillCost | null } {
+    return { decodeStepMs: this.scheduler.cost.decodeStepMs, prefill: this.scheduler.cost.prefillCost() };
   }
 
   /** Grammar compiles, compile time and cache hits; null before the first request with a grammar. */
@@ -251,7 +241,7 @@ export class Engine {
           'Please reduce the length of the prompt or completion, or allow truncation.',
       });
     }
-    if (this.waiting.length >= this.options.maxQueue) {
+    if (this.scheduler.queueFull) {
       return refuse({ kind: 'queue_full', message: `the request queue is full (${this.options.maxQueue} waiting)`, retryAfterSeconds: 1 });
     }
     let constraint = null;
@@ -270,7 +260,7 @@ export class Engine {
 
     const sequence = new Sequence(request, session, this.model.eosTokenIds, this.now());
     sequence.constraint = constraint;
-    this.waiting.push(sequence);
+    this.scheduler.enqueue(sequence);
     request.signal?.addEventListener('abort', () => this.wake(), { once: true });
     for (const o of this.observers) o.requestQueued?.(sequence);
     this.kick();
@@ -341,10 +331,8 @@ export class Engine {
     if (this.woken) return Promise.resolve();
     return new Promise((resolve) => {
       let timer: NodeJS.Timeout | undefined;
-      if (this.waiting.length > 0) {
-        const oldest = Math.min(...this.waiting.map((s) => s.enqueuedAt));
-        timer = setTimeout(() => this.wake(), Math.max(1, oldest + this.options.queueTimeoutMs - this.now()));
-      }
+      const timeoutAt = this.scheduler.nextTimeoutAt();
+      if (timeoutAt !== null) timer = setTimeout(() => this.wake(), Math.max(1, timeoutAt - this.now()));
       this.wakeLoop = () => {
         clearTimeout(timer);
         resolve();
@@ -357,24 +345,14 @@ export class Engine {
       if (sequence.abortReason) this.finish(sequence, 'error', sequence.abortReason);
       else if (sequence.request.signal?.aborted) this.finish(sequence, 'cancelled');
     }
-    const now = this.now();
-    for (const sequence of [...this.waiting]) {
-      if (now - sequence.enqueuedAt >= this.options.queueTimeoutMs) {
-        const seconds = Math.round(this.options.queueTimeoutMs / 1000);
-        // Same kind (429 cache_full) either way; the message says which resource the request waited for.
-        const message = this.queueBlockedBy === 'batch_slot'
-          ? `no batch slot became free within ${seconds} s (all ${this.options.maxBatchSize} are generating); the server is at capacity`
-          : `no KV cache room for the request within ${seconds} s; the server is at capacity`;
-        this.finish(sequence, 'error', { kind: 'cache_full', message, retryAfterSeconds: 5 });
-      }
-    }
+    for (const { sequence, error } of this.scheduler.expired(this.now())) this.finish(sequence, 'error', error);
   }
 
   /** Moves queued requests into the running set, first come first served, while the batch and budget allow. */
   private async admit(): Promise<void> {
-    this.queueBlockedBy = 'batch_slot';
-    while (this.waiting.length > 0 && this.running.length < this.options.maxBatchSize) {
-      const sequence = this.waiting[0];
+    this.scheduler.beginAdmission();
+    for (let next = this.scheduler.nextAdmission(); next?.kind === 'admit'; next = this.scheduler.nextAdmission()) {
+      const sequence = next.sequence;
       const session = sequence.session;
       const restoreStart = performance.now();
       let restoredFrom: Tier = session.tier;
@@ -414,20 +392,16 @@ export class Engine {
       const policy = this.options.window;
       const finalLength = Math.min(plan.keep + plan.pending.length - plan.pendingIndex + request.maxTokens, policy.capacity);
       const bytes = this.store.budget.bytesFor(finalLength, this.layout.bytesPerToken);
-      if (!this.store.couldEverFit(bytes)) {
+      const room = !this.store.couldEverFit(bytes) ? 'too_large' : this.reserve(session, bytes);
+      if (room === 'too_large') {
         this.finish(sequence, 'error', {
           kind: 'request_too_large',
           message: `the request needs ${bytes} bytes of KV cache but the whole cache budget is ${this.store.budget.capacityBytes} bytes`,
         });
         continue;
       }
-      session.pinned = true;
-      if (!this.store.reserve(session, Math.max(bytes, session.reservedBytes))) {
-        session.pinned = false;
-        this.queueBlockedBy = 'cache_room';
-        return;
-      }
-      this.waiting.shift();
+      // No room now: the request stays at the head of the queue, and this admission pass ends.
+      if (!this.scheduler.decideRoom(sequence, room)) return;
       sequence.fullInput = fullInput.slice();
       sequence.kv = plan.keep > 0 ? prefixOf(this.layout, session.kv!, plan.keep) : null;
       sequence.cacheLength = plan.keep;
@@ -443,7 +417,6 @@ export class Engine {
       sequence.admittedAt = this.now();
       sequence.state = 'prefill';
       sequence.startOutput(this.model.tokenizer, this.model.vocabSize);
-      this.running.push(sequence);
       sequence.events.push({
         type: 'start',
         sessionId: session.id,
@@ -457,61 +430,21 @@ export class Engine {
     }
   }
 
+  /** Pins the session and reserves its KV bytes; no room unpins it again. */
+  private reserve(session: Session, bytes: number): 'reserved' | 'no_room' {
+    session.pinned = true;
+    if (this.store.reserve(session, Math.max(bytes, session.reservedBytes))) return 'reserved';
+    session.pinned = false;
+    return 'no_room';
+  }
+
+  /** Executes the scheduler's plan for this iteration (its prefill half after the decode step); false when there was nothing to run. */
   private async iterate(): Promise<boolean> {
-    let progressed = false;
-    const decoding = this.running.filter((s) => s.state === 'decode');
-    if (decoding.length > 0) {
-      await this.decodeStep(decoding);
-      progressed = true;
-    }
-    const prefilling = this.nextPrefill();
-    if (prefilling) {
-      let decodingRows = 0;
-      let prefillingRows = 0;
-      for (const s of this.running) {
-        if (s.state === 'decode') decodingRows++;
-        else if (s.state === 'prefill') prefillingRows++;
-      }
-      await this.prefillChunk(prefilling, decodingRows, prefillingRows);
-      progressed = true;
-    }
-    return progressed;
-  }
-
-  /**
-   * The prefilling sequence that gets this iteration's chunk: the one with the fewest prompt tokens
-   * left (shortest remaining first), ties to the earliest admitted. A short prompt behind a long one
-   * gets its first token after its own chunks, not after the long prompt's; the long one loses only
-   * the short ones' few chunks. Ongoing decodes are unaffected (a decode step runs every iteration).
-   */
-  private nextPrefill(): Sequence | undefined {
-    if (this.options.prefillOrder === 'arrival') return this.running.find((s) => s.state === 'prefill');
-    let best: Sequence | undefined;
-    for (const s of this.running) {
-      if (s.state === 'prefill' && (!best || s.remainingPending < best.remainingPending)) best = s;
-    }
-    return best;
-  }
-
-  /**
-   * Prompt tokens for the next prefill chunk. Alone, a full chunk (fastest time to first token). With
-   * streams decoding, as many tokens as fit in `prefillStepShare` of a decode step at the measured
-   * prefill cost per token, so each running stream's next token is delayed by about that much; the
-   * budget grows with the sequences waiting for their prefill, (prefilling + decoding) / decoding, so
-   * a backlog of prompts (many clients arriving at once) does not leave the decode batch half empty.
-   */
-  private chunkTokens(sequence: Sequence, decodingRows: number, prefillingRows: number): number {
-    const max = this.options.prefillChunkTokens;
-    // An export that cannot take several tokens over a past gets its prompt from the empty past in one
-    // whole chunk (it cannot be cut later: every token after it costs a call), then one token per call.
-    if (!this.capabilities.multiTokenOverPast) return sequence.cacheLength > 0 ? 1 : max;
-    const share = this.options.prefillStepShare ?? 1;
-    if (decodingRows === 0 || !Number.isFinite(share) || this.decodeStepMs === 0) return max;
-    const min = Math.min(max, this.options.minPrefillChunkTokens ?? 128);
-    // Before any chunk was measured, a prompt token costs about what a decode row costs.
-    const perToken = this.prefillMsPerToken || this.decodeStepMs / Math.max(1, this.decodeBatch.current?.rows.length ?? 1);
-    const budgetMs = share * this.decodeStepMs * ((prefillingRows + decodingRows) / decodingRows);
-    return Math.max(min, Math.min(max, Math.floor(budgetMs / perToken)));
+    const decode = this.scheduler.decodePlan();
+    if (decode.length > 0) await this.decodeStep(decode);
+    const prefill = this.scheduler.prefillPlan(this.decodeBatch.current?.rows.length ?? 1);
+    if (prefill) await this.prefillChunk(prefill.sequence, prefill.tokens);
+    return decode.length > 0 || prefill !== null;
   }
 
   private async decodeStep(candidates: Sequence[]): Promise<void> {
@@ -576,7 +509,6 @@ export class Engine {
     c.decodeMs += durationMs;
     c.batchSlots += batchSize * totalLength;
     c.paddingSlots += batchSize * totalLength - kvTokens;
-    this.decodeStepMs = this.decodeStepMs === 0 ? durationMs : 0.8 * this.decodeStepMs + 0.2 * durationMs;
     for (const o of this.observers) o.decodeStep?.({ sequences: rows, kvTokens, startMs, durationMs });
     for (const sequence of rows) await sequence.constraint?.prepare();
     let finished: Array<[Sequence, FinishReason]> | null = null;
@@ -619,7 +551,6 @@ export class Engine {
     c.decodeRows++;
     c.decodeMs += durationMs;
     c.batchSlots += total;
-    this.decodeStepMs = this.decodeStepMs === 0 ? durationMs : 0.8 * this.decodeStepMs + 0.2 * durationMs;
     for (const o of this.observers) o.decodeStep?.({ sequences: [sequence], kvTokens: total, startMs, durationMs });
     const reason = this.sampleNext(sequence, output.logits, 0, output.vocabSize);
     if (!reason) return;
@@ -627,13 +558,13 @@ export class Engine {
     this.finish(sequence, reason);
   }
 
-  private async prefillChunk(sequence: Sequence, decodingRows: number, prefillingRows: number): Promise<void> {
+  private async prefillChunk(sequence: Sequence, chunkTokens: number): Promise<void> {
     const policy = this.options.window;
     if (sequence.cacheLength >= policy.capacity) {
       await this.hostSequence(sequence);
       this.dropWindow(sequence);
     }
-    const count = Math.min(this.chunkTokens(sequence, decodingRows, prefillingRows), policy.capacity - sequence.cacheLength, sequence.remainingPending);
+    const count = Math.min(chunkTokens, policy.capacity - sequence.cacheLength, sequence.remainingPending);
     const past = sequence.kv ?? emptyKv(this.layout, 1);
     const total = sequence.cacheLength + count;
     const inputIds = new BigInt64Array(count); // [1, count]
@@ -656,11 +587,6 @@ export class Engine {
     c.prefillChunks++;
     c.prefillTokens += count;
     c.prefillMs += durationMs;
-    // Chunks of a few tokens are mostly per-call overhead; they would inflate the per-token estimate.
-    if (count >= 8) {
-      const perToken = durationMs / count;
-      this.prefillMsPerToken = this.prefillMsPerToken === 0 ? perToken : 0.7 * this.prefillMsPerToken + 0.3 * perToken;
-    }
     sequence.kv = output.present;
     sequence.cacheLength = total;
     sequence.pendingIndex += count;
@@ -756,10 +682,10 @@ export class Engine {
     const session = sequence.session;
     const wasAdmitted = sequence.state !== 'queued';
     if (!wasAdmitted) {
-      this.waiting.splice(this.waiting.indexOf(sequence), 1);
+      this.scheduler.remove(sequence);
     } else {
       this.decodeBatch.leave(sequence);
-      this.running.splice(this.running.indexOf(sequence), 1);
+      this.scheduler.remove(sequence);
       if (reason === 'error') rollBack(sequence, this.layout);
       else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) keepProcessed(sequence, this.layout, this.options.window.sinkTokens);
       else keepCache(sequence);

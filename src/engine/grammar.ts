@@ -34,7 +34,12 @@ export interface GrammarCounters {
   cacheMisses: number;
   /** Time to load xgrammar and build its tokenizer info (once). */
   setupMs: number;
+  /** The last compiles' durations, oldest first (at most RECENT_COMPILES; `compiles` counts them all). */
+  recentCompileMs: number[];
 }
+
+/** Enough for a scraper to observe each compile as a histogram sample between two scrapes. */
+const RECENT_COMPILES = 256;
 
 /** The JSON object mode grammar: any object, compact separators (no unbounded runs of whitespace). */
 const ANY_OBJECT = { type: 'object' };
@@ -48,7 +53,7 @@ export class GrammarService {
   private readonly cache = new Map<string, Promise<XgCompiledGrammar>>();
   private forbidden: Int32Array | null = null;
   private everything: Int32Array | null = null;
-  private readonly values: GrammarCounters = { compiles: 0, compileMs: 0, cacheHits: 0, cacheMisses: 0, setupMs: 0 };
+  private readonly values: GrammarCounters = { compiles: 0, compileMs: 0, cacheHits: 0, cacheMisses: 0, setupMs: 0, recentCompileMs: [] };
 
   constructor(
     private readonly vocabulary: GrammarVocabulary,
@@ -59,7 +64,15 @@ export class GrammarService {
   ) {}
 
   counters(): GrammarCounters {
-    return { ...this.values };
+    return { ...this.values, recentCompileMs: [...this.values.recentCompileMs] };
+  }
+
+  private recordCompile(start: number): void {
+    const ms = performance.now() - start;
+    this.values.compiles++;
+    this.values.compileMs += ms;
+    this.values.recentCompileMs.push(ms);
+    if (this.values.recentCompileMs.length > RECENT_COMPILES) this.values.recentCompileMs.shift();
   }
 
   /** A fresh constraint for one request, or the reason the spec cannot be enforced. */
@@ -132,8 +145,7 @@ export class GrammarService {
     const start = performance.now();
     // No free whitespace: a model that never closes a run of spaces cannot stall the output.
     const grammar = await compiler.compileJSONSchema(schemaJson, false, -1, [',', ':'], strict);
-    this.values.compiles++;
-    this.values.compileMs += performance.now() - start;
+    this.recordCompile(start);
     return grammar;
   }
 
@@ -155,8 +167,7 @@ export class GrammarService {
     );
     const format = spec.separator === null ? { type: 'or', elements: tags } : { type: 'tags_with_separator', tags, separator: spec.separator, at_least_one: true };
     const grammar = await compiler.compileStructuralTag(JSON.stringify({ type: 'structural_tag', format }));
-    this.values.compiles++;
-    this.values.compileMs += performance.now() - start;
+    this.recordCompile(start);
     return grammar;
   }
 
@@ -212,9 +223,11 @@ export class Constraint {
       if (value === -1) continue;
       const base = word * 32;
       const end = Math.min(base + 32, this.vocabSize);
-      for (let id = base; id < end; id++) if ((value & (1 << (id - base))) === 0) out[id] = -Infinity;
+      // Most words of a large vocabulary allow nothing at a given step.
+      if (value === 0) out.fill(-Infinity, base, end);
+      else for (let id = base; id < end; id++) if ((value & (1 << (id - base))) === 0) out[id] = -Infinity;
     }
-    for (let id = bits.length * 32; id < this.vocabSize; id++) out[id] = -Infinity;
+    if (bits.length * 32 < this.vocabSize) out.fill(-Infinity, bits.length * 32, this.vocabSize);
     this.bitmask = null;
     return out;
   }

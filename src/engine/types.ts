@@ -13,6 +13,7 @@ export type EngineErrorKind =
   | 'request_too_large'
   | 'queue_full'
   | 'cache_full'
+  | 'batch_full'
   | 'shutting_down'
   /** The shared session store (SESSION_STORE_URL) could not be reached: nothing was committed. */
   | 'session_store_unavailable'

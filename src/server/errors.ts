@@ -66,6 +66,7 @@ export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
   unsupported_media_type: { status: 415, type: 'invalid_request_error', code: 'unsupported_media_type' },
   queue_full: { status: 429, type: 'rate_limit_error', code: 'queue_full', retryAfter: 1 },
   cache_full: { status: 429, type: 'rate_limit_error', code: 'cache_full', retryAfter: 5 },
+  batch_full: { status: 429, type: 'rate_limit_error', code: 'batch_full', retryAfter: 5 },
   too_many_streams: { status: 429, type: 'rate_limit_error', code: 'too_many_streams', retryAfter: 1 },
   internal: { status: 500, type: 'server_error', code: 'internal_error' },
   model_failed: { status: 503, type: 'service_unavailable_error', code: 'model_failed', retryAfter: 30 },

@@ -202,7 +202,7 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
     if (end) record.usage = { inputTokens: end.usage.promptTokens, cachedTokens: end.usage.cachedTokens, outputTokens: end.usage.completionTokens };
     if (!end || end.finishReason === 'error') {
       record.status = 'failed';
-      const rateLimited = end?.error?.kind === 'cache_full' || end?.error?.kind === 'queue_full';
+      const rateLimited = end?.error?.kind === 'cache_full' || end?.error?.kind === 'batch_full' || end?.error?.kind === 'queue_full';
       record.error = { code: rateLimited ? 'rate_limit_exceeded' : 'server_error', message: end?.error && !rateLimited ? 'The generation failed on the server.' : (end?.error?.message ?? 'The generation failed on the server.') };
     } else if (end.finishReason === 'cancelled') record.status = 'cancelled';
     else if (end.finishReason === 'length') {

@@ -12,6 +12,10 @@
  * - tools: the tool list in the system turn (the text the template renders for `tools`), one request;
  *   the reply must be one `<tool_call>` whose JSON names the right tool with schema-valid arguments.
  *   Then the tool's result comes back as a `<tool_response>` turn and the final answer must use it.
+ *   The same question runs again with constrained decoding: `/v1/completions` on the template's text
+ *   up to the assistant's `<tool_call>\n`, with a `response_format` JSON schema that admits a call to
+ *   one of the offered tools with schema-valid arguments, so what is left to the model is the choice of
+ *   tool and the argument values.
  */
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
@@ -169,10 +173,42 @@ async function memoryCase(url: string, client: OpenAI, c: MemoryCase, index: num
     native.push({ text: choice.text, finish: choice.finish_reason, cached: usage.prompt_tokens_details.cached_tokens, prompt: usage.prompt_tokens });
   }
   const same = (a: Reply[]) => a.every((r, i) => r.text === recompute[i]!.text);
-  return { recompute, resend, native, sameResend: same(resend), sameNative: same(native), answer: c.answer };
+  // A native session keeps the tokens the model generated; a resend (and the recompute) re-tokenizes the
+  // reply's text, which can give another token sequence. A prompt_tokens difference up to the first
+  // differing reply shows that the two runs conditioned on different tokens, not that the cache is wrong.
+  const firstDiff = native.findIndex((r, i) => r.text !== recompute[i]!.text);
+  const nativeTokensDiffer = firstDiff >= 0 && native.slice(0, firstDiff + 1).some((r, i) => r.prompt !== recompute[i]!.prompt);
+  return { recompute, resend, native, sameResend: same(resend), sameNative: same(native), nativeTokensDiffer, answer: c.answer };
 }
 
-async function toolCase(client: OpenAI, c: ToolCase) {
+/** A schema for `{"name": ..., "arguments": {...}}` that admits exactly the valid calls to the offered tools. */
+export function toolCallSchema(tools: ToolDef[]): Record<string, unknown> {
+  return {
+    anyOf: tools.map((t) => ({
+      type: 'object',
+      properties: { name: { const: t.function.name }, arguments: { ...t.function.parameters, additionalProperties: false } },
+      required: ['name', 'arguments'],
+      additionalProperties: false,
+    })),
+  };
+}
+
+/** The call under constrained decoding: the prompt ends with the assistant's `<tool_call>\n`, the grammar writes the JSON. */
+async function constrainedToolCall(url: string, c: ToolCase) {
+  const prompt = `<|im_start|>system\n${c.system_text}<|im_end|>\n<|im_start|>user\n${c.question}<|im_end|>\n<|im_start|>assistant\n<tool_call>\n`;
+  const r = await post(url, '/v1/completions', {
+    model: servedModel, prompt, temperature: 0, max_tokens: TOOL_MAX_TOKENS,
+    response_format: { type: 'json_schema', json_schema: { name: 'tool_call', schema: toolCallSchema(c.tools) } },
+  });
+  const text = (r.choices as Array<{ text: string }>)[0]!.text;
+  const call = parseToolCall(`<tool_call>\n${text}\n</tool_call>`);
+  const def = c.tools.find((t) => t.function.name === call?.name);
+  const rightTool = call !== null && call.name === c.tool;
+  const schemaValid = rightTool && def !== undefined && schemaErrors(call.arguments, def.function.parameters).length === 0;
+  return { rightTool, schemaValid, exactArguments: schemaValid && sameJson(call.arguments, c.arguments), reply: text };
+}
+
+async function toolCase(url: string, client: OpenAI, c: ToolCase) {
   const messages: Message[] = [{ role: 'system', content: c.system_text }, { role: 'user', content: c.question }];
   const first = await chat(client, messages, undefined, TOOL_MAX_TOKENS);
   const call = parseToolCall(first.text);
@@ -186,7 +222,12 @@ async function toolCase(client: OpenAI, c: ToolCase) {
   const final = await chat(client, [...messages, { role: 'assistant', content: expectedCall }, { role: 'user', content: `<tool_response>\n${c.result}\n</tool_response>` }]);
   const resultValues = Object.values(JSON.parse(c.result) as Record<string, unknown>).filter((v) => typeof v !== 'boolean').map(String);
   const usesResult = resultValues.every((v) => final.text.includes(v));
-  return { parsed, rightTool, schemaValid, exactArguments, usesResult, reply: first.text, final: final.text };
+  const constrained = await constrainedToolCall(url, c);
+  return {
+    parsed, rightTool, schemaValid, exactArguments, usesResult, reply: first.text, final: final.text,
+    constrainedRightTool: constrained.rightTool, constrainedValid: constrained.schemaValid,
+    constrainedExact: constrained.exactArguments, constrainedReply: constrained.reply,
+  };
 }
 
 /** JSON with Python's default separators (", ", ": "), as the template's `tojson` and the training data. */
@@ -216,8 +257,9 @@ export async function runChatSuite(modelDir: string, cases: ChatEvalCases) {
     const recall = (pick: (r: (typeof memoryRuns)[number]) => Reply[]) => share(memoryRuns.filter((r) => contains(pick(r).at(-1)!.text, r.answer)).length, memoryRuns.length);
     progress('memory');
     const toolRuns: Array<Awaited<ReturnType<typeof toolCase>>> = [];
-    for (const c of cases.tools) toolRuns.push(await toolCase(client, c));
-    const count = (key: 'parsed' | 'rightTool' | 'schemaValid' | 'exactArguments' | 'usesResult') => share(toolRuns.filter((t) => t[key]).length, toolRuns.length);
+    for (const c of cases.tools) toolRuns.push(await toolCase(url, client, c));
+    type ToolKey = 'parsed' | 'rightTool' | 'schemaValid' | 'exactArguments' | 'usesResult' | 'constrainedRightTool' | 'constrainedValid' | 'constrainedExact';
+    const count = (key: ToolKey) => share(toolRuns.filter((t) => t[key]).length, toolRuns.length);
     const lastNative = memoryRuns.at(-1)!.native;
     return {
       facts: { heldOutPhrasings: facts, byRelation, seenPhrasings: factsSeenPhrasing, unseenCountries: factsUnseenEntities },
@@ -230,9 +272,14 @@ export async function runChatSuite(modelDir: string, cases: ChatEvalCases) {
         recallNative: recall((r) => r.native),
         repliesEqualResendVsRecompute: share(memoryRuns.filter((r) => r.sameResend).length, memoryRuns.length),
         repliesEqualNativeVsRecompute: share(memoryRuns.filter((r) => r.sameNative).length, memoryRuns.length),
+        nativeDifferencesWithOtherTokens: share(memoryRuns.filter((r) => r.nativeTokensDiffer).length, memoryRuns.filter((r) => !r.sameNative).length),
         cachedTokensLastTurnNative: lastNative.map((r) => ({ prompt: r.prompt, cached: r.cached })),
         cachedTokensLastTurnResend: memoryRuns.at(-1)!.resend.map((r) => ({ prompt: r.prompt, cached: r.cached })),
         examples: memoryRuns.slice(0, 3).map((r, i) => ({ turns: cases.memory[i]!.user_turns, replies: r.native.map((x) => x.text), answer: r.answer })),
+        // every warm reply that differs from the recompute's: which conversation, turn and run, and both texts
+        mismatches: memoryRuns.flatMap((r, i) => (['resend', 'native'] as const).flatMap((run) => r[run]
+          .map((reply, turn) => ({ conversation: i, turn, run, warm: reply.text, recompute: r.recompute[turn]!.text, warmPromptTokens: reply.prompt, recomputePromptTokens: r.recompute[turn]!.prompt }))
+          .filter((m) => m.warm !== m.recompute))),
       },
       tools: {
         cases: toolRuns.length,
@@ -241,8 +288,8 @@ export async function runChatSuite(modelDir: string, cases: ChatEvalCases) {
         validCall: count('schemaValid'),
         exactArguments: count('exactArguments'),
         finalAnswerUsesResult: count('usesResult'),
-        constrainedDecoding: 'not available: the server refuses tools and response_format, so only unconstrained decoding is measured',
-        examples: toolRuns.slice(0, 4).map((t) => ({ reply: t.reply, final: t.final })),
+        constrained: { rightTool: count('constrainedRightTool'), validCall: count('constrainedValid'), exactArguments: count('constrainedExact') },
+        examples: toolRuns.slice(0, 4).map((t) => ({ reply: t.reply, final: t.final, constrained: t.constrainedReply })),
       },
       seconds: (performance.now() - started) / 1000,
     };
@@ -262,10 +309,14 @@ export function chatMarkdown(model: string, r: Awaited<ReturnType<typeof runChat
     ['memory recall, native append (warm)', pct(r.memory.recallNative)],
     ['conversations with every reply equal: resend vs recompute', pct(r.memory.repliesEqualResendVsRecompute)],
     ['conversations with every reply equal: native vs recompute', pct(r.memory.repliesEqualNativeVsRecompute)],
+    ['  of the differing ones: the native prompt had another token count (the model\'s own tokens, not the re-tokenized text)', pct(r.memory.nativeDifferencesWithOtherTokens)],
     ['tool calls: parsable <tool_call> JSON', pct(r.tools.parsedToolCall)],
     ['tool calls: valid call (right tool, schema-valid arguments)', pct(r.tools.validCall)],
     ['tool calls: exact arguments', pct(r.tools.exactArguments)],
     ['tool calls: final answer uses the tool result', pct(r.tools.finalAnswerUsesResult)],
+    ['tool calls, constrained decoding: right tool', pct(r.tools.constrained.rightTool)],
+    ['tool calls, constrained decoding: valid call (right tool, schema-valid arguments)', pct(r.tools.constrained.validCall)],
+    ['tool calls, constrained decoding: exact arguments', pct(r.tools.constrained.exactArguments)],
   ];
   if (brownPerplexity !== null) rows.push(['Brown held-out perplexity (independent 512-token chunks, 84,778 predictions)', brownPerplexity.toFixed(2)]);
   return [`model ${model}, greedy, through the HTTP API`, '', '| measure | result |', '| --- | ---: |', ...rows.map(([a, b]) => `| ${a} | ${b} |`)].join('\n');

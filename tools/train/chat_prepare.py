@@ -16,12 +16,17 @@ from chatdata import Generator, make_eval
 from chatml import CHAT_TEMPLATE, render, render_segments
 
 
-def encode_dialogue(tok, d):
+def encode_dialogue(tok, d, last_weight=1):
+    """Token ids and per-token loss weights: 1 on assistant replies, `last_weight` on the last reply of a
+    dialogue marked `weight_last` (the recall answer of a memory dialogue), 0 elsewhere."""
+    segs = render_segments(d["messages"], d.get("tools"))
+    last = max(i for i, (_, trained) in enumerate(segs) if trained)
     ids, mask = [], []
-    for text, trained in render_segments(d["messages"], d.get("tools")):
+    for i, (text, trained) in enumerate(segs):
         piece = tok.encode(text)
         ids.extend(piece)
-        mask.extend([1 if trained else 0] * len(piece))
+        w = (last_weight if i == last and d.get("weight_last") else 1) if trained else 0
+        mask.extend([w] * len(piece))
     return ids, mask
 
 
@@ -34,6 +39,7 @@ def main():
     ap.add_argument("--dialogues", type=int, default=60000)
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=20261202)
+    ap.add_argument("--recall-weight", type=int, default=3, help="loss weight of a memory dialogue's recall reply")
     ap.add_argument("--eval-only", action="store_true", help="write only the tokenizer files and eval.json")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -72,7 +78,7 @@ def main():
     for i in range(args.dialogues):
         d = g.dialogue()
         kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
-        di, dm = encode_dialogue(tok, d)
+        di, dm = encode_dialogue(tok, d, args.recall_weight)
         if i < 1500:
             full = tok.encode(render(d["messages"], d.get("tools")))
             assert full == di, f"segment tokenization differs from whole-text tokenization in dialogue {i}"
@@ -92,7 +98,7 @@ def main():
     with open(os.path.join(args.work, "template_samples.json"), "w", encoding="utf-8") as fh:
         json.dump(samples[:300], fh, ensure_ascii=False)
     lengths = np.array(lengths)
-    print(f"chat: {len(starts)} dialogues {kinds}, {len(ids)} tokens, {int(np.sum(mask))} trained; "
+    print(f"chat: {len(starts)} dialogues {kinds}, {len(ids)} tokens, {int(np.count_nonzero(mask))} trained; "
           f"length mean {lengths.mean():.0f} max {lengths.max()}", flush=True)
 
     # Brown: the same train/held-out split as warmkv-brown

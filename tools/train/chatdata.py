@@ -25,6 +25,10 @@ HELD_NAMES = "Beatrix Cyrus Delphine Edgar Florian Greta Horatio Imogen Jasper K
 TRAIN_COLOURS = ("red blue green yellow orange purple pink brown black white grey gold silver violet "
                  "navy maroon beige cyan magenta olive lime indigo").split()
 HELD_COLOURS = "teal crimson turquoise lavender amber".split()
+# more colour words for the memory task only: recall has to copy a value, not pick one of a few it knows
+MORE_COLOURS = ("scarlet ruby coral salmon peach apricot mustard ochre khaki mint jade emerald sage aqua "
+                "azure cobalt sapphire cerulean plum lilac mauve fuchsia rose cream ivory pearl charcoal "
+                "bronze copper rust tan chestnut mahogany burgundy wine cherry lemon saffron").split()
 PET_NAMES = "Rex Buddy Luna Max Bella Charlie Milo Daisy Rocky Coco Shadow Pepper Biscuit Ziggy Oreo".split()
 HELD_PET_NAMES = "Pickles Waffles Noodle Tofu Marble".split()
 FOODS = ("eggs milk bread apples rice cheese butter tea coffee sugar flour onions carrots potatoes beans "
@@ -60,6 +64,25 @@ SYSTEM_PROMPTS = [
     "You are a concise assistant. Answer briefly.",
     "You are a helpful assistant. Keep answers short.",
 ]
+
+
+_ONSETS = "b br c ch d dr f g gr h j k l m n p pr r s sh st t th tr v w z".split()
+_VOWELS = "a e i o u a e io ia ea".split()
+_CODAS = ["", "", "", "n", "r", "l", "s", "m", "th", "x", "nd"]
+
+
+def made_up_names(count, seed, exclude):
+    """Pronounceable invented names (seeded), for the memory task: values the model cannot have memorised,
+    so that recall is learnt as copying. Held-out names are excluded."""
+    r = random.Random(seed)
+    out, seen = [], {n.lower() for n in exclude}
+    while len(out) < count:
+        name = "".join(r.choice(_ONSETS) + r.choice(_VOWELS) for _ in range(r.choice([2, 2, 3]))) + r.choice(_CODAS)
+        name = name.capitalize()
+        if name.lower() not in seen and 4 <= len(name) <= 10:
+            seen.add(name.lower())
+            out.append(name)
+    return out
 
 
 def load_countries(root):
@@ -298,6 +321,11 @@ class Generator:
         self.names = HELD_NAMES if held else TRAIN_NAMES
         self.colours = HELD_COLOURS if held else TRAIN_COLOURS
         self.pets = HELD_PET_NAMES if held else PET_NAMES
+        # memory values in training: the lists above plus invented names and more colours (never held-out ones)
+        invented = made_up_names(3000, 11, HELD_NAMES + HELD_PET_NAMES)
+        self.memory_names = self.names if held else TRAIN_NAMES + invented[:1500]
+        self.memory_pets = self.pets if held else PET_NAMES + invented[1500:]
+        self.memory_colours = self.colours if held else TRAIN_COLOURS + MORE_COLOURS
         self.foods = HELD_FOODS + FOODS[:6] if held else FOODS
         self.words = HELD_WORDS if held else WORDS
         self.phrases = HELD_PHRASES if held else PHRASES
@@ -378,15 +406,15 @@ class Generator:
     def memory_value(self, slot):
         r = self.rng
         if slot == "name":
-            return r.choice(self.names)
+            return r.choice(self.memory_names)
         if slot == "colour":
-            return r.choice(self.colours)
+            return r.choice(self.memory_colours)
         if slot == "number":
             return str(r.randint(10, 9999))
         if slot == "city":
             return r.choice(self.tool_cities)
         if slot == "pet":
-            return r.choice(self.pets)
+            return r.choice(self.memory_pets)
         items = r.sample(self.foods, r.randint(2, 4))
         return ", ".join(items[:-1]) + " and " + items[-1]
 
@@ -411,14 +439,15 @@ class Generator:
         _, _, rq, rq_held, ra = MEMORY[ask]
         msgs.append({"role": "user", "content": r.choice(rq_held if self.pi else rq)})
         msgs.append({"role": "assistant", "content": ra.format(v=values[ask])})
-        return {"messages": msgs, "kind": "memory", "answer": values[ask], "slot": ask}
+        # the recall reply is the last assistant turn: chat_prepare weights it in the loss
+        return {"messages": msgs, "kind": "memory", "answer": values[ask], "slot": ask, "weight_last": True}
 
-    def qa_dialogue(self, maker, kind):
+    def qa_dialogue(self, maker, kind, counts=(1, 1, 2, 3)):
         r = self.rng
         msgs = []
         if r.random() < 0.3:
             msgs.append({"role": "system", "content": r.choice(SYSTEM_PROMPTS)})
-        for _ in range(r.choice([1, 1, 2, 3])):
+        for _ in range(r.choice(counts)):
             q, a, _ = maker()
             msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         return {"messages": msgs, "kind": kind}
@@ -494,14 +523,14 @@ class Generator:
     def dialogue(self):
         x = self.rng.random()
         if x < 0.30:
-            return self.qa_dialogue(self.fact, "fact")
-        if x < 0.60:
+            return self.qa_dialogue(self.fact, "fact", counts=(1, 2, 3, 4))
+        if x < 0.68:
             return self.memory_dialogue()
-        if x < 0.72:
+        if x < 0.78:
             return self.tool_dialogue()
-        if x < 0.81:
+        if x < 0.85:
             return self.qa_dialogue(self.arith, "arith")
-        if x < 0.92:
+        if x < 0.94:
             return self.qa_dialogue(self.instruction, "instruction")
         return self.qa_dialogue(self.smalltalk, "smalltalk")
 

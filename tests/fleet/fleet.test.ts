@@ -95,10 +95,15 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
   test('SIGKILL of a replica mid-turn: the session stays at its last committed turn and continues elsewhere', async () => {
     await fetch(`${urls[0]}/v1/sessions`, { method: 'POST', headers: json, body: JSON.stringify({ session_id: 'crash' }) });
     assert.equal((await append(urls[1], 'crash', [11, 12, 13])).status, 200);
-    const long = append(urls[2], 'crash', [14, 15], 2000).catch(() => null);
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    // Streamed, so the kill lands once the turn is under way, however fast the replica decodes.
+    const long = await fetch(`${urls[2]}/v1/sessions/crash/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: [14, 15], max_tokens: 2000, temperature: 0, stream: true }) });
+    assert.equal(long.status, 200);
+    const reader = long.body!.getReader();
+    await reader.read();
     replicas[2].kill('SIGKILL');
-    await long;
+    await reader.read().then(async function drain(chunk): Promise<void> {
+      if (!chunk.done) return reader.read().then(drain);
+    }).catch(() => null);
     assert.equal((await sessionOf(urls[0], 'crash')).version, 1, 'still the last committed turn');
     let status = 409;
     for (let i = 0; i < 40 && status === 409; i++) {

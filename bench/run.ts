@@ -14,6 +14,7 @@ const BENCHMARKS: Record<string, string> = {
   fairness: './fairness.ts',
   constrained: './constrained.ts',
   overhead: './overhead.ts',
+  fleet: './fleet.ts',
 };
 
 /** One line per benchmark for the top-level help; each benchmark's own --help lists its options. */
@@ -27,6 +28,7 @@ const SUMMARIES: Record<keyof typeof BENCHMARKS, string> = {
   logprobs: 'decode throughput with logprobs and 20 alternatives per token, against without',
   fairness: 'TTFT of a short request and ITL p99 of a stream while a long prompt prefills, against idle',
   constrained: 'decode tok/s with a JSON-schema grammar against without, grammar compile time and cache hits',
+  fleet: 'follow-up TTFT on a replica that never saw the session / the warm owner / cold, and Redis\'s share, on one redis-server',
   overhead: 'warmkv (engine, HTTP, SSE) against a bare onnxruntime loop: tok/s, warm TTFT, event-loop delay, RSS (--tag NAME)',
 };
 
@@ -43,7 +45,7 @@ function usage(): string {
     '  core --quick',
     '  load --concurrency 1,4 --requests-per-client 2 --level-seconds 30 --tag load-quick',
     '  soak --minutes 0.5 --clients 2 --tag soak-quick',
-    'constrained, fairness, logprobs, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
+    'constrained, fairness, fleet, logprobs, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
   ].join('\n');
 }
 

@@ -89,6 +89,10 @@ export const configSchema = z.object({
   maxN: int(1).default(16),
 
   snapshotDir: z.string().min(1).optional(),
+  /** redis://... : sessions (transcript, window, version) live in Redis, shared by a fleet of replicas; unset: this process only. */
+  sessionStoreUrl: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
+  /** How long a turn's lease on a shared session lasts unrenewed: after a replica dies, its session is busy this long. */
+  sessionLeaseSeconds: seconds.default(10),
   /**
    * Whether idle sessions pass through the int8 tier (lossy) before disk / eviction (exact): true,
    * false, or auto (a measured gate at load decides per model: greedy agreement and perplexity drift).

@@ -7,6 +7,8 @@ import { freemem } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { KvBudget } from './cache/budget.ts';
 import { SessionStore } from './cache/session-store.ts';
+import { RedisSessions } from './cache/redis-sessions.ts';
+import { EmbeddedSessions, type SharedSessions } from './cache/shared-sessions.ts';
 import { resolveWindowPolicy } from './cache/window.ts';
 import { defaultKvCacheBytes, type Config } from './config.ts';
 import { TierManager } from './cache/tiers.ts';
@@ -74,7 +76,13 @@ export function contextLengthFor(config: Config, loaded: LoadedModel): number {
 }
 
 /** Builds the serving parts from a loaded model. Throws RuntimeError / WindowConfigError on bad settings. */
-export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOptions = {}, int8Decision?: Int8Decision): Serving {
+/** The shared session store SESSION_STORE_URL names, or the embedded one. */
+export function sharedSessionsFor(config: Config): SharedSessions {
+  if (!config.sessionStoreUrl) return new EmbeddedSessions();
+  return new RedisSessions({ url: config.sessionStoreUrl, leaseMs: Math.max(1, config.sessionLeaseSeconds * 1000), ttlMs: config.sessionIdleSeconds * 1000 });
+}
+
+export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOptions = {}, int8Decision?: Int8Decision, shared: SharedSessions = new EmbeddedSessions()): Serving {
   // Without a measurement, auto means off: the lossy tier is used only where it was measured.
   const int8: Int8Decision = int8Decision ?? { enabled: config.int8Tier === true, gate: null };
   const logger = options.logger ?? silentLogger;
@@ -107,7 +115,8 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     layout: decoder.io.kv,
     int8: int8.enabled,
     keyMode: 'channel',
-    snapshotDir: config.snapshotDir ?? null,
+    // With a shared store, per-session snapshot files on a shared folder would be restored by one replica under another's feet.
+    snapshotDir: shared.shared ? null : (config.snapshotDir ?? null),
     modelFingerprint: folder.modelFingerprint,
     tokenizerFingerprint: folder.tokenizerFingerprint,
     logger: logger.child({ component: 'tiers' }),
@@ -142,7 +151,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     createdAt: Math.floor(Date.now() / 1000),
     fingerprint: `fp_${folder.modelFingerprint.slice(0, 10)}`,
   };
-  return { model, engine, store, tiers, metrics, tracing };
+  return { model, engine, store, tiers, metrics, tracing, shared };
 }
 
 /**
@@ -156,6 +165,7 @@ export class Runtime implements ServingSource {
   /** Stops the tier sweeps; set once they run. */
   private stopSweeps: (() => void) | null = null;
   private closing: Promise<void> | null = null;
+  private shared: SharedSessions | null = null;
   readonly ready: Promise<Serving>;
   /** Model name known before loading (for /v1/models and logs). */
   readonly modelId: string;
@@ -180,9 +190,13 @@ export class Runtime implements ServingSource {
     }));
     this.ready = (async () => {
       try {
+        // Checked before the weights load: an unreachable store is a clear error at once.
+        const shared = sharedSessionsFor(config);
+        await shared.connect();
+        this.shared = shared;
         const loaded = await load(config, logger.child({ component: 'model' }));
         const int8 = await decideInt8(config, loaded, logger.child({ component: 'tiers' }));
-        const parts = assemble(config, loaded, { ...options, logger }, int8);
+        const parts = assemble(config, loaded, { ...options, logger }, int8, shared);
         await parts.tiers.init();
         if (this.closing) {
           // Closed while loading: nothing was served with these parts.
@@ -235,8 +249,12 @@ export class Runtime implements ServingSource {
       this.markDraining();
       this.streams?.close();
       const parts = this.parts;
-      if (!parts) return;
+      if (!parts) {
+        await this.shared?.close();
+        return;
+      }
       await parts.engine.drain(0);
+      await this.shared?.close();
       this.stopSweeps?.();
       this.stopSweeps = null;
       await parts.engine.model.decoder.dispose();

@@ -3,6 +3,7 @@
  * Both import this file, so neither imports the other (main.ts wires them together).
  */
 import type { SessionStore } from './cache/session-store.ts';
+import type { SharedSessions } from './cache/shared-sessions.ts';
 import type { TierManager } from './cache/tiers.ts';
 import type { WindowPolicy } from './cache/window.ts';
 import type { Config } from './config.ts';
@@ -33,6 +34,8 @@ export interface Serving {
   engine: Engine;
   store: SessionStore;
   tiers: TierManager;
+  /** Where sessions live beyond this process: embedded (none) or Redis (SESSION_STORE_URL). */
+  shared?: SharedSessions;
   metrics: Metrics;
   tracing: Tracing;
 }

@@ -56,6 +56,36 @@ resource "google_secret_manager_secret_iam_member" "api_keys_read" {
   member    = "serviceAccount:${google_service_account.warmkv.email}"
 }
 
+# Optional (var.session_store): sessions in Memorystore for Redis, shared by every instance. AUTH is
+# on; transit encryption is off because the server does not take Memorystore's CA yet, and the
+# traffic stays in the VPC (Direct VPC egress, private ranges only). The instance's URL with its AUTH
+# string goes into the secret var.session_store_url_secret by hand (docs/deploy.md), never into
+# this state.
+resource "google_redis_instance" "sessions" {
+  count                   = var.session_store ? 1 : 0
+  name                    = "${var.service_name}-sessions"
+  region                  = var.region
+  tier                    = "STANDARD_HA"
+  memory_size_gb          = var.session_store_memory_gb
+  redis_version           = "REDIS_7_2"
+  authorized_network      = "projects/${var.project_id}/global/networks/${var.network}"
+  auth_enabled            = true
+  transit_encryption_mode = "DISABLED"
+  # Sessions must outlive a failover of the primary: the replica takes over with the data.
+  persistence_config {
+    persistence_mode    = "RDB"
+    rdb_snapshot_period = "ONE_HOUR"
+  }
+}
+
+resource "google_secret_manager_secret_iam_member" "session_store_url_read" {
+  count     = var.session_store ? 1 : 0
+  project   = var.project_id
+  secret_id = var.session_store_url_secret
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.warmkv.email}"
+}
+
 resource "google_cloud_run_v2_service" "warmkv" {
   name                = var.service_name
   location            = var.region
@@ -78,6 +108,18 @@ resource "google_cloud_run_v2_service" "warmkv" {
     scaling {
       min_instance_count = var.min_instances
       max_instance_count = var.max_instances
+    }
+
+    # Direct VPC egress to Memorystore, only with the session store.
+    dynamic "vpc_access" {
+      for_each = var.session_store ? [1] : []
+      content {
+        egress = "PRIVATE_RANGES_ONLY"
+        network_interfaces {
+          network    = var.network
+          subnetwork = var.subnetwork
+        }
+      }
     }
 
     node_selector {
@@ -165,6 +207,20 @@ resource "google_cloud_run_v2_service" "warmkv" {
         value = "${local.api_keys_dir}/${local.api_keys_file}"
       }
 
+      # The session store's URL (it holds the AUTH string) from Secret Manager, only with the store.
+      dynamic "env" {
+        for_each = var.session_store ? [1] : []
+        content {
+          name = "SESSION_STORE_URL"
+          value_source {
+            secret_key_ref {
+              secret  = var.session_store_url_secret
+              version = "latest"
+            }
+          }
+        }
+      }
+
       volume_mounts {
         name       = "snapshots"
         mount_path = local.snapshot_dir
@@ -203,7 +259,7 @@ resource "google_cloud_run_v2_service" "warmkv" {
     percent = 100
   }
 
-  depends_on = [google_storage_bucket_iam_member.snapshots_rw, google_secret_manager_secret_iam_member.api_keys_read]
+  depends_on = [google_storage_bucket_iam_member.snapshots_rw, google_secret_manager_secret_iam_member.api_keys_read, google_secret_manager_secret_iam_member.session_store_url_read]
 }
 
 resource "google_cloud_run_v2_service_iam_member" "public" {

@@ -78,3 +78,33 @@ variable "allow_unauthenticated" {
   type        = bool
   default     = false
 }
+
+variable "session_store" {
+  description = "true: a Memorystore for Redis instance holds the sessions (SESSION_STORE_URL, README \"Fleet\"), so any instance serves any turn; the instances reach it over Direct VPC egress on var.network. false: sessions live in each instance (affinity, snapshots in the bucket)."
+  type        = bool
+  default     = false
+}
+
+variable "session_store_url_secret" {
+  description = "With session_store: the Secret Manager secret (created and filled outside Terraform, so the AUTH string stays out of its state) whose latest version is redis://:AUTH@HOST:PORT of the instance (docs/deploy.md)."
+  type        = string
+  default     = "warmkv-session-store-url"
+}
+
+variable "session_store_memory_gb" {
+  description = "Memorystore capacity. Transcripts are small (4 bytes a token): 1 GB holds about 250 million tokens of history."
+  type        = number
+  default     = 1
+}
+
+variable "network" {
+  description = "With session_store: the VPC network (and its subnetwork in var.region) the instances and Memorystore share."
+  type        = string
+  default     = "default"
+}
+
+variable "subnetwork" {
+  description = "With session_store: the subnetwork in var.region that Cloud Run's Direct VPC egress takes addresses from."
+  type        = string
+  default     = "default"
+}

@@ -15,6 +15,8 @@ export type EngineErrorKind =
   | 'cache_full'
   | 'batch_full'
   | 'shutting_down'
+  /** The shared session store (SESSION_STORE_URL) could not be reached: nothing was committed. */
+  | 'session_store_unavailable'
   | 'internal';
 
 /** Failures are values: the HTTP layer maps each kind to a status and an OpenAI error body. */

@@ -22,6 +22,8 @@ import type { GenerationRequest, SubmitResult } from '../engine/types.ts';
 import type { Serving } from '../serving.ts';
 import { ApiError } from './errors.ts';
 import { KeyLimits } from './limits.ts';
+import { beginTurn, committing, recordOf, storeCall, syncLocal } from './shared-turns.ts';
+import type { SessionLease } from '../cache/shared-sessions.ts';
 
 /** Default MAX_SESSION_TOKENS, as a multiple of the model's context. */
 export const SESSION_CONTEXT_MULTIPLE = 64;
@@ -75,15 +77,51 @@ export class Admission {
    * names a session that does not exist, checks the session limit and creates it. `sessionId`
    * undefined: a one-off request, or the append API (where the engine refuses unknown sessions).
    */
-  async admit(parts: Serving, owner: string, sessionId: string | undefined): Promise<Admitted> {
+  async admit(parts: Serving, owner: string, sessionId: string | undefined, options: { create?: boolean } = {}): Promise<Admitted> {
     this.observe(parts.engine);
     this.limits.checkStreams(owner);
+    const create = options.create ?? true;
+    // With a shared store the turn first takes the session's lease and the committed transcript.
+    const lease = sessionId !== undefined && parts.shared?.shared ? await beginTurn(parts.shared, parts.store, owner, sessionId) : null;
     let created: Session | null = null;
-    if (sessionId !== undefined && !(parts.store.get(owner, sessionId) ?? (await parts.store.find(owner, sessionId)))) {
-      // The lookup may have awaited the snapshot directory: another request may have created it meanwhile.
-      if (!parts.store.get(owner, sessionId)) created = this.createSession(parts.store, owner, sessionId);
+    try {
+      if (create && sessionId !== undefined && !(parts.store.get(owner, sessionId) ?? (await parts.store.find(owner, sessionId)))) {
+        // The lookup may have awaited the snapshot directory: another request may have created it meanwhile.
+        if (!parts.store.get(owner, sessionId)) created = this.createSession(parts.store, owner, sessionId);
+      }
+    } catch (error) {
+      if (lease) await parts.shared!.release(lease).catch(() => {});
+      throw error;
     }
-    return this.admitted(parts, created);
+    return this.admitted(parts, created, lease);
+  }
+
+  /** Creates an empty session (POST /v1/sessions without a prompt), also in the shared store; 409 when it exists there. */
+  async createEmpty(parts: Serving, owner: string, id: string): Promise<Session> {
+    const session = this.createSession(parts.store, owner, id);
+    const shared = parts.shared;
+    if (!shared?.shared) return session;
+    let fresh = false;
+    try {
+      fresh = await storeCall(() => shared.createIfAbsent(recordOf(session)));
+    } finally {
+      if (!fresh) parts.store.delete(session);
+    }
+    if (!fresh) throw new ApiError('session_exists', `Session ${id} already exists.`, 'session_id');
+    return session;
+  }
+
+  /** Before showing a session: the local copy takes the committed state of the shared store, if any. */
+  async refresh(parts: Serving, owner: string, id: string): Promise<void> {
+    const shared = parts.shared;
+    if (!shared?.shared) return;
+    syncLocal(parts.store, owner, id, await storeCall(() => shared.load(owner, id)));
+  }
+
+  /** A deleted session leaves the shared store too. */
+  async forget(parts: Serving, owner: string, id: string): Promise<void> {
+    const shared = parts.shared;
+    if (shared?.shared) await storeCall(() => shared.delete(owner, id));
   }
 
   /** Creates an empty session under the per-key session limit (POST /v1/sessions without a prompt). */
@@ -92,19 +130,39 @@ export class Admission {
     return store.create(owner, id);
   }
 
-  private admitted(parts: Serving, created: Session | null): Admitted {
+  private admitted(parts: Serving, created: Session | null, lease: SessionLease | null): Admitted {
     const limits = this.limits;
     const admission = this;
     let undone = false;
+    let leaseHandedOn = false;
+    const dropLease = () => {
+      if (!lease || leaseHandedOn) return;
+      leaseHandedOn = true;
+      void parts.shared!.release(lease).catch(() => {});
+    };
     return {
       created: created !== null,
       async submit(request) {
-        await admission.checkTranscript(parts, request);
-        // The check and the count in one tick, so a burst cannot overshoot the limit.
-        limits.checkStreams(request.owner);
-        return limits.whileSubmitting(request, () => parts.engine.submit(request));
+        let result: SubmitResult;
+        try {
+          await admission.checkTranscript(parts, request);
+          // The check and the count in one tick, so a burst cannot overshoot the limit.
+          limits.checkStreams(request.owner);
+          result = await limits.whileSubmitting(request, () => parts.engine.submit(request));
+        } catch (error) {
+          dropLease();
+          throw error;
+        }
+        const session = result.ok && lease ? parts.store.get(lease.owner, lease.id) : undefined;
+        if (!result.ok || !lease || !session || leaseHandedOn) {
+          dropLease();
+          return result;
+        }
+        leaseHandedOn = true;
+        return { ...result, events: committing(parts.shared!, parts.store, lease, session, result.events) };
       },
       refused() {
+        dropLease();
         if (undone || !created) return;
         undone = true;
         // Only the very session this request made, and only if nothing else holds it now.

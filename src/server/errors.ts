@@ -71,6 +71,7 @@ export const ERROR_TABLE: Record<ErrorKind, ErrorSpec> = {
   internal: { status: 500, type: 'server_error', code: 'internal_error' },
   model_failed: { status: 503, type: 'service_unavailable_error', code: 'model_failed', retryAfter: 30 },
   model_loading: { status: 503, type: 'service_unavailable_error', code: 'model_loading', retryAfter: 5 },
+  session_store_unavailable: { status: 503, type: 'service_unavailable_error', code: 'session_store_unavailable', retryAfter: 2 },
   shutting_down: { status: 503, type: 'service_unavailable_error', code: 'shutting_down', retryAfter: 5 },
 };
 

@@ -179,3 +179,48 @@ describe('cloud-run: API keys from Secret Manager', () => {
     assert.equal(file, `${value(mount.body, 'mount_path')}/${value(item, 'path')}`);
   });
 });
+
+describe('cloud-run: sessions in Memorystore (var.session_store)', () => {
+  const gated = (body: string) => /^var\.session_store \? 1 : 0$/.test(hclAttribute(body, 'count')?.trim() ?? '');
+  const dynamic = (body: string, name: string) => hclBlocks(body, 'dynamic').find((b) => b.labels[0] === name);
+
+  it('is off by default, so one-instance deployments need no VPC and no Redis', () => {
+    assert.equal(variables.get('session_store'), 'false');
+  });
+
+  it('creates a Memorystore instance with AUTH on and persistence, only with the option', () => {
+    const instance = hclBlocks(text, 'resource').find((b) => b.labels[0] === 'google_redis_instance');
+    assert.ok(instance, 'no google_redis_instance');
+    assert.ok(gated(instance.body), 'count = var.session_store ? 1 : 0');
+    assert.equal(hclAttribute(instance.body, 'auth_enabled'), 'true');
+    assert.equal(hclAttribute(instance.body, 'region'), 'var.region', 'next to the service');
+    assert.ok(hclBlocks(instance.body, 'persistence_config').length === 1);
+    assert.match(hclAttribute(instance.body, 'authorized_network') ?? '', /var\.network/);
+  });
+
+  it('sets SESSION_STORE_URL from the latest version of a secret it lets the service account read, never a plain value', () => {
+    assert.ok(SERVER_ENV.has('SESSION_STORE_URL'));
+    assert.equal(env.SESSION_STORE_URL, undefined, 'the URL holds the AUTH string: not a plain env value');
+    const block = dynamic(container.body, 'env');
+    assert.ok(block, 'a dynamic env block');
+    assert.match(hclAttribute(block.body, 'for_each') ?? '', /^var\.session_store \?/);
+    const content = hclBlock(block.body, 'content').body;
+    assert.equal(value(content, 'name'), 'SESSION_STORE_URL');
+    const ref = hclBlock(content, 'value_source', 'secret_key_ref').body;
+    assert.equal(hclAttribute(ref, 'secret'), 'var.session_store_url_secret');
+    assert.equal(value(ref, 'version'), 'latest');
+    const grant = hclBlocks(text, 'resource').find((b) => b.labels[0] === 'google_secret_manager_secret_iam_member' && hclAttribute(b.body, 'secret_id') === 'var.session_store_url_secret');
+    assert.ok(grant && gated(grant.body), 'a grant on that secret, with the option');
+    assert.equal(value(grant.body, 'role'), 'roles/secretmanager.secretAccessor');
+    assert.match(hclAttribute(grant.body, 'member') ?? '', /google_service_account\.warmkv\.email/);
+  });
+
+  it('reaches the instance over Direct VPC egress on the same network, only with the option', () => {
+    const block = dynamic(template.body, 'vpc_access');
+    assert.ok(block, 'a dynamic vpc_access block');
+    assert.match(hclAttribute(block.body, 'for_each') ?? '', /^var\.session_store \?/);
+    const content = hclBlock(block.body, 'content').body;
+    assert.equal(value(content, 'egress'), 'PRIVATE_RANGES_ONLY');
+    assert.equal(hclAttribute(hclBlock(content, 'network_interfaces').body, 'network'), 'var.network');
+  });
+});

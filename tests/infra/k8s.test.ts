@@ -258,3 +258,50 @@ describe('k8s: snapshot storage class', () => {
     }
   });
 });
+
+describe('k8s: Redis session store (infra/k8s-overlays/redis-sessions)', () => {
+  const COMPONENT = 'infra/k8s-overlays/redis-sessions';
+  const [component] = parseYamlDocuments(`${COMPONENT}/kustomization.yaml`) as unknown as { kind: string; resources: string[]; patches: { target: { kind: string; name: string }; patch: string }[] }[];
+  const redis = component.resources.flatMap((resource) => parseYamlDocuments(`${COMPONENT}/${resource}`));
+
+  it('is a component that adds SESSION_STORE_URL to the warmkv container from the Secret warmkv-session-store', () => {
+    assert.equal(component.kind, 'Component');
+    assert.ok(SERVER_ENV.has('SESSION_STORE_URL'));
+    const patch = component.patches.find((p) => p.target.kind === 'Deployment' && p.target.name === deployment.metadata.name);
+    assert.ok(patch, 'patches the warmkv Deployment');
+    const [operation] = parseAllDocuments(patch.patch).map((d) => d.toJS()).flat() as unknown as { op: string; path: string; value: { name: string; value?: string; valueFrom: { secretKeyRef: { name: string; key: string } } } }[];
+    assert.equal(operation.path, '/spec/template/spec/containers/0/env/-');
+    assert.equal(operation.value.name, 'SESSION_STORE_URL');
+    assert.equal(operation.value.value, undefined, 'the URL (it holds the password) never sits in a manifest');
+    assert.deepEqual(operation.value.valueFrom.secretKeyRef, { name: 'warmkv-session-store', key: 'url' });
+  });
+
+  it('runs Redis with an append-only file on its own volume, its password from the same Secret, behind a Service on its port', () => {
+    const statefulSet = one(redis, 'StatefulSet');
+    const service = one(redis, 'Service');
+    const server = statefulSet.spec.template.spec.containers[0];
+    assert.match(server.image, /^redis:\d+\.\d+\.\d+/, 'a pinned Redis image');
+    assert.equal(server.args[server.args.indexOf('--appendonly') + 1], 'yes');
+    assert.equal(server.args[server.args.indexOf('--requirepass') + 1], '$(REDIS_PASSWORD)');
+    const password = server.env.find((e: { name: string }) => e.name === 'REDIS_PASSWORD');
+    assert.equal(password.valueFrom.secretKeyRef.name, 'warmkv-session-store');
+    assert.ok(server.volumeMounts.some((m: { mountPath: string }) => m.mountPath === server.args[server.args.indexOf('--dir') + 1]));
+    assert.ok(selects(service.spec.selector, statefulSet.spec.template.metadata.labels));
+    assert.equal(service.spec.ports[0].port, 6379);
+    assert.ok(readRepoFile(`${COMPONENT}/kustomization.yaml`).includes(`redis://:PASS@${service.metadata.name}:${service.spec.ports[0].port}`), 'the documented URL names the Service');
+  });
+
+  it('renders the example overlay with the URL from the Secret (kubectl kustomize), when kubectl is installed', (t) => {
+    const result = spawnSync('kubectl', ['kustomize', join(ROOT, 'infra/k8s-overlays/fleet-redis')], { encoding: 'utf8' });
+    if (result.error) {
+      t.skip('kubectl is not installed');
+      return;
+    }
+    assert.equal(result.status, 0, result.stderr);
+    const objects = parseAllDocuments(result.stdout).map((d) => d.toJSON() as K8sObject);
+    const rendered = objects.find((o) => o.kind === 'Deployment' && o.metadata.name === deployment.metadata.name)!;
+    const url = rendered.spec.template.spec.containers[0].env.find((e: { name: string }) => e.name === 'SESSION_STORE_URL');
+    assert.equal(url?.valueFrom.secretKeyRef.name, 'warmkv-session-store');
+    assert.ok(objects.some((o) => o.kind === 'StatefulSet' && o.metadata.name === 'warmkv-redis'));
+  });
+});

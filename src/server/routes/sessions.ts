@@ -58,7 +58,7 @@ export function sessionRoutes(deps: ServerDeps): Hono<AppEnv> {
     if (await parts.store.find(owner, id)) throw exists();
     if (b.prompt == null && b.messages == null) {
       if (parts.store.get(owner, id)) throw exists();
-      const session = admission.createSession(parts.store, owner, id);
+      const session = await admission.createEmpty(parts, owner, id);
       return c.json(sessionView(parts, session), 201, { 'X-Session-Id': id });
     }
     const translator = new Translator(config, parts);
@@ -66,7 +66,10 @@ export function sessionRoutes(deps: ServerDeps): Hono<AppEnv> {
     if (parts.store.get(owner, id)) throw exists();
     // Admission creates the session now so the count holds; it is removed again unless the prefill succeeds.
     const admitted = await admission.admit(parts, owner, id);
-    if (!admitted.created) throw exists();
+    if (!admitted.created) {
+      admitted.refused();
+      throw exists();
+    }
     let submitted;
     try {
       submitted = await admitted.submit({ ...translator.prefill({ requestId: c.get('requestId'), owner }, id, input), signal: c.req.raw.signal });
@@ -113,6 +116,7 @@ export function sessionRoutes(deps: ServerDeps): Hono<AppEnv> {
 
   const findSession = async (c: Ctx, parts: Serving): Promise<Session> => {
     const id = checkSessionId(c.req.param('id') ?? '');
+    await admission.refresh(parts, ownerOf(c), id);
     const session = await parts.store.find(ownerOf(c), id);
     if (!session) throw sessionNotFound(id);
     return session;
@@ -128,6 +132,7 @@ export function sessionRoutes(deps: ServerDeps): Hono<AppEnv> {
     const session = await findSession(c, parts);
     if (!parts.store.delete(session)) throw new ApiError('session_busy', `Session ${session.id} is busy with another request.`, 'session_id');
     await parts.tiers.forget(session.owner, session.id);
+    await admission.forget(parts, session.owner, session.id);
     return c.json({ id: session.id, object: 'session.deleted', deleted: true });
   });
 
@@ -137,7 +142,7 @@ export function sessionRoutes(deps: ServerDeps): Hono<AppEnv> {
     const b = await readGenerationBody(c.req.raw, config.maxBodyBytes, appendSchema, 'append', parts.model.id);
     const job = new Translator(config, parts).append({ requestId: c.get('requestId'), owner: ownerOf(c) }, id, b);
     // The session must exist already: admission creates nothing, and the engine refuses an unknown one.
-    const admitted = await admission.admit(parts, ownerOf(c), undefined);
+    const admitted = await admission.admit(parts, ownerOf(c), id, { create: false });
     return runGeneration(generationContext(c, deps, parts, admitted), job);
   });
 

@@ -1,0 +1,142 @@
+/**
+ * Three server processes on one real redis-server (SESSION_STORE_URL): conversations whose every turn
+ * goes to a random replica (native append and OpenAI-style resend), races on one session, SIGKILL of a
+ * replica mid-turn, and Redis restarted mid-run.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { Rng } from '../../src/lib/rng.ts';
+import { LLAMA, randomTokens, testModelDir } from '../support/fixtures.ts';
+import { REDIS_SKIP, startRedis, type RedisProcess } from '../support/redis-server.ts';
+import { startServerProcess, type ServerProcess } from '../support/server-process.ts';
+
+const json = { 'Content-Type': 'application/json' };
+const append = (url: string, id: string, prompt: number[], maxTokens = 3) =>
+  fetch(`${url}/v1/sessions/${id}/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt, max_tokens: maxTokens, temperature: 0 }) });
+const sessionOf = async (url: string, id: string) => (await fetch(`${url}/v1/sessions/${id}`)).json() as Promise<{ version: number; tokens: number }>;
+
+describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 240_000 }, () => {
+  let redis: RedisProcess;
+  let replicas: ServerProcess[] = [];
+  let urls: string[] = [];
+  let env: Record<string, string>;
+  const args = ['--port', '0', '--host', '127.0.0.1'];
+  before(async () => {
+    redis = await startRedis();
+    env = { MODEL_DIR: await testModelDir(LLAMA), SESSION_STORE_URL: redis.url, SESSION_LEASE_SECONDS: '1', INT8_TIER: 'false', LOG_LEVEL: 'info' };
+    replicas = [0, 1, 2].map(() => startServerProcess({ args, env }));
+    urls = await Promise.all(replicas.map((r) => r.ready(30_000)));
+  });
+  after(async () => {
+    await Promise.all(replicas.map((r) => r.stop()));
+    await redis?.close();
+  });
+
+  test('every turn of 6 concurrent conversations on random replicas equals the same conversation on one replica; no 404', async () => {
+    const rng = new Rng(21);
+    await Promise.all([0, 1, 2, 3, 4, 5].map(async (c) => {
+      const [id, baseline] = [`conv-${c}`, `base-${c}`];
+      for (const [name, url] of [[id, urls[c % 3]], [baseline, urls[0]]]) {
+        const created = await fetch(`${url}/v1/sessions`, { method: 'POST', headers: json, body: JSON.stringify({ session_id: name }) });
+        assert.equal(created.status, 201);
+      }
+      for (let turn = 0; turn < 4; turn++) {
+        const prompt = randomTokens(5, c * 10 + turn + 1);
+        const replica = Math.floor(rng.next() * 3);
+        const res = await append(urls[replica], id, prompt);
+        assert.equal(res.status, 200, `conversation ${c} turn ${turn} on replica ${replica}: ${await res.clone().text()}`);
+        const reference = await append(urls[0], baseline, prompt);
+        assert.equal(reference.status, 200);
+        const text = ((await res.json()) as { choices: Array<{ text: string }> }).choices[0].text;
+        assert.equal(text, ((await reference.json()) as { choices: Array<{ text: string }> }).choices[0].text, `conversation ${c} turn ${turn}`);
+        const seen = await sessionOf(urls[(replica + 1) % 3], id);
+        assert.equal(seen.version, turn + 1, 'another replica sees the committed version');
+        assert.equal(seen.tokens, (await sessionOf(urls[0], baseline)).tokens);
+      }
+    }));
+  });
+
+  test('OpenAI-style resend: 8 concurrent conversations, every turn on a random replica, each equal to a one-shot run of its transcript', async () => {
+    const rng = new Rng(2121);
+    const complete = (url: string, prompt: string, sessionId?: string) =>
+      fetch(`${url}/v1/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt, max_tokens: 4, temperature: 0, ...(sessionId ? { session_id: sessionId } : {}) }) });
+    const words = ['the', 'king', 'castle', 'river', 'walked', 'slowly', 'towards', 'a', 'bright', 'morning'];
+    await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map(async (c) => {
+      const id = `resend-${c}`;
+      let transcript = '';
+      for (let turn = 0; turn < 4; turn++) {
+        transcript += ` ${words[(c + turn) % words.length]} ${words[(c * 3 + turn * 7) % words.length]}`;
+        const replica = Math.floor(rng.next() * 3);
+        const res = await complete(urls[replica], transcript, id);
+        assert.equal(res.status, 200, `conversation ${c} turn ${turn} on replica ${replica}: ${await res.clone().text()}`);
+        const body = (await res.json()) as { session_id: string; choices: Array<{ text: string }> };
+        assert.equal(body.session_id, id);
+        const oneShot = await complete(urls[(replica + 1) % 3], transcript);
+        assert.equal(oneShot.status, 200);
+        assert.equal(body.choices[0].text, ((await oneShot.json()) as { choices: Array<{ text: string }> }).choices[0].text, `conversation ${c} turn ${turn}`);
+        assert.equal((await sessionOf(urls[(replica + 2) % 3], id)).version, turn + 1, 'every replica sees the committed turn');
+        transcript += body.choices[0].text;
+      }
+    }));
+  });
+
+  test('two replicas racing on one session: one commits, the other gets 409 session_busy; history stays linear', async () => {
+    await fetch(`${urls[0]}/v1/sessions`, { method: 'POST', headers: json, body: JSON.stringify({ session_id: 'race' }) });
+    const [first, second] = await Promise.all([append(urls[1], 'race', [5, 6, 7], 40), append(urls[2], 'race', [8, 9, 10], 40)]);
+    const statuses = [first.status, second.status].sort();
+    assert.deepEqual(statuses, [200, 409]);
+    const loser = first.status === 409 ? first : second;
+    assert.equal(((await loser.json()) as { error: { code: string } }).error.code, 'session_busy');
+    const seen = await sessionOf(urls[0], 'race');
+    assert.equal(seen.version, 1);
+    assert.equal(seen.tokens, 3 + 40);
+  });
+
+  test('SIGKILL of a replica mid-turn: the session stays at its last committed turn and continues elsewhere', async () => {
+    await fetch(`${urls[0]}/v1/sessions`, { method: 'POST', headers: json, body: JSON.stringify({ session_id: 'crash' }) });
+    assert.equal((await append(urls[1], 'crash', [11, 12, 13])).status, 200);
+    // Streamed, so the kill lands once the turn is under way, however fast the replica decodes.
+    const long = await fetch(`${urls[2]}/v1/sessions/crash/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: [14, 15], max_tokens: 2000, temperature: 0, stream: true }) });
+    assert.equal(long.status, 200);
+    const reader = long.body!.getReader();
+    await reader.read();
+    replicas[2].kill('SIGKILL');
+    await reader.read().then(async function drain(chunk): Promise<void> {
+      if (!chunk.done) return reader.read().then(drain);
+    }).catch(() => null);
+    assert.equal((await sessionOf(urls[0], 'crash')).version, 1, 'still the last committed turn');
+    let status = 409;
+    for (let i = 0; i < 40 && status === 409; i++) {
+      status = (await append(urls[0], 'crash', [16, 17])).status;
+      if (status === 409) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.equal(status, 200, 'continues on another replica once the dead lease lapsed');
+    assert.equal((await sessionOf(urls[1], 'crash')).version, 2);
+    replicas[2] = startServerProcess({ args, env });
+    urls[2] = await replicas[2].ready(30_000);
+  });
+
+  test('Redis restarted mid-run: turns fail with 503 and a clear message, then recover', async () => {
+    await redis.stop();
+    const res = await append(urls[0], 'crash', [18]);
+    assert.equal(res.status, 503);
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    assert.equal(body.error.code, 'session_store_unavailable');
+    assert.match(body.error.message, /session store at redis:\/\/127\.0\.0\.1:\d+ is unreachable/);
+    await redis.restart();
+    let status = 0;
+    for (let i = 0; i < 50 && status !== 201; i++) {
+      status = (await fetch(`${urls[1]}/v1/sessions`, { method: 'POST', headers: json, body: JSON.stringify({ session_id: 'after-restart' }) })).status;
+      if (status !== 201) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.equal(status, 201, 'the replicas reconnect by themselves');
+    assert.equal((await append(urls[2], 'after-restart', [1, 2, 3])).status, 200);
+  });
+
+  test('Redis unreachable at start is a clear error', async () => {
+    const server = startServerProcess({ args, env: { ...env, SESSION_STORE_URL: 'redis://127.0.0.1:1' } });
+    const code = await server.exited;
+    assert.equal(code, 1);
+    assert.match(server.stderr(), /cannot reach the session store at redis:\/\/127\.0\.0\.1:1/);
+  });
+});

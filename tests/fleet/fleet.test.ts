@@ -82,11 +82,16 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
 
   test('two replicas racing on one session: one commits, the other gets 409 session_busy; history stays linear', async () => {
     await fetch(`${urls[0]}/v1/sessions`, { method: 'POST', headers: json, body: JSON.stringify({ session_id: 'race' }) });
-    const [first, second] = await Promise.all([append(urls[1], 'race', [5, 6, 7], 40), append(urls[2], 'race', [8, 9, 10], 40)]);
-    const statuses = [first.status, second.status].sort();
-    assert.deepEqual(statuses, [200, 409]);
-    const loser = first.status === 409 ? first : second;
-    assert.equal(((await loser.json()) as { error: { code: string } }).error.code, 'session_busy');
+    // The first turn is streamed and read until it is under way, so the second always arrives while
+    // the first holds the session, however fast the replica decodes.
+    const first = await fetch(`${urls[1]}/v1/sessions/race/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: [5, 6, 7], max_tokens: 40, temperature: 0, ignore_eos: true, stream: true }) });
+    assert.equal(first.status, 200);
+    const reader = first.body!.getReader();
+    await reader.read();
+    const second = await append(urls[2], 'race', [8, 9, 10], 40);
+    assert.equal(second.status, 409);
+    assert.equal(((await second.json()) as { error: { code: string } }).error.code, 'session_busy');
+    while (!(await reader.read()).done);
     const seen = await sessionOf(urls[0], 'race');
     assert.equal(seen.version, 1);
     assert.equal(seen.tokens, 3 + 40);

@@ -48,10 +48,6 @@ export interface StepFailed {
 export type StepResult = StepRan | StepFailed;
 
 export class Runner {
-  /** Moving average of a decode step's time (ms); 0 before the first step. */
-  decodeStepMs = 0;
-  /** Moving average of a prefill chunk's time per prompt token (ms); 0 before the first chunk of 8 or more. */
-  prefillMsPerToken = 0;
   private readonly sampler: Sampler;
   /** A row of float16 logits as float32. `// [vocabSize]` */
   private readonly logitsRow: Float32Array;
@@ -100,15 +96,7 @@ export class Runner {
     if (!call.ok) return call;
     const { output, startMs, durationMs } = call;
     batch.kv = output.present;
-    let kvTokens = 0;
-    let rows = 0;
-    for (const sequence of slots) {
-      if (!sequence) continue;
-      sequence.cacheLength++;
-      sequence.pendingIndex++;
-      kvTokens += sequence.cacheLength;
-      rows++;
-    }
+    const { rows, kvTokens } = advanceRows(slots);
     this.countDecode(rows, batchSize * totalLength, kvTokens, durationMs, output);
     return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens };
   }
@@ -134,15 +122,7 @@ export class Runner {
     if (!call.ok) return call;
     const { output, startMs, durationMs } = call;
     kv.append(output.present);
-    let kvTokens = 0;
-    let rows = 0;
-    for (const sequence of slots) {
-      if (!sequence) continue;
-      sequence.cacheLength++;
-      sequence.pendingIndex++;
-      kvTokens += sequence.cacheLength;
-      rows++;
-    }
+    const { rows, kvTokens } = advanceRows(slots);
     this.countDecode(rows, batchSize * (kv.capacity + 1), kvTokens, durationMs, output);
     return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens };
   }
@@ -182,11 +162,6 @@ export class Runner {
     c.prefillChunks++;
     c.prefillTokens += count;
     c.prefillMs += durationMs;
-    // Chunks of a few tokens are mostly per-call overhead; they would inflate the per-token estimate.
-    if (count >= 8) {
-      const perToken = durationMs / count;
-      this.prefillMsPerToken = this.prefillMsPerToken === 0 ? perToken : 0.7 * this.prefillMsPerToken + 0.3 * perToken;
-    }
     sequence.kv = output.present;
     sequence.cacheLength = total;
     sequence.pendingIndex += count;
@@ -250,8 +225,21 @@ export class Runner {
     c.batchSlots += slots;
     c.paddingSlots += slots - kvTokens;
     c.decodeBytesOut += output.logits.byteLength + hostKvBytes(output.present);
-    this.decodeStepMs = this.decodeStepMs === 0 ? durationMs : 0.8 * this.decodeStepMs + 0.2 * durationMs;
   }
+}
+
+/** Each live row of a decode step moves one token from pending into its cache. */
+function advanceRows(slots: ReadonlyArray<Sequence | null>): { rows: number; kvTokens: number } {
+  let kvTokens = 0;
+  let rows = 0;
+  for (const sequence of slots) {
+    if (!sequence) continue;
+    sequence.cacheLength++;
+    sequence.pendingIndex++;
+    kvTokens += sequence.cacheLength;
+    rows++;
+  }
+  return { rows, kvTokens };
 }
 
 /** Bytes of KV that came back in host memory (device-resident KV is not copied out). */

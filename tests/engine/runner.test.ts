@@ -68,7 +68,6 @@ describe('runner', () => {
     assert.equal(s.remainingPending, 0);
     assertClose(logitsAt(second, 0, 7, 8), await fullRecompute(model.decoder, prompt));
     assert.deepEqual([count.prefillChunks, count.prefillTokens, count.decodeSteps], [2, 21, 0]);
-    assert.ok(runner.prefillMsPerToken > 0, 'chunks of 8 or more tokens feed the per-token estimate');
 
     assert.equal(runner.sampleNext(s, second.logits, 7, second.vocabSize), null);
     const next = s.generated[0];
@@ -80,7 +79,6 @@ describe('runner', () => {
     const presentBytes = 22 * layout.bytesPerToken;
     assert.deepEqual([count.decodeSteps, count.decodeRows, count.batchSlots, count.paddingSlots], [1, 1, 22, 0]);
     assert.equal(count.decodeBytesOut, decoded.logits.byteLength + presentBytes, 'logits and the whole present come back to JavaScript');
-    assert.ok(runner.decodeStepMs > 0);
   });
 
   test('a batch with left padding and a free row: per-row inputs and mask, each live row as alone', async () => {

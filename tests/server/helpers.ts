@@ -70,6 +70,24 @@ export async function listen(options: TestServerOptions = {}): Promise<Listening
   };
 }
 
+/** A listening server on the committed default model (the settings main.ts uses, a 64 MiB KV budget). */
+export async function listenDefaultModel(): Promise<Listening> {
+  const runtime = new Runtime(loadConfig({}, ['--kv-cache-bytes', '64MiB']), { processMetrics: false });
+  await runtime.ready;
+  const { server, listening } = listenWith(createApp(runtime), runtime.config, { port: 0, hostname: '127.0.0.1', logger: silentLogger });
+  const { port } = (await listening) as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    runtime,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await runtime.drain(1000);
+    },
+  };
+}
+
 /** An openai client on a test server (the key is only checked when the server has API keys). */
 export function openAiClient(server: Listening, apiKey = 'unused'): OpenAI {
   return new OpenAI({ baseURL: `${server.url}/v1`, apiKey, maxRetries: 0 });

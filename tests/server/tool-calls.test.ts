@@ -4,19 +4,13 @@
  * which takes the fallback rendering). Every call's arguments validate against the tool's schema.
  */
 import assert from 'node:assert/strict';
-import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { createOpenAI } from '@ai-sdk/openai';
 import { generateText, jsonSchema, tool } from 'ai';
 import { Ajv } from 'ajv';
 import OpenAI from 'openai';
-import { loadConfig } from '../../src/config.ts';
-import { silentLogger } from '../../src/lib/logger.ts';
-import { Runtime } from '../../src/runtime.ts';
-import { createApp } from '../../src/server/app.ts';
-import { listenWith } from '../../src/server/listen.ts';
 import { GPT2, LLAMA } from '../support/fixtures.ts';
-import { expectError, listen, openAiClient, parseSse, post, type Listening } from './helpers.ts';
+import { expectError, listen, listenDefaultModel, openAiClient, parseSse, post, type Listening } from './helpers.ts';
 
 const LLAMA3_TEMPLATE =
   "{%- if tools %}{{- 'tools: ' + (tools | tojson) + '\\n' }}{%- endif %}{%- for message in messages %}{%- if message.role == 'tool' %}{{- '<|ipython|>' + message.content + '\\n' }}" +
@@ -39,25 +33,8 @@ const TOOLS = [
 const ajv = new Ajv({ strict: false });
 const validators: Record<string, ReturnType<Ajv['compile']>> = { get_weather: ajv.compile(weather), search: ajv.compile(search) };
 
-async function listenDefault(): Promise<Listening> {
-  const runtime = new Runtime(loadConfig({}, ['--kv-cache-bytes', '64MiB']), { processMetrics: false });
-  await runtime.ready;
-  const { server, listening } = listenWith(createApp(runtime), runtime.config, { port: 0, hostname: '127.0.0.1', logger: silentLogger });
-  const { port } = (await listening) as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    port,
-    runtime,
-    close: async () => {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      await runtime.drain(1000);
-    },
-  };
-}
-
 const MODELS: Array<[string, () => Promise<Listening>]> = [
-  ['default model (Hermes)', listenDefault],
+  ['default model (Hermes)', listenDefaultModel],
   ['llama builder (Llama 3 JSON template)', () => listen({ model: { ...LLAMA, chatTemplate: LLAMA3_TEMPLATE } })],
   ['gpt2 builder (ChatML, fallback tool rendering)', () => listen({ model: GPT2 })],
 ];

@@ -4,20 +4,14 @@
  * on the default model (Hermes) and builder models of both families. Every output validates (ajv).
  */
 import assert from 'node:assert/strict';
-import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { createOpenAI } from '@ai-sdk/openai';
 import { ChatOpenAI } from '@langchain/openai';
 import { generateObject } from 'ai';
 import { Ajv } from 'ajv';
 import { z } from 'zod';
-import { loadConfig } from '../../src/config.ts';
-import { silentLogger } from '../../src/lib/logger.ts';
-import { Runtime } from '../../src/runtime.ts';
-import { createApp } from '../../src/server/app.ts';
-import { listenWith } from '../../src/server/listen.ts';
 import { GPT2, LLAMA } from '../support/fixtures.ts';
-import { listen, type Listening } from './helpers.ts';
+import { listen, listenDefaultModel, type Listening } from './helpers.ts';
 
 // Bounded values only: the builder models' random weights would fill a free string to the token limit.
 const Forecast = z.object({
@@ -33,25 +27,8 @@ const weatherTool = {
   function: { name: 'get_weather', description: 'Weather for a city', parameters: forecastSchema },
 };
 
-async function listenDefault(): Promise<Listening> {
-  const runtime = new Runtime(loadConfig({}, ['--kv-cache-bytes', '64MiB']), { processMetrics: false });
-  await runtime.ready;
-  const { server, listening } = listenWith(createApp(runtime), runtime.config, { port: 0, hostname: '127.0.0.1', logger: silentLogger });
-  const { port } = (await listening) as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    port,
-    runtime,
-    close: async () => {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      await runtime.drain(1000);
-    },
-  };
-}
-
 const MODELS: Array<[string, () => Promise<Listening>]> = [
-  ['default model', listenDefault],
+  ['default model', listenDefaultModel],
   ['llama builder', () => listen({ model: LLAMA })],
   ['gpt2 builder', () => listen({ model: GPT2 })],
 ];

@@ -6,8 +6,10 @@ import * as ort from 'onnxruntime-node';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { loadConfig, type Config } from '../src/config.ts';
 import { assemble } from '../src/runtime.ts';
-import type { Serving } from '../src/serving.ts';
-import { silentLogger } from '../src/lib/logger.ts';
+import type { SharedSessions } from '../src/cache/shared-sessions.ts';
+import { createApp } from '../src/server/app.ts';
+import type { Serving, ServingSource } from '../src/serving.ts';
+import { silentLogger, type Logger } from '../src/lib/logger.ts';
 import { emptyKv, loadModel, type Decoder, type KvTensors, type LoadedModel } from '../src/model/index.ts';
 import { GREEDY, argmax } from '../src/engine/sampler.ts';
 import type { GenerationRequest } from '../src/engine/types.ts';
@@ -15,6 +17,12 @@ import { buildModelFolder } from '../tools/model-builder/index.ts';
 
 export const DEFAULT_MODEL = 'models/warmkv-brown';
 export const RESULTS_DIR = 'bench/results';
+
+/** Builds the benchmarks' stand-in model (a long-context builder llama) in `dir` unless it is there already. */
+async function ensureBuilderLlama(dir: string): Promise<void> {
+  if (existsSync(join(dir, 'config.json'))) return;
+  await buildModelFolder(dir, { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, vocabSize: 4096, maxPositions: 4096 });
+}
 
 /** The default model, or a builder model of similar size while the trained one does not exist. */
 /** `newRowOutputs`: load the decoder with new-row outputs (for KV_MODE=inplace). */
@@ -24,20 +32,42 @@ export async function benchModel(dir: string | undefined, threads: number, newRo
   if (!dir && !existsSync(join(path, 'config.json'))) {
     path = '/tmp/warmkv-bench-builder-llama';
     source = 'builder llama (hidden 256, 6 layers, 8 heads / 2 KV heads, vocab 4096): the trained default model is missing';
-    if (!existsSync(join(path, 'config.json'))) {
-      await buildModelFolder(path, { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, vocabSize: 4096, maxPositions: 4096 });
-    }
+    await ensureBuilderLlama(path);
   }
   const model = await loadModel(path, { logger: silentLogger, intraOpThreads: threads, newRowOutputs });
   return { model, source };
+}
+
+/**
+ * `--model DIR`, or (without one) the builder llama in `builderDir`: the benchmarks whose histories
+ * outgrow the trained model's context (1,024 tokens) run on this 4,096-position stand-in.
+ */
+export async function longContextModel(dir: string | undefined, builderDir: string, threads: number): Promise<{ model: LoadedModel; source: string }> {
+  if (!dir) await ensureBuilderLlama(builderDir);
+  const model = await loadModel(dir ?? builderDir, { logger: silentLogger, intraOpThreads: threads });
+  return { model, source: dir ?? 'builder llama (hidden 256, 6 layers, 8 heads / 2 KV heads, vocab 4096, 4096 positions)' };
 }
 
 export function benchConfig(overrides: Record<string, string>): Config {
   return loadConfig(overrides, []);
 }
 
-export function serving(config: Config, model: LoadedModel): Serving {
-  return assemble(config, model, { logger: silentLogger });
+/** `shared`: where sessions live beyond the process (a replica of a fleet); embedded by default. */
+export function serving(config: Config, model: LoadedModel, shared?: SharedSessions): Serving {
+  return assemble(config, model, { logger: silentLogger }, undefined, shared);
+}
+
+export type BenchApp = ReturnType<typeof createApp>;
+
+/** The HTTP app around assembled, ready serving parts (the app's own log lines go to `logger`). */
+export function benchApp(config: Config, parts: Serving, logger: Logger = silentLogger): BenchApp {
+  const runtime: ServingSource = { config, logger: silentLogger, modelId: parts.model.id, state: 'ready', serving: parts };
+  return createApp(runtime, { logger });
+}
+
+/** A JSON POST to the app as the holder of API key `key`. */
+export async function postAs(app: BenchApp, path: string, body: unknown, key: string): Promise<Response> {
+  return app.request(path, { method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${key}` }, body: JSON.stringify(body) });
 }
 
 export function machine() {

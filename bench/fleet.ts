@@ -16,21 +16,13 @@
  *
  * TTFT here is the latency of a turn with max_tokens 1 (one prefill, one sampled token, the commit).
  */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { RedisSessions } from '../src/cache/redis-sessions.ts';
 import type { SharedSessions } from '../src/cache/shared-sessions.ts';
-import { silentLogger } from '../src/lib/logger.ts';
-import { loadModel } from '../src/model/index.ts';
-import { assemble } from '../src/runtime.ts';
-import { createApp } from '../src/server/app.ts';
 import { ApiKeyAuth } from '../src/server/auth.ts';
-import type { ServingSource } from '../src/serving.ts';
 import { startRedis } from '../tests/support/redis-server.ts';
-import { buildModelFolder } from '../tools/model-builder/index.ts';
-import { benchConfig, median, table, writeResult } from './common.ts';
+import { benchApp, benchConfig, longContextModel, median, postAs, serving, table, writeResult, type BenchApp } from './common.ts';
 
 const { values } = parseArgs({
   args: process.argv.slice(3),
@@ -80,11 +72,9 @@ function tokens(count: number, seed: number, vocab: number): number[] {
   });
 }
 
-type App = ReturnType<typeof createApp>;
-
-async function post(app: App, path: string, body: unknown, key = FLEET_KEY): Promise<{ ms: number; cached: number; text: string }> {
+async function post(app: BenchApp, path: string, body: unknown, key = FLEET_KEY): Promise<{ ms: number; cached: number; text: string }> {
   const started = performance.now();
-  const res = await app.request(path, { method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${key}` }, body: JSON.stringify(body) });
+  const res = await postAs(app, path, body, key);
   const ms = performance.now() - started;
   if (res.status >= 300) throw new Error(`${path}: ${res.status} ${await res.text()}`);
   const data = (await res.json()) as { choices?: Array<{ text: string }>; usage?: { prompt_tokens_details?: { cached_tokens: number } } };
@@ -95,23 +85,13 @@ async function main(): Promise<void> {
   const threads = Number(values.threads);
   const sizes = values.sizes.split(',').map(Number);
   const repeats = Number(values.repeats);
-  let dir = values.model;
-  let source = dir ?? '';
-  if (!dir) {
-    dir = BUILDER_DIR;
-    source = 'builder llama (hidden 256, 6 layers, 8 heads / 2 KV heads, vocab 4096, 4096 positions)';
-    if (!existsSync(join(dir, 'config.json'))) {
-      await buildModelFolder(dir, { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, vocabSize: 4096, maxPositions: 4096 });
-    }
-  }
   const redis = await startRedis();
-  const model = await loadModel(dir, { logger: silentLogger, intraOpThreads: threads });
+  const { model, source } = await longContextModel(values.model, BUILDER_DIR, threads);
   const config = benchConfig({ KV_CACHE_BYTES: '2GiB', STREAM_RESUME_SECONDS: '0', API_KEYS: `${FLEET_KEY},${COLD_KEY}`, SESSION_STORE_URL: redis.url });
   const replicas = [0, 1].map(() => {
     const shared = timed(new RedisSessions({ url: redis.url, leaseMs: 10_000, ttlMs: 0 }));
-    const parts = assemble(config, model, { logger: silentLogger }, undefined, shared.store);
-    const runtime: ServingSource = { config, logger: silentLogger, modelId: parts.model.id, state: 'ready', serving: parts };
-    return { shared, parts, app: createApp(runtime, { logger: silentLogger }) };
+    const parts = serving(config, model, shared.store);
+    return { shared, parts, app: benchApp(config, parts) };
   });
   for (const replica of replicas) {
     await replica.shared.store.connect();

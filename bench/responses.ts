@@ -8,16 +8,10 @@
  *
  * Without --model it builds a long-context builder llama (hidden 256, 6 layers, 4096 positions).
  */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { silentLogger, type Logger } from '../src/lib/logger.ts';
-import { loadModel } from '../src/model/index.ts';
-import { createApp } from '../src/server/app.ts';
-import type { ServingSource } from '../src/serving.ts';
-import { buildModelFolder } from '../tools/model-builder/index.ts';
-import { benchConfig, median, serving, table, writeResult } from './common.ts';
+import { benchApp, benchConfig, longContextModel, median, postAs, serving, table, writeResult, type BenchApp } from './common.ts';
 
 const { values } = parseArgs({
   args: process.argv.slice(3),
@@ -60,12 +54,10 @@ const capturingLogger: Logger = {
   },
 };
 
-type App = ReturnType<typeof createApp>;
-
 /** One streamed POST /v1/responses: TTFT is the time to the first output_text.delta (or the end). */
-async function respond(app: App, body: Record<string, unknown>, key = CHAIN_KEY): Promise<Turn> {
+async function respond(app: BenchApp, body: Record<string, unknown>, key = CHAIN_KEY): Promise<Turn> {
   const started = performance.now();
-  const res = await app.request('/v1/responses', { method: 'POST', headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${key}` }, body: JSON.stringify({ ...body, stream: true, temperature: 0, max_output_tokens: MAX_OUTPUT }) });
+  const res = await postAs(app, '/v1/responses', { ...body, stream: true, temperature: 0, max_output_tokens: MAX_OUTPUT }, key);
   if (res.status !== 200) throw new Error(`${res.status}: ${await res.text()}`);
   const reader = res.body!.getReader();
   const decoder = new TextDecoder();
@@ -97,21 +89,11 @@ async function main(): Promise<void> {
   const turns = Number(values.turns);
   const repeats = Number(values.repeats);
   const words = Number(values.words);
-  let dir = values.model;
-  let source = dir ?? '';
-  if (!dir) {
-    dir = BUILDER_DIR;
-    source = 'builder llama (hidden 256, 6 layers, 8 heads / 2 KV heads, vocab 4096, 4096 positions)';
-    if (!existsSync(join(dir, 'config.json'))) {
-      await buildModelFolder(dir, { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, vocabSize: 4096, maxPositions: 4096 });
-    }
-  }
-  const model = await loadModel(dir, { logger: silentLogger, intraOpThreads: threads });
+  const { model, source } = await longContextModel(values.model, BUILDER_DIR, threads);
   const config = benchConfig({ KV_CACHE_BYTES: '2GiB', STREAM_RESUME_SECONDS: '0', API_KEYS: `${CHAIN_KEY},${COLD_KEY}` });
   const parts = serving(config, model);
   await parts.tiers.init();
-  const runtime: ServingSource = { config, logger: silentLogger, modelId: parts.model.id, state: 'ready', serving: parts };
-  const app = createApp(runtime, { logger: capturingLogger });
+  const app = benchApp(config, parts, capturingLogger);
 
   const perTurn: number[][] = Array.from({ length: turns }, () => []);
   /** Per turn: the engine's part of the TTFT (start to first token), and the rest (queue, route, SSE). */

@@ -11,31 +11,14 @@
 import { randomBytes } from 'node:crypto';
 import { forkPrefix } from '../cache/fork.ts';
 import type { Session } from '../cache/session.ts';
-import { GREEDY } from '../engine/sampler.ts';
-import type { GenerationRequest, Usage } from '../engine/types.ts';
+import type { Usage } from '../engine/types.ts';
 import type { Serving } from '../serving.ts';
 import type { Admitted } from './admission.ts';
 import { ApiError } from './errors.ts';
 import type { GenerationJob } from './generation.ts';
+import { prefillRequest } from './translate.ts';
 
-type ChoiceRequest = Omit<GenerationRequest, 'signal'>;
-
-/** The n requests of one prompt: choice i samples with `seed + i` (each its own random stream without a seed). */
-export function choicesOf(job: GenerationJob, n: number): GenerationJob {
-  if (n <= 1) return job;
-  const extraChoices = Array.from({ length: n - 1 }, (_, k) => {
-    const index = k + 1;
-    const request: ChoiceRequest = {
-      ...job.request,
-      requestId: `${job.request.requestId}-${index}`,
-      seed: job.request.seed === undefined ? undefined : job.request.seed + index,
-    };
-    return { request, echo: job.echo };
-  });
-  return { ...job, extraChoices, shared: { sessionId: job.request.sessionId, prefill: null, release: () => {} } };
-}
-
-/** What a job whose choices share one prompt carries (set by choicesOf, filled in by fanOut). */
+/** What a job whose choices share one prompt carries (set by the translator's choicesOf, filled in by fanOut). */
 export interface SharedPrompt {
   /** The client's session (choice 0's), if it named one; the other choices' sessions are never shown. */
   sessionId: string | undefined;
@@ -78,21 +61,9 @@ export async function fanOut(parts: Serving, admitted: Admitted, job: Generation
     const clientSession = job.shared.sessionId;
     const source = clientSession !== undefined ? undefined : newSession();
     const sourceId = clientSession ?? source!.id;
-    const prefill: GenerationRequest = {
-      requestId: `${job.request.requestId}-prefill`,
-      owner,
-      sessionId: sourceId,
-      onUnknownSession: 'create',
-      mode: 'replace',
-      input,
-      maxTokens: 0,
-      sampling: GREEDY,
-      stop: [],
-      ignoreEos: true,
-      truncation: job.request.truncation,
-      signal,
-    };
-    const submitted = await admitted.submit(prefill);
+    // The prompt's truncation is the request's own (it may name one), not POST /v1/sessions' default.
+    const prefill = prefillRequest({ requestId: `${job.request.requestId}-prefill`, owner }, sourceId, input, job.request.truncation);
+    const submitted = await admitted.submit({ ...prefill, signal });
     if (!submitted.ok) throw ApiError.fromEngine(submitted.error, clientSession);
     let usage: Usage | null = null;
     for await (const event of submitted.events) {

@@ -13,7 +13,6 @@ import { chatMessages } from './chat-messages.ts';
 import { toolPlanOf } from './tool-calls.ts';
 import type { Transcript } from '../responses/store.ts';
 import type { Serving } from '../serving.ts';
-import { choicesOf } from './choices.ts';
 import { ApiError } from './errors.ts';
 import { checkScorable } from './prompt-logprobs.ts';
 import type { GenerationJob, ResponseFormat } from './generation.ts';
@@ -77,6 +76,31 @@ export function sessionIdOf(header: string | undefined, fromBody: string | null 
     throw new ApiError('invalid_request', 'session_id in the body and the X-Session-Id header differ.', 'session_id');
   }
   return fromBody ?? header;
+}
+
+type EngineRequest = Omit<GenerationRequest, 'signal'>;
+
+/**
+ * The one prefill request: fill `sessionId`'s cache with `input`, generate nothing. POST /v1/sessions
+ * with a prompt builds it (Translator.prefill), and so does the shared prompt of n choices (choices.ts).
+ */
+export function prefillRequest(caller: Caller, sessionId: string, input: number[], truncation: 'auto' | 'error'): EngineRequest {
+  return { ...caller, sessionId, onUnknownSession: 'create', mode: 'replace', input, maxTokens: 0, sampling: GREEDY, stop: [], ignoreEos: true, truncation };
+}
+
+/** The n requests of one prompt: choice i samples with `seed + i` (each its own random stream without a seed); choices.ts fanOut runs them. */
+function choicesOf(job: GenerationJob, n: number): GenerationJob {
+  if (n <= 1) return job;
+  const extraChoices = Array.from({ length: n - 1 }, (_, k) => {
+    const index = k + 1;
+    const request: EngineRequest = {
+      ...job.request,
+      requestId: `${job.request.requestId}-${index}`,
+      seed: job.request.seed === undefined ? undefined : job.request.seed + index,
+    };
+    return { request, echo: job.echo };
+  });
+  return { ...job, extraChoices, shared: { sessionId: job.request.sessionId, prefill: null, release: () => {} } };
 }
 
 /** Turns one endpoint's body into the engine's terms, for one server config and loaded model. */
@@ -206,19 +230,8 @@ export class Translator {
   }
 
   /** POST /v1/sessions with a prompt: prefill the session's cache, generate nothing. */
-  prefill(caller: Caller, sessionId: string, input: number[]): Omit<GenerationRequest, 'signal'> {
-    return {
-      ...caller,
-      sessionId,
-      onUnknownSession: 'create',
-      mode: 'replace',
-      input,
-      maxTokens: 0,
-      sampling: GREEDY,
-      stop: [],
-      ignoreEos: true,
-      truncation: this.truncationOf(undefined, sessionId),
-    };
+  prefill(caller: Caller, sessionId: string, input: number[]): EngineRequest {
+    return prefillRequest(caller, sessionId, input, this.truncationOf(undefined, sessionId));
   }
 
   /** The one builder of a generation: the endpoint's parts plus what every body shares. */

@@ -12,6 +12,7 @@ import { describe, test } from 'node:test';
 import type { SessionTierMove } from '../../src/cache/session-store.ts';
 import { readSnapshotHeader } from '../../src/cache/snapshot-index.ts';
 import { collect, makeEngine, randomTokens, request } from '../support/fixtures.ts';
+import { wrapDecoder } from '../support/test-decoder.ts';
 
 const tempDir = () => mkdtempSync(join(tmpdir(), 'warmkv-durability-'));
 /** The builder llama: 512 bytes per token in float32, 16-token blocks (8 KiB). */
@@ -52,21 +53,14 @@ describe('stale snapshots (issue 24.1)', () => {
   test('versions count committed turns; a failed turn commits nothing; a restored file must hold the expected version', async () => {
     const snapshotDir = tempDir();
     let failNext = false;
+    const failOnce = (): boolean => {
+      const fail = failNext;
+      failNext = false;
+      return fail;
+    };
     const { engine, store, tiers } = await makeEngine({
       tiers: { snapshotDir },
-      wrapDecoder: (decoder) => ({
-        ...decoder,
-        io: decoder.io,
-        executionProvider: decoder.executionProvider,
-        run: async (input) => {
-          if (failNext) {
-            failNext = false;
-            throw new Error('injected model failure');
-          }
-          return decoder.run(input);
-        },
-        dispose: () => decoder.dispose(),
-      }),
+      wrapDecoder: (decoder) => wrapDecoder(decoder, { failWhen: failOnce, faultMessage: 'injected model failure' }),
     });
     await collect(engine.submit(request(randomTokens(20, 1), { sessionId: 'v', maxTokens: 4 })));
     await collect(engine.submit(request(randomTokens(3, 2), { sessionId: 'v', mode: 'append', maxTokens: 0 })));

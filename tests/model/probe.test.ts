@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { Logger } from '../../src/lib/logger.ts';
-import { loadModel, probeCapabilities, UnsupportedModelError, type Decoder, type DecoderOutput, type DecoderStep } from '../../src/model/index.ts';
+import { loadModel, probeCapabilities, UnsupportedModelError } from '../../src/model/index.ts';
 import type { BuildOptions } from '../../tools/model-builder/index.ts';
 import { testModel, testModelDir } from '../support/fixtures.ts';
+import { wrapDecoder } from '../support/test-decoder.ts';
 
 const GENAI_LIKE: BuildOptions = { family: 'llama', seed: 7, kvDtype: 'float16', externalData: true, quirks: ['no-multi-token-past'] };
 
@@ -61,14 +62,7 @@ describe('capability probe at load', () => {
 
   test('a model that cannot run a prompt at all is refused with a clear error', async () => {
     const model = await testModel({ family: 'llama', seed: 7 });
-    const broken: Decoder = {
-      io: model.decoder.io,
-      executionProvider: 'cpu',
-      run: async (_step: DecoderStep): Promise<DecoderOutput> => {
-        throw new Error('kernel exploded');
-      },
-      dispose: async () => {},
-    };
+    const broken = wrapDecoder(model.decoder, { failWhen: () => true, faultMessage: 'kernel exploded' });
     await assert.rejects(probeCapabilities(broken), (error: unknown) => error instanceof UnsupportedModelError && /4-token prompt.*kernel exploded/.test(error.message));
   });
 });

@@ -2,17 +2,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { listen, type Listening } from './helpers.ts';
+import { openAiServer, readChoices, type Listening } from './helpers.ts';
 
 let server: Listening;
 let client: OpenAI;
 let model: string;
 
-before(async () => {
-  server = await listen({ settings: { 'max-n': '6' } });
-  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-  model = server.runtime.serving!.model.id;
-});
+before(async () => ({ server, client, model } = await openAiServer({ settings: { 'max-n': '6' } })));
 after(() => server.close());
 
 type Extra = Record<string, unknown>;
@@ -56,19 +52,7 @@ describe('n choices', () => {
     const whole = await client.chat.completions.create({ model, messages, ...SAMPLING, seed: 7, n: 3 } as OpenAI.ChatCompletionCreateParamsNonStreaming);
     assert.equal(whole.choices.length, 3);
     const stream = await client.chat.completions.create({ model, messages, ...SAMPLING, seed: 7, n: 3, stream: true, stream_options: { include_usage: true } } as OpenAI.ChatCompletionCreateParamsStreaming);
-    const texts = ['', '', ''];
-    const finishes: Array<string | null> = [null, null, null];
-    let usage: OpenAI.CompletionUsage | null | undefined;
-    for await (const chunk of stream) {
-      if (chunk.choices.length === 0) usage = chunk.usage;
-      for (const choice of chunk.choices) {
-        texts[choice.index] += choice.delta.content ?? '';
-        if (choice.finish_reason) {
-          assert.equal(finishes[choice.index], null, 'one finish per choice');
-          finishes[choice.index] = choice.finish_reason;
-        }
-      }
-    }
+    const { texts, finishes, usage } = await readChoices(stream, 3, (choice) => choice.delta.content ?? '');
     assert.deepEqual(texts, whole.choices.map((c) => c.message.content));
     assert.deepEqual(finishes, ['length', 'length', 'length']);
     assert.equal(usage?.prompt_tokens, whole.usage?.prompt_tokens);

@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { Ajv } from 'ajv';
 import fc from 'fast-check';
 import { GPT2, LLAMA } from '../support/fixtures.ts';
-import { listen, post, type Listening } from './helpers.ts';
+import { openAiServer, post, type Listening } from './helpers.ts';
 
 type Schema = Record<string, unknown>;
 
@@ -48,10 +48,7 @@ for (const family of [LLAMA, GPT2]) {
   describe(`constrained decoding property (${family.family})`, () => {
     let server: Listening;
     let model: string;
-    before(async () => {
-      server = await listen({ model: family });
-      model = server.runtime.serving!.model.id;
-    });
+    before(async () => ({ server, model } = await openAiServer({ model: family })));
     after(() => server.close());
 
     test('random supported schemas x random seeds: the output always validates', async () => {

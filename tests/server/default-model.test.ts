@@ -6,26 +6,21 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { configSchema, DEFAULT_MODEL_DIR, loadConfig } from '../../src/config.ts';
-import { Runtime } from '../../src/runtime.ts';
-import { createApp } from '../../src/server/app.ts';
+import { configSchema, DEFAULT_MODEL_DIR } from '../../src/config.ts';
+import type { Runtime } from '../../src/runtime.ts';
+import { listenDefaultModel, post, type Listening } from './helpers.ts';
 
+let server: Listening;
 let runtime: Runtime;
-let app: ReturnType<typeof createApp>;
 
 before(async () => {
-  runtime = new Runtime(loadConfig({}, ['--kv-cache-bytes', '64MiB']), { processMetrics: false });
-  await runtime.ready;
-  app = createApp(runtime);
+  server = await listenDefaultModel();
+  runtime = server.runtime;
 });
-after(() => runtime.drain(1000));
+after(() => server.close());
 
 async function chat(messages: Array<{ role: string; content: string }>, sessionId?: string) {
-  const res = await app.request('/v1/chat/completions', {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: runtime.modelId, messages, temperature: 0, ...(sessionId ? { session_id: sessionId } : {}) }),
-  });
+  const res = await fetch(`${server.url}/v1/chat/completions`, post({ model: runtime.modelId, messages, temperature: 0, ...(sessionId ? { session_id: sessionId } : {}) }));
   assert.equal(res.status, 200);
   return (await res.json()) as {
     choices: Array<{ message: { content: string }; finish_reason: string }>;

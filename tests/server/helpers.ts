@@ -6,7 +6,7 @@ import { loadConfig } from '../../src/config.ts';
 import { Runtime, type RuntimeOptions } from '../../src/runtime.ts';
 import { createApp, type AppOptions } from '../../src/server/app.ts';
 import { listenWith } from '../../src/server/listen.ts';
-import { silentLogger } from '../../src/lib/logger.ts';
+import { silentLogger, type Logger } from '../../src/lib/logger.ts';
 import type { BuildOptions } from '../../tools/model-builder/index.ts';
 import { LLAMA, testModel, testModelDir } from '../support/fixtures.ts';
 
@@ -18,6 +18,8 @@ export interface TestServerOptions extends AppOptions {
   loadGate?: Promise<void>;
   /** The builder model to serve (default LLAMA). */
   model?: BuildOptions;
+  /** The runtime's own logger (`logger` is the app's); without one the runtime logs nothing. */
+  runtimeLogger?: Logger;
 }
 
 export async function makeRuntime(options: TestServerOptions = {}): Promise<Runtime> {
@@ -34,6 +36,7 @@ export async function makeRuntime(options: TestServerOptions = {}): Promise<Runt
     },
     wrapDecoder: options.wrapDecoder,
     streams: options.streams,
+    logger: options.runtimeLogger,
     processMetrics: false,
   });
   if (!options.loadGate) await runtime.ready;
@@ -102,8 +105,37 @@ export interface OpenAiServer {
 
 /** A listening server, an openai client on it and the model's id: `before(async () => ({ server, client, model } = await openAiServer()))`. */
 export async function openAiServer(options: TestServerOptions = {}): Promise<OpenAiServer> {
-  const server = await listen(options);
+  return openAiOn(await listen(options));
+}
+
+/** The same for a server started otherwise (listenDefaultModel, a table of starters). */
+export function openAiOn(server: Listening): OpenAiServer {
   return { server, client: openAiClient(server), model: server.runtime.serving!.model.id };
+}
+
+/**
+ * A streamed openai response of `count` choices, read to its end: each choice's text (`textOf` picks a
+ * chunk's part), each choice's finish reason (asserting it arrives once), and the usage chunk.
+ */
+export async function readChoices<C extends { index: number; finish_reason: string | null }>(
+  stream: AsyncIterable<{ choices: C[]; usage?: OpenAI.CompletionUsage | null }>,
+  count: number,
+  textOf: (choice: C) => string,
+): Promise<{ texts: string[]; finishes: Array<string | null>; usage: OpenAI.CompletionUsage | null | undefined }> {
+  const texts: string[] = Array(count).fill('');
+  const finishes: Array<string | null> = Array(count).fill(null);
+  let usage: OpenAI.CompletionUsage | null | undefined;
+  for await (const chunk of stream) {
+    if (chunk.choices.length === 0) usage = chunk.usage;
+    for (const choice of chunk.choices) {
+      texts[choice.index] += textOf(choice);
+      if (choice.finish_reason) {
+        assert.equal(finishes[choice.index], null, 'one finish per choice');
+        finishes[choice.index] = choice.finish_reason;
+      }
+    }
+  }
+  return { texts, finishes, usage };
 }
 
 export interface SseEvent {

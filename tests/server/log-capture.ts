@@ -1,10 +1,7 @@
 /** Test support for the security and fault tests: a logger that keeps its lines, and an app built with it. */
-import { loadConfig } from '../../src/config.ts';
 import type { Logger } from '../../src/lib/logger.ts';
 import type { Decoder } from '../../src/model/index.ts';
-import { Runtime } from '../../src/runtime.ts';
-import { createApp } from '../../src/server/app.ts';
-import { LLAMA, testModel, testModelDir } from '../support/fixtures.ts';
+import { makeApp } from './helpers.ts';
 
 export interface CapturedLogger {
   logger: Logger;
@@ -22,12 +19,7 @@ export function captureLogger(): CapturedLogger {
   return { logger: make({}), lines, text: () => lines.map((l) => `${l.level} ${l.message} ${JSON.stringify(l.fields)}`).join('\n') };
 }
 
-/** Like helpers.ts makeApp, with a logger for the runtime and the app (makeRuntime passes none). */
+/** helpers.ts makeApp with one logger for the runtime and the app. */
 export async function appWithLogger(settings: Record<string, string>, logger: Logger, wrapDecoder?: (decoder: Decoder) => Decoder) {
-  const dir = await testModelDir(LLAMA);
-  const argv = ['--model', dir, '--kv-cache-bytes', '64MiB'];
-  for (const [key, value] of Object.entries(settings)) argv.push(`--${key}`, value);
-  const runtime = new Runtime(loadConfig({}, argv), { load: () => testModel(LLAMA), logger, processMetrics: false, wrapDecoder });
-  await runtime.ready;
-  return { runtime, app: createApp(runtime, { logger }) };
+  return makeApp({ settings, logger, runtimeLogger: logger, wrapDecoder });
 }

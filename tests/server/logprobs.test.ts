@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { argmax } from '../../src/engine/sampler.ts';
-import { fullRecompute } from '../support/fixtures.ts';
+import { fullRecompute, logSoftmax } from '../support/fixtures.ts';
 import { openAiServer, post, type Listening } from './helpers.ts';
 
 let server: Listening;
@@ -14,15 +14,6 @@ before(async () => ({ server, client, model } = await openAiServer()));
 after(() => server.close());
 
 type Extra = Record<string, unknown>;
-
-function logSoftmax(logits: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (const v of logits) max = Math.max(max, v);
-  let sum = 0;
-  for (const v of logits) sum += Math.exp(v - max);
-  const logZ = max + Math.log(sum);
-  return Float64Array.from(logits, (v) => v - logZ);
-}
 
 /** Greedy steps from scratch: each step's chosen id, its log-softmax row, and the ids ranked by it. */
 async function reference(prompt: number[], steps: number) {

@@ -2,32 +2,19 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { fullRecompute } from '../support/fixtures.ts';
-import { listen, type Listening } from './helpers.ts';
+import { fullRecompute, logSoftmax } from '../support/fixtures.ts';
+import { openAiServer, type Listening } from './helpers.ts';
 
 let server: Listening;
 let client: OpenAI;
 let model: string;
 
-before(async () => {
-  server = await listen();
-  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-  model = server.runtime.serving!.model.id;
-});
+before(async () => ({ server, client, model } = await openAiServer()));
 after(() => server.close());
 
 type Extra = Record<string, unknown>;
 const complete = (extra: Extra) =>
   client.completions.create({ model, max_tokens: 4, temperature: 0, ignore_eos: true, ...extra } as unknown as OpenAI.CompletionCreateParamsNonStreaming);
-
-function logSoftmax(logits: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (const v of logits) max = Math.max(max, v);
-  let sum = 0;
-  for (const v of logits) sum += Math.exp(v - max);
-  const logZ = max + Math.log(sum);
-  return Float64Array.from(logits, (v) => v - logZ);
-}
 
 const decode = (id: number) => server.runtime.serving!.model.loaded.tokenizer.decode([id], false);
 const close = (a: number, b: number, what: string) => assert.ok(Math.abs(a - b) < 1e-3, `${what}: ${a} vs ${b}`);

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { openAiServer, type Listening } from './helpers.ts';
+import { openAiServer, readChoices, type Listening } from './helpers.ts';
 
 let server: Listening;
 let client: OpenAI;
@@ -42,19 +42,7 @@ describe('several prompts in one completions call', () => {
     const ids = PROMPTS.map((p) => tokenizer.encode(p, true));
     const whole = await complete({ prompt: ids });
     const stream = await client.completions.create({ model, prompt: ids, max_tokens: 8, temperature: 0, ignore_eos: true, stream: true, stream_options: { include_usage: true } } as unknown as OpenAI.CompletionCreateParamsStreaming);
-    const texts = ['', '', ''];
-    const finishes: Array<string | null> = [null, null, null];
-    let usage: OpenAI.CompletionUsage | null | undefined;
-    for await (const chunk of stream) {
-      if (chunk.choices.length === 0) usage = chunk.usage;
-      for (const choice of chunk.choices) {
-        texts[choice.index] += choice.text;
-        if (choice.finish_reason) {
-          assert.equal(finishes[choice.index], null, 'one finish per choice');
-          finishes[choice.index] = choice.finish_reason;
-        }
-      }
-    }
+    const { texts, finishes, usage } = await readChoices(stream, 3, (choice) => choice.text);
     assert.deepEqual(texts, whole.choices.map((c) => c.text));
     assert.deepEqual(finishes, ['length', 'length', 'length']);
     assert.equal(usage?.completion_tokens, 24);

@@ -3,15 +3,12 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { createOpenAI } from '@ai-sdk/openai';
 import { generateText, streamText } from 'ai';
-import { listen, type Listening } from './helpers.ts';
+import { openAiServer, type Listening } from './helpers.ts';
 
 let server: Listening;
 let model: string;
 
-before(async () => {
-  server = await listen();
-  model = server.runtime.serving!.model.id;
-});
+before(async () => ({ server, model } = await openAiServer()));
 after(() => server.close());
 
 test('generateText chains with providerOptions.openai.previousResponseId on the warm cache; streamText streams the same text', async () => {

@@ -4,31 +4,15 @@ import { describe, test } from 'node:test';
 import type { Decoder } from '../../src/model/index.ts';
 import { createApp } from '../../src/server/app.ts';
 import { StreamRegistry } from '../../src/server/streams.ts';
+import { wrapDecoder, type TestDecoder } from '../support/test-decoder.ts';
 import { makeRuntime, post } from './helpers.ts';
 
-/**
- * The real decoder, with its dispose counted but not passed on: every runtime in this file serves the
- * same loaded model, so releasing its ONNX session here would break the next test.
- */
-function countingDispose(inner: Decoder): Decoder & { disposed: number } {
-  return {
-    disposed: 0,
-    get io() {
-      return inner.io;
-    },
-    get executionProvider() {
-      return inner.executionProvider;
-    },
-    run: (step) => inner.run(step),
-    async dispose() {
-      this.disposed++;
-    },
-  };
-}
+/** Every runtime in this file serves the same loaded model: its decoder's disposes are counted, not passed on. */
+const countingDispose = (inner: Decoder): TestDecoder => wrapDecoder(inner, { keepInner: true });
 
 describe('Runtime.close', () => {
   test('disposes the decoder once, closes the streams, and is idempotent', async () => {
-    let decoder!: ReturnType<typeof countingDispose>;
+    let decoder!: TestDecoder;
     const streams = new StreamRegistry({ resumeMs: 60_000 });
     const runtime = await makeRuntime({ wrapDecoder: (d) => (decoder = countingDispose(d)), streams });
     const app = createApp(runtime, { streams });

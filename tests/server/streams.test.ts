@@ -18,7 +18,7 @@ import { createApp } from '../../src/server/app.ts';
 import { ApiError } from '../../src/server/errors.ts';
 import { StreamRegistry } from '../../src/server/streams.ts';
 import type { StreamRegistryOptions } from '../../src/streams/registry.ts';
-import { makeRuntime, parseSse, waitFor, type SseEvent } from './helpers.ts';
+import { makeApp, makeRuntime, parseSse, waitFor, type SseEvent } from './helpers.ts';
 import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
 interface Server {
@@ -431,8 +431,7 @@ describe('resumable streams', () => {
   });
 
   test('STREAM_RESUME_SECONDS=0: not resumable, no X-Stream-Id, a disconnect stops the generation', LIMIT, async () => {
-    const runtime = await makeRuntime({ settings: { 'stream-resume-seconds': '0' } });
-    const app = createApp(runtime);
+    const { runtime, app } = await makeApp({ settings: { 'stream-resume-seconds': '0' } });
     const res = await app.request('/v1/completions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(completion(400, { session_id: 'off' })) });
     assert.equal(res.headers.get('x-stream-id'), null);
     const reader = res.body!.getReader();

@@ -10,7 +10,7 @@ import { generateText, jsonSchema, tool } from 'ai';
 import { Ajv } from 'ajv';
 import OpenAI from 'openai';
 import { GPT2, LLAMA } from '../support/fixtures.ts';
-import { expectError, listen, listenDefaultModel, openAiClient, parseSse, post, type Listening } from './helpers.ts';
+import { expectError, listen, listenDefaultModel, openAiOn, parseSse, post, type Listening } from './helpers.ts';
 
 const LLAMA3_TEMPLATE =
   "{%- if tools %}{{- 'tools: ' + (tools | tojson) + '\\n' }}{%- endif %}{%- for message in messages %}{%- if message.role == 'tool' %}{{- '<|ipython|>' + message.content + '\\n' }}" +
@@ -44,11 +44,7 @@ for (const [label, start] of MODELS) {
     let server: Listening;
     let client: OpenAI;
     let model: string;
-    before(async () => {
-      server = await start();
-      client = openAiClient(server);
-      model = server.runtime.serving!.model.id;
-    });
+    before(async () => ({ server, client, model } = openAiOn(await start())));
     after(() => server.close());
 
     test("tool_choice 'required' and a named tool: valid calls over several seeds", async () => {

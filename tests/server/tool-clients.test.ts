@@ -11,7 +11,7 @@ import { generateObject } from 'ai';
 import { Ajv } from 'ajv';
 import { z } from 'zod';
 import { GPT2, LLAMA } from '../support/fixtures.ts';
-import { listen, listenDefaultModel, type Listening } from './helpers.ts';
+import { listen, listenDefaultModel, openAiOn, type Listening } from './helpers.ts';
 
 // Bounded values only: the builder models' random weights would fill a free string to the token limit.
 const Forecast = z.object({
@@ -41,10 +41,7 @@ for (const [label, start] of MODELS) {
     // calls until the token limit, and a reply cut at the limit carries no parsed calls.
     const langchain = (seed: number) =>
       new ChatOpenAI({ model, apiKey: 'unused', configuration: { baseURL: `${server.url}/v1` }, maxRetries: 0, temperature: 1, maxTokens: 200, useResponsesApi: false, modelKwargs: { seed, parallel_tool_calls: false } });
-    before(async () => {
-      server = await start();
-      model = server.runtime.serving!.model.id;
-    });
+    before(async () => ({ server, model } = openAiOn(await start())));
     after(() => server.close());
 
     test('LangChain bindTools with a required and a named tool: every call validates', async () => {

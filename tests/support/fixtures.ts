@@ -197,3 +197,12 @@ export async function fullRecompute(decoder: Decoder, tokens: readonly number[])
   return (out.logits as Float32Array).slice((n - 1) * out.vocabSize, n * out.vocabSize);
 }
 
+/** A from-scratch log-softmax of one logits row, in float64: the reference the logprobs tests compare with. */
+export function logSoftmax(logits: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (const v of logits) max = Math.max(max, v);
+  let sum = 0;
+  for (const v of logits) sum += Math.exp(v - max);
+  const logZ = max + Math.log(sum);
+  return Float64Array.from(logits, (v) => v - logZ);
+}

@@ -1,7 +1,8 @@
 /**
  * The one test wrapper around a real Decoder. Each behaviour is an option (and, where a test changes it
  * mid-test, a public field): sleep before calls, hold one decode call at a gate, inject a fault, force a
- * token, record every call, or return KV outputs that behave like device memory.
+ * token, record every call, return KV outputs that behave like device memory, or count disposes while
+ * keeping the real decoder alive.
  */
 import type { Decoder, DecoderOutput, DecoderStep, DeviceKv, KvData } from '../../src/model/index.ts';
 
@@ -25,6 +26,11 @@ export interface TestDecoderOptions {
    * device KV as host arrays, or uses it twice, fails loudly.
    */
   deviceLike?: boolean;
+  /**
+   * `dispose` is counted but not passed on: for tests whose runtimes share one loaded model, where
+   * releasing its ONNX session would break the next test.
+   */
+  keepInner?: boolean;
 }
 
 export class TestDecoder implements Decoder {
@@ -36,6 +42,8 @@ export class TestDecoder implements Decoder {
   /** Device-like only: how many device KV handles were downloaded to the host, and steps fed device KV. */
   downloads = 0;
   deviceSteps = 0;
+  /** `dispose` calls. */
+  disposed = 0;
   decodeDelayMs: number;
   prefillDelayMs: number;
   delayMs: number | ((step: DecoderStep) => number) | undefined;
@@ -101,8 +109,9 @@ export class TestDecoder implements Decoder {
     return output;
   }
 
-  dispose() {
-    return this.inner.dispose();
+  async dispose() {
+    this.disposed++;
+    if (!this.options.keepInner) await this.inner.dispose();
   }
 
   private delayFor(step: DecoderStep): number {

@@ -1,14 +1,11 @@
 /** Constrained decoding in /metrics on a listening server: compile-time histogram and grammar cache hits/misses. */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { listen, post, type Listening } from '../server/helpers.ts';
+import { openAiServer, post, type Listening } from '../server/helpers.ts';
 
 let server: Listening;
 let model: string;
-before(async () => {
-  server = await listen();
-  model = server.runtime.serving!.model.id;
-});
+before(async () => ({ server, model } = await openAiServer()));
 after(() => server.close());
 
 async function scrape(): Promise<(name: string) => number | undefined> {

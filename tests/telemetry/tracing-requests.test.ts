@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { trace } from '@opentelemetry/api';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
-import { listen, post, type Listening } from '../server/helpers.ts';
+import { openAiServer, post, type Listening } from '../server/helpers.ts';
 
 const exporter = new InMemorySpanExporter();
 const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
@@ -14,10 +14,7 @@ trace.setGlobalTracerProvider(provider);
 
 let server: Listening;
 let model: string;
-before(async () => {
-  server = await listen();
-  model = server.runtime.serving!.model.id;
-});
+before(async () => ({ server, model } = await openAiServer()));
 after(async () => {
   await server.close();
   await provider.shutdown();

@@ -93,7 +93,7 @@ function sameJson(a: unknown, b: unknown): boolean {
   return ka.length === kb.length && ka.every((k, i) => k === kb[i] && sameJson((a as never)[k], (b as never)[k]));
 }
 
-async function withServer<T>(modelDir: string, run: (url: string, client: OpenAI) => Promise<T>): Promise<T> {
+async function withServer<T>(modelDir: string, run: (url: string, client: OpenAI, runtime: Runtime) => Promise<T>): Promise<T> {
   const config = loadConfig({}, ['--model', modelDir, '--log-level', 'silent']);
   const runtime = new Runtime(config, { processMetrics: false });
   await runtime.ready;
@@ -105,7 +105,7 @@ async function withServer<T>(modelDir: string, run: (url: string, client: OpenAI
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
   try {
-    return await run(url, client);
+    return await run(url, client, runtime);
   } finally {
     (server as { closeAllConnections?: () => void }).closeAllConnections?.();
     await new Promise<void>((resolve) => server.close(() => resolve()));
@@ -148,21 +148,30 @@ function appendText(content: string, previous: Reply | null): string {
   return `${close}<|im_start|>user\n${content}<|im_end|>\n<|im_start|>assistant\n`;
 }
 
-async function memoryCase(url: string, client: OpenAI, c: MemoryCase, index: number) {
+/** The first position at which two token sequences differ (a prefix differs at the shorter one's end); -1 when equal. */
+export function firstDifference(a: readonly number[], b: readonly number[]): number {
+  const shorter = Math.min(a.length, b.length);
+  for (let i = 0; i < shorter; i++) if (a[i] !== b[i]) return i;
+  return a.length === b.length ? -1 : shorter;
+}
+
+async function memoryCase(url: string, client: OpenAI, runtime: Runtime, c: MemoryCase, index: number) {
   const base: Message[] = c.system ? [{ role: 'system', content: c.system }] : [];
   const runMessages = async (sessionId?: string) => {
     const history = [...base];
     const replies: Reply[] = [];
+    const prompts: Message[][] = [];
     for (const turn of c.user_turns) {
       history.push({ role: 'user', content: turn });
+      prompts.push([...history]);
       const reply = await chat(client, history, sessionId);
       replies.push(reply);
       history.push({ role: 'assistant', content: reply.text });
     }
-    return replies;
+    return { replies, prompts };
   };
-  const recompute = await runMessages();
-  const resend = await runMessages(`eval-resend-${index}`);
+  const { replies: recompute, prompts: recomputePrompts } = await runMessages();
+  const { replies: resend } = await runMessages(`eval-resend-${index}`);
   const nativeId = `eval-native-${index}`;
   await post(url, '/v1/sessions', c.system ? { session_id: nativeId, messages: base } : { session_id: nativeId });
   const native: Reply[] = [];
@@ -174,11 +183,22 @@ async function memoryCase(url: string, client: OpenAI, c: MemoryCase, index: num
   }
   const same = (a: Reply[]) => a.every((r, i) => r.text === recompute[i]!.text);
   // A native session keeps the tokens the model generated; a resend (and the recompute) re-tokenizes the
-  // reply's text, which can give another token sequence. A prompt_tokens difference up to the first
-  // differing reply shows that the two runs conditioned on different tokens, not that the cache is wrong.
+  // reply's text, which can give another token sequence, often of the same length (` W` `ead` `s`
+  // against ` We` `ad` `s`), so the ids are compared: the native prompt of turn i is the first
+  // prompt_tokens ids of the session's transcript, the recompute's is what /tokenize gives for its messages.
+  // A difference up to the first differing reply shows that the two runs conditioned on different
+  // tokens, not that the cache is wrong.
+  const transcript = runtime.serving!.store.get('', nativeId)?.tokens.slice() ?? [];
+  const tokenDiffs: number[] = [];
+  for (const [i, r] of native.entries()) {
+    const ids = (await post(url, '/tokenize', { messages: recomputePrompts[i] })).tokens as number[];
+    tokenDiffs.push(firstDifference(transcript.slice(0, r.prompt), ids));
+  }
   const firstDiff = native.findIndex((r, i) => r.text !== recompute[i]!.text);
-  const nativeTokensDiffer = firstDiff >= 0 && native.slice(0, firstDiff + 1).some((r, i) => r.prompt !== recompute[i]!.prompt);
-  return { recompute, resend, native, sameResend: same(resend), sameNative: same(native), nativeTokensDiffer, answer: c.answer };
+  const nativeTokensDiffer = firstDiff >= 0 && tokenDiffs.slice(0, firstDiff + 1).some((d) => d >= 0);
+  const diffTurn = tokenDiffs.findIndex((d) => d >= 0);
+  const nativeFirstTokenDifference = diffTurn < 0 ? null : { turn: diffTurn, position: tokenDiffs[diffTurn]! };
+  return { recompute, resend, native, tokenDiffs, sameResend: same(resend), sameNative: same(native), nativeTokensDiffer, nativeFirstTokenDifference, answer: c.answer };
 }
 
 /** A schema for `{"name": ..., "arguments": {...}}` that admits exactly the valid calls to the offered tools. */
@@ -238,7 +258,7 @@ export function pyJson(value: unknown): string {
 }
 
 export async function runChatSuite(modelDir: string, cases: ChatEvalCases) {
-  return withServer(modelDir, async (url, client) => {
+  return withServer(modelDir, async (url, client, runtime) => {
     const started = performance.now();
     const progress = (what: string) => console.error(`chat suite: ${what} (${((performance.now() - started) / 1000).toFixed(0)} s)`);
     const facts = await askAll(client, cases.facts);
@@ -253,7 +273,7 @@ export async function runChatSuite(modelDir: string, cases: ChatEvalCases) {
     }
     progress('reference facts and arithmetic');
     const memoryRuns: Array<Awaited<ReturnType<typeof memoryCase>>> = [];
-    for (const [i, c] of cases.memory.entries()) memoryRuns.push(await memoryCase(url, client, c, i));
+    for (const [i, c] of cases.memory.entries()) memoryRuns.push(await memoryCase(url, client, runtime, c, i));
     const recall = (pick: (r: (typeof memoryRuns)[number]) => Reply[]) => share(memoryRuns.filter((r) => contains(pick(r).at(-1)!.text, r.answer)).length, memoryRuns.length);
     progress('memory');
     const toolRuns: Array<Awaited<ReturnType<typeof toolCase>>> = [];
@@ -273,12 +293,18 @@ export async function runChatSuite(modelDir: string, cases: ChatEvalCases) {
         repliesEqualResendVsRecompute: share(memoryRuns.filter((r) => r.sameResend).length, memoryRuns.length),
         repliesEqualNativeVsRecompute: share(memoryRuns.filter((r) => r.sameNative).length, memoryRuns.length),
         nativeDifferencesWithOtherTokens: share(memoryRuns.filter((r) => r.nativeTokensDiffer).length, memoryRuns.filter((r) => !r.sameNative).length),
+        // per conversation whose native prompt ids ever left the recompute's: the first such turn, and the position in its prompt
+        nativeFirstTokenDifferences: memoryRuns.flatMap((r, conversation) => (r.nativeFirstTokenDifference ? [{ conversation, ...r.nativeFirstTokenDifference }] : [])),
         cachedTokensLastTurnNative: lastNative.map((r) => ({ prompt: r.prompt, cached: r.cached })),
         cachedTokensLastTurnResend: memoryRuns.at(-1)!.resend.map((r) => ({ prompt: r.prompt, cached: r.cached })),
         examples: memoryRuns.slice(0, 3).map((r, i) => ({ turns: cases.memory[i]!.user_turns, replies: r.native.map((x) => x.text), answer: r.answer })),
         // every warm reply that differs from the recompute's: which conversation, turn and run, and both texts
         mismatches: memoryRuns.flatMap((r, i) => (['resend', 'native'] as const).flatMap((run) => r[run]
-          .map((reply, turn) => ({ conversation: i, turn, run, warm: reply.text, recompute: r.recompute[turn]!.text, warmPromptTokens: reply.prompt, recomputePromptTokens: r.recompute[turn]!.prompt }))
+          .map((reply, turn) => ({
+            conversation: i, turn, run, warm: reply.text, recompute: r.recompute[turn]!.text, warmPromptTokens: reply.prompt, recomputePromptTokens: r.recompute[turn]!.prompt,
+            // native only: where its prompt ids first differ from the recompute's (null: the same ids)
+            ...(run === 'native' ? { firstDifferentPromptToken: r.tokenDiffs[turn]! >= 0 ? r.tokenDiffs[turn]! : null } : {}),
+          }))
           .filter((m) => m.warm !== m.recompute))),
       },
       tools: {
@@ -309,7 +335,7 @@ export function chatMarkdown(model: string, r: Awaited<ReturnType<typeof runChat
     ['memory recall, native append (warm)', pct(r.memory.recallNative)],
     ['conversations with every reply equal: resend vs recompute', pct(r.memory.repliesEqualResendVsRecompute)],
     ['conversations with every reply equal: native vs recompute', pct(r.memory.repliesEqualNativeVsRecompute)],
-    ['  of the differing ones: the native prompt had another token count (the model\'s own tokens, not the re-tokenized text)', pct(r.memory.nativeDifferencesWithOtherTokens)],
+    ['  of the differing ones: the native prompt had other token ids (the model\'s own tokens, not the re-tokenized text)', pct(r.memory.nativeDifferencesWithOtherTokens)],
     ['tool calls: parsable <tool_call> JSON', pct(r.tools.parsedToolCall)],
     ['tool calls: valid call (right tool, schema-valid arguments)', pct(r.tools.validCall)],
     ['tool calls: exact arguments', pct(r.tools.exactArguments)],

@@ -91,7 +91,7 @@ export function planDrop(policy: WindowPolicy, window: WindowState, cacheLength:
  * The transcript tokens a cache of `cacheLength` slots holds, slot by slot, under `window` (see
  * WindowState): the sinks, then the tokens after everything dropped. What `recompute` prefills again.
  */
-export function cachedTranscript(transcript: readonly number[], sinkTokens: number, window: WindowState, cacheLength: number): number[] {
+export function cachedTranscript(transcript: readonly number[], sinkTokens: number, window: Pick<WindowState, 'droppedTokens'>, cacheLength: number): number[] {
   const dropped = window.droppedTokens;
   if (dropped === 0) return transcript.slice(0, cacheLength);
   return transcript.slice(0, sinkTokens).concat(transcript.slice(sinkTokens + dropped, dropped + cacheLength));

@@ -27,10 +27,13 @@ export class Admitter {
       const sequence = next.sequence;
       const session = sequence.session;
       const restoreStart = performance.now();
-      const restoredFrom = await this.restore(session);
+      // Await only when there is something to wait for: a request that finds its session hot and room
+      // free is admitted in the very tick it was submitted (engine.stats() sees it running at once).
+      const restoredFrom = this.restorable(session) ? await this.restore(session) : session.tier;
       // The restorer awaited: the sequence may have been cancelled meanwhile.
       if (scheduler.waiting[0] !== sequence) continue;
-      if (!(await this.supersede(sequence))) continue;
+      const superseding = this.superseder?.(session);
+      if (superseding && !(await this.supersede(sequence, superseding))) continue;
 
       const request = sequence.request;
       const fullInput = request.mode === 'append' ? session.tokens.concat(request.input) : request.input;
@@ -76,13 +79,16 @@ export class Admitter {
     }
   }
 
+  private restorable(session: Session): boolean {
+    return (session.tier === 'int8' || session.tier === 'disk') && this.restorer !== null;
+  }
+
   /** Brings an int8 or disk session back to hot (pinned meanwhile); the tier its cache came from. */
   private async restore(session: Session): Promise<Tier> {
     const from = session.tier;
-    if ((from !== 'int8' && from !== 'disk') || !this.restorer) return from;
     session.pinned = true;
     try {
-      await this.restorer(session);
+      await this.restorer!(session);
     } finally {
       session.pinned = false;
     }
@@ -90,13 +96,11 @@ export class Admitter {
   }
 
   /**
-   * Makes sure no snapshot of the session is older than what this request will answer (pinned
-   * meanwhile). False when the sequence may not go on: cancelled while this awaited, or failed here.
+   * Waits for the superseder's promise: no snapshot of the session is older than what this request will
+   * answer (pinned meanwhile). False when the sequence may not go on: cancelled while this awaited, or failed here.
    */
-  private async supersede(sequence: Sequence): Promise<boolean> {
+  private async supersede(sequence: Sequence, superseding: Promise<void>): Promise<boolean> {
     const session = sequence.session;
-    const superseding = this.superseder?.(session);
-    if (!superseding) return true;
     session.pinned = true;
     let failure: Error | null = null;
     try {

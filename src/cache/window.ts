@@ -1,4 +1,5 @@
 import type { PositionEncoding } from '../model/types.ts';
+import type { WindowState } from './session.ts';
 
 /**
  * StreamingLLM-style truncation: keep the first `sinkTokens` tokens (attention sinks) and the most
@@ -48,9 +49,52 @@ export function resolveWindowPolicy(capacity: number, settings: WindowSettings, 
   return { capacity, sinkTokens, dropTokens, strategy };
 }
 
-/** Cache slots removed by one drop. */
+/** Cache slots removed by one drop: `[start, end)`, right after the sinks. */
 export function droppedSlots(policy: WindowPolicy): readonly [number, number] {
   return [policy.sinkTokens, policy.sinkTokens + policy.dropTokens];
+}
+
+/**
+ * The one drop rule, shared by the engine and the scorer (so the quality harness measures what serving
+ * does): a cache that holds `capacity` slots must drop before it takes another token; below that it
+ * never drops. Drops depend on slot counts alone, so every path over one transcript drops alike.
+ */
+export function needsDrop(policy: WindowPolicy, cacheLength: number): boolean {
+  return cacheLength >= policy.capacity;
+}
+
+/** What one drop does to a cache. */
+export interface WindowDrop {
+  /** Cache slots removed: `[start, end)` (see droppedSlots). */
+  slots: readonly [number, number];
+  /** Slots left: kept in place by `shift`, prefilled again by `recompute`. */
+  keptLength: number;
+  /** The window state after the drop. */
+  window: WindowState;
+}
+
+/** One drop of `policy.dropTokens` slots from a cache of `cacheLength` slots whose window state is `window`. */
+export function planDrop(policy: WindowPolicy, window: WindowState, cacheLength: number): WindowDrop {
+  return {
+    slots: droppedSlots(policy),
+    keptLength: cacheLength - policy.dropTokens,
+    window: {
+      droppedTokens: window.droppedTokens + policy.dropTokens,
+      // The transcript index of the next token: everything before it was dropped or is cached.
+      lastDropAt: window.droppedTokens + cacheLength,
+      dropEvents: window.dropEvents + 1,
+    },
+  };
+}
+
+/**
+ * The transcript tokens a cache of `cacheLength` slots holds, slot by slot, under `window` (see
+ * WindowState): the sinks, then the tokens after everything dropped. What `recompute` prefills again.
+ */
+export function cachedTranscript(transcript: readonly number[], sinkTokens: number, window: Pick<WindowState, 'droppedTokens'>, cacheLength: number): number[] {
+  const dropped = window.droppedTokens;
+  if (dropped === 0) return transcript.slice(0, cacheLength);
+  return transcript.slice(0, sinkTokens).concat(transcript.slice(sinkTokens + dropped, dropped + cacheLength));
 }
 
 /**

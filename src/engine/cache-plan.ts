@@ -3,7 +3,7 @@
  * it reads token arrays and window state and copies no KV, so it is unit-tested on plain values.
  */
 import { NO_WINDOW, type WindowState } from '../cache/session.ts';
-import { reusableSlots, type WindowPolicy } from '../cache/window.ts';
+import { cachedTranscript, reusableSlots, type WindowPolicy } from '../cache/window.ts';
 
 /** What a request reuses of its session's cache. */
 export interface CachePlan {
@@ -49,8 +49,8 @@ export function planCache(cached: CachedPrefix, full: readonly number[], policy:
   } else if (window.droppedTokens > 0 && policy.strategy === 'recompute') {
     const match = commonPrefixLength(full, cached.tokens, cached.tokens.length);
     if (match >= window.lastDropAt && full.length > window.lastDropAt) {
-      const sinks = policy.sinkTokens;
-      const pending = full.slice(0, sinks).concat(full.slice(sinks + window.droppedTokens));
+      // Everything after the drops, as a cache that had processed all of `full` would hold it.
+      const pending = cachedTranscript(full, policy.sinkTokens, window, full.length - window.droppedTokens);
       return { keep: 0, window: { ...window }, pending, pendingIndex: 0, cachedTokens: 0 };
     }
   }

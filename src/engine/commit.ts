@@ -1,14 +1,65 @@
 /**
- * What a finished request leaves in its session: the whole cache (keep), the processed prefix of a
- * cancelled prefill (keepProcessed), or the state before the request (rollBack). The engine calls
- * these once a sequence has left the decode batch and holds its own KV.
+ * Finishing a request: `finishSequence` takes it out of the queues and the decode batch, decides what
+ * it leaves in its session, settles the KV budget and closes its stream. What it leaves is the whole
+ * cache (keepCache), the processed prefix of a cancelled prefill (keepProcessed), or the state before
+ * the request (rollBack); these run once the sequence has left the decode batch and holds its own KV.
  */
 import { prefixOf } from '../cache/kv-ops.ts';
 import { NO_WINDOW, type WindowState } from '../cache/session.ts';
 import { reusableSlots } from '../cache/window.ts';
 import type { KvLayout } from '../model/types.ts';
 import { commonPrefixLength } from './cache-plan.ts';
+import type { EngineParts } from './parts.ts';
 import type { Sequence } from './sequence.ts';
+import type { EngineError, FinishReason } from './types.ts';
+
+/**
+ * Ends a sequence: stores its cache in the session, settles the budget, and closes its stream. False
+ * when it had already finished (nothing changed). The caller wakes the loop: room may have been freed.
+ */
+export function finishSequence(parts: EngineParts, sequence: Sequence, reason: FinishReason, error?: EngineError): boolean {
+  if (sequence.state === 'finished') return false;
+  const { scheduler, decodeBatch, layout, store } = parts;
+  const session = sequence.session;
+  const wasAdmitted = sequence.state !== 'queued';
+  if (!wasAdmitted) {
+    scheduler.remove(sequence);
+  } else {
+    decodeBatch.leave(sequence);
+    scheduler.remove(sequence);
+    if (reason === 'error') rollBack(sequence, layout);
+    else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) keepProcessed(sequence, layout, parts.window.sinkTokens);
+    else keepCache(sequence);
+  }
+  sequence.state = 'finished';
+  sequence.finishReason = reason;
+  sequence.constraint?.dispose();
+  sequence.constraint = null;
+  sequence.error = error;
+  const budget = store.budget;
+  // A hot session keeps reserved what its cache now takes (at most what the request reserved); other tiers keep their reservation.
+  const cacheBytes = session.tier === 'hot' ? budget.bytesFor(session.cachedLength, layout.bytesPerToken) : session.reservedBytes;
+  if (session.ephemeral) budget.resize(session, 0);
+  else if (wasAdmitted) budget.resize(session, Math.min(cacheBytes, session.reservedBytes));
+  session.pinned = false;
+  store.release(session);
+  const text = wasAdmitted ? sequence.finalText() : '';
+  sequence.events.push({
+    type: 'end',
+    finishReason: reason,
+    text,
+    error,
+    usage: {
+      promptTokens: sequence.fullInput.length,
+      completionTokens: sequence.generated.length,
+      cachedTokens: sequence.cachedTokens,
+      droppedTokens: sequence.droppedDuringRequest,
+    },
+  });
+  sequence.events.close();
+  for (const o of parts.observers) o.requestFinished?.(sequence);
+  return true;
+}
 
 export function keepCache(sequence: Sequence): void {
   const session = sequence.session;

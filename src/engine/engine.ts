@@ -1,20 +1,21 @@
-import { performance } from 'node:perf_hooks';
 import type { SessionStore } from '../cache/session-store.ts';
 import type { Session, Tier } from '../cache/session.ts';
-import { dropAndShift, prefixOf, rotaryInverseFrequencies } from '../cache/kv-ops.ts';
+import { rotaryInverseFrequencies } from '../cache/kv-ops.ts';
 import type { WindowPolicy } from '../cache/window.ts';
 import { silentLogger, type Logger } from '../lib/logger.ts';
-import { FULL_CAPABILITIES, kvOnHost, type Decoder, type ModelCapabilities, type PositionEncoding } from '../model/types.ts';
+import { FULL_CAPABILITIES, type Decoder, type ModelCapabilities, type PositionEncoding } from '../model/types.ts';
+import { Admitter } from './admit.ts';
+import { DecodeBatch } from './batch.ts';
+import { finishSequence } from './commit.ts';
+import type { PrefillCost } from './cost-model.ts';
 import type { TokenDecoder } from './detokenizer.ts';
 import { GrammarService, type GrammarCounters, type GrammarVocabulary } from './grammar.ts';
-import { DecodeBatch, type BatchRows } from './batch.ts';
 import { InPlaceBatch } from './inplace-batch.ts';
-import { planCache } from './cache-plan.ts';
-import { keepCache, keepProcessed, rollBack } from './commit.ts';
+import type { EngineParts } from './parts.ts';
 import { Runner } from './runner.ts';
-import type { PrefillCost } from './cost-model.ts';
 import { Scheduler, type SchedulerOptions } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
+import { StepExecutor } from './step.ts';
 import type { EngineError, FinishReason, GenerationRequest, RequestRecord, SubmitResult } from './types.ts';
 
 export interface EngineModel {
@@ -91,12 +92,13 @@ export interface EngineStats {
 }
 
 /**
- * The scheduler and generation loop. One loop serves every session: each iteration runs one batched
- * decode step for all streams that are generating, then at most one prefill chunk, so a long prompt
- * never stalls running streams for more than a chunk.
+ * The generation loop's entry: submit, drain, and the loop itself. One loop serves every session: each
+ * iteration reaps cancelled requests, admits queued ones (admit.ts), then executes the scheduler's plan
+ * (step.ts): one batched decode step for all streams that are generating, then at most one prefill
+ * chunk, so a long prompt never stalls running streams for more than a chunk. Finishing is commit.ts.
  */
 export class Engine {
-  /** The queues, admission and each iteration's step plan. */
+  /** The queues, admission's decisions and each iteration's step plan. */
   private readonly scheduler: Scheduler<Sequence>;
   private looping = false;
   private draining = false;
@@ -104,11 +106,10 @@ export class Engine {
   /** Something happened since the loop last looked (a submit, an abort, freed room): do not sleep. */
   private woken = false;
   private grammarService: GrammarService | null = null;
-  /** Builds each step's inputs, runs the model, times and samples (see runner.ts). */
-  private readonly runner: Runner;
-  private readonly inverseFrequencies: Float32Array | null;
-  private restorer: TierRestorer | null = null;
-  private superseder: SessionSuperseder | null = null;
+  /** What admission, step execution and finishing share (see parts.ts). */
+  private readonly parts: EngineParts;
+  private readonly admitter: Admitter;
+  private readonly steps: StepExecutor;
   private readonly observers: EngineObserver[] = [];
   private readonly idleWaiters: Array<() => void> = [];
   private readonly counterValues: EngineCounters = {
@@ -136,10 +137,28 @@ export class Engine {
     this.decodeBatch = inPlace
       ? new InPlaceBatch(model.decoder.io.kv, options.kvCapacityBlock ?? 256, this.counterValues)
       : new DecodeBatch(model.decoder.io.kv, this.counterValues);
-    this.runner = new Runner(model.decoder, model.vocabSize, this.counterValues, now);
     const positions = model.positionEncoding;
-    this.inverseFrequencies = positions.kind === 'rotary' ? rotaryInverseFrequencies(positions.theta, positions.rotaryDim) : null;
-    if (options.window.strategy === 'shift' && !this.inverseFrequencies) throw new Error('shift strategy needs a rotary model');
+    const inverseFrequencies = positions.kind === 'rotary' ? rotaryInverseFrequencies(positions.theta, positions.rotaryDim) : null;
+    if (options.window.strategy === 'shift' && !inverseFrequencies) throw new Error('shift strategy needs a rotary model');
+    this.parts = {
+      model,
+      get capabilities() {
+        return this.model.capabilities ?? FULL_CAPABILITIES;
+      },
+      layout: model.decoder.io.kv,
+      store,
+      window: options.window,
+      inverseFrequencies,
+      scheduler: this.scheduler,
+      decodeBatch: this.decodeBatch,
+      runner: new Runner(model.decoder, model.vocabSize, this.counterValues, now),
+      observers: this.observers,
+      logger,
+      now,
+      finish: (sequence, reason, error) => this.finish(sequence, reason, error),
+    };
+    this.admitter = new Admitter(this.parts);
+    this.steps = new StepExecutor(this.parts);
   }
 
   private get waiting(): Sequence[] {
@@ -151,7 +170,7 @@ export class Engine {
   }
 
   get capabilities(): ModelCapabilities {
-    return this.model.capabilities ?? FULL_CAPABILITIES;
+    return this.parts.capabilities;
   }
 
   get layout() {
@@ -163,11 +182,11 @@ export class Engine {
   }
 
   setTierRestorer(restorer: TierRestorer): void {
-    this.restorer = restorer;
+    this.admitter.restorer = restorer;
   }
 
   setSessionSuperseder(superseder: SessionSuperseder): void {
-    this.superseder = superseder;
+    this.admitter.superseder = superseder;
   }
 
   addObserver(observer: EngineObserver): void {
@@ -318,16 +337,16 @@ export class Engine {
         this.woken = false;
         // Cancelled sequences leave with their KV on the host (awaited only when some is on a device,
         // so a request that finds room is still admitted in the same tick it was submitted).
-        if (this.hasDeviceKv() && this.running.some((s) => s.abortReason || s.request.signal?.aborted)) await this.hostAll();
+        if (this.steps.hasDeviceKv() && this.running.some((s) => s.abortReason || s.request.signal?.aborted)) await this.steps.hostAll();
         this.reapCancelled();
-        await this.admit();
-        const progressed = await this.iterate();
+        await this.admitter.admit();
+        const progressed = await this.steps.iterate();
         if (!progressed && (this.waiting.length > 0 || this.running.length > 0)) await this.sleepUntilWoken();
       }
     } catch (error) {
       this.logger.error({ err: (error as Error).message, stack: (error as Error).stack }, 'engine loop failed');
       const engineError: EngineError = { kind: 'internal', message: 'internal error in the generation loop' };
-      await this.hostAll().catch(() => {});
+      await this.steps.hostAll().catch(() => {});
       for (const sequence of [...this.running, ...this.waiting]) this.finish(sequence, 'error', engineError);
     } finally {
       this.looping = false;
@@ -358,274 +377,8 @@ export class Engine {
     for (const { sequence, error } of this.scheduler.expired(this.now())) this.finish(sequence, 'error', error);
   }
 
-  /** Moves queued requests into the running set, first come first served, while the batch and budget allow. */
-  private async admit(): Promise<void> {
-    this.scheduler.beginAdmission();
-    for (let next = this.scheduler.nextAdmission(); next?.kind === 'admit'; next = this.scheduler.nextAdmission()) {
-      const sequence = next.sequence;
-      const session = sequence.session;
-      const restoreStart = performance.now();
-      let restoredFrom: Tier = session.tier;
-      if ((session.tier === 'int8' || session.tier === 'disk') && this.restorer) {
-        session.pinned = true;
-        try {
-          await this.restorer(session);
-        } finally {
-          session.pinned = false;
-        }
-        if ((session.tier as Tier) !== 'hot') restoredFrom = 'evicted';
-      }
-      // The restorer awaited: the sequence may have been cancelled meanwhile.
-      if (this.waiting[0] !== sequence) continue;
-      const superseding = this.superseder?.(session);
-      if (superseding) {
-        session.pinned = true;
-        let failure: Error | null = null;
-        try {
-          await superseding;
-        } catch (error) {
-          failure = error as Error;
-        } finally {
-          session.pinned = false;
-        }
-        if (this.waiting[0] !== sequence) continue;
-        if (failure) {
-          this.logger.error({ sessionId: session.id, err: failure.message }, 'the session snapshot could not be superseded');
-          this.finish(sequence, 'error', { kind: 'internal', message: "the session's snapshot could not be updated; the session is unchanged" });
-          continue;
-        }
-      }
-
-      const request = sequence.request;
-      const fullInput = request.mode === 'append' ? session.tokens.concat(request.input) : request.input;
-      const plan = planCache({ tokens: session.tokens, window: session.window, cachedLength: session.kv ? session.cachedLength : 0 }, fullInput, this.options.window);
-      const policy = this.options.window;
-      const finalLength = Math.min(plan.keep + plan.pending.length - plan.pendingIndex + request.maxTokens, policy.capacity);
-      const bytes = this.store.budget.bytesFor(finalLength, this.layout.bytesPerToken);
-      const room = !this.store.couldEverFit(bytes) ? 'too_large' : this.reserve(session, bytes);
-      if (room === 'too_large') {
-        this.finish(sequence, 'error', {
-          kind: 'request_too_large',
-          message: `the request needs ${bytes} bytes of KV cache but the whole cache budget is ${this.store.budget.capacityBytes} bytes`,
-        });
-        continue;
-      }
-      // No room now: the request stays at the head of the queue, and this admission pass ends.
-      if (!this.scheduler.decideRoom(sequence, room)) return;
-      sequence.fullInput = fullInput.slice();
-      sequence.kv = plan.keep > 0 ? prefixOf(this.layout, session.kv!, plan.keep) : null;
-      sequence.cacheLength = plan.keep;
-      sequence.window = plan.window;
-      sequence.pending = plan.pending;
-      sequence.pendingIndex = plan.pendingIndex;
-      sequence.cachedTokens = plan.cachedTokens;
-      sequence.originalTokens = session.tokens;
-      session.tokens = sequence.fullInput.slice();
-      session.kv = null;
-      session.requests++;
-      sequence.restoredFrom = sequence.cachedTokens > 0 ? restoredFrom : 'evicted';
-      sequence.admittedAt = this.now();
-      sequence.state = 'prefill';
-      sequence.startOutput(this.model.tokenizer, this.model.vocabSize);
-      sequence.events.push({
-        type: 'start',
-        sessionId: session.id,
-        promptTokens: sequence.fullInput.length,
-        cachedTokens: sequence.cachedTokens,
-        restoredFrom: sequence.restoredFrom,
-        queueMs: sequence.admittedAt - sequence.enqueuedAt,
-      });
-      const restoreMs = performance.now() - restoreStart;
-      for (const o of this.observers) o.requestStarted?.(sequence, { restoredFrom: sequence.restoredFrom, restoreMs });
-    }
-  }
-
-  /** Pins the session and reserves its KV bytes; no room unpins it again. */
-  private reserve(session: Session, bytes: number): 'reserved' | 'no_room' {
-    session.pinned = true;
-    if (this.store.reserve(session, Math.max(bytes, session.reservedBytes))) return 'reserved';
-    session.pinned = false;
-    return 'no_room';
-  }
-
-  /** Executes the scheduler's plan for this iteration (its prefill half after the decode step); false when there was nothing to run. */
-  private async iterate(): Promise<boolean> {
-    const decode = this.scheduler.decodePlan();
-    if (decode.length > 0) await this.decodeStep(decode);
-    const prefill = this.scheduler.prefillPlan(this.decodeBatch.current?.rows.length ?? 1);
-    if (prefill) await this.prefillChunk(prefill.sequence, prefill.tokens);
-    return decode.length > 0 || prefill !== null;
-  }
-
-  private async decodeStep(candidates: Sequence[]): Promise<void> {
-    // Rows of different lengths share a call only by left padding: without batching or padding, one row per call.
-    if (!this.capabilities.batched || !this.capabilities.leftPadding) {
-      for (const sequence of candidates) await this.decodeAlone(sequence);
-      return;
-    }
-    const capacity = this.options.window.capacity;
-    let joining = 0;
-    let full = 0;
-    for (const sequence of candidates) {
-      if (sequence.batchRow < 0) joining++;
-      if (sequence.cacheLength >= capacity) full++;
-    }
-    // Device-resident KV stays put while the batch does not change; anything else works on the host.
-    if ((full > 0 || (joining > 0 && (this.decodeBatch.current || joining > 1))) && this.hasDeviceKv()) await this.hostAll();
-    if (full > 0) {
-      for (const sequence of candidates) if (sequence.cacheLength >= capacity) this.dropWindow(sequence);
-    }
-    const decoding = full > 0 ? candidates.filter((s) => s.state === 'decode') : candidates;
-    if (decoding.length === 0) return;
-    const inPlace = this.decodeBatch instanceof InPlaceBatch ? this.decodeBatch.sync(decoding) : null;
-    const batch = inPlace ?? (this.decodeBatch as DecodeBatch<Sequence>).sync(decoding);
-    const slots = batch.rows;
-    const rows = slots.filter((s): s is Sequence => s !== null);
-    const step = inPlace ? await this.runner.decodeInPlace(inPlace) : await this.runner.decodeBatch(batch as BatchRows<Sequence>);
-    if (!step.ok) {
-      await this.failStep(rows, step.error);
-      return;
-    }
-    for (const o of this.observers) o.decodeStep?.({ sequences: rows, kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs });
-    const finished = await this.runner.sampleRows(slots, step);
-    if (finished.length === 0) return;
-    if (this.hasDeviceKv()) await this.hostAll();
-    for (const [sequence, reason] of finished) this.finish(sequence, reason);
-  }
-
-  /** One decode step of one sequence on its own cache (for exports that cannot batch rows). */
-  private async decodeAlone(sequence: Sequence): Promise<void> {
-    if (sequence.cacheLength >= this.options.window.capacity) {
-      await this.hostSequence(sequence);
-      this.dropWindow(sequence);
-      if (sequence.state !== 'decode') return; // recompute: the kept tokens are prefilled again first
-    }
-    const step = await this.runner.decodeAlone(sequence);
-    if (!step.ok) {
-      await this.failStep([sequence], step.error);
-      return;
-    }
-    for (const o of this.observers) o.decodeStep?.({ sequences: [sequence], kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs });
-    const reason = this.runner.sampleNext(sequence, step.logits, 0, step.vocabSize);
-    if (!reason) return;
-    await this.hostSequence(sequence);
-    this.finish(sequence, reason);
-  }
-
-  private async prefillChunk(sequence: Sequence, chunkTokens: number): Promise<void> {
-    const policy = this.options.window;
-    if (sequence.cacheLength >= policy.capacity) {
-      await this.hostSequence(sequence);
-      this.dropWindow(sequence);
-    }
-    const count = Math.min(chunkTokens, policy.capacity - sequence.cacheLength, sequence.remainingPending);
-    const step = await this.runner.prefill(sequence, count);
-    if (!step.ok) {
-      await this.failStep([sequence], step.error);
-      return;
-    }
-    for (const o of this.observers) o.prefillChunk?.(sequence, { tokens: count, kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs });
-    if (sequence.remainingPending === 0) {
-      // max_tokens 0 only fills the cache (the native API's session prefill).
-      await sequence.constraint?.prepare();
-      const reason = sequence.request.maxTokens === 0 ? 'length' : this.runner.sampleNext(sequence, step.logits, count - 1, step.vocabSize);
-      if (reason) {
-        if (sequence.kv?.device) await this.hostSequence(sequence);
-        this.finish(sequence, reason);
-      } else sequence.state = 'decode';
-    }
-  }
-
-  private hasDeviceKv(): boolean {
-    return this.decodeBatch.onDevice || this.running.some((s) => s.kv?.device);
-  }
-
-  /** Brings the batch's and every running sequence's KV to host memory, where the cache code works. */
-  private async hostAll(): Promise<void> {
-    await this.decodeBatch.toHost();
-    for (const sequence of this.running) await this.hostSequence(sequence);
-  }
-
-  private async hostSequence(sequence: Sequence): Promise<void> {
-    if (sequence.kv?.device) sequence.kv = await kvOnHost(sequence.kv);
-  }
-
-  /** The cache is full: drop `dropTokens` tokens after the sinks, by shifting keys or by recomputing. */
-  private dropWindow(sequence: Sequence): void {
-    this.decodeBatch.leave(sequence);
-    const policy = this.options.window;
-    const { sinkTokens: sinks, dropTokens: drop } = policy;
-    const length = sequence.cacheLength;
-    const oldDropped = sequence.window.droppedTokens;
-    sequence.window = {
-      droppedTokens: oldDropped + drop,
-      lastDropAt: oldDropped + length,
-      dropEvents: sequence.window.dropEvents + 1,
-    };
-    sequence.droppedDuringRequest += drop;
-    if (policy.strategy === 'shift') {
-      sequence.kv = dropAndShift(this.layout, sequence.kv!, sinks, drop, this.inverseFrequencies!);
-      sequence.cacheLength = length - drop;
-    } else {
-      const tokens = sequence.session.tokens;
-      const kept = tokens.slice(0, sinks).concat(tokens.slice(oldDropped + sinks + drop, oldDropped + length));
-      sequence.pending = kept.concat(sequence.pending.slice(sequence.pendingIndex));
-      sequence.pendingIndex = 0;
-      sequence.kv = null;
-      sequence.cacheLength = 0;
-      sequence.state = 'prefill';
-    }
-    for (const o of this.observers) o.windowDrop?.(sequence, { droppedTokens: drop, strategy: policy.strategy });
-  }
-
-  /** A model call failed: its sequences end with an error; their caches still hold the state before the call. */
-  private async failStep(sequences: Sequence[], error: unknown): Promise<void> {
-    this.logger.error({ err: (error as Error).message, sequences: sequences.map((s) => s.request.requestId) }, 'model step failed');
-    const engineError: EngineError = { kind: 'internal', message: 'the model failed while generating' };
-    await this.hostAll();
-    for (const sequence of sequences) this.finish(sequence, 'error', engineError);
-  }
-
-  /** Ends a sequence: stores its cache in the session, settles the budget, and closes its stream. */
+  /** Ends a sequence (see commit.ts) and wakes the loop: its batch slot and KV room are free now. */
   private finish(sequence: Sequence, reason: FinishReason, error?: EngineError): void {
-    if (sequence.state === 'finished') return;
-    const session = sequence.session;
-    const wasAdmitted = sequence.state !== 'queued';
-    if (!wasAdmitted) {
-      this.scheduler.remove(sequence);
-    } else {
-      this.decodeBatch.leave(sequence);
-      this.scheduler.remove(sequence);
-      if (reason === 'error') rollBack(sequence, this.layout);
-      else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) keepProcessed(sequence, this.layout, this.options.window.sinkTokens);
-      else keepCache(sequence);
-    }
-    sequence.state = 'finished';
-    sequence.finishReason = reason;
-    sequence.constraint?.dispose();
-    sequence.constraint = null;
-    sequence.error = error;
-    const budget = this.store.budget;
-    const cacheBytes = session.tier === 'hot' ? budget.bytesFor(session.cachedLength, this.layout.bytesPerToken) : session.reservedBytes;
-    if (session.ephemeral) budget.resize(session, 0);
-    else if (wasAdmitted) budget.resize(session, Math.min(cacheBytes, session.reservedBytes));
-    session.pinned = false;
-    this.store.release(session);
-    const text = wasAdmitted ? sequence.finalText() : '';
-    sequence.events.push({
-      type: 'end',
-      finishReason: reason,
-      text,
-      error,
-      usage: {
-        promptTokens: sequence.fullInput.length,
-        completionTokens: sequence.generated.length,
-        cachedTokens: sequence.cachedTokens,
-        droppedTokens: sequence.droppedDuringRequest,
-      },
-    });
-    sequence.events.close();
-    for (const o of this.observers) o.requestFinished?.(sequence);
-    this.wake();
+    if (finishSequence(this.parts, sequence, reason, error)) this.wake();
   }
 }

@@ -6,7 +6,8 @@
  */
 import { dequantizeKv, quantizeKv, type KeyScaleMode } from '../cache/int8.ts';
 import { dropAndShift, rotaryInverseFrequencies } from '../cache/kv-ops.ts';
-import type { WindowPolicy } from '../cache/window.ts';
+import { NO_WINDOW, type WindowState } from '../cache/session.ts';
+import { cachedTranscript, needsDrop, planDrop, type WindowPolicy } from '../cache/window.ts';
 import { halfToFloat } from '../lib/float16.ts';
 import { emptyKv, kvOnHost, type Decoder, type KvTensors, type PositionEncoding } from '../model/types.ts';
 
@@ -47,11 +48,10 @@ export async function scoreTokens(decoder: Decoder, tokens: readonly number[], o
   if (policy?.strategy === 'shift' && !inverseFrequencies) throw new Error('shift needs a rotary model');
 
   let kv: KvTensors = emptyKv(layout, 1);
-  /** Token ids in the cache, slot by slot. */
-  let cacheTokens: number[] = [];
+  /** How the cache maps onto `tokens` (the same bookkeeping a session keeps). */
+  let window: WindowState = { ...NO_WINDOW };
   const top1 = new Int32Array(Math.max(0, tokens.length - 1));
   let totalNll = 0;
-  let dropEvents = 0;
   let maxAttended = 0;
   let next = 0;
   const target = tokens.length - 1;
@@ -68,23 +68,23 @@ export async function scoreTokens(decoder: Decoder, tokens: readonly number[], o
       past: kv,
     });
     kv = output.present;
-    cacheTokens = cacheTokens.concat(input);
     maxAttended = Math.max(maxAttended, kv.length);
     return output;
   };
 
   while (next < target) {
-    if (policy && kv.length >= policy.capacity) {
-      const { sinkTokens: sinks, dropTokens: drop } = policy;
-      dropEvents++;
+    // The engine's drop rule (cache/window.ts), so perplexity is measured on what serving computes.
+    if (policy && needsDrop(policy, kv.length)) {
+      const drop = planDrop(policy, window, kv.length);
+      window = drop.window;
       kv = await kvOnHost(kv);
       if (policy.strategy === 'shift') {
-        kv = dropAndShift(layout, kv, sinks, drop, inverseFrequencies!);
-        cacheTokens = cacheTokens.slice(0, sinks).concat(cacheTokens.slice(sinks + drop));
+        const [start, end] = drop.slots;
+        kv = dropAndShift(layout, kv, start, end - start, inverseFrequencies!);
       } else {
-        const kept = cacheTokens.slice(0, sinks).concat(cacheTokens.slice(sinks + drop));
+        // Every token before `next` was dropped or is cached, so the kept ones are read off `tokens`.
+        const kept = cachedTranscript(tokens, policy.sinkTokens, window, drop.keptLength);
         kv = emptyKv(layout, 1);
-        cacheTokens = [];
         for (let i = 0; i < kept.length; i += options.chunkTokens) await run(kept.slice(i, i + options.chunkTokens));
       }
     }
@@ -122,5 +122,5 @@ export async function scoreTokens(decoder: Decoder, tokens: readonly number[], o
     if (options.int8) kv = dequantizeKv(layout, quantizeKv(layout, await kvOnHost(kv), options.int8.keyMode));
     options.onProgress?.(next);
   }
-  return { count: target, totalNll, perplexity: Math.exp(totalNll / Math.max(1, target)), top1, dropEvents, maxAttended };
+  return { count: target, totalNll, perplexity: Math.exp(totalNll / Math.max(1, target)), top1, dropEvents: window.dropEvents, maxAttended };
 }

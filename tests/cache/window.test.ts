@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { droppedSlots, resolveWindowPolicy, reusableSlots, WindowConfigError } from '../../src/cache/window.ts';
+import { cachedTranscript, droppedSlots, needsDrop, planDrop, resolveWindowPolicy, reusableSlots, WindowConfigError, type WindowPolicy } from '../../src/cache/window.ts';
+import { NO_WINDOW } from '../../src/cache/session.ts';
 import type { PositionEncoding } from '../../src/model/types.ts';
 
 const ROTARY: PositionEncoding = { kind: 'rotary', theta: 10000, rotaryDim: 64, style: 'rotate_half' };
@@ -98,5 +99,56 @@ describe('reusableSlots', () => {
     assert.equal(reusableSlots(window, 96, 139), 0);
     assert.equal(reusableSlots(window, 96, 140), 92);
     assert.equal(reusableSlots(window, 96, 200), 96);
+  });
+});
+
+describe('the drop rule (engine and scorer share it)', () => {
+  const policy: WindowPolicy = { capacity: 32, sinkTokens: 4, dropTokens: 8, strategy: 'recompute' };
+  /** Transcript token i is the number 100 + i, so slices read as positions. */
+  const transcript = Array.from({ length: 100 }, (_, i) => 100 + i);
+
+  test('a cache drops only once it holds the whole capacity', () => {
+    assert.equal(needsDrop(policy, 0), false);
+    assert.equal(needsDrop(policy, 31), false);
+    assert.equal(needsDrop(policy, 32), true);
+    assert.equal(needsDrop(policy, 33), true, 'never grows past it');
+  });
+
+  test('one drop removes dropTokens slots after the sinks and records where it happened', () => {
+    const drop = planDrop(policy, NO_WINDOW, 32);
+    assert.deepEqual(drop.slots, [4, 12]);
+    assert.equal(drop.keptLength, 24);
+    assert.deepEqual(drop.window, { droppedTokens: 8, lastDropAt: 32, dropEvents: 1 });
+  });
+
+  test('successive drops accumulate: the next drop point is dropped + cached tokens', () => {
+    let window = { ...NO_WINDOW };
+    let length = 0;
+    const points: number[] = [];
+    // Feed 100 tokens one at a time, as decoding does.
+    for (let token = 0; token < 100; token++) {
+      if (needsDrop(policy, length)) {
+        const drop = planDrop(policy, window, length);
+        window = drop.window;
+        length = drop.keptLength;
+        points.push(window.lastDropAt);
+      }
+      length++;
+      assert.equal(window.droppedTokens + length, token + 1, 'every processed token is either dropped or cached');
+    }
+    assert.deepEqual(points, [32, 40, 48, 56, 64, 72, 80, 88, 96]);
+    assert.deepEqual(window, { droppedTokens: 72, lastDropAt: 96, dropEvents: 9 });
+    assert.equal(length, 28);
+  });
+
+  test('cachedTranscript: the sinks, then the tokens after everything dropped', () => {
+    assert.deepEqual(cachedTranscript(transcript, 4, NO_WINDOW, 5), [100, 101, 102, 103, 104]);
+    const drop = planDrop(policy, NO_WINDOW, 32);
+    const kept = cachedTranscript(transcript, 4, drop.window, drop.keptLength);
+    assert.equal(kept.length, drop.keptLength);
+    assert.deepEqual(kept.slice(0, 4), [100, 101, 102, 103]);
+    assert.deepEqual(kept.slice(4), Array.from({ length: 20 }, (_, i) => 112 + i), 'slots 4..11 (tokens 104..111) are gone');
+    const second = planDrop(policy, drop.window, 32);
+    assert.deepEqual(cachedTranscript(transcript, 4, second.window, second.keptLength).slice(4, 6), [120, 121]);
   });
 });

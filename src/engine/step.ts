@@ -1,0 +1,143 @@
+/**
+ * Executes the scheduler's plan for one loop iteration: one decode step of every decoding sequence
+ * (batched, or one row per call for exports that cannot batch), then at most one prefill chunk. Around
+ * the model calls (runner.ts) it applies the window drops a full cache needs, keeps the decode batch in
+ * sync, moves KV to the host where the cache code needs it, and hands finished or failed sequences to
+ * finishing. It decides nothing about which sequences run: that is the scheduler's plan.
+ */
+import { needsDrop } from '../cache/window.ts';
+import { kvOnHost } from '../model/types.ts';
+import type { BatchRows, DecodeBatch } from './batch.ts';
+import { InPlaceBatch } from './inplace-batch.ts';
+import type { EngineParts } from './parts.ts';
+import type { Sequence } from './sequence.ts';
+import type { EngineError } from './types.ts';
+import { dropWindow } from './window-drop.ts';
+
+export class StepExecutor {
+  constructor(private readonly parts: EngineParts) {}
+
+  /** Runs this iteration's plan (its prefill half after the decode step); false when there was nothing to run. */
+  async iterate(): Promise<boolean> {
+    const { scheduler, decodeBatch } = this.parts;
+    const decode = scheduler.decodePlan();
+    if (decode.length > 0) await this.decodeStep(decode);
+    const prefill = scheduler.prefillPlan(decodeBatch.current?.rows.length ?? 1);
+    if (prefill) await this.prefillChunk(prefill.sequence, prefill.tokens);
+    return decode.length > 0 || prefill !== null;
+  }
+
+  /** Some KV (the batch's or a running sequence's) is in device memory. */
+  hasDeviceKv(): boolean {
+    return this.parts.decodeBatch.onDevice || this.parts.scheduler.running.some((s) => s.kv?.device);
+  }
+
+  /** Brings the batch's and every running sequence's KV to host memory, where the cache code works. */
+  async hostAll(): Promise<void> {
+    await this.parts.decodeBatch.toHost();
+    for (const sequence of this.parts.scheduler.running) await this.hostSequence(sequence);
+  }
+
+  private async decodeStep(candidates: Sequence[]): Promise<void> {
+    const { capabilities, window, runner, observers } = this.parts;
+    // Rows of different lengths share a call only by left padding: without batching or padding, one row per call.
+    if (!capabilities.batched || !capabilities.leftPadding) {
+      for (const sequence of candidates) await this.decodeAlone(sequence);
+      return;
+    }
+    let joining = 0;
+    let full = 0;
+    for (const sequence of candidates) {
+      if (sequence.batchRow < 0) joining++;
+      if (needsDrop(window, sequence.cacheLength)) full++;
+    }
+    // Device-resident KV stays put while the batch does not change; anything else works on the host.
+    if ((full > 0 || (joining > 0 && (this.parts.decodeBatch.current || joining > 1))) && this.hasDeviceKv()) await this.hostAll();
+    if (full > 0) {
+      for (const sequence of candidates) if (needsDrop(window, sequence.cacheLength)) this.dropWindow(sequence);
+    }
+    // A recompute drop sent its sequence back to prefill: it sits this decode step out.
+    const decoding = full > 0 ? candidates.filter((s) => s.state === 'decode') : candidates;
+    if (decoding.length === 0) return;
+    const decodeBatch = this.parts.decodeBatch;
+    const inPlace = decodeBatch instanceof InPlaceBatch ? decodeBatch.sync(decoding) : null;
+    const batch = inPlace ?? (decodeBatch as DecodeBatch<Sequence>).sync(decoding);
+    const slots = batch.rows;
+    const rows = slots.filter((s): s is Sequence => s !== null);
+    const step = inPlace ? await runner.decodeInPlace(inPlace) : await runner.decodeBatch(batch as BatchRows<Sequence>);
+    if (!step.ok) {
+      await this.failStep(rows, step.error);
+      return;
+    }
+    for (const o of observers) o.decodeStep?.({ sequences: rows, kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs });
+    const finished = await runner.sampleRows(slots, step);
+    if (finished.length === 0) return;
+    // Finishing stores each sequence's own KV in its session, which works on the host.
+    if (this.hasDeviceKv()) await this.hostAll();
+    for (const [sequence, reason] of finished) this.parts.finish(sequence, reason);
+  }
+
+  /** One decode step of one sequence on its own cache (for exports that cannot batch rows). */
+  private async decodeAlone(sequence: Sequence): Promise<void> {
+    const { window, runner, observers } = this.parts;
+    if (needsDrop(window, sequence.cacheLength)) {
+      await this.hostSequence(sequence);
+      this.dropWindow(sequence);
+      if (sequence.state !== 'decode') return; // recompute: the kept tokens are prefilled again first
+    }
+    const step = await runner.decodeAlone(sequence);
+    if (!step.ok) {
+      await this.failStep([sequence], step.error);
+      return;
+    }
+    for (const o of observers) o.decodeStep?.({ sequences: [sequence], kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs });
+    const reason = runner.sampleNext(sequence, step.logits, 0, step.vocabSize);
+    if (!reason) return;
+    await this.hostSequence(sequence);
+    this.parts.finish(sequence, reason);
+  }
+
+  private async prefillChunk(sequence: Sequence, chunkTokens: number): Promise<void> {
+    const { window, runner, observers } = this.parts;
+    if (needsDrop(window, sequence.cacheLength)) {
+      await this.hostSequence(sequence);
+      this.dropWindow(sequence);
+    }
+    const count = Math.min(chunkTokens, window.capacity - sequence.cacheLength, sequence.remainingPending);
+    const step = await runner.prefill(sequence, count);
+    if (!step.ok) {
+      await this.failStep([sequence], step.error);
+      return;
+    }
+    for (const o of observers) o.prefillChunk?.(sequence, { tokens: count, kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs });
+    if (sequence.remainingPending === 0) {
+      // max_tokens 0 only fills the cache (the native API's session prefill).
+      await sequence.constraint?.prepare();
+      const reason = sequence.request.maxTokens === 0 ? 'length' : runner.sampleNext(sequence, step.logits, count - 1, step.vocabSize);
+      if (reason) {
+        if (sequence.kv?.device) await this.hostSequence(sequence);
+        this.parts.finish(sequence, reason);
+      } else sequence.state = 'decode';
+    }
+  }
+
+  /** The cache is full: the sequence leaves the batch (holding its own KV again) and drops per the window policy. */
+  private dropWindow(sequence: Sequence): void {
+    const { decodeBatch, window, layout, inverseFrequencies, observers } = this.parts;
+    decodeBatch.leave(sequence);
+    dropWindow(sequence, window, layout, inverseFrequencies);
+    for (const o of observers) o.windowDrop?.(sequence, { droppedTokens: window.dropTokens, strategy: window.strategy });
+  }
+
+  private async hostSequence(sequence: Sequence): Promise<void> {
+    if (sequence.kv?.device) sequence.kv = await kvOnHost(sequence.kv);
+  }
+
+  /** A model call failed: its sequences end with an error; their caches still hold the state before the call. */
+  private async failStep(sequences: Sequence[], error: unknown): Promise<void> {
+    this.parts.logger.error({ err: (error as Error).message, sequences: sequences.map((s) => s.request.requestId) }, 'model step failed');
+    const engineError: EngineError = { kind: 'internal', message: 'the model failed while generating' };
+    await this.hostAll();
+    for (const sequence of sequences) this.parts.finish(sequence, 'error', engineError);
+  }
+}

@@ -185,6 +185,10 @@ for (const [label, start] of MODELS) {
       const sent = (second.request.body as { input: Array<{ type?: string }> }).input.map((item) => item.type ?? 'message');
       assert.deepEqual(sent.slice(-2), ['item_reference', 'function_call_output']);
       assert.match(second.response.id, /^resp_/);
+      // Warm: the resent first step is found through the prefix index (on the default model, its reply too).
+      const cached = second.usage.cachedInputTokens ?? 0;
+      const warm = (first.usage.inputTokens ?? 0) + (label.startsWith('default') ? (first.usage.outputTokens ?? 0) : 0) - 1;
+      assert.ok(cached >= warm, `cached ${cached} of ${warm}`);
     });
   });
 }

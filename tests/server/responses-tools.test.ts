@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { createOpenAI } from '@ai-sdk/openai';
-import { generateText, jsonSchema, stepCountIs, tool } from 'ai';
+import { generateText, jsonSchema, stepCountIs, streamText, tool } from 'ai';
 import { Ajv } from 'ajv';
 import OpenAI from 'openai';
 import { GPT2 } from '../support/fixtures.ts';
@@ -189,6 +189,12 @@ for (const [label, start] of MODELS) {
       const cached = second.usage.cachedInputTokens ?? 0;
       const warm = (first.usage.inputTokens ?? 0) + (label.startsWith('default') ? (first.usage.outputTokens ?? 0) : 0) - 1;
       assert.ok(cached >= warm, `cached ${cached} of ${warm}`);
+
+      // streamText reads the same call from the streamed events (output_item.added, arguments, output_item.done).
+      const streamed = streamText({ model: openai.responses(model), tools, toolChoice: 'required', prompt: 'Weather in Oslo?', maxOutputTokens: 200, temperature: 0, maxRetries: 0, providerOptions: { openai: { parallelToolCalls: false } } });
+      const streamedCalls = await streamed.toolCalls;
+      assert.equal(streamedCalls.length, 1);
+      assert.deepEqual(streamedCalls[0].input, first.toolCalls[0].input, 'the same call as generateText (greedy)');
     });
   });
 }

@@ -62,7 +62,7 @@ test('a tool call survives a restart: its function_call item is kept, and its re
     const first = await makeApp({ settings: { 'snapshot-dir': dir } });
     const res = await first.app.request('/v1/responses', post({ input: 'Find cats', tools, tool_choice: 'required', parallel_tool_calls: false, max_output_tokens: 200, temperature: 0 }));
     assert.equal(res.status, 200, await res.clone().text());
-    const turn1 = (await res.json()) as Body & { output: Array<{ type: string; call_id: string; arguments: string }> };
+    const turn1 = (await res.json()) as Omit<Body, 'output'> & { output: Array<{ type: string; call_id: string; arguments: string }> };
     const call = turn1.output.find((item) => item.type === 'function_call')!;
     assert.deepEqual(Object.keys(JSON.parse(call.arguments)), ['query']);
     await first.runtime.serving!.tiers.flushAll();

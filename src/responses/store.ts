@@ -14,19 +14,52 @@ import type { ResponseFiles } from './files.ts';
 
 export type ResponseStatus = 'queued' | 'in_progress' | 'completed' | 'incomplete' | 'failed' | 'cancelled';
 
-/** One message of a conversation as the chat template sees it (developer already mapped to system). */
+/**
+ * One message of a conversation as the chat template sees it (developer already mapped to system):
+ * function_call items become an assistant message's `tool_calls` (arguments parsed, as templates
+ * write them with `tojson`), function_call_output items `tool` messages.
+ */
 export interface ConversationMessage {
-  role: 'system' | 'user' | 'assistant';
+  role: 'system' | 'user' | 'assistant' | 'tool';
   content: string;
+  tool_calls?: Array<{ id: string; type: 'function'; function: { name: string; arguments: unknown } }>;
+  tool_call_id?: string;
 }
 
-/** An input item as OpenAI lists it (GET /v1/responses/{id}/input_items). */
-export interface InputItem {
+export interface MessageItem {
   id: string;
   type: 'message';
   role: 'user' | 'system' | 'developer' | 'assistant';
   status: 'completed';
   content: Array<{ type: 'input_text'; text: string } | { type: 'output_text'; text: string; annotations: [] }>;
+}
+
+export interface FunctionCallItem {
+  id: string;
+  type: 'function_call';
+  call_id: string;
+  name: string;
+  arguments: string;
+  status: 'completed';
+}
+
+export interface FunctionCallOutputItem {
+  id: string;
+  type: 'function_call_output';
+  call_id: string;
+  output: string;
+  status: 'completed';
+}
+
+/** An input item as OpenAI lists it (GET /v1/responses/{id}/input_items). */
+export type InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem;
+
+/** A function call the model made: the output item `id` (fc_...) and the `call_id` a result names. */
+export interface StoredToolCall {
+  id: string;
+  callId: string;
+  name: string;
+  arguments: string;
 }
 
 /**
@@ -36,6 +69,8 @@ export interface InputItem {
 export interface Transcript {
   promptText: string;
   tokens: number[];
+  /** The reply's text as the model wrote it, when it held tool calls (the calls are then structured). */
+  replyText?: string;
 }
 
 export interface ResponseUsageCounts {
@@ -57,6 +92,11 @@ export interface ResponseParams {
   store: boolean;
   /** `text.format` as requested (absent in records written before it existed: text). */
   textFormat?: Record<string, unknown> & { type: string };
+  /** The function tools as echoed, tool_choice, parallel_tool_calls, max_tool_calls (absent in older records: none). */
+  tools?: Array<Record<string, unknown>>;
+  toolChoice?: unknown;
+  parallelToolCalls?: boolean;
+  maxToolCalls?: number | null;
 }
 
 export interface StoredResponse {
@@ -73,7 +113,10 @@ export interface StoredResponse {
   /** The chain so far without instructions: the parent's conversation, this input, then this output. */
   conversation: ConversationMessage[];
   readonly outputItemId: string;
+  /** The reply's text; with tool calls, the text around them (the model's whole text is in the transcript). */
   outputText: string;
+  /** The calls the reply made (absent or empty: the output is one message). */
+  toolCalls?: StoredToolCall[];
   /** Set when the response ends, if its output tokens decode to exactly its output text; children continue it. */
   transcript: Transcript | null;
   /** The engine session holding this response's KV (shared along a chain). */
@@ -85,8 +128,8 @@ export interface StoredResponse {
   abort: AbortController | null;
 }
 
-/** `resp_`/`msg_` and 128 random bits in hex, as OpenAI's ids look. */
-export function newResponseId(prefix: 'resp' | 'msg'): string {
+/** `resp_`/`msg_`/`fc_` and 128 random bits in hex, as OpenAI's ids look. */
+export function newResponseId(prefix: 'resp' | 'msg' | 'fc'): string {
   return `${prefix}_${randomBytes(16).toString('hex')}`;
 }
 
@@ -162,6 +205,12 @@ export class ResponseStore {
   /** Whether the session's cache holds exactly this response's chain (its children may take it over). */
   isHead(record: StoredResponse): boolean {
     return this.heads.get(sessionKey(record.owner, record.sessionId)) === record.id;
+  }
+
+  /** The owner's responses in memory, newest first (item_reference looks items up among them). */
+  *newestFirst(owner: string): Generator<StoredResponse> {
+    const records = [...(this.byOwner.get(owner)?.values() ?? [])];
+    for (let i = records.length - 1; i >= 0; i--) if (!this.expired(records[i])) yield records[i];
   }
 
   delete(owner: string, id: string): StoredResponse | undefined {

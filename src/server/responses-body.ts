@@ -1,9 +1,8 @@
 /**
  * The body of POST /v1/responses: validation, the fields this server cannot honour (400 naming the
- * field, never silently ignored), and input items into conversation messages. No HTTP beyond errors.
+ * field, never silently ignored), `text.format` in chat's terms. No HTTP beyond errors.
  */
 import { z } from 'zod';
-import { newResponseId, type ConversationMessage, type InputItem } from '../responses/store.ts';
 import { ApiError } from './errors.ts';
 import { parseWith, type ResponseFormatBody } from './schemas.ts';
 
@@ -47,12 +46,17 @@ export const responseSchema = z.object({
   seed: z.number().int().nullish(),
   stop: z.union([z.string(), z.array(z.string())]).nullish(),
   ignore_eos: z.boolean().nullish(),
+  /** Checked in responses-tools.ts, which names the offending entry. */
+  tools: z.array(z.unknown()).nullish(),
+  tool_choice: z.unknown().optional(),
+  parallel_tool_calls: z.boolean().nullish(),
+  /** Caps calls to built-in tools, which this server refuses: it cannot change the output. */
+  max_tool_calls: z.number().int().min(1).nullish(),
   // Hints OpenAI documents as not changing the output: accepted and ignored.
   user: z.string().nullish(),
   safety_identifier: z.string().nullish(),
   prompt_cache_key: z.string().nullish(),
   service_tier: z.string().nullish(),
-  parallel_tool_calls: z.boolean().nullish(),
 });
 export type ResponseBody = z.infer<typeof responseSchema>;
 
@@ -60,11 +64,8 @@ type Check = (value: unknown) => boolean;
 const isSet: Check = (v) => v !== undefined && v !== null;
 const nonEmptyArray: Check = (v) => Array.isArray(v) && v.length > 0;
 
-/** Fields that would change the output and are not implemented (tool calling, structured output, ...). */
+/** Fields that would change the output and are not implemented (reasoning, prompt templates, ...). */
 const UNSUPPORTED: Record<string, [Check, string]> = {
-  tools: [nonEmptyArray, 'Tool calling is not supported by this server yet'],
-  tool_choice: [(v) => isSet(v) && v !== 'none' && v !== 'auto', 'Tool calling is not supported by this server yet'],
-  max_tool_calls: [isSet, 'Tool calling is not supported by this server yet'],
   reasoning: [(v) => isSet(v) && typeof v === 'object' && Object.values(v as object).some(isSet), 'Reasoning options are not supported by this server'],
   include: [nonEmptyArray, 'Extra output data (include) is not supported by this server'],
   conversation: [isSet, 'Conversations are not supported by this server; chain responses with previous_response_id'],
@@ -97,54 +98,4 @@ export function parseResponseBody(raw: unknown): ResponseBody {
 export function responseFormatOf(format: TextFormat | null | undefined): ResponseFormatBody | undefined {
   if (!format || format.type !== 'json_schema') return format ?? undefined;
   return { type: 'json_schema', json_schema: { name: format.name, description: format.description, schema: format.schema, strict: format.strict } };
-}
-
-const ROLES = new Set(['user', 'system', 'developer', 'assistant']);
-
-/** `input` as items with ids (for input_items) and as template messages. */
-export function inputItemsOf(input: ResponseBody['input']): { items: InputItem[]; messages: ConversationMessage[] } {
-  if (typeof input === 'string') {
-    return { items: [{ id: newResponseId('msg'), type: 'message', role: 'user', status: 'completed', content: [{ type: 'input_text', text: input }] }], messages: [{ role: 'user', content: input }] };
-  }
-  const items: InputItem[] = [];
-  const messages: ConversationMessage[] = [];
-  input.forEach((raw, i) => {
-    const param = `input[${i}]`;
-    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ApiError('invalid_request', `Invalid value for '${param}': must be an input item object.`, param);
-    const item = raw as Record<string, unknown>;
-    const type = item.type ?? 'message';
-    if (type !== 'message') {
-      const why = typeof type === 'string' && /function_call|tool|computer|mcp|custom/.test(type) ? 'Tool calling is not supported by this server yet' : 'Only message items are supported by this server';
-      throw new ApiError('unsupported_parameter', `${why}: '${param}.type' '${String(type)}' is not supported.`, `${param}.type`);
-    }
-    const role = item.role;
-    if (typeof role !== 'string' || !ROLES.has(role)) {
-      throw new ApiError('invalid_request', `Invalid value for '${param}.role': must be one of user, system, developer, assistant.`, `${param}.role`);
-    }
-    const text = contentText(item.content, role, `${param}.content`);
-    const partType = role === 'assistant' ? 'output_text' : 'input_text';
-    const content: InputItem['content'] = partType === 'output_text' ? [{ type: 'output_text', text, annotations: [] }] : [{ type: 'input_text', text }];
-    items.push({ id: typeof item.id === 'string' ? item.id : newResponseId('msg'), type: 'message', role: role as InputItem['role'], status: 'completed', content });
-    messages.push({ role: role === 'developer' ? 'system' : (role as ConversationMessage['role']), content: text });
-  });
-  return { items, messages };
-}
-
-/** A message's content: a string, or text parts (input_text; output_text for assistant messages). */
-function contentText(content: unknown, role: string, param: string): string {
-  if (typeof content === 'string') return content;
-  if (!Array.isArray(content)) throw new ApiError('invalid_request', `Invalid value for '${param}': must be a string or an array of content parts.`, param);
-  return content
-    .map((part, j) => {
-      const p = part as Record<string, unknown> | null;
-      const allowed = role === 'assistant' ? ['output_text', 'input_text'] : ['input_text'];
-      if (!p || typeof p !== 'object' || typeof p.type !== 'string') throw new ApiError('invalid_request', `Invalid value for '${param}[${j}]': must be a content part with a type.`, `${param}[${j}]`);
-      if (!allowed.includes(p.type)) {
-        const kind = allowed.includes('output_text') ? "'output_text'" : "'input_text'";
-        throw new ApiError('unsupported_parameter', `Content parts of type '${p.type}' are not supported here; send ${kind}.`, `${param}[${j}].type`);
-      }
-      if (typeof p.text !== 'string') throw new ApiError('invalid_request', `Invalid value for '${param}[${j}].text': is required.`, `${param}[${j}].text`);
-      return p.text;
-    })
-    .join('');
 }

@@ -9,11 +9,13 @@
  */
 import { performance } from 'node:perf_hooks';
 import type { GenerationEvent, GenerationRequest } from '../engine/types.ts';
-import type { ResponseStore, StoredResponse, Transcript } from '../responses/store.ts';
+import { newResponseId, type ResponseStore, type StoredResponse, type StoredToolCall, type Transcript } from '../responses/store.ts';
 import type { EventLog } from '../streams/registry.ts';
 import { ApiError } from './errors.ts';
 import { ClientGoneError, type GenerationContext, type GenerationJob } from './generation.ts';
+import { functionCallItem, messageItem, outputItems, outputText } from './responses-items.ts';
 import { SSE_HEADERS } from './sse.ts';
+import { parseToolCalls } from './tool-calls.ts';
 import type { StreamRegistry } from './streams.ts';
 
 /** Events a response stream sends besides its deltas (created ... completed), with room to spare. */
@@ -58,10 +60,10 @@ export function responseObject(r: StoredResponse, snapshot: 'start' | 'current' 
     incomplete_details: snapshot === 'start' || !r.incompleteReason ? null : { reason: r.incompleteReason },
     instructions: p.instructions,
     max_output_tokens: p.maxOutputTokens,
-    max_tool_calls: null,
+    max_tool_calls: p.maxToolCalls ?? null,
     model: p.model,
-    output: hasOutput ? [messageItem(r)] : [],
-    parallel_tool_calls: true,
+    output: hasOutput ? outputItems(r) : [],
+    parallel_tool_calls: p.parallelToolCalls ?? true,
     previous_response_id: r.parentId,
     prompt_cache_key: null,
     reasoning: { effort: null, summary: null },
@@ -70,8 +72,8 @@ export function responseObject(r: StoredResponse, snapshot: 'start' | 'current' 
     store: p.store,
     temperature: p.temperature,
     text: { format: p.textFormat ?? { type: 'text' }, verbosity: 'medium' },
-    tool_choice: 'auto',
-    tools: [],
+    tool_choice: p.toolChoice ?? 'auto',
+    tools: p.tools ?? [],
     top_logprobs: 0,
     top_p: p.topP,
     truncation: p.truncation,
@@ -79,15 +81,6 @@ export function responseObject(r: StoredResponse, snapshot: 'start' | 'current' 
     user: null,
     metadata: p.metadata,
   };
-}
-
-function messageItem(r: StoredResponse, text = r.outputText): Record<string, unknown> {
-  const status = r.status === 'in_progress' || r.status === 'queued' ? 'in_progress' : r.status === 'completed' ? 'completed' : 'incomplete';
-  return { id: r.outputItemId, type: 'message', status, content: [outputText(text)], role: 'assistant' };
-}
-
-function outputText(text: string) {
-  return { type: 'output_text', annotations: [], logprobs: [], text };
 }
 
 /** Writes a response's events into a stream log with OpenAI's `sequence_number` (= the log's event id). */
@@ -156,14 +149,21 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
     let firstTokenMs: number | null = null;
     let end: EndEvent | undefined;
     const generated: number[] = [];
+    // With tools the reply is read for calls at its end, so its text is held back until then (as chat's is).
+    const format = job.toolCallFormat;
+    let raw = '';
     out.emit('response.created', { response: responseObject(record, 'start') });
     out.emit('response.in_progress', { response: { ...responseObject(record, 'start'), status: 'in_progress' } });
-    const item = { id: record.outputItemId, type: 'message', status: 'in_progress', content: [], role: 'assistant' };
     const at = { item_id: record.outputItemId, output_index: 0, content_index: 0 };
-    out.emit('response.output_item.added', { output_index: 0, item });
-    out.emit('response.content_part.added', { ...at, part: outputText('') });
+    const openMessage = () => {
+      out.emit('response.output_item.added', { output_index: 0, item: { id: record.outputItemId, type: 'message', status: 'in_progress', content: [], role: 'assistant' } });
+      out.emit('response.content_part.added', { ...at, part: outputText('') });
+    };
+    if (!format) openMessage();
     const delta = (text: string) => {
       if (text === '') return;
+      raw += text;
+      if (format) return;
       record.outputText += text;
       out.emit('response.output_text.delta', { ...at, delta: text, logprobs: [] });
     };
@@ -186,8 +186,11 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
     detach();
     record.abort = null;
     record.completedAt = Math.floor(ctx.now() / 1000);
-    record.conversation = [...record.conversation, { role: 'assistant', content: record.outputText }];
-    record.transcript = transcriptOf(serving, run, generated, record.outputText);
+    const parsed = format && end?.finishReason === 'stop' ? parseToolCalls(raw, format) : null;
+    if (parsed) record.toolCalls = parsed.calls.map((c): StoredToolCall => ({ id: newResponseId('fc'), callId: c.id, name: c.function.name, arguments: c.function.arguments }));
+    record.outputText = parsed ? (parsed.content ?? '') : raw;
+    record.conversation = [...record.conversation, replyMessage(record)];
+    record.transcript = transcriptOf(serving, run, generated, raw, parsed !== null);
     if (end) record.usage = { inputTokens: end.usage.promptTokens, cachedTokens: end.usage.cachedTokens, outputTokens: end.usage.completionTokens };
     if (!end || end.finishReason === 'error') {
       record.status = 'failed';
@@ -218,9 +221,24 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
       if (record.status === 'failed') out.emit('response.failed', { response: responseObject(record) });
       return;
     }
-    out.emit('response.output_text.done', { ...at, text: record.outputText, logprobs: [] });
-    out.emit('response.content_part.done', { ...at, part: outputText(record.outputText) });
-    out.emit('response.output_item.done', { output_index: 0, item: messageItem(record) });
+    const calls = record.toolCalls ?? [];
+    const message = calls.length === 0 || record.outputText !== '';
+    if (message) {
+      if (format) {
+        openMessage();
+        if (record.outputText !== '') out.emit('response.output_text.delta', { ...at, delta: record.outputText, logprobs: [] });
+      }
+      out.emit('response.output_text.done', { ...at, text: record.outputText, logprobs: [] });
+      out.emit('response.content_part.done', { ...at, part: outputText(record.outputText) });
+      out.emit('response.output_item.done', { output_index: 0, item: messageItem(record) });
+    }
+    calls.forEach((call, k) => {
+      const index = { item_id: call.id, output_index: k + (message ? 1 : 0) };
+      out.emit('response.output_item.added', { output_index: index.output_index, item: functionCallItem(call, 'in_progress') });
+      out.emit('response.function_call_arguments.delta', { ...index, delta: call.arguments });
+      out.emit('response.function_call_arguments.done', { ...index, name: call.name, arguments: call.arguments });
+      out.emit('response.output_item.done', { output_index: index.output_index, item: functionCallItem(call, 'completed') });
+    });
     out.emit(record.status === 'completed' ? 'response.completed' : 'response.incomplete', { response: responseObject(record) });
   };
 
@@ -251,11 +269,18 @@ function inResponseTerms(error: ApiError): ApiError {
  * token (the template writes the turn's end itself), if those tokens decode to exactly the output text
  * (not so when a stop string cut it); null otherwise, and children render their prompt from text.
  */
-function transcriptOf(serving: GenerationContext['serving'], run: ResponseRun, generated: number[], outputText: string): Transcript | null {
+function transcriptOf(serving: GenerationContext['serving'], run: ResponseRun, generated: number[], replyText: string, madeCalls: boolean): Transcript | null {
   const { tokenizer, folder } = serving.model.loaded;
   const visible = generated.length > 0 && folder.eosTokenIds.includes(generated.at(-1)!) ? generated.slice(0, -1) : generated;
-  if (tokenizer.decode(visible) !== outputText) return null;
-  return { promptText: run.promptText, tokens: run.job.request.input.concat(visible) };
+  if (tokenizer.decode(visible) !== replyText) return null;
+  return { promptText: run.promptText, tokens: run.job.request.input.concat(visible), ...(madeCalls ? { replyText } : {}) };
+}
+
+/** The reply as the next turn's template sees it: its text, and its calls with their arguments parsed. */
+function replyMessage(r: StoredResponse): StoredResponse['conversation'][number] {
+  const calls = r.toolCalls ?? [];
+  if (calls.length === 0) return { role: 'assistant', content: r.outputText };
+  return { role: 'assistant', content: r.outputText, tool_calls: calls.map((c) => ({ id: c.callId, type: 'function', function: { name: c.name, arguments: JSON.parse(c.arguments) as unknown } })) };
 }
 
 /** Generations still running, so cancel can wait for their end. */

@@ -25,17 +25,36 @@ export interface ToolCall {
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
+/** A tool_choice with the API's wrapping removed: a named function is `{ name }`. */
+export type ToolChoice = 'none' | 'auto' | 'required' | { name: string } | null | undefined;
+
 /** The request's tools, tool_choice and parallel_tool_calls; 400 for a malformed tool or a choice naming none of them. */
 export function toolPlanOf(tools: unknown[] | null | undefined, choice: unknown, parallel: boolean | null | undefined, format: ToolCallFormat): ToolPlan | null {
   const declared = (tools ?? []).map((tool, i): ChatTool => {
     const param = `tools[${i}]`;
     if (!isObject(tool) || tool.type !== 'function' || !isObject(tool.function)) throw new ApiError('invalid_request', `Invalid value for '${param}': only tools of type 'function' with a 'function' object are supported.`, param);
-    const fn = tool.function;
-    if (typeof fn.name !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(fn.name)) throw new ApiError('invalid_request', `Invalid value for '${param}.function.name': must be 1 to 64 letters, digits, underscores or dashes.`, `${param}.function.name`);
-    if (fn.parameters !== undefined && !isObject(fn.parameters)) throw new ApiError('invalid_request', `Invalid value for '${param}.function.parameters': must be a JSON schema object.`, `${param}.function.parameters`);
-    const parameters = (fn.parameters as Record<string, unknown> | undefined) ?? { type: 'object', properties: {} };
-    return { type: 'function', function: { name: fn.name, ...(typeof fn.description === 'string' ? { description: fn.description } : {}), parameters } };
+    return declaredTool(tool.function, `${param}.function`);
   });
+  let named: ToolChoice;
+  if (choice == null || choice === 'none' || choice === 'auto' || choice === 'required') named = choice;
+  else if (isObject(choice) && choice.type === 'function' && isObject(choice.function) && typeof choice.function.name === 'string') named = { name: choice.function.name };
+  else throw new ApiError('invalid_request', "Invalid value for 'tool_choice': must be 'none', 'auto', 'required' or {type: 'function', function: {name}}.", 'tool_choice');
+  return planTools(declared, named, parallel, format, (i) => `tools[${i}].function.parameters`);
+}
+
+/** One function tool (`fields` holds name, description, parameters; `param` is where it sits in the body). */
+export function declaredTool(fields: Record<string, unknown>, param: string): ChatTool {
+  if (typeof fields.name !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(fields.name)) throw new ApiError('invalid_request', `Invalid value for '${param}.name': must be 1 to 64 letters, digits, underscores or dashes.`, `${param}.name`);
+  if (fields.parameters != null && !isObject(fields.parameters)) throw new ApiError('invalid_request', `Invalid value for '${param}.parameters': must be a JSON schema object.`, `${param}.parameters`);
+  const parameters = (fields.parameters as Record<string, unknown> | null | undefined) ?? { type: 'object', properties: {} };
+  return { type: 'function', function: { name: fields.name, ...(typeof fields.description === 'string' ? { description: fields.description } : {}), parameters } };
+}
+
+/**
+ * Declared tools and a choice as what the template renders and the grammar enforces (chat completions
+ * and Responses alike); `schemaParam(i)` names tool i's schema in the request, for grammar errors.
+ */
+export function planTools(declared: ChatTool[], choice: ToolChoice, parallel: boolean | null | undefined, format: ToolCallFormat, schemaParam: (i: number) => string): ToolPlan | null {
   if (declared.length === 0) {
     if (choice != null && choice !== 'none' && choice !== 'auto') throw new ApiError('invalid_request', "Invalid value for 'tool_choice': no tools are declared.", 'tool_choice');
     return null;
@@ -44,17 +63,16 @@ export function toolPlanOf(tools: unknown[] | null | undefined, choice: unknown,
   if (choice == null || choice === 'auto') return { tools: declared, parse: true, format };
   let chosen: ChatTool[];
   if (choice === 'required') chosen = declared;
-  else if (isObject(choice) && choice.type === 'function' && isObject(choice.function) && typeof choice.function.name === 'string') {
-    const name = choice.function.name;
-    chosen = declared.filter((t) => t.function.name === name);
-    if (chosen.length === 0) throw new ApiError('invalid_request', `Invalid value for 'tool_choice': no declared tool is named '${name}'.`, 'tool_choice');
-  } else throw new ApiError('invalid_request', "Invalid value for 'tool_choice': must be 'none', 'auto', 'required' or {type: 'function', function: {name}}.", 'tool_choice');
+  else {
+    chosen = declared.filter((t) => t.function.name === choice.name);
+    if (chosen.length === 0) throw new ApiError('invalid_request', `Invalid value for 'tool_choice': no declared tool is named '${choice.name}'.`, 'tool_choice');
+  }
   const tags: TaggedJson[] = chosen.map((tool) => {
-    const i = declared.indexOf(tool);
     const name = JSON.stringify(tool.function.name);
+    const param = schemaParam(declared.indexOf(tool));
     return format === 'hermes'
-      ? { begin: `<tool_call>\n{"name": ${name}, "arguments": `, schema: tool.function.parameters, end: '}\n</tool_call>', param: `tools[${i}].function.parameters` }
-      : { begin: `{"name": ${name}, "parameters": `, schema: tool.function.parameters, end: '}', param: `tools[${i}].function.parameters` };
+      ? { begin: `<tool_call>\n{"name": ${name}, "arguments": `, schema: tool.function.parameters, end: '}\n</tool_call>', param }
+      : { begin: `{"name": ${name}, "parameters": `, schema: tool.function.parameters, end: '}', param };
   });
   // Llama 3.x writes one call per turn; Hermes puts one block per call on its own line.
   const separator = parallel !== false && format === 'hermes' ? '\n' : null;

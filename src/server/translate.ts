@@ -10,7 +10,7 @@ import type { GrammarSpec } from '../engine/grammar.ts';
 import type { GenerationRequest } from '../engine/types.ts';
 import { ChatTemplateError, type ChatMessage, type ChatTool } from '../model/chat-template.ts';
 import { chatMessages } from './chat-messages.ts';
-import { toolPlanOf } from './tool-calls.ts';
+import { toolPlanOf, type ToolPlan } from './tool-calls.ts';
 import type { Transcript } from '../responses/store.ts';
 import type { Serving } from '../serving.ts';
 import { ApiError } from './errors.ts';
@@ -155,8 +155,7 @@ export class Translator {
     }
     const logprobs = b.logprobs === true ? (b.top_logprobs ?? 0) : undefined;
     const job = this.generationJob(caller, b, { format: 'chat', route: 'chat', echo: '', sessionId, mode: 'replace', input, maxTokens, stop, logprobs });
-    const withTools = tools?.parse ? { ...job, toolCallFormat: tools.format, request: tools.grammar ? { ...job.request, grammar: tools.grammar } : job.request } : job;
-    return choicesOf(withTools, this.choiceCountOf(b.n));
+    return choicesOf(withTools(job, tools), this.choiceCountOf(b.n));
   }
 
   /** `n`: 1 to MAX_N choices. */
@@ -172,10 +171,15 @@ export class Translator {
    * parent's exact tokens (`parent`, whose reply is `messages[parent.replyIndex]`) with the template's
    * text after that reply, so a chain never loses its cache to a re-tokenization of the model's own
    * output; when the template renders the earlier turns differently, the prompt is rendered afresh.
+   * `tools` (responses-tools.ts) are rendered, enforced and read as in chat.
    */
-  response(caller: Caller, messages: ChatMessage[], b: ResponseFields, sessionId: string | undefined, parent: ParentTranscript | null): { job: GenerationJob; promptText: string } {
-    const promptText = this.renderText(messages, true, 'input');
-    const input = (parent && this.continuation(messages, parent)) ?? this.parts.model.loaded.tokenizer.encode(promptText, false);
+  response(caller: Caller, messages: ChatMessage[], b: ResponseFields, sessionId: string | undefined, parent: ParentTranscript | null, tools: ToolPlan | null = null): { job: GenerationJob; promptText: string } {
+    if (tools?.grammar && b.response_format && b.response_format.type !== 'text') {
+      throw new ApiError('unsupported_parameter', "'text.format' cannot be combined with a 'tool_choice' that requires a call.", 'text.format');
+    }
+    const declared = tools?.tools ?? [];
+    const promptText = this.renderText(messages, true, 'input', declared);
+    const input = (parent && this.continuation(messages, parent, declared, promptText)) ?? this.parts.model.loaded.tokenizer.encode(promptText, false);
     this.checkPromptLength(input, 'input');
     // OpenAI's truncation "disabled" (its default) refuses what does not fit; "auto" slides the window.
     const truncation = b.truncation === 'auto' ? 'auto' : 'error';
@@ -183,20 +187,28 @@ export class Translator {
     const maxTokens = this.maxTokensOf(b.max_output_tokens, Math.min(this.config.defaultChatMaxTokens, room), 'max_output_tokens');
     const fields = { ...b, truncation } as const;
     const stop = [...this.stopsOf(b.stop), ...this.parts.model.chatTemplate.implicitStops];
-    return { job: this.generationJob(caller, fields, { format: 'chat', route: 'responses', echo: '', sessionId, mode: 'replace', input, maxTokens, stop }), promptText };
+    const job = this.generationJob(caller, fields, { format: 'chat', route: 'responses', echo: '', sessionId, mode: 'replace', input, maxTokens, stop });
+    return { job: withTools(job, tools), promptText };
   }
 
   /**
    * The parent's tokens plus the tokens of what the template writes after the parent's reply, when the
    * template renders everything before that reply as the parent's prompt (up to trailing whitespace,
-   * such as the space a fallback template puts after "assistant:"); null otherwise.
+   * such as the space a fallback template puts after "assistant:"); null otherwise. A reply that made
+   * tool calls is rendered from its structured calls: it continues only where that rendering is exactly
+   * the text the model wrote (a grammar-constrained call in the template's own format is).
    */
-  private continuation(messages: ChatMessage[], parent: ParentTranscript): number[] | null {
+  private continuation(messages: ChatMessage[], parent: ParentTranscript, tools: ChatTool[], promptText: string): number[] | null {
+    const encode = (text: string) => this.parts.model.loaded.tokenizer.encode(text, false);
+    if (parent.replyText !== undefined) {
+      const head = parent.promptText + parent.replyText;
+      return promptText.startsWith(head) ? parent.tokens.concat(encode(promptText.slice(head.length))) : null;
+    }
     const marker = `\u0000warmkv-reply-${randomBytes(8).toString('hex')}\u0000`;
     const marked = messages.map((m, i) => (i === parent.replyIndex ? { ...m, content: marker } : m));
-    const parts = this.renderText(marked, true, 'input').split(marker);
+    const parts = this.renderText(marked, true, 'input', tools).split(marker);
     if (parts.length !== 2 || parts[0].trimEnd() !== parent.promptText.trimEnd()) return null;
-    return parent.tokens.concat(this.parts.model.loaded.tokenizer.encode(parts[1], false));
+    return parent.tokens.concat(encode(parts[1]));
   }
 
   /** POST /v1/sessions/{id}/completions: the prompt continues the session's transcript. */
@@ -390,6 +402,12 @@ export class Translator {
       throw error;
     }
   }
+}
+
+/** A chat or Responses job with tools: its reply is read for calls, under the plan's grammar if it has one. */
+function withTools(job: GenerationJob, tools: ToolPlan | null): GenerationJob {
+  if (!tools?.parse) return job;
+  return { ...job, toolCallFormat: tools.format, request: tools.grammar ? { ...job.request, grammar: tools.grammar } : job.request };
 }
 
 /** `response_format` as the engine's grammar: json_object is any JSON object; a json_schema without `schema` is too. */

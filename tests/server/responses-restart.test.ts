@@ -54,3 +54,27 @@ test('a chain continues after a restart: the response is found on disk, its sess
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a tool call survives a restart: its function_call item is kept, and its result continues the chain warm', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'warmkv-responses-restart-tools-'));
+  const tools = [{ type: 'function', name: 'search', parameters: { type: 'object', properties: { query: { type: 'string', enum: ['cats', 'dogs'] } }, required: ['query'], additionalProperties: false } }];
+  try {
+    const first = await makeApp({ settings: { 'snapshot-dir': dir } });
+    const res = await first.app.request('/v1/responses', post({ input: 'Find cats', tools, tool_choice: 'required', parallel_tool_calls: false, max_output_tokens: 200, temperature: 0 }));
+    assert.equal(res.status, 200, await res.clone().text());
+    const turn1 = (await res.json()) as Omit<Body, 'output'> & { output: Array<{ type: string; call_id: string; arguments: string }> };
+    const call = turn1.output.find((item) => item.type === 'function_call')!;
+    assert.deepEqual(Object.keys(JSON.parse(call.arguments)), ['query']);
+    await first.runtime.serving!.tiers.flushAll();
+
+    const second = await makeApp({ settings: { 'snapshot-dir': dir } });
+    const kept = (await (await second.app.request(`/v1/responses/${turn1.id}`)).json()) as typeof turn1;
+    assert.deepEqual(kept.output, turn1.output);
+    const next = await second.app.request('/v1/responses', post({ input: [{ type: 'function_call_output', call_id: call.call_id, output: '3 cats' }], previous_response_id: turn1.id, tools, ...GREEDY }));
+    assert.equal(next.status, 200, await next.clone().text());
+    const turn2 = (await next.json()) as Body;
+    assert.ok(turn2.usage.input_tokens_details.cached_tokens >= turn1.usage.input_tokens - 1, `cached ${turn2.usage.input_tokens_details.cached_tokens} of ${turn1.usage.input_tokens}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

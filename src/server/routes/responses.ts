@@ -21,8 +21,10 @@ import type { Serving } from '../../serving.ts';
 import { readJsonBody } from '../body.ts';
 import { generationContext, ownerOf, servingFor, type AppEnv, type Ctx, type ServerDeps } from '../context.ts';
 import { ApiError } from '../errors.ts';
-import { inputItemsOf, parseResponseBody, responseFormatOf } from '../responses-body.ts';
+import { parseResponseBody, responseFormatOf } from '../responses-body.ts';
+import { callIdsOf, callerTranscript, inputItemsOf, storedItem } from '../responses-items.ts';
 import { responseObject, runResponse, whenFinished } from '../responses-run.ts';
+import { responseToolsOf } from '../responses-tools.ts';
 import { parseWith } from '../schemas.ts';
 import { Translator } from '../translate.ts';
 
@@ -86,8 +88,16 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
         throw new ApiError('response_in_progress', `Previous response with id '${parent.id}' is still in progress; wait for it to finish or cancel it.`, 'previous_response_id');
       }
     }
-    const { items, messages } = inputItemsOf(body.input);
     const history = parent?.conversation ?? [];
+    const resolve = (itemId: string) => {
+      for (const stored of responses.newestFirst(owner)) {
+        const item = storedItem(stored, itemId);
+        if (item) return item;
+      }
+      return undefined;
+    };
+    const { items, messages } = inputItemsOf(body.input, { calledIds: callIdsOf(history), resolve });
+    const tools = responseToolsOf(body, parts.model.chatTemplate.toolCallFormat);
     // Instructions are not carried over from the previous response (as OpenAI does).
     const prompt = [...(body.instructions != null ? [{ role: 'system' as const, content: body.instructions }] : []), ...history, ...messages];
     const id = newResponseId('resp');
@@ -103,8 +113,8 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
     }
     const translator = new Translator(config, parts);
     const replyIndex = prompt.length - messages.length - 1;
-    const parentTranscript = parent?.transcript ? { ...parent.transcript, replyIndex } : null;
-    const translated = translator.response({ requestId: c.get('requestId'), owner }, prompt, { ...body, response_format: responseFormatOf(body.text?.format) }, sessionId, parentTranscript);
+    const parentTranscript = parent ? (parent.transcript ? { ...parent.transcript, replyIndex } : null) : callerTranscript(responses.newestFirst(owner), prompt);
+    const translated = translator.response({ requestId: c.get('requestId'), owner }, prompt, { ...body, response_format: responseFormatOf(body.text?.format) }, sessionId, parentTranscript, tools.plan);
     const { promptText } = translated;
     let { job } = translated;
     // A request without a parent whose prompt starts with a kept transcript of this key copies that
@@ -165,6 +175,10 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
         background: body.background ?? false,
         store,
         textFormat: body.text?.format ?? { type: 'text' },
+        tools: tools.tools,
+        toolChoice: tools.toolChoice,
+        parallelToolCalls: tools.parallelToolCalls,
+        maxToolCalls: body.max_tool_calls ?? null,
       },
       input: items,
       conversation: [...history, ...messages],

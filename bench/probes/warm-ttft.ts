@@ -8,6 +8,7 @@
  *
  *   node --import tsx bench/probes/warm-ttft.ts [--model DIR] [--cached 400] [--new 16] [--requests 200]
  *   node --import tsx bench/probes/warm-ttft.ts --requests 400 --profile /tmp/warm.cpuprofile   # the timed part only
+ *   node --import tsx bench/probes/warm-ttft.ts --requests 40 --tokens 128 [--stream false]        # per-token costs
  */
 import { request as httpRequest, Agent } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -15,6 +16,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { writeFileSync } from 'node:fs';
 import { Session as InspectorSession } from 'node:inspector/promises';
+import OpenAI from 'openai';
 import pino from 'pino';
 import { loadConfig } from '../../src/config.ts';
 import type { Logger } from '../../src/lib/logger.ts';
@@ -34,6 +36,8 @@ const { values } = parseArgs({
     threads: { type: 'string', default: '1' },
     stream: { type: 'string', default: 'true' },
     profile: { type: 'string', default: '' },
+    tokens: { type: 'string', default: '1' },
+    client: { type: 'string', default: 'http' },
   },
 });
 const dir = values.model!;
@@ -107,6 +111,8 @@ server.on('connection', (socket: Socket) => {
 });
 const { port } = (await listening) as AddressInfo;
 const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+// --client openai: the openai client (as bench/overhead.ts streams), else a raw keep-alive http client.
+const openai = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'unused', maxRetries: 0 });
 
 function post(body: unknown, onFirst?: () => void): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -153,7 +159,11 @@ for (let r = 0; r < total + 20; r++) {
   const line: Partial<Record<Stamp, number>> = {};
   current = line;
   line.clientWrite = performance.now();
-  await post({ prompt: [...base, ...follows[r % 2]], max_tokens: 1, temperature: 0, session_id: 'probe', stream, stream_options: { include_usage: true } }, () => stamp('clientFirst'));
+  const body = { prompt: [...base, ...follows[r % 2]], max_tokens: Number(values.tokens), temperature: 0, ignore_eos: true, session_id: 'probe', stream, stream_options: { include_usage: true } };
+  if (values.client === 'openai') {
+    const events = await openai.completions.create({ ...body, model: serving.model.id, stream: true } as unknown as OpenAI.CompletionCreateParamsStreaming);
+    for await (const chunk of events) if (chunk.choices[0]?.text || chunk.choices[0]?.finish_reason) stamp('clientFirst');
+  } else await post(body, () => stamp('clientFirst'));
   if (!stream) stamp('clientFirst');
   current = null;
   if (r >= 20) timelines.push(line);
@@ -176,6 +186,9 @@ for (const { name, ms } of offsets) {
 const ttft = timelines.map((t) => t.clientFirst! - t.clientWrite!);
 rows.push(`total clientWrite -> clientFirst: ${median(ttft).toFixed(3)} ms; run: ${median(timelines.map((t) => t.runEnd! - t.runStart!)).toFixed(3)} ms`);
 rows.push(`CPU per follow-up (server and client): ${cpuPerPair.toFixed(3)} ms`);
+const memory = process.memoryUsage();
+const mib = (bytes: number) => (bytes / 1024 ** 2).toFixed(1);
+rows.push(`peak RSS ${mib(process.resourceUsage().maxRSS * 1024)} MiB; now RSS ${mib(memory.rss)}, heap used ${mib(memory.heapUsed)} of ${mib(memory.heapTotal)}, external ${mib(memory.external)}, array buffers ${mib(memory.arrayBuffers)}`);
 console.log(rows.join('\n'));
 agent.destroy();
 server.closeAllConnections();

@@ -9,7 +9,8 @@
  *   CPU time per token (bare and engine: this process; HTTP and SSE: the server's), which load from
  *   other processes on shared cores distorts far less than wall time;
  * - warm follow-up TTFT over SSE (`--cached` tokens in the session + `--new` new ones) over a bare
- *   prefill of the same new tokens after the same cached ones;
+ *   prefill of the same new tokens after the same cached ones, and the same over a plain node:http client
+ *   (the server's part: the openai client's own work is not in it);
  * - event-loop delay p99 in the server while `--clients` streams run (next to a bare loop's in this
  *   process for as long, the machine's floor), and their aggregate tok/s over one's;
  * - the server's peak RSS over a bare loop's (bench/probes/bare-rss.ts) holding the same caches.
@@ -20,6 +21,7 @@
  * `stories` is a builder llama the size of Karpathy's stories260K (5 layers, 64 wide, 8/4 heads, vocab 512).
  */
 import { fork, execFileSync } from 'node:child_process';
+import { Agent, request as httpRequest } from 'node:http';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
@@ -142,6 +144,32 @@ async function postJson(url: string, body: unknown): Promise<Record<string, any>
   return json;
 }
 
+/**
+ * Time to the first body bytes of a streamed completion over a plain keep-alive node:http client: the
+ * server's part of a warm TTFT (the openai client's own request building and SSE parsing add about
+ * 3 ms on this machine, which no server change can remove). The first bytes carry the first token.
+ */
+const rawAgent = new Agent({ keepAlive: true, maxSockets: 1 });
+function rawStreamFirstMs(url: string, body: unknown): Promise<{ firstMs: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const payload = JSON.stringify(body);
+    const started = performance.now();
+    const target = new URL(`${url}/v1/completions`);
+    const req = httpRequest({ host: target.hostname, port: target.port, path: target.pathname, method: 'POST', agent: rawAgent, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) } }, (res) => {
+      let firstMs = NaN;
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        if (Number.isNaN(firstMs)) firstMs = performance.now() - started;
+        text += chunk;
+      });
+      res.on('end', () => (res.statusCode === 200 ? resolve({ firstMs, text }) : reject(new Error(`HTTP ${res.statusCode}: ${text}`))));
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
 /** One SSE completion through the openai client: wall ms, time to the first text, the text. */
 let servedModel = '';
 async function streamCompletion(client: OpenAI, prompt: number[], n: number, extra: Record<string, unknown> = {}) {
@@ -231,6 +259,14 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
       if (run.cached < cachedTokens) throw new Error(`the follow-up found ${run.cached} cached tokens, not ${cachedTokens}`);
       return run.firstMs;
     },
+    rawWarm: async () => {
+      const session = `warm-${Math.random().toString(36).slice(2)}`;
+      await postJson(server.url, { prompt: base, max_tokens: 1, temperature: 0, session_id: session });
+      const run = await rawStreamFirstMs(server.url, { model: servedModel, prompt: [...base, ...follow], max_tokens: 1, temperature: 0, stream: true, stream_options: { include_usage: true }, session_id: session });
+      const cached = /"cached_tokens":(\d+)/.exec(run.text);
+      if (!cached || Number(cached[1]) < cachedTokens) throw new Error(`the raw follow-up found ${cached?.[1]} cached tokens, not ${cachedTokens}`);
+      return run.firstMs;
+    },
   };
   type Mode = keyof typeof modes;
   const times = Object.fromEntries(Object.keys(modes).map((m) => [m, [] as number[]])) as Record<Mode, number[]>;
@@ -282,7 +318,7 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
     tokPerSecRatio: { engine: pairs('bare', 'engine'), http: pairs('bare', 'http'), sse: pairs('bare', 'sse') },
     overheadPerTokenUs: { engine: ((median(times.engine) - median(times.bare)) / tokens) * 1000, http: ((median(times.http) - median(times.bare)) / tokens) * 1000, sse: ((median(times.sse) - median(times.bare)) / tokens) * 1000 },
     cpuUsPerToken: { bare: cpuUsPerToken(cpuMs.bare), engine: cpuUsPerToken(cpuMs.engine), http: cpuUsPerToken(cpuMs.http), sse: cpuUsPerToken(cpuMs.sse) },
-    warmTtft: { bareMs: median(times.bareWarm), sseMs: median(times.sseWarm), ratio: pairs('sseWarm', 'bareWarm') },
+    warmTtft: { bareMs: median(times.bareWarm), sseMs: median(times.sseWarm), ratio: pairs('sseWarm', 'bareWarm'), rawMs: median(times.rawWarm), rawRatio: pairs('rawWarm', 'bareWarm') },
     concurrency: { clients, singleTokPerSec: single, aggregateTokPerSec: many, ratio: median(many.map((m, i) => m / single[i])) },
     loopDelay: { p99Ms: median(loopP99), maxMs: Math.max(...loopMax), p99PerRepeatMs: loopP99, bareP99Ms: median(bareLoopP99), bareP99PerRepeatMs: bareLoopP99 },
     rss: { serverMiB: memory.maxRssMiB, serverHeapUsedMiB: memory.heapUsedMiB, bareMiB: bareRss.maxRssMiB, ratio: memory.maxRssMiB / bareRss.maxRssMiB },
@@ -291,9 +327,10 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
 
 const results = [];
 for (const name of values.models.split(',')) results.push(await measure(name));
+rawAgent.destroy();
 const x = (v: number) => `${v.toFixed(2)}x`;
 const markdown = table(
-  ['model', 'bare step, ms', 'engine tok/s / bare', 'HTTP tok/s / bare', 'SSE tok/s / bare', 'SSE us/token over bare', 'CPU us/token bare / engine / HTTP / SSE', 'warm TTFT SSE / bare (ms)', `loop delay p99 at ${clients} / bare loop, ms`, 'peak RSS / bare (MiB)', `${clients} clients tok/s / 1`],
+  ['model', 'bare step, ms', 'engine tok/s / bare', 'HTTP tok/s / bare', 'SSE tok/s / bare', 'SSE us/token over bare', 'CPU us/token bare / engine / HTTP / SSE', 'warm TTFT SSE / bare (ms)', 'warm TTFT raw HTTP / bare (ms)', `loop delay p99 at ${clients} / bare loop, ms`, 'peak RSS / bare (MiB)', `${clients} clients tok/s / 1`],
   results.map((r) => [
     r.model,
     r.bareStepMs.toFixed(3),
@@ -303,6 +340,7 @@ const markdown = table(
     r.overheadPerTokenUs.sse.toFixed(0),
     [r.cpuUsPerToken.bare, r.cpuUsPerToken.engine, r.cpuUsPerToken.http, r.cpuUsPerToken.sse].map((v) => v.toFixed(0)).join(' / '),
     `${x(r.warmTtft.ratio)} (${r.warmTtft.sseMs.toFixed(2)} / ${r.warmTtft.bareMs.toFixed(2)})`,
+    `${x(r.warmTtft.rawRatio)} (${r.warmTtft.rawMs.toFixed(2)})`,
     `${r.loopDelay.p99Ms.toFixed(1)} / ${r.loopDelay.bareP99Ms.toFixed(1)}`,
     `${x(r.rss.ratio)} (${r.rss.serverMiB.toFixed(0)} / ${r.rss.bareMiB.toFixed(0)})`,
     x(r.concurrency.ratio),

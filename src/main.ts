@@ -11,7 +11,7 @@ import { BACKGROUND_RESPONSE_STREAM_MS } from './server/routes/responses.ts';
 import { ApiKeyAuth, loadApiKeys } from './server/auth.ts';
 import { listenWith } from './server/listen.ts';
 import { StreamRegistry } from './server/streams.ts';
-import { otlpConfigured, startTracing } from './telemetry/otel.ts';
+import type { TracingSetup } from './telemetry/otel.ts';
 
 /** pino behind the Logger interface the code uses. */
 function fromPino(logger: pino.Logger): Logger {
@@ -24,7 +24,17 @@ function fromPino(logger: pino.Logger): Logger {
   };
 }
 
-function main(): void {
+/**
+ * The OpenTelemetry SDK and its OTLP exporter (about 15 MiB of resident memory) are loaded only when the
+ * environment names an endpoint, which otlpConfigured needs anyway; without one the API stays a no-op.
+ */
+async function tracingFor(env: NodeJS.ProcessEnv): Promise<TracingSetup> {
+  if (!env.OTEL_EXPORTER_OTLP_ENDPOINT && !env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) return { enabled: false, shutdown: async () => {} };
+  const { otlpConfigured, startTracing } = await import('./telemetry/otel.ts');
+  return startTracing({ enabled: otlpConfigured(env), serviceName: 'warmkv', serviceVersion: env.npm_package_version ?? '0.1.0' });
+}
+
+async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(`${helpText()}\n`);
@@ -45,7 +55,7 @@ function main(): void {
 
   const root = pino({ level: config.logLevel, base: { service: 'warmkv' } });
   const logger = fromPino(root);
-  const tracing = startTracing({ enabled: otlpConfigured(process.env), serviceName: 'warmkv', serviceVersion: process.env.npm_package_version ?? '0.1.0' });
+  const tracing = await tracingFor(process.env);
   if (tracing.enabled) logger.info({ endpoint: process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? process.env.OTEL_EXPORTER_OTLP_ENDPOINT }, 'exporting traces over OTLP');
   // The streams belong to the server's API but live as long as the runtime: close() closes both.
   const streams = new StreamRegistry({ resumeMs: config.streamResumeSeconds * 1000, logger: logger.child({ component: 'streams' }) });
@@ -138,4 +148,4 @@ function main(): void {
   process.on('SIGINT', () => void stop('SIGINT'));
 }
 
-main();
+await main();

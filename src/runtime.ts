@@ -7,7 +7,6 @@ import { freemem } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { KvBudget } from './cache/budget.ts';
 import { SessionStore } from './cache/session-store.ts';
-import { RedisSessions } from './cache/redis-sessions.ts';
 import { EmbeddedSessions, type SharedSessions } from './cache/shared-sessions.ts';
 import { resolveWindowPolicy } from './cache/window.ts';
 import { defaultKvCacheBytes, type Config } from './config.ts';
@@ -77,8 +76,10 @@ export function contextLengthFor(config: Config, loaded: LoadedModel): number {
 
 /** Builds the serving parts from a loaded model. Throws RuntimeError / WindowConfigError on bad settings. */
 /** The shared session store SESSION_STORE_URL names, or the embedded one. */
-export function sharedSessionsFor(config: Config): SharedSessions {
+export async function sharedSessionsFor(config: Config): Promise<SharedSessions> {
   if (!config.sessionStoreUrl) return new EmbeddedSessions();
+  // ioredis (about 12 MiB of resident memory) is loaded only by a server that names a store.
+  const { RedisSessions } = await import('./cache/redis-sessions.ts');
   return new RedisSessions({ url: config.sessionStoreUrl, leaseMs: Math.max(1, config.sessionLeaseSeconds * 1000), ttlMs: config.sessionIdleSeconds * 1000 });
 }
 
@@ -191,7 +192,7 @@ export class Runtime implements ServingSource {
     this.ready = (async () => {
       try {
         // Checked before the weights load: an unreachable store is a clear error at once.
-        const shared = sharedSessionsFor(config);
+        const shared = await sharedSessionsFor(config);
         await shared.connect();
         this.shared = shared;
         const loaded = await load(config, logger.child({ component: 'model' }));

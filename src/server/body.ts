@@ -29,6 +29,33 @@ export async function readJsonBody(request: Request, limit: number, allowEmpty =
   const declared = request.headers.get('content-length');
   checkContentType(request, declared);
   if (declared !== null && Number(declared) > limit) throw tooLarge(limit);
+  let body: Buffer;
+  if (declared !== null && /^\d+$/.test(declared)) {
+    // A declared length is what Node's parser holds the body to, so it is under the limit: read it in
+    // one piece. Under @hono/node-server that reads the socket directly, where `request.body` would
+    // first build a full undici Request around a web stream of it (about 0.4 ms a request).
+    try {
+      body = Buffer.from(await request.arrayBuffer());
+    } catch {
+      throw new ClientGoneError('body');
+    }
+    // Outside Node's parser (a Request built in a test) nothing held the body to its declared length.
+    if (body.length > limit) throw tooLarge(limit);
+  } else body = await readLimited(request, limit);
+  const text = body.toString('utf8');
+  if (text.trim() === '') {
+    if (allowEmpty) return undefined;
+    throw new ApiError('invalid_json', 'The request body is empty; send a JSON object.');
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new ApiError('invalid_json', `The request body is not valid JSON: ${(error as Error).message}.`);
+  }
+}
+
+/** A body without a declared length (chunked), read while counting against the limit. */
+async function readLimited(request: Request, limit: number): Promise<Buffer> {
   const chunks: Uint8Array[] = [];
   let total = 0;
   if (request.body) {
@@ -51,16 +78,7 @@ export async function readJsonBody(request: Request, limit: number, allowEmpty =
       chunks.push(value);
     }
   }
-  const text = Buffer.concat(chunks, total).toString('utf8');
-  if (text.trim() === '') {
-    if (allowEmpty) return undefined;
-    throw new ApiError('invalid_json', 'The request body is empty; send a JSON object.');
-  }
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new ApiError('invalid_json', `The request body is not valid JSON: ${(error as Error).message}.`);
-  }
+  return Buffer.concat(chunks, total);
 }
 
 /**

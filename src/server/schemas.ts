@@ -32,6 +32,26 @@ export function checkSessionId(id: string): string {
 export const MAX_TOP_LOGPROBS = 20;
 
 const tokenIds = z.array(z.number().int().min(0)).min(1, 'must hold at least one token id');
+
+function isTokenId(value: unknown): boolean {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+}
+
+function isTokenIds(value: unknown): value is number[] {
+  if (!Array.isArray(value) || value.length === 0) return false;
+  for (const item of value) if (!isTokenId(item)) return false;
+  return true;
+}
+
+/**
+ * Token-id prompts are the whole conversation on every turn, so their check is one loop: zod's
+ * element-by-element array of int() costs about 0.3 us a token (0.12 ms for 400). These come first
+ * in their unions and only accept; what they refuse falls through to `tokenIds` and the other
+ * options, and `abort` keeps them out of the union's error (zod reports the one option that got
+ * furthest), so a refused prompt gets the same message as before.
+ */
+const fastTokenIds = z.custom<number[]>(isTokenIds, { abort: true });
+const fastTokenIdLists = z.custom<number[][]>((value) => Array.isArray(value) && value.length > 0 && value.every(isTokenIds), { abort: true });
 const stop = z.union([z.string(), z.array(z.string())]);
 
 /** Fields shared by every generating endpoint. `null` means absent, as in OpenAI's API. */
@@ -82,7 +102,7 @@ const generationFields = {
 
 export const completionSchema = z.object({
   ...generationFields,
-  prompt: z.union([z.string(), tokenIds, z.array(z.string()), z.array(tokenIds)]),
+  prompt: z.union([z.string(), fastTokenIds, fastTokenIdLists, tokenIds, z.array(z.string()), z.array(tokenIds)]),
   echo: z.boolean().nullish(),
   session_id: sessionIdSchema.nullish(),
   best_of: z.number().int().nullish(),
@@ -121,7 +141,7 @@ export type ChatBody = z.infer<typeof chatSchema>;
 /** Native append API: `prompt` is added to the session's transcript. */
 export const appendSchema = z.object({
   ...generationFields,
-  prompt: z.union([z.string(), tokenIds]),
+  prompt: z.union([z.string(), fastTokenIds, tokenIds]),
   echo: z.boolean().nullish(),
 });
 export type AppendBody = z.infer<typeof appendSchema>;
@@ -129,7 +149,7 @@ export type AppendBody = z.infer<typeof appendSchema>;
 export const createSessionSchema = z
   .object({
     session_id: sessionIdSchema.nullish(),
-    prompt: z.union([z.string(), tokenIds]).nullish(),
+    prompt: z.union([z.string(), fastTokenIds, tokenIds]).nullish(),
     messages: messages.nullish(),
     /** With `messages`: end the prefill with the assistant turn's opening (default false). */
     add_generation_prompt: z.boolean().nullish(),

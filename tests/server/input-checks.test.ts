@@ -4,8 +4,8 @@
  * that are not JSON; CORS off by default and configurable (preflight, exposed headers, errors readable).
  */
 import assert from 'node:assert/strict';
-import { before, describe, test } from 'node:test';
-import { expectError, makeApp, post } from './helpers.ts';
+import { after, before, describe, test } from 'node:test';
+import { expectError, listen, makeApp, post, type Listening } from './helpers.ts';
 
 const LONG_ID = 'a'.repeat(10 * 1024);
 const RULE = "Invalid value for 'session_id': must be 1-128 characters of letters, digits, '.', '_', ':' and '-', and not '.' or '..'.";
@@ -96,6 +96,37 @@ describe('Content-Type: JSON endpoints take JSON only', () => {
     // `curl -X POST -d ''`: a form type with no body.
     const empty = await app.request('/v1/sessions', { method: 'POST', headers: { 'Content-Type': 'application/x-www-form-urlencoded', 'Content-Length': '0' } });
     assert.equal(empty.status, 201);
+  });
+});
+
+describe('token-id prompts over a socket: one-loop check, the same answers', () => {
+  let server: Listening;
+  before(async () => (server = await listen()));
+  after(() => server.close());
+  const UNION = 'must be a string, an array of token ids, or an array of either';
+  const send = (path: string, body: unknown) => fetch(`${server.url}${path}`, post(body));
+
+  test('valid id lists are generated from; bad ones get the message and param zod gave them', async () => {
+    const ok = await send('/v1/completions', { prompt: [1, 2, 3], max_tokens: 1, temperature: 0 });
+    assert.equal(ok.status, 200);
+    assert.equal(((await ok.json()) as { usage: { prompt_tokens: number } }).usage.prompt_tokens, 3);
+    const several = await send('/v1/completions', { prompt: [[1, 2], [3]], max_tokens: 1, temperature: 0 });
+    assert.equal(((await several.json()) as { choices: unknown[] }).choices.length, 2);
+    const cases: Array<[string, unknown, string, string]> = [
+      ['/v1/completions', [1.5], 'prompt', UNION],
+      ['/v1/completions', [1, 'a'], 'prompt', UNION],
+      ['/v1/completions', [-1], 'prompt[0]', 'Too small: expected number to be >=0'],
+      ['/v1/completions', [[1], []], 'prompt[1]', 'must hold at least one token id'],
+      ['/v1/completions', [[-2]], 'prompt[0][0]', 'Too small: expected number to be >=0'],
+      ['/v1/completions', [2 ** 53], 'prompt[0]', 'Too big: expected int to be <=9007199254740991'],
+      ['/v1/sessions/ids-append/completions', [], 'prompt', 'must hold at least one token id'],
+      ['/v1/sessions/ids-append/completions', [[1, 2]], 'prompt', UNION],
+      ['/v1/sessions', [1, null], 'prompt', UNION],
+    ];
+    for (const [path, prompt, param, message] of cases) {
+      const error = await expectError(await send(path, { prompt, max_tokens: 1 }), 400, 'invalid_value', param);
+      assert.equal(error.message, `Invalid value for '${param}': ${message}.`, JSON.stringify(prompt));
+    }
   });
 });
 

@@ -123,6 +123,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     logger: logger.child({ component: 'tiers' }),
     idleTtlMs: config.sessionIdleSeconds * 1000,
     maxSnapshotBytes: config.snapshotMaxBytes,
+    writer: { maxQueue: config.snapshotWriteQueue },
   });
   engine.setTierRestorer((session) => tiers.restore(session));
   engine.setSessionSuperseder((session) => tiers.supersede(session));
@@ -243,7 +244,8 @@ export class Runtime implements ServingSource {
 
   /**
    * Frees what the runtime built, the pair of its constructor: cancels what still runs, stops the tier
-   * sweeps, closes the resumable streams and disposes the decoder. Call after `drain`; idempotent.
+   * sweeps, lets queued snapshot writes land, closes the resumable streams and disposes the decoder.
+   * Call after `drain`; idempotent.
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -255,9 +257,11 @@ export class Runtime implements ServingSource {
         return;
       }
       await parts.engine.drain(0);
-      await this.shared?.close();
       this.stopSweeps?.();
       this.stopSweeps = null;
+      // Snapshots still being written land before the process may exit.
+      await parts.tiers.flush();
+      await this.shared?.close();
       await parts.engine.model.decoder.dispose();
     })();
     return this.closing;

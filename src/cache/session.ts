@@ -46,6 +46,11 @@ export class Session {
   version = 0;
   /** The version of this session's snapshot file, or null when it has none. */
   snapshotVersion: number | null = null;
+  /**
+   * A demotion to disk is under way: the background writer is writing this session's snapshot. Until it
+   * lands the session keeps its tier, its KV and its bytes in the budget (session-files.ts).
+   */
+  snapshotPending = false;
 
   constructor(
     readonly id: string,

@@ -10,6 +10,7 @@ import { SessionStore } from './cache/session-store.ts';
 import { EmbeddedSessions, type SharedSessions } from './cache/shared-sessions.ts';
 import { resolveWindowPolicy } from './cache/window.ts';
 import { defaultKvCacheBytes, type Config } from './config.ts';
+import { PrefixSnapshots } from './cache/prefix-snapshots.ts';
 import { TierManager } from './cache/tiers.ts';
 import { Engine } from './engine/engine.ts';
 import { measureInt8, type Int8GateResult } from './engine/int8-gate.ts';
@@ -112,6 +113,11 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     },
     logger.child({ component: 'engine' }),
   );
+  const identity = { layout: decoder.io.kv, modelFingerprint: folder.modelFingerprint, tokenizerFingerprint: folder.tokenizerFingerprint };
+  // In a fleet, SNAPSHOT_DIR holds immutable prefix snapshots any replica may load (per-session files stay off).
+  const prefixes = shared.shared && config.snapshotDir
+    ? new PrefixSnapshots({ ...identity, dir: config.snapshotDir, logger: logger.child({ component: 'prefix-snapshots' }), ttlMs: config.sessionIdleSeconds * 1000, maxBytes: config.snapshotMaxBytes, writer: { maxQueue: config.snapshotWriteQueue } })
+    : null;
   const tiers = new TierManager(store, {
     layout: decoder.io.kv,
     int8: int8.enabled,
@@ -124,6 +130,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     idleTtlMs: config.sessionIdleSeconds * 1000,
     maxSnapshotBytes: config.snapshotMaxBytes,
     writer: { maxQueue: config.snapshotWriteQueue },
+    prefixes,
   });
   engine.setTierRestorer((session) => tiers.restore(session));
   engine.setSessionSuperseder((session) => tiers.supersede(session));

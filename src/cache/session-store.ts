@@ -32,6 +32,7 @@ export class SessionStore {
   private readonly sessions = new Map<string, Session>();
   private readonly listeners: Array<(event: SessionTierMove) => void> = [];
   private readonly roomListeners: Array<() => void> = [];
+  private readonly commitListeners: Array<(session: Session) => void> = [];
   private demoter: Demoter = dropCache;
   private losslessDemoter: Demoter = dropCache;
   private finder: SessionFinder | null = null;
@@ -60,6 +61,15 @@ export class SessionStore {
 
   roomFreed(): void {
     for (const listener of this.roomListeners) listener();
+  }
+
+  /** Called when a turn of a session is durable in the shared store (a fleet's commit). */
+  onTurnCommitted(listener: (session: Session) => void): void {
+    this.commitListeners.push(listener);
+  }
+
+  turnCommitted(session: Session): void {
+    for (const listener of this.commitListeners) listener(session);
   }
 
   get size(): number {

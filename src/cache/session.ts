@@ -51,6 +51,11 @@ export class Session {
    * lands the session keeps its tier, its KV and its bytes in the budget (session-files.ts).
    */
   snapshotPending = false;
+  /**
+   * Its transcript was adopted from the shared store (another replica's turns) with no KV here: before
+   * its next turn, admission looks for the longest shared prefix snapshot (prefix-snapshots.ts).
+   */
+  prefixLookup = false;
 
   constructor(
     readonly id: string,

@@ -9,6 +9,7 @@ import type { Logger } from '../lib/logger.ts';
 import type { KvLayout } from '../model/types.ts';
 import type { KvBudget } from './budget.ts';
 import { dequantizeKv, int8Bytes as int8BytesExact, int8FixedBytes, int8BytesPerToken, quantizeKv, type KeyScaleMode } from './int8.ts';
+import type { PrefixSnapshots } from './prefix-snapshots.ts';
 import { SessionFiles, toTranscriptOnly } from './session-files.ts';
 import type { Session, Tier } from './session.ts';
 import type { SessionStore } from './session-store.ts';
@@ -30,6 +31,8 @@ export interface TierOptions {
   maxSnapshotBytes?: number;
   /** The background snapshot writer: its queue bound (SNAPSHOT_WRITE_QUEUE) and test hooks. */
   writer?: Partial<SnapshotWriterOptions>;
+  /** A fleet's shared, content-addressed prefix snapshots (SESSION_STORE_URL with SNAPSHOT_DIR); null: none. */
+  prefixes?: PrefixSnapshots | null;
   now?: () => number;
 }
 
@@ -53,6 +56,14 @@ export class TierManager {
     store.setDemoter((session) => this.demote(session), (session) => this.demote(session, false));
     store.setFinder((owner, id) => this.disk.find(owner, id));
     store.setDiskIds((owner) => this.disk.ids(owner));
+    const prefixes = options.prefixes;
+    if (prefixes) {
+      // Every committed turn leaves its cache's prefix on shared storage, for whichever replica serves the next one.
+      store.onTurnCommitted((session) => {
+        if (session.tier !== 'hot' || !session.kv || session.window.droppedTokens > 0) return;
+        void prefixes.save(session.tokens, session.kv).catch((error: Error) => this.options.logger.warn({ sessionId: session.id, err: error.message }, 'prefix snapshot not saved'));
+      });
+    }
   }
 
   /** Snapshot files and their bytes. */
@@ -69,8 +80,9 @@ export class TierManager {
   }
 
   /** Checks that the snapshot directory is usable; if not, warns and runs memory-only. */
-  init(): Promise<void> {
-    return this.disk.init();
+  async init(): Promise<void> {
+    await this.disk.init();
+    await this.options.prefixes?.init();
   }
 
   hotBytes(length: number): number {
@@ -137,6 +149,7 @@ export class TierManager {
    * A snapshot that cannot be read leaves the session evicted: it is recomputed from its transcript.
    */
   async restore(session: Session): Promise<void> {
+    if (session.tier === 'evicted' && session.prefixLookup) return this.restoreSharedPrefix(session);
     if (session.tier === 'int8' && session.int8) {
       if (!this.store.reserve(session, Math.max(session.reservedBytes, this.hotBytes(session.cachedLength)))) return;
       // Its snapshot may still be on its way to disk: the session is in use again, so it stays here.
@@ -162,6 +175,15 @@ export class TierManager {
     }
   }
 
+  /** A session adopted from the shared store: its cache starts from the longest shared prefix snapshot, if any. */
+  private async restoreSharedPrefix(session: Session): Promise<void> {
+    session.prefixLookup = false;
+    const kv = await this.options.prefixes?.loadLongest(session.tokens);
+    if (!kv || session.tier !== 'evicted') return;
+    if (!this.store.reserve(session, Math.max(session.reservedBytes, this.hotBytes(kv.length)))) return;
+    session.toHot(kv, kv.length);
+  }
+
   /** A session on disk but not in memory (e.g. after a restart), with its transcript; payload stays on disk. */
   find(owner: string, id: string): Promise<Session | undefined> {
     return this.disk.find(owner, id);
@@ -173,8 +195,9 @@ export class TierManager {
   }
 
   /** Lets every queued snapshot write land (Runtime.close awaits it). */
-  flush(): Promise<void> {
-    return this.disk.writer.flush();
+  async flush(): Promise<void> {
+    await this.disk.writer.flush();
+    await this.options.prefixes?.writer.flush();
   }
 
   /** Removes a deleted session's snapshot. */

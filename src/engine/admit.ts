@@ -88,7 +88,7 @@ export class Admitter {
   }
 
   private restorable(session: Session): boolean {
-    return (session.tier === 'int8' || session.tier === 'disk') && this.restorer !== null;
+    return (session.tier === 'int8' || session.tier === 'disk' || (session.tier === 'evicted' && session.prefixLookup)) && this.restorer !== null;
   }
 
   /** Brings an int8 or disk session back to hot (pinned meanwhile); the tier its cache came from. */

@@ -13,7 +13,8 @@
  * shorter prefix or recomputes, and a file already open stays readable after its unlink (POSIX).
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, stat, unlink, utimes } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, mkdir, readdir, readFile, stat, unlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../lib/logger.ts';
 import type { KvTensors } from '../model/types.ts';
@@ -42,6 +43,8 @@ export interface PrefixSnapshotOptions extends SnapshotIdentity {
 export class PrefixSnapshots {
   readonly writer: SnapshotWriter;
   private collecting: Promise<number> | null = null;
+  /** false once the folder turned out unwritable: the fleet then prefills what it does not hold. */
+  private enabled = true;
   private readonly now: () => number;
 
   constructor(private readonly options: PrefixSnapshotOptions) {
@@ -50,7 +53,14 @@ export class PrefixSnapshots {
   }
 
   async init(): Promise<void> {
-    await mkdir(this.options.dir, { recursive: true });
+    try {
+      await mkdir(this.options.dir, { recursive: true });
+      await access(this.options.dir, constants.W_OK);
+    } catch (error) {
+      this.enabled = false;
+      this.options.logger.warn({ snapshotDir: this.options.dir, err: (error as Error).message }, 'SNAPSHOT_DIR is not writable: no shared prefix snapshots');
+      return;
+    }
     const removed = await this.collect();
     this.options.logger.info({ snapshotDir: this.options.dir, removed }, 'shared prefix snapshots enabled');
   }
@@ -79,7 +89,7 @@ export class PrefixSnapshots {
    */
   async save(tokens: readonly number[], kv: KvTensors): Promise<void> {
     const blocks = Math.floor(Math.min(kv.length, tokens.length) / PREFIX_BLOCK_TOKENS);
-    if (blocks === 0) return;
+    if (blocks === 0 || !this.enabled) return;
     const length = blocks * PREFIX_BLOCK_TOKENS;
     const prefix = tokens.slice(0, length);
     const hash = this.blockHashes(prefix, blocks)[blocks - 1];
@@ -124,7 +134,7 @@ export class PrefixSnapshots {
    * token; null when there is none. A missing, damaged or colliding file only sends it to a shorter one.
    */
   async loadLongest(tokens: readonly number[], limit = tokens.length): Promise<KvTensors | null> {
-    const blocks = Math.floor(Math.min(limit, tokens.length) / PREFIX_BLOCK_TOKENS);
+    const blocks = this.enabled ? Math.floor(Math.min(limit, tokens.length) / PREFIX_BLOCK_TOKENS) : 0;
     const hashes = this.blockHashes(tokens, blocks);
     for (let k = blocks - 1; k >= 0; k--) {
       const path = this.pathOf(hashes[k]);

@@ -83,22 +83,27 @@ export class PrefixSnapshots {
   }
 
   /**
-   * Queues the snapshot of the longest whole-block prefix of a cache (`kv` holds `tokens[0, kv.length)`,
-   * unwindowed); nothing when that file already exists or the queue is full. The KV is copied first:
-   * the session goes on changing while the file is written.
+   * Queues the snapshot of the longest whole-block prefix of a cache (`source.kv` holds
+   * `source.tokens[0, kv.length)`, unwindowed); nothing when that file already exists, the queue is
+   * full, or the cache moved on while the existence check ran. The KV is copied only for a new file
+   * (the session goes on changing while the file is written).
    */
-  async save(tokens: readonly number[], kv: KvTensors): Promise<void> {
-    const blocks = Math.floor(Math.min(kv.length, tokens.length) / PREFIX_BLOCK_TOKENS);
-    if (blocks === 0 || !this.enabled) return;
+  async save(source: { readonly tokens: readonly number[]; readonly kv: KvTensors | null }): Promise<void> {
+    const kv = source.kv;
+    if (!kv || !this.enabled) return;
+    const blocks = Math.floor(Math.min(kv.length, source.tokens.length) / PREFIX_BLOCK_TOKENS);
+    if (blocks === 0) return;
     const length = blocks * PREFIX_BLOCK_TOKENS;
-    const prefix = tokens.slice(0, length);
+    const prefix = source.tokens.slice(0, length);
     const hash = this.blockHashes(prefix, blocks)[blocks - 1];
     const path = this.pathOf(hash);
-    const copy = length === kv.length ? { ...kv, layers: kv.layers.map((l) => ({ key: l.key.slice(), value: l.value.slice() })) } : prefixOf(this.options.layout, kv, length);
     if (await exists(path)) {
       await touch(path, this.now());
       return;
     }
+    // The next turn may have taken the cache meanwhile: then that turn's commit snapshots it.
+    if (source.kv !== kv || this.writer.has(hash)) return;
+    const copy = length === kv.length ? { ...kv, layers: kv.layers.map((l) => ({ key: l.key.slice(), value: l.value.slice() })) } : prefixOf(this.options.layout, kv, length);
     const { layout } = this.options;
     const time = this.now();
     const parts = snapshotParts(

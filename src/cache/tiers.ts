@@ -61,7 +61,7 @@ export class TierManager {
       // Every committed turn leaves its cache's prefix on shared storage, for whichever replica serves the next one.
       store.onTurnCommitted((session) => {
         if (session.tier !== 'hot' || !session.kv || session.window.droppedTokens > 0) return;
-        void prefixes.save(session.tokens, session.kv).catch((error: Error) => this.options.logger.warn({ sessionId: session.id, err: error.message }, 'prefix snapshot not saved'));
+        void prefixes.save(session).catch((error: Error) => this.options.logger.warn({ sessionId: session.id, err: error.message }, 'prefix snapshot not saved'));
       });
     }
   }

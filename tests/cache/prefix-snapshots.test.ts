@@ -39,12 +39,12 @@ describe('prefix snapshots', () => {
   test('the longest whole-block prefix is written once and loaded by any transcript that starts with it', async () => {
     const { dir, prefixes, cacheOf } = await setup();
     const { tokens, kv } = await cacheOf('a', 150, 1);
-    await prefixes.save(tokens, kv);
+    await prefixes.save({ tokens, kv });
     await prefixes.writer.flush();
     const names = readdirSync(dir);
     assert.equal(names.length, 1);
     const mtime = statSync(join(dir, names[0])).mtimeMs;
-    await prefixes.save(tokens, kv);
+    await prefixes.save({ tokens, kv });
     await prefixes.writer.flush();
     assert.deepEqual(readdirSync(dir), names, 'the same prefix is not written again');
     assert.equal(prefixes.writer.counters.written, 1);
@@ -66,10 +66,10 @@ describe('prefix snapshots', () => {
   test('a file whose tokens differ (a collision) or that is gone sends the lookup to a shorter prefix or to recompute', async () => {
     const { dir, prefixes, cacheOf } = await setup();
     const a = await cacheOf('a', 140, 3);
-    await prefixes.save(a.tokens.slice(0, PREFIX_BLOCK_TOKENS), a.kv);
-    await prefixes.save(a.tokens, a.kv);
+    await prefixes.save({ tokens: a.tokens.slice(0, PREFIX_BLOCK_TOKENS), kv: a.kv });
+    await prefixes.save({ tokens: a.tokens, kv: a.kv });
     const b = await cacheOf('b', 140, 4);
-    await prefixes.save(b.tokens, b.kv);
+    await prefixes.save({ tokens: b.tokens, kv: b.kv });
     await prefixes.writer.flush();
     // b's two-block file put under the name of a's two-block prefix: same name, other tokens.
     const [aHashes, bHashes] = [prefixes.blockHashes(a.tokens, 2), prefixes.blockHashes(b.tokens, 2)];
@@ -83,7 +83,7 @@ describe('prefix snapshots', () => {
   test('garbage collection keeps the folder under its size cap, least recently used first, and expires unused files', async () => {
     const probe = await setup();
     const one = await probe.cacheOf('p', 70, 9);
-    await probe.prefixes.save(one.tokens, one.kv);
+    await probe.prefixes.save({ tokens: one.tokens, kv: one.kv });
     await probe.prefixes.writer.flush();
     const fileBytes = statSync(join(probe.dir, readdirSync(probe.dir)[0])).size;
 
@@ -91,7 +91,7 @@ describe('prefix snapshots', () => {
     const paths: string[] = [];
     for (let i = 0; i < 4; i++) {
       const { tokens, kv } = await cacheOf(`s${i}`, 70, 20 + i);
-      await prefixes.save(tokens, kv);
+      await prefixes.save({ tokens, kv });
       await prefixes.writer.flush();
       const path = prefixes.pathOf(prefixes.blockHashes(tokens, 1)[0]);
       // Distinct last uses, oldest first (the file's mtime is its last use).
@@ -105,7 +105,7 @@ describe('prefix snapshots', () => {
 
     const expiring = await setup({ ttlMs: 60_000 });
     const { tokens, kv } = await expiring.cacheOf('old', 70, 30);
-    await expiring.prefixes.save(tokens, kv);
+    await expiring.prefixes.save({ tokens, kv });
     await expiring.prefixes.writer.flush();
     const [name] = readdirSync(expiring.dir);
     utimesSync(join(expiring.dir, name), 1, 1);

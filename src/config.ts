@@ -50,6 +50,11 @@ export const configSchema = z.object({
   /** When the provider cannot start (no GPU visible), log it and run on the CPU instead of exiting. */
   executionProviderFallback: boolish.default(false),
   intraOpThreads: int(1).optional(),
+  /**
+   * Where onnxruntime runs a step: `main` (the event loop's thread: nothing else runs during a step) or
+   * `worker` (a thread of its own; the event loop serves HTTP meanwhile, for a message each way per step).
+   */
+  decoderThread: z.enum(['main', 'worker']).default('main'),
 
   /** Bytes all in-memory KV caches may use together; default half the free memory at start. */
   kvCacheBytes: byteSize.optional(),

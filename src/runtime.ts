@@ -187,6 +187,7 @@ export class Runtime implements ServingSource {
       fallbackToCpu: c.executionProviderFallback,
       intraOpThreads: c.intraOpThreads,
       newRowOutputs: c.kvMode === 'inplace',
+      decoderThread: c.decoderThread,
       logger,
     }));
     this.ready = (async () => {

@@ -109,7 +109,11 @@ export class StepExecutor {
     }
     const count = Math.min(chunkTokens, window.capacity - sequence.cacheLength, sequence.remainingPending);
     const ownBuffers = this.parts.ownBuffers;
-    const step = ownBuffers ? await runner.prefillInPlace(sequence, ownBuffers.take(sequence, count), count) : await runner.prefill(sequence, count);
+    // Over an empty cache the buffer's capacity is a past of masked slots, which an export that cannot
+    // take several tokens over a past refuses: its whole-prompt chunk runs concat (the present is then just
+    // the new rows), and its next steps, one token each, in place.
+    const inPlace = ownBuffers && (sequence.cacheLength > 0 || this.parts.capabilities.multiTokenOverPast);
+    const step = inPlace ? await runner.prefillInPlace(sequence, ownBuffers.take(sequence, count), count) : await runner.prefill(sequence, count);
     if (!step.ok) {
       await this.failStep([sequence], step.error);
       return;

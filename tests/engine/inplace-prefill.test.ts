@@ -231,3 +231,23 @@ describe('engine prefill in place against concat', () => {
     assert.ok(perStep(concat.counters) > 3 * perStep(inplace.counters), `bytes out per step: in place ${perStep(inplace.counters)}, concat ${perStep(concat.counters)}`);
   });
 });
+
+describe('an export that cannot take several tokens over a past, in place', () => {
+  test('the prompt from the empty past runs concat, every later step in place: the same tokens as concat mode', async () => {
+    const model: BuildOptions = { family: 'llama', seed: 7, quirks: ['no-multi-token-past'] };
+    const run = async (kvMode: 'concat' | 'inplace') => {
+      let recorder!: TestDecoder;
+      const { engine, model: loaded } = await makeEngine({ model, kvMode, prefillChunkTokens: 16, wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
+      assert.equal(loaded.capabilities.multiTokenOverPast, false);
+      const turn1 = await collect(engine.submit(request(randomTokens(30, 95), { sessionId: 'q', maxTokens: 8 })));
+      const turn2 = await collect(engine.submit(request(randomTokens(12, 96), { sessionId: 'q', mode: 'append', maxTokens: 8 })));
+      for (const r of [turn1, turn2]) assert.equal(r.end.error, undefined, JSON.stringify(r.end.error));
+      return { tokens: [turn1.tokens, turn2.tokens], cached: turn2.usage.cachedTokens, calls: recorder.recorded.map((c) => c.step) };
+    };
+    const concat = await run('concat');
+    const inplace = await run('inplace');
+    assert.deepEqual(inplace.tokens, concat.tokens);
+    assert.ok(inplace.cached > 0);
+    assert.ok(inplace.calls.every((s) => (s.seqLength > 1 ? s.past.length === 0 && s.fetch === undefined : s.fetch === 'new-rows')), 'multi-token calls only over an empty past, concat; the rest in place');
+  });
+});

@@ -136,10 +136,10 @@ export class Engine {
       decodeStep: (info) => this.scheduler.cost.recordDecode(info.durationMs),
       prefillChunk: (_sequence, info) => this.scheduler.cost.recordPrefill(info.tokens, info.kvTokens - info.tokens, info.durationMs),
     });
-    const kv = inPlaceKv(model, options, logger);
+    const kvPath = inPlaceKv(model, options, logger);
     const layout = model.decoder.io.kv;
     const block = options.kvCapacityBlock ?? 256;
-    this.decodeBatch = kv === 'inplace' ? new InPlaceBatch(layout, block, this.counterValues, options.window.capacity) : new DecodeBatch(layout, this.counterValues);
+    this.decodeBatch = kvPath === 'inplace' ? new InPlaceBatch(layout, block, this.counterValues, options.window.capacity) : new DecodeBatch(layout, this.counterValues);
     const positions = model.positionEncoding;
     const inverseFrequencies = positions.kind === 'rotary' ? rotaryInverseFrequencies(positions.theta, positions.rotaryDim) : null;
     if (options.window.strategy === 'shift' && !inverseFrequencies) throw new Error('shift strategy needs a rotary model');
@@ -154,7 +154,7 @@ export class Engine {
       inverseFrequencies,
       scheduler: this.scheduler,
       decodeBatch: this.decodeBatch,
-      ownBuffers: kv === 'inplace' ? new OwnBuffers(layout, block, options.window.capacity) : null,
+      ownBuffers: kvPath === 'inplace' ? new OwnBuffers(layout, block, options.window.capacity) : null,
       runner: new Runner(model.decoder, model.vocabSize, this.counterValues, now),
       observers: this.observers,
       logger,

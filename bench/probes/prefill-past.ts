@@ -5,12 +5,12 @@
  *       fetch logits and every present.* (the whole cache, copied out of onnxruntime);
  *   (b) in place, the graph rewritten by src/model/kv-rewrite.ts: feed the past as the sequence's buffer
  *       `[1, kv_heads, capacity, head_dim]` (capacity as the engine grows it: --block doubled until the
- *       past and the chunk fit), the unused capacity masked out, fetch only logits and new_rows.*, and
- *       write the new rows into the buffer.
+ *       past and the chunk fit; `--growth block`: the next multiple of --block instead), the unused
+ *       capacity masked out, fetch only logits and new_rows.*, and write the new rows into the buffer.
  * The two run alternately on the same synthetic past (seeded random KV, so no prefill of the past is
  * needed); their last-row logits must agree. Reports the median of --repeats timed calls per cell.
  *
- *   node --import tsx bench/probes/prefill-past.ts [--threads 2] [--block 256] [--repeats 5]
+ *   node --import tsx bench/probes/prefill-past.ts [--threads 2] [--block 256] [--growth double|block] [--repeats 5]
  *
  * The model is a builder llama sized like models/warmkv-brown (6 layers, hidden 256, 8 heads / 2 KV
  * heads, head_dim 32, vocab 4096, float32 KV) with 8,192 positions, like the fairness benchmark's.
@@ -23,8 +23,10 @@ import { buildModelBytes } from '../../tools/model-builder/index.ts';
 import { median, table, writeResult } from '../common.ts';
 
 const { values } = parseArgs({
-  options: { threads: { type: 'string', default: '2' }, block: { type: 'string', default: '256' }, repeats: { type: 'string', default: '5' } },
+  options: { threads: { type: 'string', default: '2' }, block: { type: 'string', default: '256' }, growth: { type: 'string', default: 'double' }, repeats: { type: 'string', default: '5' } },
 });
+if (values.growth !== 'double' && values.growth !== 'block') throw new Error('--growth is double or block');
+const growth = values.growth;
 const threads = Number(values.threads);
 const block = Number(values.block);
 const repeats = Number(values.repeats);
@@ -69,8 +71,9 @@ function syntheticKv(length: number, seed: number): Float32Array {
   return out;
 }
 
-/** The engine's rule (src/engine/inplace-kv.ts): one block, doubled until `slots` fit. */
+/** The engine's rule (src/engine/inplace-kv.ts): one block, doubled until `slots` fit; or whole blocks. */
 const capacityFor = (slots: number) => {
+  if (growth === 'block') return Math.max(1, Math.ceil(slots / block)) * block;
   let capacity = block;
   while (capacity < slots) capacity *= 2;
   return capacity;
@@ -175,8 +178,9 @@ const markdown = table(
   cells.map((c) => [c.past, c.chunk, c.capacity, c.concatMs.toFixed(2), c.inPlaceMs.toFixed(2), (c.concatMs / c.inPlaceMs).toFixed(2), mib(c.concatBytesOut), mib(c.inPlaceBytesOut), c.maxLogitDiff.toExponential(1)]),
 );
 console.log(`\n${markdown}`);
-const file = writeResult('prefill-past-probe', {
-  command: `node --import tsx bench/probes/prefill-past.ts --threads ${threads} --block ${block} --repeats ${repeats}`,
+const file = writeResult(`prefill-past-probe${growth === 'block' ? '-block' : ''}`, {
+  command: `node --import tsx bench/probes/prefill-past.ts --threads ${threads} --block ${block} --growth ${growth} --repeats ${repeats}`,
+  growth,
   model: { builder: modelOptions, kvDtype: kv.dtype },
   threads,
   block,

@@ -64,7 +64,7 @@ export const configSchema = z.object({
    * present fed back every step).
    */
   kvMode: z.enum(['concat', 'inplace']).default('inplace'),
-  /** `inplace` only: the buffers' first capacity in slots; they double from there, up to the context. */
+  /** `inplace` only: the buffers' capacity grows in whole blocks of this many slots, up to the context. */
   kvCapacityBlock: int(1, 65536).default(256),
 
   /** Context the model sees; default the model's own (max_position_embeddings / n_positions). */

@@ -4,8 +4,8 @@
  *   (a) concat, the Optimum graph as exported: feed the past as its own tensors `[1, kv_heads, past, head_dim]`,
  *       fetch logits and every present.* (the whole cache, copied out of onnxruntime);
  *   (b) in place, the graph rewritten by src/model/kv-rewrite.ts: feed the past as the sequence's buffer
- *       `[1, kv_heads, capacity, head_dim]` (capacity as the engine grows it: --block doubled until the
- *       past and the chunk fit; `--growth block`: the next multiple of --block instead), the unused
+ *       `[1, kv_heads, capacity, head_dim]` (capacity as the engine grows it, the next multiple of --block
+ *       that holds the past and the chunk; `--growth double`: --block doubled until they fit), the unused
  *       capacity masked out, fetch only logits and new_rows.*, and write the new rows into the buffer.
  * The two run alternately on the same synthetic past (seeded random KV, so no prefill of the past is
  * needed); their last-row logits must agree. Reports the median of --repeats timed calls per cell.
@@ -23,7 +23,7 @@ import { buildModelBytes } from '../../tools/model-builder/index.ts';
 import { median, table, writeResult } from '../common.ts';
 
 const { values } = parseArgs({
-  options: { threads: { type: 'string', default: '2' }, block: { type: 'string', default: '256' }, growth: { type: 'string', default: 'double' }, repeats: { type: 'string', default: '5' } },
+  options: { threads: { type: 'string', default: '2' }, block: { type: 'string', default: '256' }, growth: { type: 'string', default: 'block' }, repeats: { type: 'string', default: '5' } },
 });
 if (values.growth !== 'double' && values.growth !== 'block') throw new Error('--growth is double or block');
 const growth = values.growth;
@@ -71,7 +71,7 @@ function syntheticKv(length: number, seed: number): Float32Array {
   return out;
 }
 
-/** The engine's rule (src/engine/inplace-kv.ts): one block, doubled until `slots` fit; or whole blocks. */
+/** The engine's rule (src/engine/inplace-kv.ts): whole blocks; or one block doubled until `slots` fit. */
 const capacityFor = (slots: number) => {
   if (growth === 'block') return Math.max(1, Math.ceil(slots / block)) * block;
   let capacity = block;
@@ -178,7 +178,7 @@ const markdown = table(
   cells.map((c) => [c.past, c.chunk, c.capacity, c.concatMs.toFixed(2), c.inPlaceMs.toFixed(2), (c.concatMs / c.inPlaceMs).toFixed(2), mib(c.concatBytesOut), mib(c.inPlaceBytesOut), c.maxLogitDiff.toExponential(1)]),
 );
 console.log(`\n${markdown}`);
-const file = writeResult(`prefill-past-probe${growth === 'block' ? '-block' : ''}`, {
+const file = writeResult(`prefill-past-probe${growth === 'double' ? '-double' : ''}`, {
   command: `node --import tsx bench/probes/prefill-past.ts --threads ${threads} --block ${block} --growth ${growth} --repeats ${repeats}`,
   growth,
   model: { builder: modelOptions, kvDtype: kv.dtype },

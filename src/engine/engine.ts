@@ -43,7 +43,7 @@ export interface EngineOptions extends SchedulerOptions {
    * `concat`: the model's whole present is fed back as the next past (batch.ts).
    */
   kvMode?: 'concat' | 'inplace';
-  /** `inplace` only: the buffers' first capacity in slots; it doubles from there, up to the context. Default 256. */
+  /** `inplace` only: the buffers' capacity grows in whole blocks of this many slots, up to the context. Default 256. */
   kvCapacityBlock?: number;
 }
 

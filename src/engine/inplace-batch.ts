@@ -32,7 +32,7 @@ export class InPlaceBatch<T extends InPlaceMember> {
 
   constructor(
     private readonly layout: KvLayout,
-    /** The buffers' first capacity (slots); it doubles from there. */
+    /** The buffers' capacity grows in whole multiples of this many slots. */
     private readonly block: number,
     private readonly counters: BatchCounters,
     /** The context: no buffer grows past it. */

@@ -5,15 +5,17 @@
  * only the new rows (`fetch: 'new-rows'`) and writes them in place with `append`, so neither the past's
  * bytes nor a present the size of the cache cross between the runtime and JavaScript. The decode batch
  * holds one with a row per sequence (inplace-batch.ts); a prefilling or lone sequence owns a one-row
- * buffer (own-buffer.ts). Capacity starts at one block and doubles (one copy of every row each time), so
- * a sequence growing to n slots is copied O(log n) times; it never exceeds `maxCapacity` (the context),
- * since the masked slots still cost attention compute. A row joins by one copy of its own cache and
- * leaves by one copy out (`extract`). Works on plain arrays, unit-tested in tests/engine/inplace-kv.test.ts.
+ * buffer (own-buffer.ts). Capacity grows to the next whole block (one copy of every row each time) and
+ * never exceeds `maxCapacity` (the context). Not by doubling: the masked slots still cost attention
+ * compute in every call, and a capacity up to twice the cache made prefill chunks over a long past
+ * about twice as slow (bench/probes/prefill-past.ts, docs/benchmarks.md), while a copy per block is a
+ * few milliseconds. A row joins by one copy of its own cache and leaves by one copy out (`extract`).
+ * Works on plain arrays, unit-tested in tests/engine/inplace-kv.test.ts and inplace-prefill.test.ts.
  */
 import { allocateKvData, type KvData, type KvLayout, type KvTensors } from '../model/types.ts';
 
 export class InPlaceKv {
-  /** Slots per row in the buffers: the block times a power of two, or `maxCapacity`. */
+  /** Slots per row in the buffers: a multiple of the block, or `maxCapacity`. */
   capacity = 0;
   /** Valid slots of each row; 0 for a free row. */
   readonly lengths: number[];
@@ -24,7 +26,7 @@ export class InPlaceKv {
   constructor(
     private readonly layout: KvLayout,
     readonly rows: number,
-    /** The first capacity; it doubles from there. */
+    /** Capacity grows in whole multiples of this many slots. */
     private readonly block: number,
     /** Most slots a row can need: the context (a step never holds more than the window's capacity). */
     readonly maxCapacity = Number.POSITIVE_INFINITY,
@@ -97,14 +99,12 @@ export class InPlaceKv {
 
   /**
    * Grows the buffers so every row has at least `slots` slots (a step needs length + its new tokens):
-   * the capacity doubles from one block until it fits, and stops at `maxCapacity`.
+   * to the next multiple of the block, at most `maxCapacity`.
    */
   ensureCapacity(slots: number): void {
     if (slots <= this.capacity) return;
     if (slots > this.maxCapacity) throw new Error(`${slots} slots exceed the buffer's cap of ${this.maxCapacity}`);
-    let capacity = Math.max(this.capacity, this.block);
-    while (capacity < slots) capacity *= 2;
-    this.resize(Math.min(capacity, this.maxCapacity));
+    this.resize(Math.min(Math.ceil(slots / this.block) * this.block, this.maxCapacity));
   }
 
   /**

@@ -24,7 +24,7 @@ export interface BufferOwner {
 export class OwnBuffers {
   constructor(
     private readonly layout: KvLayout,
-    /** The buffers' first capacity (slots); it doubles from there. */
+    /** The buffers' capacity grows in whole multiples of this many slots. */
     readonly block: number,
     /** The context: no buffer grows past it. */
     readonly maxCapacity: number,

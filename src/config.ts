@@ -63,9 +63,13 @@ export const configSchema = z.object({
   maxQueue: int(0).default(256),
   queueTimeoutSeconds: seconds.default(120),
   prefillChunkTokens: int(1).default(512),
-  /** How decoding rows keep their KV: `concat` (the whole present fed back) or `inplace` (issue 25). */
-  kvMode: z.enum(['concat', 'inplace']).default('concat'),
-  /** `inplace` only: the per-batch buffers grow in blocks of this many slots. */
+  /**
+   * How running sequences keep their KV (issue 25): `inplace` (pre-allocated buffers written with only
+   * the new rows; graphs without the Concat shape fall back to concat, logged) or `concat` (the whole
+   * present fed back every step).
+   */
+  kvMode: z.enum(['concat', 'inplace']).default('inplace'),
+  /** `inplace` only: the buffers' capacity grows in whole blocks of this many slots, up to the context. */
   kvCapacityBlock: int(1, 65536).default(256),
 
   /** Context the model sees; default the model's own (max_position_embeddings / n_positions). */

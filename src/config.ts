@@ -70,7 +70,7 @@ export const configSchema = z.object({
    */
   kvMode: z.enum(['concat', 'inplace']).default('inplace'),
   /** `inplace` only: the buffers' capacity grows in whole blocks of this many slots, up to the context. */
-  kvCapacityBlock: int(1, 65536).default(256),
+  kvCapacityBlock: int(1, 65536).default(64),
 
   /** Context the model sees; default the model's own (max_position_embeddings / n_positions). */
   maxContextTokens: int(8).optional(),

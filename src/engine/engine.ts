@@ -43,7 +43,7 @@ export interface EngineOptions extends SchedulerOptions {
    * `concat`: the model's whole present is fed back as the next past (batch.ts).
    */
   kvMode?: 'concat' | 'inplace';
-  /** `inplace` only: the buffers' capacity grows in whole blocks of this many slots, up to the context. Default 256. */
+  /** `inplace` only: the buffers' capacity grows in whole blocks of this many slots, up to the context. Default 64. */
   kvCapacityBlock?: number;
 }
 
@@ -138,7 +138,7 @@ export class Engine {
     });
     const kvPath = inPlaceKv(model, options, logger);
     const layout = model.decoder.io.kv;
-    const block = options.kvCapacityBlock ?? 256;
+    const block = options.kvCapacityBlock ?? 64;
     this.decodeBatch = kvPath === 'inplace' ? new InPlaceBatch(layout, block, this.counterValues, options.window.capacity) : new DecodeBatch(layout, this.counterValues);
     const positions = model.positionEncoding;
     const inverseFrequencies = positions.kind === 'rotary' ? rotaryInverseFrequencies(positions.theta, positions.rotaryDim) : null;

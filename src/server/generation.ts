@@ -50,6 +50,8 @@ export interface GenerationJob {
   toolCallFormat?: ToolCallFormat;
   /** `n` > 1: the choices share one prompt, prefilled once on sessions of the server's (choices.ts). */
   shared?: SharedPrompt;
+  /** A stateless request on an anonymous prefix entry (prefix-reuse.ts): its session is never shown nor superseded. */
+  prefixEntry?: boolean;
 }
 
 export interface GenerationContext {
@@ -166,8 +168,8 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     throw error;
   };
 
-  // With n choices, the sessions are the server's except the one the client named.
-  const sessionKey = job.shared ? job.shared.sessionId : job.request.sessionId;
+  // With n choices, the sessions are the server's except the one the client named; a prefix entry is the server's too.
+  const sessionKey = job.shared ? job.shared.sessionId : job.prefixEntry ? undefined : job.request.sessionId;
   void ended.then(() => job.shared?.release());
   // A generation on this session that nobody reads any more (its client pressed Stop) gives way.
   if (sessionKey !== undefined) await ctx.runs.supersede(job.request.owner, sessionKey);
@@ -187,7 +189,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       stepStats?.unwatch(abort.signal);
       throw error;
     }
-    if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error, request.sessionId));
+    if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error, job.prefixEntry ? undefined : request.sessionId));
     if (choice.index === 0 && sessionKey !== undefined) sessionId = submitted.sessionId;
     choice.events = submitted.events[Symbol.asyncIterator]();
     firsts.push(choice.events.next());
@@ -205,7 +207,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     if (first.done) return failBeforeStart(new ApiError('internal', 'the generation ended without events'));
     if (first.value.type === 'end') {
       const end = first.value;
-      return failBeforeStart(end.error ? ApiError.fromEngine(end.error, choices[i].request.sessionId) : new ClientGoneError());
+      return failBeforeStart(end.error ? ApiError.fromEngine(end.error, job.prefixEntry ? undefined : choices[i].request.sessionId) : new ClientGoneError());
     }
     choices[i].start = first.value as StartEvent;
   }

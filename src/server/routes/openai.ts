@@ -38,7 +38,7 @@ export function openAiRoutes(deps: ServerDeps): Hono<AppEnv> {
         throw error;
       }
       // Without a session, the prompt may continue a kept prefix entry of this key (and leaves one).
-      ({ job, admitted } = onPrefixEntry(parts, admitted, job));
+      ({ job, admitted } = onPrefixEntry(parts, deps.admission, admitted, job));
       return runGeneration(generationContext(c, deps, parts, admitted), job);
     };
 

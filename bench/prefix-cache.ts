@@ -7,6 +7,7 @@
  *
  * Without --model it runs the server's default model (models/warmkv-chat).
  */
+import { loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { DEFAULT_MODEL_DIR } from '../src/config.ts';
 import { loadModel } from '../src/model/index.ts';
@@ -92,6 +93,7 @@ async function main(): Promise<void> {
   const words = Number(values.words);
   const maxTokens = Number(values['max-tokens']);
   const source = values.model;
+  const loadAtStart = loadavg();
   const model = await loadModel(source, { logger: silentLogger, intraOpThreads: threads });
   const parts = { on: serving(benchConfig(settings('on')), model), off: serving(benchConfig(settings('off')), model) };
   const apps = { on: benchApp(benchConfig(settings('on')), parts.on), off: benchApp(benchConfig(settings('off')), parts.off) };
@@ -140,6 +142,9 @@ async function main(): Promise<void> {
     cachedTokensByTurn: last.on.map((t) => t.cachedTokens),
     ttftOnByTurnMs: on,
     ttftOffByTurnMs: off,
+    ttftOnRunsMs: ttft.on,
+    ttftOffRunsMs: ttft.off,
+    loadAverage: { start: loadAtStart, end: loadavg() },
     lastTurnOnOverOff: on[turns - 1] / off[turns - 1],
     markdown,
   });

@@ -189,7 +189,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       stepStats?.unwatch(abort.signal);
       throw error;
     }
-    if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error, job.prefixEntry ? undefined : request.sessionId));
+    if (!submitted.ok) return failBeforeStart(ApiError.fromEngine(submitted.error, request.sessionId));
     if (choice.index === 0 && sessionKey !== undefined) sessionId = submitted.sessionId;
     choice.events = submitted.events[Symbol.asyncIterator]();
     firsts.push(choice.events.next());
@@ -207,7 +207,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     if (first.done) return failBeforeStart(new ApiError('internal', 'the generation ended without events'));
     if (first.value.type === 'end') {
       const end = first.value;
-      return failBeforeStart(end.error ? ApiError.fromEngine(end.error, job.prefixEntry ? undefined : choices[i].request.sessionId) : new ClientGoneError());
+      return failBeforeStart(end.error ? ApiError.fromEngine(end.error, choices[i].request.sessionId) : new ClientGoneError());
     }
     choices[i].start = first.value as StartEvent;
   }

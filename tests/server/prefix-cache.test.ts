@@ -9,7 +9,8 @@ import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 import type { Session } from '../../src/cache/session.ts';
 import { keyId } from '../../src/server/auth.ts';
-import { listen, openAiClient, post, type Listening } from './helpers.ts';
+import { wrapDecoder, type TestDecoder } from '../support/test-decoder.ts';
+import { listen, openAiClient, post, waitFor, type Listening } from './helpers.ts';
 
 const KEY_A = 'key-aaaaaaaaaaaaaaaa';
 const KEY_B = 'key-bbbbbbbbbbbbbbbb';
@@ -203,5 +204,34 @@ test('under a tiny KV budget prefix entries are evicted before sessions, which c
     assert.ok(cachedOf(namedNext) >= namedFirst.usage!.prompt_tokens, 'the named session kept its cache');
   } finally {
     await tiny.close();
+  }
+});
+
+test('a request that fails mid-generation leaves the entry it took over as it was', async () => {
+  let decoder: TestDecoder | undefined;
+  const failing = await listen({ settings: KEYS, wrapDecoder: (inner) => (decoder = wrapDecoder(inner)) });
+  try {
+    const messages: Message[] = [system('the failing king'), { role: 'user', content: QUESTIONS[0] }];
+    const first = await chat(failing, KEY_A, messages);
+    messages.push({ role: 'assistant', content: first.choices[0].message.content }, { role: 'user', content: QUESTIONS[1] });
+    const entry = entriesOf(failing, KEY_A).at(-1)!;
+    const before = { tokens: entry.tokens.slice(), cachedLength: entry.cachedLength, version: entry.version };
+    // The third decode step of the next turn throws, as onnxruntime does on a failed run: after the takeover.
+    let decodes = 0;
+    decoder!.failWhen = (step) => step.seqLength === 1 && ++decodes === 3;
+    await assert.rejects(chat(failing, KEY_A, messages), (error: InstanceType<typeof OpenAI.APIError>) => error.status === 500);
+    assert.equal(decodes, 3);
+    decoder!.failWhen = null;
+    await waitFor(() => !entry.busy);
+    assert.equal(entriesOf(failing, KEY_A).at(-1), entry, 'the same entry, still kept');
+    assert.deepEqual({ tokens: entry.tokens, version: entry.version }, { tokens: before.tokens, version: before.version }, 'rolled back to its transcript');
+    // Of the cache, the part the failed prompt shared with it (as a session's rollback keeps): at least turn 1's prompt.
+    assert.ok(entry.cachedLength >= first.usage!.prompt_tokens && entry.cachedLength <= before.cachedLength, `cache ${entry.cachedLength} of ${before.cachedLength}`);
+    assert.equal(entry.tier, 'hot');
+    const [retry, reference] = await Promise.all([chat(failing, KEY_A, messages), chat(cold, KEY_A, messages)]);
+    assert.ok(cachedOf(retry) >= first.usage!.prompt_tokens);
+    assert.equal(retry.choices[0].message.content, reference.choices[0].message.content);
+  } finally {
+    await failing.close();
   }
 });

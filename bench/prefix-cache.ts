@@ -145,6 +145,7 @@ async function main(): Promise<void> {
     ttftOnRunsMs: ttft.on,
     ttftOffRunsMs: ttft.off,
     loadAverage: { start: loadAtStart, end: loadavg() },
+    prefixCache: parts.on.prefixCache?.counters(),
     lastTurnOnOverOff: on[turns - 1] / off[turns - 1],
     markdown,
   });

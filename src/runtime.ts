@@ -212,7 +212,12 @@ export class Runtime implements ServingSource {
           await parts.engine.model.decoder.dispose();
           throw new RuntimeError('the runtime was closed while the model loaded');
         }
-        this.stopSweeps = parts.tiers.startSweeps({ int8AfterMs: config.int8AfterSeconds * 1000, idleTtlMs: config.sessionIdleSeconds * 1000 });
+        const stopTierSweeps = parts.tiers.startSweeps({ int8AfterMs: config.int8AfterSeconds * 1000, idleTtlMs: config.sessionIdleSeconds * 1000 });
+        const stopPrefixSweeps = parts.prefixCache?.startSweeps(config.sessionIdleSeconds * 1000);
+        this.stopSweeps = () => {
+          stopTierSweeps();
+          stopPrefixSweeps?.();
+        };
         this.parts = parts;
         if (this.currentState === 'loading') this.currentState = 'ready';
         return parts;

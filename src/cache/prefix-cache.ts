@@ -19,7 +19,7 @@
  * Entries live in the session store apart from named sessions (session-store.ts): the same KV budget,
  * the first to lose their KV under pressure, never int8 or disk, never listed or counted as a key's
  * sessions. At most `maxEntries` are kept; beyond, those without KV go first, then the least recently
- * used idle one.
+ * used idle one. Idle entries expire like sessions (SESSION_IDLE_SECONDS, `startSweeps`).
  */
 import { randomBytes } from 'node:crypto';
 import type { KvLayout } from '../model/types.ts';
@@ -181,6 +181,23 @@ export class PrefixCache {
     if (!entry || entry.busy || this.claimed.has(entry)) return;
     if (entry.version === 0 || entry.tier !== 'hot' || entry.window.droppedTokens > 0) this.drop(entry);
     else this.index.add(entry.owner, entry.id, entry.tokens);
+  }
+
+  /** Drops the idle entries last used `idleTtlMs` or more before `now` (as SESSION_IDLE_SECONDS does sessions). */
+  expire(idleTtlMs: number, now: number): void {
+    // Least recently used first: the first one still fresh ends the sweep.
+    for (const entry of [...this.store.prefixEntriesInLruOrder()]) {
+      if (now - entry.lastUsedAt < idleTtlMs) return;
+      if (!entry.busy && !entry.pinned && !this.claimed.has(entry)) this.drop(entry);
+    }
+  }
+
+  /** Runs `expire` every `intervalMs` (0 TTL: never); returns the function that stops it. */
+  startSweeps(idleTtlMs: number, intervalMs = Math.max(1000, Math.min(60_000, idleTtlMs / 4))): () => void {
+    if (idleTtlMs <= 0) return () => {};
+    const timer = setInterval(() => this.expire(idleTtlMs, Date.now()), intervalMs);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   counters(): PrefixCacheCounters {

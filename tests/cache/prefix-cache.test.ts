@@ -178,3 +178,24 @@ describe('PrefixCache.claim', () => {
     assert.equal(cache.claim('o', [...reply1, 2]).kind, 'takeover');
   });
 });
+
+test('idle entries expire like sessions; claimed ones stay', () => {
+  let now = 1_000;
+  const store = new SessionStore(new KvBudget(1 << 20, 1), () => now);
+  const cache = new PrefixCache(store, layout, 8);
+  const old = cache.claim('o', range(PREFIX_BLOCK + 1));
+  old.session.busy = true;
+  old.release();
+  store.release(old.session);
+  finish(cache, store, old.session, range(PREFIX_BLOCK + 1), range(PREFIX_BLOCK + 2));
+  now = 1_500;
+  const claimed = cache.claim('o', range(PREFIX_BLOCK + 1, 7000));
+  now = 6_500;
+  cache.expire(6_000, now);
+  assert.equal(store.get('o', old.session.id), old.session, 'idle 5.5 s of 6');
+  now = 8_000;
+  cache.expire(6_000, now);
+  assert.equal(store.get('o', old.session.id), undefined, 'idle 7 s of 6');
+  assert.equal(store.get('o', claimed.session.id), claimed.session, 'claimed: kept');
+  claimed.release();
+});

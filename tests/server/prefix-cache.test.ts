@@ -139,6 +139,22 @@ test('two concurrent continuations of one kept transcript answer as one-shot run
   assert.ok(warmAnswers.some((answer) => cachedOf(answer) >= first.usage!.prompt_tokens));
 });
 
+test('a streamed resend reports its cached tokens in the usage chunk and no session in any chunk', async () => {
+  const messages: Message[] = [system('the streaming king'), { role: 'user', content: QUESTIONS[0] }];
+  const first = await chat(warm, KEY_A, messages);
+  messages.push({ role: 'assistant', content: first.choices[0].message.content }, { role: 'user', content: QUESTIONS[1] });
+  const stream = await openAiClient(warm, KEY_A).chat.completions.create({ model, messages, ...GREEDY, stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let usage: OpenAI.CompletionUsage | null | undefined;
+  for await (const chunk of stream) {
+    assert.equal((chunk as unknown as { session_id?: string }).session_id, undefined);
+    text += chunk.choices[0]?.delta.content ?? '';
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.ok(usage!.prompt_tokens_details!.cached_tokens! >= first.usage!.prompt_tokens);
+  assert.equal(text, (await chat(cold, KEY_A, messages)).choices[0].message.content);
+});
+
 test('a request that fails leaves the entry as it was; n > 1 still works', async () => {
   const messages: Message[] = [system('the careful king'), { role: 'user', content: QUESTIONS[0] }];
   const first = await chat(warm, KEY_A, messages);
@@ -160,10 +176,11 @@ test('completions reuse a kept prefix too; entries are neither listed nor counte
   const prompt = 'Once upon a time there was a king who lived in a castle on a hill above the river, and every morning he walked slowly towards the bright water. '.repeat(2);
   const first = await client.completions.create({ model, prompt, max_tokens: 8, temperature: 0 });
   const longer = prompt + first.choices[0].text + ' Then he';
-  const [again, reference] = await Promise.all([
-    client.completions.create({ model, prompt: longer, max_tokens: 8, temperature: 0 }),
+  const [{ data: again, response }, reference] = await Promise.all([
+    client.completions.create({ model, prompt: longer, max_tokens: 8, temperature: 0 }).withResponse(),
     openAiClient(cold, KEY_B).completions.create({ model, prompt: longer, max_tokens: 8, temperature: 0 }),
   ]);
+  assert.equal(response.headers.get('x-session-id'), null, 'no session header');
   assert.ok(cachedOf(again) >= first.usage!.prompt_tokens - 1, `cached ${cachedOf(again)} of ${first.usage!.prompt_tokens}`);
   assert.equal(again.choices[0].text, reference.choices[0].text);
   // MAX_SESSIONS_PER_KEY is 1 on this server: the key's entries do not count against it.

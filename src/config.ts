@@ -97,6 +97,14 @@ export const configSchema = z.object({
   /** Most choices (`n`) one completions or chat request may ask for. */
   maxN: int(1).default(16),
 
+  /**
+   * Automatic prefix caching: a request without a session keeps its cache as an anonymous entry of its
+   * API key, which a later stateless prompt starting with it reuses (docs/api.md). `off`: one-off caches.
+   */
+  prefixCache: z.preprocess((v) => (typeof v === 'string' ? v.trim().toLowerCase() : v), z.enum(['on', 'off'])).default('on'),
+  /** Anonymous prefix entries kept at most (all keys together); the least recently used idle one goes first. */
+  prefixCacheEntries: int(1).default(256),
+
   snapshotDir: z.string().min(1).optional(),
   /** redis://... : sessions (transcript, window, version) live in Redis, shared by a fleet of replicas; unset: this process only. */
   sessionStoreUrl: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),

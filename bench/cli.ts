@@ -56,6 +56,18 @@ export const MODEL_OPTIONS = {
   threads: { type: 'string', default: '2', value: 'N', help: 'onnxruntime intra-op threads' },
 } satisfies Record<string, BenchOption>;
 
+/** `--kv-mode`: the engine's KV_MODE (issue 25); the decoder is loaded with new-row outputs for `inplace`. */
+export const KV_MODE_OPTION = {
+  'kv-mode': { type: 'string', default: 'inplace', value: 'concat|inplace', help: 'KV_MODE of the engine (the result file names the mode)' },
+} satisfies Record<string, BenchOption>;
+
+/** The `--kv-mode` value, checked (exit 2 on anything else). */
+export function kvModeOf(value: string | undefined): 'concat' | 'inplace' {
+  if (value === 'concat' || value === 'inplace') return value;
+  console.error(`--kv-mode must be concat or inplace, got ${value}`);
+  process.exit(2);
+}
+
 /** `--repeats N`: runs per measurement, of which the median is reported. */
 export function repeatsOption(defaultRepeats: string) {
   return { type: 'string', default: defaultRepeats, value: 'N', help: 'runs per measurement (the median is reported)' } satisfies BenchOption;

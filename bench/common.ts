@@ -24,9 +24,11 @@ async function ensureBuilderLlama(dir: string): Promise<void> {
   await buildModelFolder(dir, { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, vocabSize: 4096, maxPositions: 4096 });
 }
 
-/** The default model, or a builder model of similar size while the trained one does not exist. */
-/** `newRowOutputs`: load the decoder with new-row outputs (for KV_MODE=inplace). */
-export async function benchModel(dir: string | undefined, threads: number, newRowOutputs = false): Promise<{ model: LoadedModel; source: string }> {
+/**
+ * The default model, or a builder model of similar size while the trained one does not exist.
+ * `newRowOutputs`: load the decoder with new-row outputs, which KV_MODE=inplace (the default) needs.
+ */
+export async function benchModel(dir: string | undefined, threads: number, newRowOutputs = true): Promise<{ model: LoadedModel; source: string }> {
   let path = dir ?? DEFAULT_MODEL;
   let source = path;
   if (!dir && !existsSync(join(path, 'config.json'))) {
@@ -42,9 +44,9 @@ export async function benchModel(dir: string | undefined, threads: number, newRo
  * `--model DIR`, or (without one) the builder llama in `builderDir`: the benchmarks whose histories
  * outgrow the trained model's context (1,024 tokens) run on this 4,096-position stand-in.
  */
-export async function longContextModel(dir: string | undefined, builderDir: string, threads: number): Promise<{ model: LoadedModel; source: string }> {
+export async function longContextModel(dir: string | undefined, builderDir: string, threads: number, newRowOutputs = true): Promise<{ model: LoadedModel; source: string }> {
   if (!dir) await ensureBuilderLlama(builderDir);
-  const model = await loadModel(dir ?? builderDir, { logger: silentLogger, intraOpThreads: threads });
+  const model = await loadModel(dir ?? builderDir, { logger: silentLogger, intraOpThreads: threads, newRowOutputs });
   return { model, source: dir ?? 'builder llama (hidden 256, 6 layers, 8 heads / 2 KV heads, vocab 4096, 4096 positions)' };
 }
 

@@ -15,19 +15,19 @@ import type { Engine } from '../src/engine/engine.ts';
 import type { LoadedModel } from '../src/model/index.ts';
 import { readBrownDocuments } from '../tools/eval/brown.ts';
 import { benchConfig, benchModel, emptyKv, forward, greedyRequest as request, lastArgmax, median, serving, table, writeResult } from './common.ts';
-import { MODEL_OPTIONS, parseBenchArgs, repeatsOption } from './cli.ts';
+import { KV_MODE_OPTION, MODEL_OPTIONS, kvModeOf, parseBenchArgs, repeatsOption } from './cli.ts';
 
-const values = parseBenchArgs('core', 'Decode tokens/s with the KV cache against full recomputation, per-step overhead, and the cost of resuming a session, on the default model (or --model). --quick: one length, fewer steps (bench/results/core-quick.json).', {
+const values = parseBenchArgs('core', 'Decode tokens/s with the KV cache against full recomputation, per-step overhead, and the cost of resuming a session, on the default model (or --model). --quick: one length, fewer steps. Writes bench/results/core[-quick]-<kv-mode>.json.', {
   ...MODEL_OPTIONS,
   repeats: repeatsOption('3'),
-  'kv-mode': { type: 'string', default: 'concat', value: 'concat|inplace', help: 'KV_MODE of the engine (inplace writes core[-quick]-inplace.json)' },
-  quick: { type: 'boolean', default: false, help: 'a short run: prompt 256 only, 64 steps, a shorter resume history; writes core-quick.json' },
+  ...KV_MODE_OPTION,
+  quick: { type: 'boolean', default: false, help: 'a short run: prompt 256 only, 64 steps, a shorter resume history; writes core-quick-<kv-mode>.json' },
 });
 
 const threads = Number(values.threads);
 const repeats = Number(values.repeats);
 const NEW_TOKENS = 128;
-const kvMode = values['kv-mode'] === 'inplace' ? 'inplace' : 'concat';
+const kvMode = kvModeOf(values['kv-mode']);
 
 /** Natural text for prompts: the held-out Brown documents when the model has them, else a fixed ramp. */
 function promptTokens(model: LoadedModel, count: number): number[] {
@@ -198,7 +198,7 @@ async function main(): Promise<void> {
     ),
   ].join('\n');
   console.log(markdown);
-  const file = writeResult(`${values.quick ? 'core-quick' : 'core'}${kvMode === 'inplace' ? '-inplace' : ''}`, { model: source, threads, kvMode, cache, overhead, resume, markdown });
+  const file = writeResult(`${values.quick ? 'core-quick' : 'core'}-${kvMode}`, { model: source, threads, kvMode, cache, overhead, resume, markdown });
   console.error(`wrote ${file}`);
 }
 

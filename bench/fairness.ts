@@ -9,7 +9,9 @@
  * Both prefill orders are measured: `shortest` (the default: the prefilling request with the fewest
  * prompt tokens left gets the next chunk) and `arrival` (the earliest admitted, the order before).
  *
- *   npm run bench -- fairness [--model DIR] [--threads N] [--long 4096] [--short 16] [--repeats 3]
+ *   npm run bench -- fairness [--model DIR] [--threads N] [--long 4096] [--short 16] [--repeats 3] [--kv-mode inplace|concat]
+ *
+ * Writes bench/results/fairness-<kv-mode>.json.
  */
 import { tmpdir } from 'node:os';
 import { existsSync } from 'node:fs';
@@ -20,7 +22,7 @@ import { loadModel } from '../src/model/index.ts';
 import { silentLogger } from '../src/lib/logger.ts';
 import { buildModelFolder } from '../tools/model-builder/index.ts';
 import { benchConfig, greedyRequest, median, percentile, serving, table, writeResult } from './common.ts';
-import { parseBenchArgs } from './cli.ts';
+import { KV_MODE_OPTION, kvModeOf, parseBenchArgs } from './cli.ts';
 
 const SUMMARY = 'TTFT of a short request and ITL p99 of a running stream while a long prompt prefills, against an idle engine.';
 const values = parseBenchArgs('fairness', SUMMARY, {
@@ -29,7 +31,9 @@ const values = parseBenchArgs('fairness', SUMMARY, {
   long: { type: 'string', default: '4096', value: 'N', help: 'tokens of the long prompt' },
   short: { type: 'string', default: '16', value: 'N', help: 'tokens of the short request' },
   repeats: { type: 'string', default: '3', value: 'N', help: 'long prefills per prefill order (one short request each)' },
+  ...KV_MODE_OPTION,
 });
+const kvMode = kvModeOf(values['kv-mode']);
 
 const longTokens = Number(values.long);
 const shortTokens = Number(values.short);
@@ -44,7 +48,7 @@ async function model() {
       await buildModelFolder(dir, { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, vocabSize: 4096, maxPositions: context });
     }
   }
-  return { dir, loaded: await loadModel(dir, { logger: silentLogger, intraOpThreads: Number(values.threads) }) };
+  return { dir, loaded: await loadModel(dir, { logger: silentLogger, intraOpThreads: Number(values.threads), newRowOutputs: kvMode === 'inplace' }) };
 }
 
 const tokens = (n: number, salt: number) => Array.from({ length: n }, (_, i) => (i * 131 + salt * 17) % 4000 + 1);
@@ -86,7 +90,8 @@ interface OrderResult {
 
 async function main(): Promise<void> {
   const { dir, loaded } = await model();
-  const parts = serving(benchConfig({ KV_CACHE_BYTES: '2GiB', MAX_CONTEXT_TOKENS: String(context) }), loaded);
+  const parts = serving(benchConfig({ KV_CACHE_BYTES: '2GiB', MAX_CONTEXT_TOKENS: String(context), KV_MODE: kvMode }), loaded);
+  if (kvMode === 'inplace' && !loaded.decoder.io.newRows) throw new Error('the model has no new-row outputs: it cannot run KV_MODE=inplace');
   const base = parts.engine;
   const engineFor = (order: 'shortest' | 'arrival') => new Engine(base.model, base.store, { ...base.options, prefillOrder: order });
 
@@ -171,7 +176,8 @@ async function main(): Promise<void> {
     results.map((r) => [r.order, median(r.shortTtftMs).toFixed(1), `${r.ttftRatio.toFixed(2)}x`, median(r.longTtftMs).toFixed(0), r.itlP99DuringMs.toFixed(1), `${r.itlRatio.toFixed(2)}x`, `${r.longChunks.medianTokens} / ${r.longChunks.medianMs.toFixed(1)} / ${r.longChunks.maxMs.toFixed(1)}`, r.decodeStepMedianMs.toFixed(1)]),
   );
   console.log(`idle: short TTFT ${idleTtftMs.toFixed(1)} ms, stream ITL p99 ${idleItlP99Ms.toFixed(1)} ms (goal: both ratios <= 3x)\n\n${markdown}`);
-  const file = writeResult('fairness', {
+  const file = writeResult(`fairness-${kvMode}`, {
+    kvMode,
     model: values.model ?? `builder llama (hidden 256, 6 layers, 8 heads / 2 KV heads, vocab 4096, context ${context})`,
     modelDir: values.model ? dir : undefined,
     threads: Number(values.threads),

@@ -9,7 +9,7 @@
  *
  *   npm run bench -- load [--concurrency 1,4,8,16,32] [--requests-per-client N] [--min-requests N] [--turns N]
  *     [--max-tokens N] [--prompt-tokens N] [--turn-tokens N] [--model DIR] [--in-process]
- *     [--set key=value ...] [--level-seconds S] [--skip-copy] [--tag NAME] [--plot FILE]
+ *     [--set key=value ...] [--level-seconds S] [--skip-copy] [--tag NAME] [--plot FILE] [--kv-mode inplace|concat]
  *
  * `--set prefill-chunk-tokens=64` passes a server setting (config flag name without the dashes);
  * `--engine prefillStepShare=0.5` overrides an engine option that has no setting (with --in-process only).
@@ -36,7 +36,7 @@ import { silentLogger } from '../src/lib/logger.ts';
 import { listBrownFiles, readBrownDocuments } from '../tools/eval/brown.ts';
 import { RESULTS_DIR, benchModel, emptyKv, forward, median, percentile, table, writeResult } from './common.ts';
 import { plotSvg } from './plot.ts';
-import { MODEL_OPTIONS, parseBenchArgs } from './cli.ts';
+import { KV_MODE_OPTION, MODEL_OPTIONS, kvModeOf, parseBenchArgs } from './cli.ts';
 
 const values = parseBenchArgs('load', 'The real HTTP server under N concurrent streaming openai clients (multi-turn chat sessions): tokens/s, time to first token, inter-token latency and queue time per concurrency level.', {
   concurrency: { type: 'string', default: '1,4,8,16,32', value: 'LIST', help: 'comma-separated client counts, one level each' },
@@ -54,6 +54,7 @@ const values = parseBenchArgs('load', 'The real HTTP server under N concurrent s
   'skip-copy': { type: 'boolean', default: false, help: 'skip the gatherRows copy measurement' },
   tag: { type: 'string', default: 'load', value: 'NAME', help: 'result name: bench/results/NAME.json' },
   plot: { type: 'string', value: 'FILE', help: 'also write an SVG plot to FILE' },
+  ...KV_MODE_OPTION,
 });
 
 const levels = values.concurrency.split(',').map(Number);
@@ -71,6 +72,9 @@ for (const item of values.set) {
   if (eq <= 0) throw new Error(`--set expects key=value, got ${item}`);
   settings[item.slice(0, eq)] = item.slice(eq + 1);
 }
+// --kv-mode is the server's KV_MODE setting (an explicit --set kv-mode=... wins).
+const kvMode = kvModeOf(settings['kv-mode'] ?? values['kv-mode']);
+settings['kv-mode'] = kvMode;
 const engineOverrides: Record<string, number> = {};
 for (const item of values.engine) {
   const [key, value] = item.split('=');
@@ -395,7 +399,7 @@ async function runLevel(server: Server, modelId: string, concurrency: number, ne
 
 const round = (v: number, digits = 1) => (Number.isFinite(v) ? Math.round(v * 10 ** digits) / 10 ** digits : NaN);
 
-const { model, source } = await benchModel(values.model, Number(values.threads));
+const { model, source } = await benchModel(values.model, Number(values.threads), kvMode === 'inplace');
 const modelDir = model.folder.dir;
 console.error(`model: ${source}`);
 const loadBefore = loadavg();

@@ -4,7 +4,7 @@
  * stateless call of the same transcript, and a branch (a second child of turn 19 with an input of its
  * own, which copies the shared KV prefix) against a cold prefill of the branch's prompt.
  *
- *   npm run bench -- responses [--model DIR] [--threads N] [--turns 20] [--repeats 5] [--words 40]
+ *   npm run bench -- responses [--model DIR] [--threads N] [--turns 20] [--repeats 5] [--words 40] [--kv-mode inplace|concat]
  *
  * Without --model it builds a long-context builder llama (hidden 256, 6 layers, 4096 positions).
  */
@@ -12,6 +12,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { silentLogger, type Logger } from '../src/lib/logger.ts';
 import { benchApp, benchConfig, longContextModel, median, postAs, serving, table, writeResult, type BenchApp } from './common.ts';
+import { kvModeOf } from './cli.ts';
 
 const { values } = parseArgs({
   args: process.argv.slice(3),
@@ -21,8 +22,10 @@ const { values } = parseArgs({
     turns: { type: 'string', default: '20' },
     repeats: { type: 'string', default: '5' },
     words: { type: 'string', default: '40' },
+    'kv-mode': { type: 'string', default: 'inplace' },
   },
 });
+const kvMode = kvModeOf(values['kv-mode']);
 
 const BUILDER_DIR = '/tmp/warmkv-bench-responses-llama';
 const MAX_OUTPUT = 16;
@@ -89,8 +92,8 @@ async function main(): Promise<void> {
   const turns = Number(values.turns);
   const repeats = Number(values.repeats);
   const words = Number(values.words);
-  const { model, source } = await longContextModel(values.model, BUILDER_DIR, threads);
-  const config = benchConfig({ KV_CACHE_BYTES: '2GiB', STREAM_RESUME_SECONDS: '0', API_KEYS: `${CHAIN_KEY},${COLD_KEY}` });
+  const { model, source } = await longContextModel(values.model, BUILDER_DIR, threads, kvMode === 'inplace');
+  const config = benchConfig({ KV_CACHE_BYTES: '2GiB', STREAM_RESUME_SECONDS: '0', API_KEYS: `${CHAIN_KEY},${COLD_KEY}`, KV_MODE: kvMode });
   const parts = serving(config, model);
   await parts.tiers.init();
   const app = benchApp(config, parts, capturingLogger);
@@ -161,7 +164,7 @@ async function main(): Promise<void> {
     table(['turn', ...ttft.map((_, t) => String(t + 1))], [['TTFT (ms)', ...ttft.map((v) => v.toFixed(1))], ['engine: start to first token (ms)', ...enginePerTurn.map((v) => median(v).toFixed(1))], ['the rest: queue, route, SSE (ms)', ...restPerTurn.map((v) => median(v).toFixed(1))], ['prompt tokens', ...lastChain.map((t) => t.inputTokens)]]),
   ].join('\n');
   console.log(markdown);
-  const file = writeResult('responses', { model: source, threads, turns, repeats, wordsPerTurn: words, maxOutputTokens: MAX_OUTPUT, ttftByTurnMs: ttft, engineTtftByTurnMs: enginePerTurn.map(median), restByTurnMs: restPerTurn.map(median), statelessMs: stateless, statelessReusedMs: statelessReused, statelessReusedTokens: reusedTokens, branchMs: branch, ratios, markdown });
+  const file = writeResult(`responses-${kvMode}`, { model: source, kvMode, threads, turns, repeats, wordsPerTurn: words, maxOutputTokens: MAX_OUTPUT, ttftByTurnMs: ttft, engineTtftByTurnMs: enginePerTurn.map(median), restByTurnMs: restPerTurn.map(median), statelessMs: stateless, statelessReusedMs: statelessReused, statelessReusedTokens: reusedTokens, branchMs: branch, ratios, markdown });
   console.error(`wrote ${file}`);
   await parts.engine.drain(1000);
 }

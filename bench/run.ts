@@ -10,6 +10,7 @@ const BENCHMARKS: Record<string, string> = {
   window: './window.ts',
   tiers: './tiers.ts',
   responses: './responses.ts',
+  'prefix-cache': './prefix-cache.ts',
   logprobs: './logprobs.ts',
   fairness: './fairness.ts',
   constrained: './constrained.ts',
@@ -25,6 +26,7 @@ const SUMMARIES: Record<keyof typeof BENCHMARKS, string> = {
   tracing: 'decode throughput with every step traced, against tracing off',
   window: 'sliding-window truncation (shift, recompute) against no truncation',
   tiers: 'bytes per token per cache tier, and time to first token resuming from each',
+  'prefix-cache': 'TTFT per turn of a chat conversation resent without a session id, prefix cache on against PREFIX_CACHE=off',
   logprobs: 'decode throughput with logprobs and 20 alternatives per token, against without',
   fairness: 'TTFT of a short request and ITL p99 of a stream while a long prompt prefills, against idle',
   constrained: 'decode tok/s with a JSON-schema grammar against without, grammar compile time and cache hits',
@@ -45,7 +47,7 @@ function usage(): string {
     '  core --quick',
     '  load --concurrency 1,4 --requests-per-client 2 --level-seconds 30 --tag load-quick',
     '  soak --minutes 0.5 --clients 2 --tag soak-quick',
-    'constrained, fairness, fleet, logprobs, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
+    'constrained, fairness, fleet, logprobs, prefix-cache, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
   ].join('\n');
 }
 

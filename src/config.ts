@@ -50,6 +50,11 @@ export const configSchema = z.object({
   /** When the provider cannot start (no GPU visible), log it and run on the CPU instead of exiting. */
   executionProviderFallback: boolish.default(false),
   intraOpThreads: int(1).optional(),
+  /**
+   * Where onnxruntime runs a step: `main` (the event loop's thread: nothing else runs during a step) or
+   * `worker` (a thread of its own; the event loop serves HTTP meanwhile, for a message each way per step).
+   */
+  decoderThread: z.enum(['main', 'worker']).default('main'),
 
   /** Bytes all in-memory KV caches may use together; default half the free memory at start. */
   kvCacheBytes: byteSize.optional(),
@@ -58,10 +63,14 @@ export const configSchema = z.object({
   maxQueue: int(0).default(256),
   queueTimeoutSeconds: seconds.default(120),
   prefillChunkTokens: int(1).default(512),
-  /** How decoding rows keep their KV: `concat` (the whole present fed back) or `inplace` (issue 25). */
-  kvMode: z.enum(['concat', 'inplace']).default('concat'),
-  /** `inplace` only: the per-batch buffers grow in blocks of this many slots. */
-  kvCapacityBlock: int(1, 65536).default(256),
+  /**
+   * How running sequences keep their KV (issue 25): `inplace` (pre-allocated buffers written with only
+   * the new rows; graphs without the Concat shape fall back to concat, logged) or `concat` (the whole
+   * present fed back every step).
+   */
+  kvMode: z.enum(['concat', 'inplace']).default('inplace'),
+  /** `inplace` only: the buffers' capacity grows in whole blocks of this many slots, up to the context. */
+  kvCapacityBlock: int(1, 65536).default(64),
 
   /** Context the model sees; default the model's own (max_position_embeddings / n_positions). */
   maxContextTokens: int(8).optional(),
@@ -87,6 +96,14 @@ export const configSchema = z.object({
   maxStopSequences: int(0).default(16),
   /** Most choices (`n`) one completions or chat request may ask for. */
   maxN: int(1).default(16),
+
+  /**
+   * Automatic prefix caching: a request without a session keeps its cache as an anonymous entry of its
+   * API key, which a later stateless prompt starting with it reuses (docs/api.md). `off`: one-off caches.
+   */
+  prefixCache: z.preprocess((v) => (typeof v === 'string' ? v.trim().toLowerCase() : v), z.enum(['on', 'off'])).default('on'),
+  /** Anonymous prefix entries kept at most (all keys together); the least recently used idle one goes first. */
+  prefixCacheEntries: int(1).default(256),
 
   snapshotDir: z.string().min(1).optional(),
   /** redis://... : sessions (transcript, window, version) live in Redis, shared by a fleet of replicas; unset: this process only. */

@@ -6,6 +6,7 @@
 import { freemem } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { KvBudget } from './cache/budget.ts';
+import { PrefixCache } from './cache/prefix-cache.ts';
 import { SessionStore } from './cache/session-store.ts';
 import { EmbeddedSessions, type SharedSessions } from './cache/shared-sessions.ts';
 import { resolveWindowPolicy } from './cache/window.ts';
@@ -132,6 +133,8 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     writer: { maxQueue: config.snapshotWriteQueue },
     prefixes,
   });
+  const prefixCache = config.prefixCache === 'on' ? new PrefixCache(store, decoder.io.kv, config.prefixCacheEntries) : undefined;
+  if (prefixCache) engine.addObserver(prefixCache);
   engine.setTierRestorer((session) => tiers.restore(session));
   engine.setSessionSuperseder((session) => tiers.supersede(session));
   const modelId = config.modelId ?? folder.id;
@@ -144,11 +147,15 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
       int8: () => ({ enabled: int8.enabled, agreement: int8.gate?.agreement ?? null, perplexityDrift: int8.gate?.perplexityDrift ?? null }),
       snapshotFiles: () => tiers.files,
       grammar: () => engine.grammarCounters(),
+      prefixCache: () => prefixCache?.counters() ?? null,
     },
     { processMetrics: options.processMetrics ?? true },
   );
   engine.addObserver(metrics);
-  store.onTierMove((event) => metrics.recordTierMove(event));
+  // A prefix entry losing its KV is the prefix cache's eviction (counted there), not a session's tier move.
+  store.onTierMove((event) => {
+    if (!store.isPrefixEntry(event.session)) metrics.recordTierMove(event);
+  });
   const tracing = new Tracing(globalTracer(), modelId);
   engine.addObserver(tracing);
   const model: ServedModel = {
@@ -160,7 +167,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     createdAt: Math.floor(Date.now() / 1000),
     fingerprint: `fp_${folder.modelFingerprint.slice(0, 10)}`,
   };
-  return { model, engine, store, tiers, metrics, tracing, shared };
+  return { model, engine, store, tiers, prefixCache, metrics, tracing, shared };
 }
 
 /**
@@ -195,6 +202,7 @@ export class Runtime implements ServingSource {
       fallbackToCpu: c.executionProviderFallback,
       intraOpThreads: c.intraOpThreads,
       newRowOutputs: c.kvMode === 'inplace',
+      decoderThread: c.decoderThread,
       logger,
     }));
     this.ready = (async () => {
@@ -212,7 +220,12 @@ export class Runtime implements ServingSource {
           await parts.engine.model.decoder.dispose();
           throw new RuntimeError('the runtime was closed while the model loaded');
         }
-        this.stopSweeps = parts.tiers.startSweeps({ int8AfterMs: config.int8AfterSeconds * 1000, idleTtlMs: config.sessionIdleSeconds * 1000 });
+        const stopTierSweeps = parts.tiers.startSweeps({ int8AfterMs: config.int8AfterSeconds * 1000, idleTtlMs: config.sessionIdleSeconds * 1000 });
+        const stopPrefixSweeps = parts.prefixCache?.startSweeps(config.sessionIdleSeconds * 1000);
+        this.stopSweeps = () => {
+          stopTierSweeps();
+          stopPrefixSweeps?.();
+        };
         this.parts = parts;
         if (this.currentState === 'loading') this.currentState = 'ready';
         return parts;

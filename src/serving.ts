@@ -2,6 +2,7 @@
  * What the server needs from the runtime, as types: runtime.ts builds these parts, server/ serves them.
  * Both import this file, so neither imports the other (main.ts wires them together).
  */
+import type { PrefixCache } from './cache/prefix-cache.ts';
 import type { SessionStore } from './cache/session-store.ts';
 import type { SharedSessions } from './cache/shared-sessions.ts';
 import type { TierManager } from './cache/tiers.ts';
@@ -34,6 +35,8 @@ export interface Serving {
   engine: Engine;
   store: SessionStore;
   tiers: TierManager;
+  /** The stateless requests' automatic prefix cache; absent with PREFIX_CACHE=off. */
+  prefixCache?: PrefixCache;
   /** Where sessions live beyond this process: embedded (none) or Redis (SESSION_STORE_URL). */
   shared?: SharedSessions;
   metrics: Metrics;

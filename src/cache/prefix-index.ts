@@ -19,14 +19,21 @@ interface Indexed {
 }
 
 export class PrefixIndex {
-  /** owner \0 blocks \0 chained hash -> session id; in insertion order, oldest first (dropped first). */
-  private readonly sessionByPrefix = new Map<string, string>();
+  /** owner \0 blocks \0 chained hash -> session ids, newest last; in insertion order, oldest first (dropped first). */
+  private readonly sessionsByPrefix = new Map<string, string[]>();
   private readonly indexed = new Map<string, Indexed>();
 
-  constructor(private readonly maxEntries: number) {}
+  /**
+   * `holdersPerPrefix`: how many sessions one prefix remembers (the newest). One suffices where the
+   * newest holder is the one to continue; more let branches that share a prefix not hide their source.
+   */
+  constructor(
+    private readonly maxEntries: number,
+    private readonly holdersPerPrefix = 1,
+  ) {}
 
   get size(): number {
-    return this.sessionByPrefix.size;
+    return this.sessionsByPrefix.size;
   }
 
   /**
@@ -47,26 +54,28 @@ export class PrefixIndex {
       entry.hash = blockHash(entry.hash, tokens, block * PREFIX_BLOCK);
       entry.blocks = block + 1;
       const key = prefixKey(owner, entry.blocks, entry.hash);
-      // The newest session with this prefix wins: the likeliest to be hot.
-      this.sessionByPrefix.delete(key);
-      this.sessionByPrefix.set(key, sessionId);
+      // The newest sessions with this prefix are kept: the likeliest to be hot.
+      const holders = (this.sessionsByPrefix.get(key) ?? []).filter((id) => id !== sessionId);
+      holders.push(sessionId);
+      if (holders.length > this.holdersPerPrefix) holders.shift();
+      this.sessionsByPrefix.delete(key);
+      this.sessionsByPrefix.set(key, holders);
       entry.keys.push(key);
     }
-    while (this.sessionByPrefix.size > this.maxEntries) {
-      const oldest = this.sessionByPrefix.keys().next().value!;
-      this.sessionByPrefix.delete(oldest);
+    while (this.sessionsByPrefix.size > this.maxEntries) {
+      const oldest = this.sessionsByPrefix.keys().next().value!;
+      this.sessionsByPrefix.delete(oldest);
     }
   }
 
-  /** Session ids of `owner` whose transcript may start with a prefix of `input`, the longest prefix first. */
+  /** Session ids of `owner` whose transcript may start with a prefix of `input`, the longest prefix (then the newest) first. */
   candidates(owner: string, input: readonly number[]): string[] {
     const found: string[] = [];
     let hash: Hash = [0, 0];
     for (let block = 0; (block + 1) * PREFIX_BLOCK <= input.length; block++) {
       hash = blockHash(hash, input, block * PREFIX_BLOCK);
       // No stop at the first unknown block: the bound may have dropped a session's early blocks only.
-      const sessionId = this.sessionByPrefix.get(prefixKey(owner, block + 1, hash));
-      if (sessionId !== undefined) found.push(sessionId);
+      found.push(...(this.sessionsByPrefix.get(prefixKey(owner, block + 1, hash)) ?? []));
     }
     return [...new Set(found.reverse())];
   }
@@ -77,7 +86,12 @@ export class PrefixIndex {
     const entry = this.indexed.get(at);
     if (!entry) return;
     this.indexed.delete(at);
-    for (const key of entry.keys) if (this.sessionByPrefix.get(key) === sessionId) this.sessionByPrefix.delete(key);
+    for (const key of entry.keys) {
+      const holders = this.sessionsByPrefix.get(key)?.filter((id) => id !== sessionId);
+      if (holders === undefined) continue;
+      if (holders.length === 0) this.sessionsByPrefix.delete(key);
+      else this.sessionsByPrefix.set(key, holders);
+    }
   }
 }
 

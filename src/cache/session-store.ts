@@ -27,9 +27,15 @@ export function newSessionId(): string {
 /**
  * Every session by owner and id, in least-recently-used order (a Map keeps insertion order; touching
  * re-inserts). Sessions of different owners never meet: each owner has its own id space.
+ *
+ * Prefix entries (the caches stateless requests leave behind, prefix-cache.ts) are kept apart from the
+ * sessions clients name: found by id like any session, so the engine runs on them, but never listed,
+ * counted against MAX_SESSIONS_PER_KEY, swept or snapshotted by the tiers (which see `inLruOrder`), and
+ * the first to lose their KV under memory pressure, which they only ever drop.
  */
 export class SessionStore {
   private readonly sessions = new Map<string, Session>();
+  private readonly prefixEntries = new Map<string, Session>();
   private readonly listeners: Array<(event: SessionTierMove) => void> = [];
   private readonly roomListeners: Array<() => void> = [];
   private readonly commitListeners: Array<(session: Session) => void> = [];
@@ -72,12 +78,14 @@ export class SessionStore {
     for (const listener of this.commitListeners) listener(session);
   }
 
+  /** Sessions clients named (prefix entries are not counted). */
   get size(): number {
     return this.sessions.size;
   }
 
   get(owner: string, id: string): Session | undefined {
-    return this.sessions.get(storeKey(owner, id));
+    const key = storeKey(owner, id);
+    return this.sessions.get(key) ?? this.prefixEntries.get(key);
   }
 
   /** A session in memory or, when a lower tier keeps snapshots, one found on disk (loaded lazily). */
@@ -126,6 +134,28 @@ export class SessionStore {
     return session;
   }
 
+  /** An anonymous session holding a stateless request's cache (prefix-cache.ts); ids never collide with a client's. */
+  createPrefixEntry(owner: string, id: string): Session {
+    const key = storeKey(owner, id);
+    if (this.sessions.has(key) || this.prefixEntries.has(key)) throw new Error(`session ${id} exists`);
+    const session = new Session(id, owner, this.now());
+    this.prefixEntries.set(key, session);
+    return session;
+  }
+
+  isPrefixEntry(session: Session): boolean {
+    return this.prefixEntries.get(storeKey(session.owner, session.id)) === session;
+  }
+
+  /** Prefix entries, least recently used first. */
+  *prefixEntriesInLruOrder(): IterableIterator<Session> {
+    yield* this.prefixEntries.values();
+  }
+
+  get prefixEntryCount(): number {
+    return this.prefixEntries.size;
+  }
+
   /** Marks the session busy; a session already running a request is refused. */
   acquire(session: Session): boolean {
     if (session.busy) return false;
@@ -144,6 +174,7 @@ export class SessionStore {
     if (session.ephemeral) return;
     const key = storeKey(session.owner, session.id);
     if (this.sessions.delete(key)) this.sessions.set(key, session);
+    else if (this.prefixEntries.delete(key)) this.prefixEntries.set(key, session);
   }
 
   /** Deletes a session and frees its memory. A busy session is refused. */
@@ -151,11 +182,13 @@ export class SessionStore {
     if (session.busy) return false;
     this.budget.resize(session, 0);
     session.toEvicted();
-    this.sessions.delete(storeKey(session.owner, session.id));
+    const key = storeKey(session.owner, session.id);
+    if (this.sessions.get(key) === session) this.sessions.delete(key);
+    if (this.prefixEntries.get(key) === session) this.prefixEntries.delete(key);
     return true;
   }
 
-  /** Least recently used first. */
+  /** Least recently used first; named sessions only. */
   *inLruOrder(): IterableIterator<Session> {
     yield* this.sessions.values();
   }
@@ -181,7 +214,7 @@ export class SessionStore {
   reserve(session: Session, bytes: number): boolean {
     // Demoting every idle session frees at most what they hold; if even that is not enough, keep them warm.
     let freeable = 0;
-    for (const candidate of this.sessions.values()) {
+    for (const candidate of this.all()) {
       if (!candidate.pinned && candidate !== session) freeable += candidate.reservedBytes;
     }
     if (this.budget.reservedBytes - freeable - session.reservedBytes + bytes > this.budget.capacityBytes) return false;
@@ -218,17 +251,24 @@ export class SessionStore {
    * a request waiting (busy, not yet pinned) are passed over; only when nothing else holds memory is one
    * of them moved, and then without loss (a native snapshot or its transcript, never int8), so the
    * queue head is never stuck behind the requests waiting after it and no waiting turn comes back inexact.
+   * Prefix entries go before sessions in either pass, and only drop their KV (their transcript stays,
+   * which is lossless for a request waiting on one): a stateless request's leftover is worth less than
+   * any session a client keeps, and is never written to int8 or disk.
    */
   demoteOne(except?: Session): boolean {
-    for (const candidate of this.sessions.values()) {
-      if (candidate.pinned || candidate.busy || candidate.snapshotPending || candidate === except || candidate.reservedBytes === 0) continue;
-      this.demote(candidate);
-      return true;
-    }
-    for (const candidate of this.sessions.values()) {
-      if (candidate.pinned || candidate.snapshotPending || candidate === except || candidate.reservedBytes === 0) continue;
-      this.demote(candidate, this.losslessDemoter);
-      return true;
+    const movable = (candidate: Session, evenWaiting: boolean) =>
+      !candidate.pinned && !candidate.snapshotPending && (evenWaiting || !candidate.busy) && candidate !== except && candidate.reservedBytes > 0;
+    for (const evenWaiting of [false, true]) {
+      for (const candidate of this.prefixEntries.values()) {
+        if (!movable(candidate, evenWaiting)) continue;
+        this.demote(candidate, dropCache);
+        return true;
+      }
+      for (const candidate of this.sessions.values()) {
+        if (!movable(candidate, evenWaiting)) continue;
+        this.demote(candidate, evenWaiting ? this.losslessDemoter : this.demoter);
+        return true;
+      }
     }
     return false;
   }
@@ -248,6 +288,11 @@ export class SessionStore {
     this.budget.resize(session, bytes);
     if (session.tier === from) return;
     for (const listener of this.listeners) listener({ session, from, to: session.tier });
+  }
+
+  private *all(): IterableIterator<Session> {
+    yield* this.sessions.values();
+    yield* this.prefixEntries.values();
   }
 }
 

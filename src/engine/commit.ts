@@ -2,13 +2,15 @@
  * Finishing a request: `finishSequence` takes it out of the queues and the decode batch, decides what
  * it leaves in its session, settles the KV budget and closes its stream. What it leaves is the whole
  * cache (keepCache), the processed prefix of a cancelled prefill (keepProcessed), or the state before
- * the request (rollBack); these run once the sequence has left the decode batch and holds its own KV.
+ * the request (rollBack); these run once the sequence has left the decode batch (or its own in-place
+ * buffer) and holds its own tight KV.
  */
 import { prefixOf } from '../cache/kv-ops.ts';
 import { NO_WINDOW, type WindowState } from '../cache/session.ts';
 import { reusableSlots } from '../cache/window.ts';
 import type { KvLayout } from '../model/types.ts';
 import { commonPrefixLength } from './cache-plan.ts';
+import { settleOwnBuffer } from './own-buffer.ts';
 import type { EngineParts } from './parts.ts';
 import type { Sequence } from './sequence.ts';
 import type { EngineError, FinishReason } from './types.ts';
@@ -26,6 +28,7 @@ export function finishSequence(parts: EngineParts, sequence: Sequence, reason: F
     scheduler.remove(sequence);
   } else {
     decodeBatch.leave(sequence);
+    settleOwnBuffer(sequence);
     scheduler.remove(sequence);
     if (reason === 'error') rollBack(sequence, layout);
     else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) keepProcessed(sequence, layout, parts.window.sinkTokens);

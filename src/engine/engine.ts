@@ -11,6 +11,7 @@ import type { PrefillCost } from './cost-model.ts';
 import type { TokenDecoder } from './detokenizer.ts';
 import { GrammarService, type GrammarCounters, type GrammarVocabulary } from './grammar.ts';
 import { InPlaceBatch } from './inplace-batch.ts';
+import { inPlaceKv, OwnBuffers } from './own-buffer.ts';
 import type { EngineParts } from './parts.ts';
 import { Runner } from './runner.ts';
 import { Scheduler, type SchedulerOptions } from './scheduler.ts';
@@ -35,13 +36,14 @@ export interface EngineModel {
 export interface EngineOptions extends SchedulerOptions {
   window: WindowPolicy;
   /**
-   * How decoding rows keep their KV (issue 25). `concat` (default): the model's whole present is fed
-   * back as the next past (batch.ts). `inplace`: pre-allocated per-batch buffers written one slot per
-   * step, only logits and new rows fetched (inplace-batch.ts); needs a decoder loaded with new-row
-   * outputs, else the engine logs it and runs `concat`.
+   * How running sequences keep their KV (issue 25). `inplace` (default): pre-allocated buffers, one per
+   * decode batch (inplace-batch.ts) and one per prefilling or lone sequence (own-buffer.ts), written
+   * with only the new rows each step (only logits and new rows fetched); needs a decoder loaded with
+   * new-row outputs and an export that honours masked slots, else the engine logs it and runs `concat`.
+   * `concat`: the model's whole present is fed back as the next past (batch.ts).
    */
   kvMode?: 'concat' | 'inplace';
-  /** `inplace` only: the buffers' capacity grows in blocks of this many slots. Default 256. */
+  /** `inplace` only: the buffers' capacity grows in whole blocks of this many slots, up to the context. Default 64. */
   kvCapacityBlock?: number;
 }
 
@@ -53,6 +55,8 @@ export interface EngineCounters {
   decodeMs: number;
   /** Bytes the decode steps copied out of the model runtime into JavaScript: logits, and present KV when it comes back to the host. */
   decodeBytesOut: number;
+  /** The same for prefill chunks (in place: logits and the chunk's new rows; concat: the whole present). */
+  prefillBytesOut: number;
   /** Cache slots of all decode steps' batches, and how many of them were left padding. */
   batchSlots: number;
   paddingSlots: number;
@@ -114,7 +118,7 @@ export class Engine {
   private readonly idleWaiters: Array<() => void> = [];
   private readonly counterValues: EngineCounters = {
     decodeSteps: 0, decodeRows: 0, decodeMs: 0, batchSlots: 0, paddingSlots: 0,
-    decodeBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0,
+    decodeBytesOut: 0, prefillBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0,
   };
   /** The decoding sequences' shared KV (see batch.ts). */
   private readonly decodeBatch: DecodeBatch<Sequence> | InPlaceBatch<Sequence>;
@@ -134,11 +138,10 @@ export class Engine {
       decodeStep: (info) => this.scheduler.cost.recordDecode(info.durationMs),
       prefillChunk: (_sequence, info) => this.scheduler.cost.recordPrefill(info.tokens, info.kvTokens - info.tokens, info.durationMs),
     });
-    const inPlace = options.kvMode === 'inplace' && model.decoder.io.newRows !== undefined;
-    if (options.kvMode === 'inplace' && !inPlace) logger.warn({ kvMode: 'concat' }, 'KV_MODE=inplace needs a decoder with new-row outputs; running concat');
-    this.decodeBatch = inPlace
-      ? new InPlaceBatch(model.decoder.io.kv, options.kvCapacityBlock ?? 256, this.counterValues)
-      : new DecodeBatch(model.decoder.io.kv, this.counterValues);
+    const kvPath = inPlaceKv(model, options, logger);
+    const layout = model.decoder.io.kv;
+    const block = options.kvCapacityBlock ?? 64;
+    this.decodeBatch = kvPath === 'inplace' ? new InPlaceBatch(layout, block, this.counterValues, options.window.capacity) : new DecodeBatch(layout, this.counterValues);
     const positions = model.positionEncoding;
     const inverseFrequencies = positions.kind === 'rotary' ? rotaryInverseFrequencies(positions.theta, positions.rotaryDim) : null;
     if (options.window.strategy === 'shift' && !inverseFrequencies) throw new Error('shift strategy needs a rotary model');
@@ -153,6 +156,7 @@ export class Engine {
       inverseFrequencies,
       scheduler: this.scheduler,
       decodeBatch: this.decodeBatch,
+      ownBuffers: kvPath === 'inplace' ? new OwnBuffers(layout, block, options.window.capacity) : null,
       runner: new Runner(model.decoder, model.vocabSize, this.counterValues, now),
       observers: this.observers,
       logger,

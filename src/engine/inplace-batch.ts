@@ -2,13 +2,21 @@
  * The decode batch for in-place KV (issue 25): which sequence holds which row of an `InPlaceKv`. The
  * same membership rules as batch.ts from the sequences' side (a member outside the batch owns its KV,
  * inside it owns none), but rows are right-padded and never re-packed on a step: a newcomer takes a
- * free row (one copy of its cache), a leaver is copied out (one copy), and the buffers are made anew
- * only when newcomers find no free row or more than REBUILD_FREE_SHARE of the rows are free.
+ * free row (one copy of its cache, tight or its own buffer), a leaver is copied out to a tight cache
+ * (one copy), and the buffers are made anew only when newcomers find no free row or more than
+ * REBUILD_FREE_SHARE of the rows are free. A batch made anew for one newcomer that owns a buffer takes
+ * that buffer as it is (a lone stream after its prefill is never copied).
  */
 import { performance } from 'node:perf_hooks';
 import type { KvLayout } from '../model/types.ts';
 import type { BatchCounters, BatchMember } from './batch.ts';
 import { InPlaceKv } from './inplace-kv.ts';
+
+/** A batch member that may hold its KV in its own one-row buffer (own-buffer.ts) instead of `kv`. */
+export interface InPlaceMember extends BatchMember {
+  /** `// [1, numKvHeads, capacity, headDim]` while outside the batch holding its KV this way; null otherwise. */
+  buffer?: InPlaceKv | null;
+}
 
 /** Make the buffers anew (dropping free rows) when more than this share of the rows is free. */
 const REBUILD_FREE_SHARE = 0.2;
@@ -19,14 +27,16 @@ export interface InPlaceRows<T> {
   kv: InPlaceKv;
 }
 
-export class InPlaceBatch<T extends BatchMember> {
+export class InPlaceBatch<T extends InPlaceMember> {
   current: InPlaceRows<T> | null = null;
 
   constructor(
     private readonly layout: KvLayout,
-    /** Capacity block of the buffers (slots). */
+    /** The buffers' capacity grows in whole multiples of this many slots. */
     private readonly block: number,
     private readonly counters: BatchCounters,
+    /** The context: no buffer grows past it. */
+    private readonly maxCapacity = Number.POSITIVE_INFINITY,
   ) {}
 
   get live(): number {
@@ -57,7 +67,14 @@ export class InPlaceBatch<T extends BatchMember> {
     }
     const start = performance.now();
     for (const sequence of decoding) if (sequence.batchRow >= 0) this.leave(sequence);
-    const rebuilt: InPlaceRows<T> = { rows: new Array(decoding.length).fill(null), kv: new InPlaceKv(this.layout, decoding.length, this.block) };
+    const alone = decoding.length === 1 ? decoding[0] : null;
+    if (alone?.buffer) {
+      this.current = { rows: [alone], kv: alone.buffer };
+      alone.buffer = null;
+      alone.batchRow = 0;
+      return this.current;
+    }
+    const rebuilt: InPlaceRows<T> = { rows: new Array(decoding.length).fill(null), kv: new InPlaceKv(this.layout, decoding.length, this.block, this.maxCapacity) };
     decoding.forEach((sequence, row) => this.place(rebuilt, row, sequence));
     this.current = rebuilt;
     this.counters.repacks++;
@@ -76,9 +93,11 @@ export class InPlaceBatch<T extends BatchMember> {
   }
 
   private place(batch: InPlaceRows<T>, row: number, sequence: T): void {
-    batch.kv.join(row, sequence.kv!);
+    if (sequence.buffer) batch.kv.joinFrom(row, sequence.buffer, 0);
+    else batch.kv.join(row, sequence.kv!);
     batch.rows[row] = sequence;
     sequence.batchRow = row;
     sequence.kv = null;
+    sequence.buffer = null;
   }
 }

@@ -1,16 +1,21 @@
 /**
- * In-place KV for a decode batch (issue 25): per layer one pre-allocated key and value buffer
+ * In-place KV (issue 25): per layer one pre-allocated key and value buffer
  * `// [rows, numKvHeads, capacity, headDim]`, row r's valid slots 0..lengths[r]-1 followed by unused
- * capacity (masked out). Each step feeds the buffers as the past with `attentionMask()`, fetches only
- * the new rows (`fetch: 'new-rows'`) and writes them in place with `append`, so neither the past's bytes
- * nor a present the size of the cache cross between the runtime and JavaScript. Capacity grows in
- * blocks (one copy of every row per block); a row joins by one copy of its own cache and leaves by one
- * copy out (`extract`). Works on plain arrays, unit-tested in tests/engine/inplace-kv.test.ts.
+ * capacity (masked out). Each step feeds the buffers as the past with `attentionMask(newTokens)`, fetches
+ * only the new rows (`fetch: 'new-rows'`) and writes them in place with `append`, so neither the past's
+ * bytes nor a present the size of the cache cross between the runtime and JavaScript. The decode batch
+ * holds one with a row per sequence (inplace-batch.ts); a prefilling or lone sequence owns a one-row
+ * buffer (own-buffer.ts). Capacity grows to the next whole block (one copy of every row each time) and
+ * never exceeds `maxCapacity` (the context). Not by doubling: the masked slots still cost attention
+ * compute in every call, and a capacity up to twice the cache made prefill chunks over a long past
+ * about twice as slow (bench/probes/prefill-past.ts, docs/benchmarks.md), while a copy per block is a
+ * few milliseconds. A row joins by one copy of its own cache and leaves by one copy out (`extract`).
+ * Works on plain arrays, unit-tested in tests/engine/inplace-kv.test.ts and inplace-prefill.test.ts.
  */
 import { allocateKvData, type KvData, type KvLayout, type KvTensors } from '../model/types.ts';
 
 export class InPlaceKv {
-  /** Slots per row in the buffers, a multiple of the block. */
+  /** Slots per row in the buffers: a multiple of the block, or `maxCapacity`. */
   capacity = 0;
   /** Valid slots of each row; 0 for a free row. */
   readonly lengths: number[];
@@ -21,10 +26,13 @@ export class InPlaceKv {
   constructor(
     private readonly layout: KvLayout,
     readonly rows: number,
-    /** Capacity grows in multiples of this many slots. */
+    /** Capacity grows in whole multiples of this many slots. */
     private readonly block: number,
+    /** Most slots a row can need: the context (a step never holds more than the window's capacity). */
+    readonly maxCapacity = Number.POSITIVE_INFINITY,
   ) {
     if (!(Number.isInteger(block) && block > 0)) throw new Error('the block must be a positive integer');
+    if (!(maxCapacity > 0)) throw new Error('the capacity cap must be positive');
     this.lengths = new Array(rows).fill(0);
     this.live = new Array(rows).fill(false);
     this.resize(0);
@@ -35,22 +43,37 @@ export class InPlaceKv {
     return { batchSize: this.rows, length: this.capacity, layers: this.layers };
   }
 
-  /** Copies a sequence's own cache `// [1, numKvHeads, length, headDim]` into free row `row`. */
-  join(row: number, kv: KvTensors): void {
+  /**
+   * Copies a sequence's own cache `// [1, numKvHeads, length, headDim]` into free row `row`, with room
+   * for `newTokens` more (the next step's).
+   */
+  join(row: number, kv: KvTensors, newTokens = 1): void {
+    this.copyIn(row, kv.layers, kv.length, 0, kv.length, newTokens);
+  }
+
+  /** Copies row `fromRow` of another buffer (a sequence's own, joining the batch) into free row `row`. */
+  joinFrom(row: number, from: InPlaceKv, fromRow: number, newTokens = 1): void {
+    if (!from.live[fromRow]) throw new Error(`row ${fromRow} of the source holds nothing`);
+    this.copyIn(row, from.layers, from.capacity, fromRow, from.lengths[fromRow], newTokens);
+  }
+
+  /** Row `sourceRow` of `layers` (`// [rows, numKvHeads, sourceCapacity, headDim]`, its first `length` slots valid) copied into free row `row`. */
+  private copyIn(row: number, layers: Array<{ key: KvData; value: KvData }>, sourceCapacity: number, sourceRow: number, length: number, newTokens: number): void {
     if (this.live[row]) throw new Error(`row ${row} is taken`);
-    this.ensureCapacity(kv.length + 1);
+    this.ensureCapacity(length + newTokens);
     const { numKvHeads: heads, headDim: dim } = this.layout;
-    const span = kv.length * dim;
+    const span = length * dim;
     for (let layer = 0; layer < this.layout.numLayers; layer++) {
-      const from = kv.layers[layer];
+      const from = layers[layer];
       const to = this.layers[layer];
       for (let h = 0; h < heads; h++) {
+        const source = (sourceRow * heads + h) * sourceCapacity * dim;
         const target = ((row * heads + h) * this.capacity) * dim;
-        to.key.set(from.key.subarray(h * span, (h + 1) * span), target);
-        to.value.set(from.value.subarray(h * span, (h + 1) * span), target);
+        to.key.set(from.key.subarray(source, source + span), target);
+        to.value.set(from.value.subarray(source, source + span), target);
       }
     }
-    this.lengths[row] = kv.length;
+    this.lengths[row] = length;
     this.live[row] = true;
   }
 
@@ -74,44 +97,52 @@ export class InPlaceKv {
     return { batchSize: 1, length, layers };
   }
 
-  /** Grows the buffers (in blocks) so every row has at least `slots` slots; a step needs length + 1. */
+  /**
+   * Grows the buffers so every row has at least `slots` slots (a step needs length + its new tokens):
+   * to the next multiple of the block, at most `maxCapacity`.
+   */
   ensureCapacity(slots: number): void {
-    if (slots > this.capacity) this.resize(Math.ceil(slots / this.block) * this.block);
+    if (slots <= this.capacity) return;
+    if (slots > this.maxCapacity) throw new Error(`${slots} slots exceed the buffer's cap of ${this.maxCapacity}`);
+    this.resize(Math.min(Math.ceil(slots / this.block) * this.block, this.maxCapacity));
   }
 
   /**
-   * `// [rows, capacity + 1]`: 1 on each live row's valid slots and on the new token (the last column),
-   * 0 on unused capacity; a free row attends only to its own token.
+   * `// [rows, capacity + newTokens]`: 1 on each live row's valid slots and on the step's new tokens (the
+   * last `newTokens` columns), 0 on unused capacity; a free row attends only to its own tokens. The new
+   * tokens' causal order among themselves is the model's: they sit after the whole capacity.
    */
-  attentionMask(): BigInt64Array {
-    const width = this.capacity + 1;
+  attentionMask(newTokens = 1): BigInt64Array {
+    const width = this.capacity + newTokens;
     const mask = new BigInt64Array(this.rows * width);
     for (let r = 0; r < this.rows; r++) {
       if (this.live[r]) mask.fill(1n, r * width, r * width + this.lengths[r]);
-      mask[(r + 1) * width - 1] = 1n;
+      mask.fill(1n, (r + 1) * width - newTokens, (r + 1) * width);
     }
     return mask;
   }
 
-  /** Writes one step's new rows `// [rows, numKvHeads, 1, headDim]` after each live row's valid slots. */
+  /** Writes one step's new rows `// [rows, numKvHeads, newTokens, headDim]` after each live row's valid slots. */
   append(newRows: KvTensors): void {
-    if (newRows.batchSize !== this.rows || newRows.length !== 1) throw new Error('new rows must be one slot per batch row');
-    this.ensureCapacity(Math.max(...this.lengths) + 1);
+    const n = newRows.length;
+    if (newRows.batchSize !== this.rows || n < 1) throw new Error('new rows must be one or more slots per batch row');
+    this.ensureCapacity(Math.max(...this.lengths) + n);
     const { numKvHeads: heads, headDim: dim } = this.layout;
+    const span = n * dim;
     for (let layer = 0; layer < this.layout.numLayers; layer++) {
       const from = newRows.layers[layer];
       const to = this.layers[layer];
       for (let r = 0; r < this.rows; r++) {
         if (!this.live[r]) continue;
         for (let h = 0; h < heads; h++) {
-          const source = (r * heads + h) * dim;
+          const source = (r * heads + h) * span;
           const target = ((r * heads + h) * this.capacity + this.lengths[r]) * dim;
-          to.key.set(from.key.subarray(source, source + dim), target);
-          to.value.set(from.value.subarray(source, source + dim), target);
+          to.key.set(from.key.subarray(source, source + span), target);
+          to.value.set(from.value.subarray(source, source + span), target);
         }
       }
     }
-    for (let r = 0; r < this.rows; r++) if (this.live[r]) this.lengths[r]++;
+    for (let r = 0; r < this.rows; r++) if (this.live[r]) this.lengths[r] += n;
   }
 
   private resize(capacity: number): void {

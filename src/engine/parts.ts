@@ -10,6 +10,7 @@ import type { KvLayout, ModelCapabilities } from '../model/types.ts';
 import type { DecodeBatch } from './batch.ts';
 import type { EngineModel, EngineObserver } from './engine.ts';
 import type { InPlaceBatch } from './inplace-batch.ts';
+import type { OwnBuffers } from './own-buffer.ts';
 import type { Runner } from './runner.ts';
 import type { Scheduler } from './scheduler.ts';
 import type { Sequence } from './sequence.ts';
@@ -27,6 +28,8 @@ export interface EngineParts {
   readonly scheduler: Scheduler<Sequence>;
   /** The decoding sequences' shared KV (batch.ts, or inplace-batch.ts under KV_MODE=inplace). */
   readonly decodeBatch: DecodeBatch<Sequence> | InPlaceBatch<Sequence>;
+  /** KV_MODE=inplace: the prefilling and lone sequences' own buffers; null in concat mode. */
+  readonly ownBuffers: OwnBuffers | null;
   readonly runner: Runner;
   readonly observers: readonly EngineObserver[];
   readonly logger: Logger;

@@ -9,6 +9,7 @@ import { halfArrayToFloat } from '../lib/float16.ts';
 import { emptyKv, type Decoder, type DecoderOutput, type KvData, type KvLayout, type KvTensors } from '../model/types.ts';
 import type { BatchRows } from './batch.ts';
 import type { InPlaceRows } from './inplace-batch.ts';
+import type { InPlaceKv } from './inplace-kv.ts';
 import { tokenLogprob } from './logprobs.ts';
 import { Sampler } from './sampler.ts';
 import type { Sequence } from './sequence.ts';
@@ -26,6 +27,8 @@ export interface RunnerCounters {
   prefillChunks: number;
   prefillTokens: number;
   prefillMs: number;
+  /** Bytes the prefill chunks copied out of the model runtime: logits, and present KV (the whole cache, or in place only the new rows). */
+  prefillBytesOut: number;
 }
 
 /** A model call that ran: its logits (`// [rows, seqLength, vocabSize]`) and when it ran. */
@@ -158,14 +161,50 @@ export class Runner {
     const call = await this.timed(() => this.decoder.run({ batchSize: 1, seqLength: count, inputIds, attentionMask, positionIds, past }));
     if (!call.ok) return call;
     const { output, startMs, durationMs } = call;
-    const c = this.counters;
-    c.prefillChunks++;
-    c.prefillTokens += count;
-    c.prefillMs += durationMs;
+    this.countPrefill(count, durationMs, output);
     sequence.kv = output.present;
     sequence.cacheLength = total;
     sequence.pendingIndex += count;
     return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens: total };
+  }
+
+  /**
+   * The next `count` pending tokens of `sequence` over its own in-place buffer (own-buffer.ts), which
+   * has room for them: only logits and the new rows come back, written after the valid slots.
+   */
+  async prefillInPlace(sequence: Sequence, buffer: InPlaceKv, count: number): Promise<StepResult> {
+    const call = await this.stepOnBuffer(sequence, buffer, count);
+    if (!call.ok) return call;
+    const { output, startMs, durationMs } = call;
+    this.countPrefill(count, durationMs, output);
+    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens: sequence.cacheLength };
+  }
+
+  /** One decode step of one sequence on its own in-place buffer (for exports that cannot batch rows). */
+  async decodeAloneInPlace(sequence: Sequence, buffer: InPlaceKv): Promise<StepResult> {
+    const call = await this.stepOnBuffer(sequence, buffer, 1);
+    if (!call.ok) return call;
+    const { output, startMs, durationMs } = call;
+    this.countDecode(1, buffer.capacity + 1, sequence.cacheLength, durationMs, output);
+    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens: sequence.cacheLength };
+  }
+
+  /** Runs `count` pending tokens over row 0 of `buffer` (the unused capacity masked out) and writes their new rows into it. */
+  private async stepOnBuffer(sequence: Sequence, buffer: InPlaceKv, count: number) {
+    buffer.ensureCapacity(sequence.cacheLength + count);
+    const inputIds = new BigInt64Array(count); // [1, count]
+    const positionIds = new BigInt64Array(count); // [1, count]
+    for (let i = 0; i < count; i++) {
+      inputIds[i] = BigInt(sequence.pending[sequence.pendingIndex + i]);
+      positionIds[i] = BigInt(sequence.cacheLength + i);
+    }
+    const attentionMask = buffer.attentionMask(count); // [1, capacity + count]
+    const call = await this.timed(() => this.decoder.run({ batchSize: 1, seqLength: count, inputIds, attentionMask, positionIds, past: buffer.past, fetch: 'new-rows' }));
+    if (!call.ok) return call;
+    buffer.append(call.output.present);
+    sequence.cacheLength += count;
+    sequence.pendingIndex += count;
+    return call;
   }
 
   /**
@@ -215,6 +254,14 @@ export class Runner {
     } catch (error) {
       return { ok: false, error };
     }
+  }
+
+  private countPrefill(tokens: number, durationMs: number, output: DecoderOutput): void {
+    const c = this.counters;
+    c.prefillChunks++;
+    c.prefillTokens += tokens;
+    c.prefillMs += durationMs;
+    c.prefillBytesOut += output.logits.byteLength + hostKvBytes(output.present);
   }
 
   private countDecode(rows: number, slots: number, kvTokens: number, durationMs: number, output: DecoderOutput): void {

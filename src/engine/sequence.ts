@@ -4,6 +4,7 @@ import { Channel } from '../lib/channel.ts';
 import { Rng } from '../lib/rng.ts';
 import type { KvTensors } from '../model/types.ts';
 import type { Constraint } from './grammar.ts';
+import type { InPlaceKv } from './inplace-kv.ts';
 import { IncrementalDetokenizer, type TokenDecoder } from './detokenizer.ts';
 import { TokenCounts, TokenSet, type RowState } from './sampler.ts';
 import { StopStringMatcher } from './stop.ts';
@@ -25,8 +26,13 @@ export class Sequence {
   /** Transcript before this request, to roll back to if it fails. */
   originalTokens: number[] = [];
 
-  /** Own KV while not in the decode batch. `// [1, numKvHeads, cacheLength, headDim]` */
+  /** Own KV while not in the decode batch (and not in `buffer`). `// [1, numKvHeads, cacheLength, headDim]` */
   kv: KvTensors | null = null;
+  /**
+   * KV_MODE=inplace: own KV as a one-row buffer while prefilling or stepping alone (own-buffer.ts), the
+   * first cacheLength slots valid; `kv` is then null. `// [1, numKvHeads, capacity, headDim]`
+   */
+  buffer: InPlaceKv | null = null;
   cacheLength = 0;
   window!: WindowState;
   /** Tokens still to feed, in order; `pending[pendingIndex]` is next. In decode, the last sampled token. */

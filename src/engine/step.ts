@@ -2,13 +2,16 @@
  * Executes the scheduler's plan for one loop iteration: one decode step of every decoding sequence
  * (batched, or one row per call for exports that cannot batch), then at most one prefill chunk. Around
  * the model calls (runner.ts) it applies the window drops a full cache needs, keeps the decode batch in
- * sync, moves KV to the host where the cache code needs it, and hands finished or failed sequences to
- * finishing. It decides nothing about which sequences run: that is the scheduler's plan.
+ * sync, runs prefill chunks and lone rows on the sequence's own buffer in KV_MODE=inplace
+ * (own-buffer.ts), moves KV to the host (and out of own buffers) where the cache code needs it, and
+ * hands finished or failed sequences to finishing. It decides nothing about which sequences run: that
+ * is the scheduler's plan.
  */
 import { needsDrop } from '../cache/window.ts';
 import { kvOnHost } from '../model/types.ts';
 import type { BatchRows, DecodeBatch } from './batch.ts';
 import { InPlaceBatch } from './inplace-batch.ts';
+import { settleOwnBuffer } from './own-buffer.ts';
 import type { EngineParts } from './parts.ts';
 import type { Sequence } from './sequence.ts';
 import type { EngineError } from './types.ts';
@@ -85,7 +88,8 @@ export class StepExecutor {
       this.dropWindow(sequence);
       if (sequence.state !== 'decode') return; // recompute: the kept tokens are prefilled again first
     }
-    const step = await runner.decodeAlone(sequence);
+    const ownBuffers = this.parts.ownBuffers;
+    const step = ownBuffers ? await runner.decodeAloneInPlace(sequence, ownBuffers.take(sequence, 1)) : await runner.decodeAlone(sequence);
     if (!step.ok) {
       await this.failStep([sequence], step.error);
       return;
@@ -104,7 +108,12 @@ export class StepExecutor {
       this.dropWindow(sequence);
     }
     const count = Math.min(chunkTokens, window.capacity - sequence.cacheLength, sequence.remainingPending);
-    const step = await runner.prefill(sequence, count);
+    const ownBuffers = this.parts.ownBuffers;
+    // Over an empty cache the buffer's capacity is a past of masked slots, which an export that cannot
+    // take several tokens over a past refuses: its whole-prompt chunk runs concat (the present is then just
+    // the new rows), and its next steps, one token each, in place.
+    const inPlace = ownBuffers && (sequence.cacheLength > 0 || this.parts.capabilities.multiTokenOverPast);
+    const step = inPlace ? await runner.prefillInPlace(sequence, ownBuffers.take(sequence, count), count) : await runner.prefill(sequence, count);
     if (!step.ok) {
       await this.failStep([sequence], step.error);
       return;
@@ -121,10 +130,11 @@ export class StepExecutor {
     }
   }
 
-  /** The cache is full: the sequence leaves the batch (holding its own KV again) and drops per the window policy. */
+  /** The cache is full: the sequence leaves the batch or its own buffer (holding its own tight KV again) and drops per the window policy. */
   private dropWindow(sequence: Sequence): void {
     const { decodeBatch, window, layout, inverseFrequencies, observers } = this.parts;
     decodeBatch.leave(sequence);
+    settleOwnBuffer(sequence);
     dropWindow(sequence, window, layout, inverseFrequencies);
     for (const o of observers) o.windowDrop?.(sequence, { droppedTokens: window.dropTokens, strategy: window.strategy });
   }

@@ -2,6 +2,7 @@ import type { Logger } from '../lib/logger.ts';
 import { readModelFolder, type ModelFolder } from './model-folder.ts';
 import { OnnxDecoder, type ExecutionProvider } from './onnx-decoder.ts';
 import { TextTokenizer } from './tokenizer.ts';
+import { WorkerDecoder } from './worker-decoder.ts';
 import { probeCapabilities } from './probe.ts';
 import type { Decoder, ModelCapabilities } from './types.ts';
 
@@ -11,6 +12,7 @@ export { detectDecoderIo, UnsupportedModelError } from './layout.ts';
 export { addNewRowOutputs, newRowsName, type KvNames, type NewRowsRewrite } from './kv-rewrite.ts';
 export { OnnxDecoder, ExecutionProviderError, type ExecutionProvider } from './onnx-decoder.ts';
 export { TextTokenizer } from './tokenizer.ts';
+export { WorkerDecoder } from './worker-decoder.ts';
 export { probeCapabilities, type ProbeReport } from './probe.ts';
 
 export interface LoadedModel {
@@ -30,13 +32,16 @@ export interface LoadModelOptions {
   intraOpThreads?: number;
   /** Load the graph with new-row outputs for in-place KV (see OnnxDecoder's `newRowOutputs`). */
   newRowOutputs?: boolean;
+  /** Where onnxruntime runs: on the calling thread (`main`), or on a thread of its own (`worker`, see worker-decoder.ts). */
+  decoderThread?: 'main' | 'worker';
   logger: Logger;
 }
 
 export async function loadModel(dir: string, options: LoadModelOptions): Promise<LoadedModel> {
   const folder = readModelFolder(dir, options.id);
   const tokenizer = new TextTokenizer(folder.tokenizerJson, folder.tokenizerConfig);
-  const decoder = await OnnxDecoder.load(
+  const open = options.decoderThread === 'worker' ? WorkerDecoder.load : OnnxDecoder.load;
+  const decoder = await open(
     folder.onnxPath,
     { numKvHeads: folder.numKvHeadsHint, headDim: folder.headDimHint },
     {

@@ -58,7 +58,7 @@ export class Admission {
    */
   async checkTranscript(parts: Serving, request: GenerationRequest): Promise<void> {
     if (request.sessionId === undefined) return;
-    const limit = this.maxSessionTokens ?? SESSION_CONTEXT_MULTIPLE * parts.model.contextLength;
+    const limit = this.sessionTokenLimit(parts);
     let length = request.input.length;
     if (request.mode === 'append') {
       const session = parts.store.get(request.owner, request.sessionId) ?? (await parts.store.find(request.owner, request.sessionId));
@@ -70,6 +70,11 @@ export class Admission {
       `Session ${request.sessionId} would hold ${length} tokens after this prompt; this server keeps at most ${limit} per session (MAX_SESSION_TOKENS). Start a new session or delete this one.`,
       request.mode === 'append' ? 'prompt' : 'session_id',
     );
+  }
+
+  /** MAX_SESSION_TOKENS: the longest transcript a session may hold. */
+  sessionTokenLimit(parts: Serving): number {
+    return this.maxSessionTokens ?? SESSION_CONTEXT_MULTIPLE * parts.model.contextLength;
   }
 
   /**

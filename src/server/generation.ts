@@ -50,6 +50,8 @@ export interface GenerationJob {
   toolCallFormat?: ToolCallFormat;
   /** `n` > 1: the choices share one prompt, prefilled once on sessions of the server's (choices.ts). */
   shared?: SharedPrompt;
+  /** A stateless request on an anonymous prefix entry (prefix-reuse.ts): its session is never shown nor superseded. */
+  prefixEntry?: boolean;
 }
 
 export interface GenerationContext {
@@ -166,8 +168,8 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     throw error;
   };
 
-  // With n choices, the sessions are the server's except the one the client named.
-  const sessionKey = job.shared ? job.shared.sessionId : job.request.sessionId;
+  // With n choices, the sessions are the server's except the one the client named; a prefix entry is the server's too.
+  const sessionKey = job.shared ? job.shared.sessionId : job.prefixEntry ? undefined : job.request.sessionId;
   void ended.then(() => job.shared?.release());
   // A generation on this session that nobody reads any more (its client pressed Stop) gives way.
   if (sessionKey !== undefined) await ctx.runs.supersede(job.request.owner, sessionKey);

@@ -8,6 +8,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { EngineObserver } from '../engine/engine.ts';
 import type { RequestRecord, Tier, TierMove } from '../engine/types.ts';
 import { registerGrammarMetrics, type GrammarCountersSource } from './grammar-metrics.ts';
+import { registerPrefixCacheMetrics, type PrefixCacheCountersSource } from './prefix-cache-metrics.ts';
 
 const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 const TPOT_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
@@ -28,6 +29,8 @@ export interface MetricsSources {
   snapshotFiles?(): { count: number; bytes: number };
   /** Constrained decoding's grammar counters (null while no grammar service exists). */
   grammar?(): GrammarCountersSource | null;
+  /** The stateless prefix cache's counters (null when PREFIX_CACHE=off). */
+  prefixCache?(): PrefixCacheCountersSource | null;
 }
 
 export class Metrics implements EngineObserver {
@@ -104,6 +107,7 @@ export class Metrics implements EngineObserver {
       gauge('warmkv_snapshot_bytes', 'Bytes of the session snapshot files (capped by SNAPSHOT_MAX_BYTES).', (g) => g.set(files().bytes));
     }
     if (sources.grammar) registerGrammarMetrics(this.registry, sources.modelId, sources.grammar);
+    registerPrefixCacheMetrics(this.registry, () => sources.prefixCache?.() ?? null);
     gauge('warmkv_sessions', 'Sessions per tier.', (g) => {
       const counts = sources.tiers();
       for (const tier of TIERS) g.set({ tier }, counts.sessions[tier]);

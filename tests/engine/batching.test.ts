@@ -172,44 +172,46 @@ describe('batching across sessions', () => {
     assert.ok(results.slice(3).some((r) => r.start!.queueMs > 0));
   });
 
-  test('unchanged batch membership feeds the previous present back as past: no re-packing', async () => {
-    let recorder!: TestDecoder;
-    const { engine } = await makeEngine({ wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
-    const { calls, observer } = callLog();
-    engine.addObserver(observer);
+  for (const kvMode of ['concat', 'inplace'] as const) {
+    // concat: the previous call's present is fed back as the past; in place: the same buffers are fed again (written in place).
+    const fedAsIs = (recorder: TestDecoder, call: number, previous: number) =>
+      recorder.recorded[call].step.past.layers[0].key === (kvMode === 'concat' ? recorder.recorded[previous].output.present : recorder.recorded[previous].step.past).layers[0].key;
+    test(`${kvMode}: unchanged batch membership feeds the previous KV back as past: no re-packing`, async () => {
+      let recorder!: TestDecoder;
+      const { engine } = await makeEngine({ kvMode, wrapDecoder: (d) => (recorder = wrapDecoder(d, { record: true })) });
+      const { calls, observer } = callLog();
+      engine.addObserver(observer);
 
-    // One stream: never a copy, from the prefill's present onwards.
-    await collect(engine.submit(request(randomTokens(12, 1), { maxTokens: 20 })));
-    for (let i = 1; i < recorder.recorded.length; i++) {
-      assert.equal(recorder.recorded[i].step.past.layers[0].key, recorder.recorded[i - 1].output.present.layers[0].key, `call ${i} reuses the present of call ${i - 1}`);
-    }
-    assert.equal(engine.counters().repacks, 0);
+      // One stream: never a copy, from the prefill onwards (in place, the batch takes the prefill's own buffer).
+      await collect(engine.submit(request(randomTokens(12, 1), { maxTokens: 20 })));
+      for (let i = 1; i < recorder.recorded.length; i++) assert.ok(fedAsIs(recorder, i, i - 1), `call ${i} reuses the KV of call ${i - 1}`);
+      assert.equal(engine.counters().repacks, 0);
 
-    // Four streams of different lengths and lengths of output: copies only when a row joins or leaves.
-    const start = recorder.recorded.length;
-    const logStart = calls.length;
-    await Promise.all([5, 33, 70, 18].map((n, i) => collect(engine.submit(request(randomTokens(n, 10 + i), { maxTokens: 12 + 5 * i })))));
-    let previous: { ids: string[]; call: number } | null = null;
-    let unchanged = 0;
-    let changes = 0;
-    for (let i = start; i < recorder.recorded.length; i++) {
-      const record = calls[logStart + (i - start)];
-      if (record.kind !== 'decode') continue;
-      if (previous) {
-        if (previous.ids.join() === record.ids.join()) {
-          unchanged++;
-          const past = recorder.recorded[i].step.past.layers[0].key;
-          assert.equal(past, recorder.recorded[previous.call].output.present.layers[0].key, `decode call ${i}: unchanged membership, fed back as it is`);
-        } else changes++;
+      // Four streams of different lengths and lengths of output: copies only when a row joins or leaves.
+      const start = recorder.recorded.length;
+      const logStart = calls.length;
+      await Promise.all([5, 33, 70, 18].map((n, i) => collect(engine.submit(request(randomTokens(n, 10 + i), { maxTokens: 12 + 5 * i })))));
+      let previous: { ids: string[]; call: number } | null = null;
+      let unchanged = 0;
+      let changes = 0;
+      for (let i = start; i < recorder.recorded.length; i++) {
+        const record = calls[logStart + (i - start)];
+        if (record.kind !== 'decode') continue;
+        if (previous) {
+          if (previous.ids.join() === record.ids.join()) {
+            unchanged++;
+            assert.ok(fedAsIs(recorder, i, previous.call), `decode call ${i}: unchanged membership, fed back as it is`);
+          } else changes++;
+        }
+        previous = { ids: record.ids, call: i };
       }
-      previous = { ids: record.ids, call: i };
-    }
-    // How many steps keep their membership depends on the prefill order (shortest prompt first); at
-    // least 15 of the about 30 decode steps here.
-    assert.ok(unchanged >= 15, `${unchanged} steps without a copy`);
-    const counters = engine.counters();
-    assert.ok(counters.repacks + counters.inPlaceJoins <= changes, `${counters.repacks} re-packs and ${counters.inPlaceJoins} in-place joins for ${changes} changes`);
-  });
+      // How many steps keep their membership depends on the prefill order (shortest prompt first); at
+      // least 15 of the about 30 decode steps here.
+      assert.ok(unchanged >= 15, `${unchanged} steps without a copy`);
+      const counters = engine.counters();
+      assert.ok(counters.repacks + counters.inPlaceJoins <= changes, `${counters.repacks} re-packs and ${counters.inPlaceJoins} in-place joins for ${changes} changes`);
+    });
+  }
 
   for (const [family, modelOptions] of [['llama', LLAMA], ['gpt2', GPT2]] as const) {
     test(`${family}: a stream that leaves frees its row and a newcomer takes it, copying only its own cache; outputs unchanged`, async () => {

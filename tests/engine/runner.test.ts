@@ -14,7 +14,7 @@ import { LLAMA, fullRecompute, randomTokens, request, testModel } from '../suppo
 import { wrapDecoder } from '../support/test-decoder.ts';
 
 const counters = (): RunnerCounters => ({
-  decodeSteps: 0, decodeRows: 0, decodeMs: 0, batchSlots: 0, paddingSlots: 0, decodeBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0,
+  decodeSteps: 0, decodeRows: 0, decodeMs: 0, batchSlots: 0, paddingSlots: 0, decodeBytesOut: 0, prefillBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0,
 });
 
 async function setup(options: { failWhen?: () => boolean } = {}) {

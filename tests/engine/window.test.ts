@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { resolveWindowPolicy, WindowConfigError } from '../../src/cache/window.ts';
 import type { Session } from '../../src/cache/session.ts';
+import type { DecoderStep } from '../../src/model/index.ts';
 import { GPT2, LLAMA, collect, makeEngine, randomTokens, request, runFromScratch, testModel } from '../support/fixtures.ts';
 import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
 
@@ -10,6 +11,18 @@ function cachedTokensOf(session: Session, sinks: number): number[] {
   const dropped = session.window.droppedTokens;
   if (dropped === 0) return session.tokens.slice(0, session.cachedLength);
   return session.tokens.slice(0, sinks).concat(session.tokens.slice(sinks + dropped, dropped + session.cachedLength));
+}
+
+/** The most unmasked slots of any row of a call (`attention_mask` is `[batch, past + seqLength]`). */
+function attendedTokens(step: DecoderStep): number {
+  const width = step.past.length + step.seqLength;
+  let most = 0;
+  for (let r = 0; r < step.batchSize; r++) {
+    let ones = 0;
+    for (let i = r * width; i < (r + 1) * width; i++) ones += Number(step.attentionMask[i]);
+    most = Math.max(most, ones);
+  }
+  return most;
 }
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -48,8 +61,10 @@ describe('sliding window with attention sinks', () => {
     engine.addObserver({ decodeStep: () => (peakReserved = Math.max(peakReserved, store.budget.reservedBytes)) });
     const result = await collect(engine.submit(request(randomTokens(30, 5), { sessionId: 'long', maxTokens: 10 * capacity })));
     assert.equal(result.tokens.length, 10 * capacity);
-    const maxPast = Math.max(...recorder.recorded.map((c) => c.step.past.length + c.step.seqLength));
-    assert.ok(maxPast <= capacity, `the model saw ${maxPast} tokens`);
+    // Tokens a row attends to (in place, the past is the buffer's capacity with unused slots masked out).
+    const maxAttended = Math.max(...recorder.recorded.map((c) => attendedTokens(c.step)));
+    assert.ok(maxAttended <= capacity, `the model saw ${maxAttended} tokens`);
+    assert.ok(Math.max(...recorder.recorded.map((c) => c.step.past.length)) <= capacity, 'no buffer grew past the context');
     const session = store.get('', 'long')!;
     assert.ok(session.cachedLength <= capacity);
     assert.equal(session.window.droppedTokens + session.cachedLength, session.tokens.length - 1);

@@ -67,7 +67,8 @@ export interface EngineFixture {
 }
 
 export async function makeEngine(options: EngineFixtureOptions = {}): Promise<EngineFixture> {
-  const model = await testModel(options.model ?? LLAMA, options.kvMode === 'inplace');
+  // KV_MODE's default is inplace: every engine test runs in place unless it asks for concat.
+  const model = await testModel(options.model ?? LLAMA, options.kvMode !== 'concat');
   const decoder = options.wrapDecoder ? options.wrapDecoder(model.decoder) : model.decoder;
   const store = new SessionStore(new KvBudget(options.budgetBytes ?? 256 * 1024 * 1024, options.blockTokens ?? 16));
   const window = resolveWindowPolicy(

@@ -64,8 +64,11 @@ export class TestDecoder implements Decoder {
     this.faultMessage = options.faultMessage ?? 'injected fault: secret internals';
   }
 
+  /** Device-like KV has no new-row outputs, as on WebGPU (onnx-decoder.ts does not rewrite there): the engine runs concat. */
   get io() {
-    return this.inner.io;
+    if (!this.options.deviceLike || !this.inner.io.newRows) return this.inner.io;
+    const { newRows: _, ...io } = this.inner.io;
+    return io;
   }
 
   get executionProvider() {

@@ -6,6 +6,7 @@ import { readGenerationBody } from '../body.ts';
 import { generationContext, ownerOf, servingFor, type AppEnv, type Ctx, type ServerDeps } from '../context.ts';
 import { fanOut } from '../choices.ts';
 import { runGeneration, type GenerationJob } from '../generation.ts';
+import { onPrefixEntry } from '../prefix-reuse.ts';
 import { withPromptLogprobs } from '../prompt-logprobs.ts';
 import { chatSchema, completionSchema } from '../schemas.ts';
 import { Translator, sessionIdOf, type Caller } from '../translate.ts';
@@ -26,7 +27,7 @@ export function openAiRoutes(deps: ServerDeps): Hono<AppEnv> {
       const sessionId = sessionIdOf(c.req.header('x-session-id'), body.session_id);
       const owner = ownerOf(c);
       let job = translate(new Translator(deps.config, parts), { requestId: c.get('requestId'), owner }, body, sessionId);
-      const admitted = await deps.admission.admit(parts, owner, sessionId);
+      let admitted = await deps.admission.admit(parts, owner, sessionId);
       // n choices: the shared prefill runs on the client's session first, so an unread run there gives way now.
       if (job.shared && sessionId !== undefined) await deps.runs.supersede(owner, sessionId);
       try {
@@ -36,6 +37,8 @@ export function openAiRoutes(deps: ServerDeps): Hono<AppEnv> {
         admitted.refused();
         throw error;
       }
+      // Without a session, the prompt may continue a kept prefix entry of this key (and leaves one).
+      ({ job, admitted } = onPrefixEntry(parts, deps.admission, admitted, job));
       return runGeneration(generationContext(c, deps, parts, admitted), job);
     };
 

@@ -1,0 +1,73 @@
+/**
+ * In-place KV outside the decode batch (KV_MODE=inplace, issue 25): a prefilling sequence, or one that
+ * steps alone (exports that cannot batch), owns a one-row `InPlaceKv` holding its past, so each chunk
+ * feeds that buffer as the past with the unused capacity masked out and writes only its new rows in
+ * place; a chunk over a 4,000-token past no longer copies the past into the call and the whole present
+ * out of it. The buffer is made from the sequence's own cache on its first step (one copy), handed to the
+ * decode batch when the sequence joins it (one copy, or none when it is the batch's only row, see
+ * inplace-batch.ts), and turned back into the sequence's own tight cache (one copy) where the cache code
+ * works on that: a window drop, and finishing (the session keeps its cache as in concat mode).
+ */
+import type { Logger } from '../lib/logger.ts';
+import { emptyKv, type KvLayout, type KvTensors } from '../model/types.ts';
+import type { EngineModel, EngineOptions } from './engine.ts';
+import { InPlaceKv } from './inplace-kv.ts';
+
+/** What an own buffer needs of a sequence: its tight KV and its buffer, at most one of them set. */
+export interface BufferOwner {
+  /** `// [1, numKvHeads, cacheLength, headDim]` while the sequence holds its KV as its own tight tensors. */
+  kv: KvTensors | null;
+  /** `// [1, numKvHeads, capacity, headDim]`, the first cacheLength slots valid, while it holds a buffer. */
+  buffer: InPlaceKv | null;
+}
+
+export class OwnBuffers {
+  constructor(
+    private readonly layout: KvLayout,
+    /** The buffers' capacity grows in whole multiples of this many slots. */
+    readonly block: number,
+    /** The context: no buffer grows past it. */
+    readonly maxCapacity: number,
+  ) {}
+
+  /**
+   * The owner's buffer with room for `newTokens` more slots, made from its tight cache (or empty) on
+   * first use; the owner's tight `kv` is then null.
+   */
+  take(owner: BufferOwner, newTokens: number): InPlaceKv {
+    let buffer = owner.buffer;
+    if (!buffer) {
+      buffer = new InPlaceKv(this.layout, 1, this.block, this.maxCapacity);
+      buffer.join(0, owner.kv ?? emptyKv(this.layout, 1), newTokens);
+      owner.buffer = buffer;
+      owner.kv = null;
+    }
+    buffer.ensureCapacity(buffer.lengths[0] + newTokens);
+    return buffer;
+  }
+
+}
+
+/** Gives the owner its tight cache back out of its buffer (no-op without one), for the window and commit code. */
+export function settleOwnBuffer(owner: Partial<BufferOwner> & Pick<BufferOwner, 'kv'>): void {
+  if (!owner.buffer) return;
+  owner.kv = owner.buffer.extract(0);
+  owner.buffer = null;
+}
+
+/**
+ * Which KV path the engine runs: `inplace` (the default) needs a decoder loaded with new-row outputs
+ * (graphs without the Concat shape have none) and an export whose steps honour masked slots (the
+ * unused capacity; the probe's leftPadding); otherwise `concat`, logged with the reason.
+ */
+export function inPlaceKv(model: EngineModel, options: Pick<EngineOptions, 'kvMode'>, logger: Logger): 'inplace' | 'concat' {
+  if ((options.kvMode ?? 'inplace') === 'concat') return 'concat';
+  const reason = model.decoder.io.newRows === undefined
+    ? 'the decoder has no new-row outputs'
+    : model.capabilities && !model.capabilities.leftPadding
+      ? 'the export does not honour masked slots in attention_mask'
+      : null;
+  if (!reason) return 'inplace';
+  logger.info({ kvMode: 'concat', reason }, 'in-place KV unavailable; the engine runs the concat path');
+  return 'concat';
+}

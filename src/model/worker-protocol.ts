@@ -1,0 +1,65 @@
+/**
+ * Messages between WorkerDecoder (the main thread) and decoder-worker.ts. Only a step's inputs and its
+ * outputs cross: the inputs are copied (the past included), the outputs are moved. Nothing is kept
+ * across steps on the worker side, so the KV the engine holds stays its own.
+ */
+import type { ConfigHints } from './layout.ts';
+import type { DecoderOptions } from './onnx-decoder.ts';
+import type { DecoderIo, DecoderOutput, DecoderStep, KvData } from './types.ts';
+
+export interface WorkerLoad {
+  source: string;
+  hints: ConfigHints;
+  options: Omit<DecoderOptions, 'logger'>;
+  /** The main thread's onnxruntime log level, so the worker's runtime prints what the main one would. */
+  runtimeLogLevel: string;
+}
+
+export type ToWorker =
+  | { kind: 'run'; id: number; step: DecoderStep; quiet: boolean }
+  | { kind: 'dispose' };
+
+export type FromWorker =
+  | { kind: 'loaded'; io: DecoderIo; executionProvider: string; intraOpThreads: number }
+  | { kind: 'load-failed'; name: string; message: string }
+  | { kind: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; fields: Record<string, unknown>; message: string }
+  | { kind: 'result'; id: number; output: DecoderOutput }
+  | { kind: 'failed'; id: number; name: string; message: string }
+  | { kind: 'disposed' };
+
+/**
+ * A view as it should cross: structured cloning copies a view's whole underlying buffer, so a view
+ * over part of a larger buffer (a cache slot range, one half of a stacked present) is cut to its own
+ * bytes first. A view of a SharedArrayBuffer is copied too: onnxruntime-node 1.26 refuses tensors over
+ * shared memory ("Invalid argument"), so the past cannot be shared with the worker without a copy.
+ */
+export function crossing<T extends KvData | BigInt64Array>(view: T): T {
+  if (view.buffer instanceof ArrayBuffer && view.byteOffset === 0 && view.byteLength === view.buffer.byteLength) return view;
+  return view.slice() as T;
+}
+
+/** The step with every array ready to post (see `crossing`). */
+export function stepForPosting(step: DecoderStep): DecoderStep {
+  if (step.past.device) throw new Error('KV on the device cannot cross to the decoder thread (DECODER_THREAD=worker runs with host KV)');
+  return {
+    ...step,
+    inputIds: crossing(step.inputIds),
+    attentionMask: crossing(step.attentionMask),
+    positionIds: crossing(step.positionIds),
+    past: { ...step.past, layers: step.past.layers.map(({ key, value }) => ({ key: crossing(key), value: crossing(value) })) },
+  };
+}
+
+/** The distinct buffers of an output, to move to the main thread (two views may share one: stacked KV). */
+export function outputTransfers(output: DecoderOutput): ArrayBuffer[] {
+  const buffers = new Set<ArrayBuffer>();
+  const add = (view: KvData) => {
+    if (view.buffer instanceof ArrayBuffer) buffers.add(view.buffer);
+  };
+  add(output.logits);
+  for (const { key, value } of output.present.layers) {
+    add(key);
+    add(value);
+  }
+  return [...buffers];
+}

@@ -1,11 +1,11 @@
 /**
- * A fleet of two replicas on one real redis-server (SESSION_STORE_URL), in one process: two assembled
- * servings, each with its own Redis client, behind two HTTP apps. For a session with N cached tokens
+ * A fleet of two replicas on one real redis-server (SESSION_STORE_URL) and one shared SNAPSHOT_DIR, in
+ * one process: two assembled servings, each with its own Redis client, behind two HTTP apps. For a session with N cached tokens
  * (512, 2,048) it measures the time to first token of a follow-up turn
  *
  * - on the warm owner (the replica that served the previous turn),
- * - on a replica that never saw the session (it reads the transcript from Redis and, with no shared
- *   KV snapshots yet, prefills all of it),
+ * - on a replica that never saw the session (it reads the transcript from Redis, loads the longest
+ *   content-addressed prefix snapshot the owner left in SNAPSHOT_DIR, and prefills the rest),
  * - as a cold one-shot prefill of the whole transcript under another key,
  *
  * and Redis's share of the warm turn's TTFT: the time spent in session-store calls (lease, load,
@@ -16,6 +16,9 @@
  *
  * TTFT here is the latency of a turn with max_tokens 1 (one prefill, one sampled token, the commit).
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { RedisSessions } from '../src/cache/redis-sessions.ts';
@@ -87,7 +90,8 @@ async function main(): Promise<void> {
   const repeats = Number(values.repeats);
   const redis = await startRedis();
   const { model, source } = await longContextModel(values.model, BUILDER_DIR, threads);
-  const config = benchConfig({ KV_CACHE_BYTES: '2GiB', STREAM_RESUME_SECONDS: '0', API_KEYS: `${FLEET_KEY},${COLD_KEY}`, SESSION_STORE_URL: redis.url });
+  const snapshotDir = mkdtempSync(join(tmpdir(), 'warmkv-bench-fleet-snapshots-'));
+  const config = benchConfig({ KV_CACHE_BYTES: '2GiB', STREAM_RESUME_SECONDS: '0', API_KEYS: `${FLEET_KEY},${COLD_KEY}`, SESSION_STORE_URL: redis.url, SNAPSHOT_DIR: snapshotDir });
   const replicas = [0, 1].map(() => {
     const shared = timed(new RedisSessions({ url: redis.url, leaseMs: 10_000, ttlMs: 0 }));
     const parts = serving(config, model, shared.store);
@@ -114,6 +118,8 @@ async function main(): Promise<void> {
       owner.shared.reset();
       const warm = await post(owner.app, `/v1/sessions/${id}/completions`, { prompt: followUp, max_tokens: 1, temperature: 0 });
       const redisMs = owner.shared.spentMs();
+      // The owner's prefix snapshots are written in the background after each commit: let them land (untimed).
+      await owner.parts.tiers.flush();
       const second = tokens(FOLLOW_UP_TOKENS, size + r + 4, vocab);
       const nonOwner = await post(other.app, `/v1/sessions/${id}/completions`, { prompt: second, max_tokens: 1, temperature: 0 });
       // The committed transcript in one stateless call under another key: nothing cached anywhere.
@@ -157,6 +163,7 @@ async function main(): Promise<void> {
     await replica.shared.store.close();
   }
   await redis.close();
+  rmSync(snapshotDir, { recursive: true, force: true });
   const round = (x: number, digits = 1) => Number(x.toFixed(digits));
   console.log(
     table(

@@ -119,6 +119,11 @@ export const configSchema = z.object({
     .default('auto'),
   /** Most bytes the snapshot folder may hold; least recently used files are removed first. */
   snapshotMaxBytes: byteSize.default(10 * 1024 ** 3),
+  /**
+   * Most snapshot writes queued or under way in the background writer; a demotion to disk beyond it
+   * drops the session to its transcript instead (recomputed on demand), so memory is never held waiting.
+   */
+  snapshotWriteQueue: int(1).default(8),
   /** Idle time before a hot session is quantized to int8, if memory is not needed sooner; 0 = only under pressure. */
   int8AfterSeconds: seconds.default(0),
   /** Idle time after which a session is deleted (memory and snapshot); 0 keeps sessions until deleted. */

@@ -11,6 +11,7 @@ import { SessionStore } from './cache/session-store.ts';
 import { EmbeddedSessions, type SharedSessions } from './cache/shared-sessions.ts';
 import { resolveWindowPolicy } from './cache/window.ts';
 import { defaultKvCacheBytes, type Config } from './config.ts';
+import { PrefixSnapshots } from './cache/prefix-snapshots.ts';
 import { TierManager } from './cache/tiers.ts';
 import { Engine } from './engine/engine.ts';
 import { measureInt8, type Int8GateResult } from './engine/int8-gate.ts';
@@ -113,6 +114,11 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     },
     logger.child({ component: 'engine' }),
   );
+  const identity = { layout: decoder.io.kv, modelFingerprint: folder.modelFingerprint, tokenizerFingerprint: folder.tokenizerFingerprint };
+  // In a fleet, SNAPSHOT_DIR holds immutable prefix snapshots any replica may load (per-session files stay off).
+  const prefixes = shared.shared && config.snapshotDir
+    ? new PrefixSnapshots({ ...identity, dir: config.snapshotDir, logger: logger.child({ component: 'prefix-snapshots' }), ttlMs: config.sessionIdleSeconds * 1000, maxBytes: config.snapshotMaxBytes, writer: { maxQueue: config.snapshotWriteQueue } })
+    : null;
   const tiers = new TierManager(store, {
     layout: decoder.io.kv,
     int8: int8.enabled,
@@ -124,6 +130,8 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
     logger: logger.child({ component: 'tiers' }),
     idleTtlMs: config.sessionIdleSeconds * 1000,
     maxSnapshotBytes: config.snapshotMaxBytes,
+    writer: { maxQueue: config.snapshotWriteQueue },
+    prefixes,
   });
   const prefixCache = config.prefixCache === 'on' ? new PrefixCache(store, decoder.io.kv, config.prefixCacheEntries) : undefined;
   if (prefixCache) engine.addObserver(prefixCache);
@@ -256,7 +264,8 @@ export class Runtime implements ServingSource {
 
   /**
    * Frees what the runtime built, the pair of its constructor: cancels what still runs, stops the tier
-   * sweeps, closes the resumable streams and disposes the decoder. Call after `drain`; idempotent.
+   * sweeps, lets queued snapshot writes land, closes the resumable streams and disposes the decoder.
+   * Call after `drain`; idempotent.
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -268,9 +277,11 @@ export class Runtime implements ServingSource {
         return;
       }
       await parts.engine.drain(0);
-      await this.shared?.close();
       this.stopSweeps?.();
       this.stopSweeps = null;
+      // Snapshots still being written land before the process may exit.
+      await parts.tiers.flush();
+      await this.shared?.close();
       await parts.engine.model.decoder.dispose();
     })();
     return this.closing;

@@ -37,6 +37,8 @@ export class SessionStore {
   private readonly sessions = new Map<string, Session>();
   private readonly prefixEntries = new Map<string, Session>();
   private readonly listeners: Array<(event: SessionTierMove) => void> = [];
+  private readonly roomListeners: Array<() => void> = [];
+  private readonly commitListeners: Array<(session: Session) => void> = [];
   private demoter: Demoter = dropCache;
   private losslessDemoter: Demoter = dropCache;
   private finder: SessionFinder | null = null;
@@ -56,6 +58,24 @@ export class SessionStore {
 
   onTierMove(listener: (event: SessionTierMove) => void): void {
     this.listeners.push(listener);
+  }
+
+  /** Called when KV bytes came free outside a request's own path (a snapshot write landed): waiting admissions retry. */
+  onRoomFreed(listener: () => void): void {
+    this.roomListeners.push(listener);
+  }
+
+  roomFreed(): void {
+    for (const listener of this.roomListeners) listener();
+  }
+
+  /** Called when a turn of a session is durable in the shared store (a fleet's commit). */
+  onTurnCommitted(listener: (session: Session) => void): void {
+    this.commitListeners.push(listener);
+  }
+
+  turnCommitted(session: Session): void {
+    for (const listener of this.commitListeners) listener(session);
   }
 
   /** Sessions clients named (prefix entries are not counted). */
@@ -199,9 +219,26 @@ export class SessionStore {
     }
     if (this.budget.reservedBytes - freeable - session.reservedBytes + bytes > this.budget.capacityBytes) return false;
     while (!this.budget.resize(session, bytes)) {
+      // Snapshot writes under way will free enough: wait for them (roomFreed) rather than demote more.
+      if (this.budget.freeBytes + this.bytesBeingWritten(session) >= bytes - session.reservedBytes) return false;
       if (!this.demoteOne(session)) return false;
     }
     return true;
+  }
+
+  /** Whether a snapshot write is under way whose landing will free memory. */
+  writingSnapshots(): boolean {
+    for (const candidate of this.sessions.values()) if (candidate.snapshotPending && !candidate.pinned) return true;
+    return false;
+  }
+
+  /** Bytes of sessions whose snapshot is being written: counted in the budget until their file lands. */
+  private bytesBeingWritten(except: Session): number {
+    let bytes = 0;
+    for (const candidate of this.sessions.values()) {
+      if (candidate.snapshotPending && !candidate.pinned && candidate !== except) bytes += candidate.reservedBytes;
+    }
+    return bytes;
   }
 
   /** Whether `bytes` could ever be reserved for one session if every idle session were evicted. */
@@ -220,7 +257,7 @@ export class SessionStore {
    */
   demoteOne(except?: Session): boolean {
     const movable = (candidate: Session, evenWaiting: boolean) =>
-      !candidate.pinned && (evenWaiting || !candidate.busy) && candidate !== except && candidate.reservedBytes > 0;
+      !candidate.pinned && !candidate.snapshotPending && (evenWaiting || !candidate.busy) && candidate !== except && candidate.reservedBytes > 0;
     for (const evenWaiting of [false, true]) {
       for (const candidate of this.prefixEntries.values()) {
         if (!movable(candidate, evenWaiting)) continue;
@@ -239,9 +276,18 @@ export class SessionStore {
   /** Moves one session down (with the installed demoter, or `move`), re-accounts it and tells listeners. */
   demote(session: Session, move: Demoter = this.demoter): void {
     const from = session.tier;
-    const { tier: to, bytes } = move(session);
+    const { bytes } = move(session);
+    this.settle(session, from, bytes);
+  }
+
+  /**
+   * Re-accounts a session that left tier `from` (at once, or when its snapshot write landed) to hold
+   * `bytes`, and tells listeners of the move; a demotion still under way (same tier) tells nobody.
+   */
+  settle(session: Session, from: Tier, bytes: number): void {
     this.budget.resize(session, bytes);
-    for (const listener of this.listeners) listener({ session, from, to });
+    if (session.tier === from) return;
+    for (const listener of this.listeners) listener({ session, from, to: session.tier });
   }
 
   private *all(): IterableIterator<Session> {

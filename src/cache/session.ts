@@ -46,6 +46,16 @@ export class Session {
   version = 0;
   /** The version of this session's snapshot file, or null when it has none. */
   snapshotVersion: number | null = null;
+  /**
+   * A demotion to disk is under way: the background writer is writing this session's snapshot. Until it
+   * lands the session keeps its tier, its KV and its bytes in the budget (session-files.ts).
+   */
+  snapshotPending = false;
+  /**
+   * Its transcript was adopted from the shared store (another replica's turns) with no KV here: before
+   * its next turn, admission looks for the longest shared prefix snapshot (prefix-snapshots.ts).
+   */
+  prefixLookup = false;
 
   constructor(
     readonly id: string,

@@ -59,9 +59,16 @@ function payloadArrays(kv: KvTensors | null, int8: Int8Kv | null): ArrayBufferVi
   return [];
 }
 
-export function encodeSnapshot(header: Omit<SnapshotHeader, 'payloadBytes' | 'tokenCount'>, tokens: readonly number[], kv: KvTensors | null, int8: Int8Kv | null): Buffer[] {
-  const arrays = payloadArrays(kv, int8).map(bytesOf);
-  const payloadBytes = arrays.reduce((sum, a) => sum + a.byteLength, 0);
+/** A snapshot file in two parts: the head (preamble, header, transcript and their digest), and the payload arrays, whose digest follows them. */
+export interface SnapshotParts {
+  head: Buffer[];
+  payload: Uint8Array[];
+}
+
+/** The parts of a snapshot without copying the KV: the payload arrays view the tensors themselves. */
+export function snapshotParts(header: Omit<SnapshotHeader, 'payloadBytes' | 'tokenCount'>, tokens: readonly number[], kv: KvTensors | null, int8: Int8Kv | null): SnapshotParts {
+  const payload = payloadArrays(kv, int8).map(bytesOf);
+  const payloadBytes = payload.reduce((sum, a) => sum + a.byteLength, 0);
   const full: SnapshotHeader = { ...header, tokenCount: tokens.length, payloadBytes };
   const headerBytes = Buffer.from(JSON.stringify(full), 'utf8');
   const preamble = Buffer.alloc(PREAMBLE_BYTES);
@@ -69,8 +76,12 @@ export function encodeSnapshot(header: Omit<SnapshotHeader, 'payloadBytes' | 'to
   preamble.writeUInt32LE(SNAPSHOT_VERSION, 8);
   preamble.writeUInt32LE(headerBytes.length, 12);
   const transcript = Buffer.from(Int32Array.from(tokens).buffer);
-  const headDigest = digest(preamble, headerBytes, transcript);
-  return [preamble, headerBytes, transcript, headDigest, ...arrays.map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength)), digest(...arrays)];
+  return { head: [preamble, headerBytes, transcript, digest(preamble, headerBytes, transcript)], payload };
+}
+
+export function encodeSnapshot(header: Omit<SnapshotHeader, 'payloadBytes' | 'tokenCount'>, tokens: readonly number[], kv: KvTensors | null, int8: Int8Kv | null): Buffer[] {
+  const { head, payload } = snapshotParts(header, tokens, kv, int8);
+  return [...head, ...payload.map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength)), digest(...payload)];
 }
 
 export interface DecodedHead {
@@ -162,29 +173,39 @@ export function decodeSnapshotPayload(data: Buffer, head: DecodedHead, layout: K
 }
 
 /** A session's snapshot file as bytes: its KV in the tier it is in (native, int8) or only its transcript. */
-export function encodeSession(session: Session, identity: { layout: KvLayout; modelFingerprint: string; tokenizerFingerprint: string }): Buffer {
+export function encodeSession(session: Session, identity: SnapshotIdentity): Buffer {
+  const { head, payload } = sessionSnapshotParts(session, identity);
+  return Buffer.concat([...head, ...payload, digest(...payload)]);
+}
+
+export interface SnapshotIdentity {
+  layout: KvLayout;
+  modelFingerprint: string;
+  tokenizerFingerprint: string;
+}
+
+/** The parts of a session's snapshot (see `snapshotParts`), for the background writer. */
+export function sessionSnapshotParts(session: Session, identity: SnapshotIdentity): SnapshotParts {
   const { layout } = identity;
   const kind = session.tier === 'hot' && session.kv ? 'native' : session.tier === 'int8' && session.int8 ? 'int8' : 'none';
-  return Buffer.concat(
-    encodeSnapshot(
-      {
-        modelFingerprint: identity.modelFingerprint,
-        tokenizerFingerprint: identity.tokenizerFingerprint,
-        layout: { numLayers: layout.numLayers, numKvHeads: layout.numKvHeads, headDim: layout.headDim, dtype: layout.dtype },
-        payloadKind: kind,
-        keyMode: session.int8?.keyMode,
-        owner: session.owner,
-        sessionId: session.id,
-        createdAt: session.createdAt,
-        lastUsedAt: session.lastUsedAt,
-        requests: session.requests,
-        sessionVersion: session.version,
-        cachedLength: kind === 'none' ? 0 : session.cachedLength,
-        window: session.window,
-      },
-      session.tokens,
-      kind === 'native' ? session.kv : null,
-      kind === 'int8' ? session.int8 : null,
-    ),
+  return snapshotParts(
+    {
+      modelFingerprint: identity.modelFingerprint,
+      tokenizerFingerprint: identity.tokenizerFingerprint,
+      layout: { numLayers: layout.numLayers, numKvHeads: layout.numKvHeads, headDim: layout.headDim, dtype: layout.dtype },
+      payloadKind: kind,
+      keyMode: session.int8?.keyMode,
+      owner: session.owner,
+      sessionId: session.id,
+      createdAt: session.createdAt,
+      lastUsedAt: session.lastUsedAt,
+      requests: session.requests,
+      sessionVersion: session.version,
+      cachedLength: kind === 'none' ? 0 : session.cachedLength,
+      window: session.window,
+    },
+    session.tokens,
+    kind === 'native' ? session.kv : null,
+    kind === 'int8' ? session.int8 : null,
   );
 }

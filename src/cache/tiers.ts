@@ -2,22 +2,18 @@
  * Tier moves for idle sessions: hot (model dtype) -> int8 (quantized in memory) -> disk (a snapshot
  * file) -> evicted (transcript only). The session store calls `demote` when it needs room; the
  * engine calls `restore` before running a session that is not hot; `find` brings back sessions that
- * only exist on disk (after a restart). Snapshot files are written to a temporary name and renamed.
- * The folder is listed once at start (snapshot-index.ts); after that files are found by name and
- * counted, expired and capped from the in-memory index.
+ * only exist on disk (after a restart). The disk tier itself (the folder, its index, the background
+ * writer) is session-files.ts: a demotion to disk is queued there and completes when its file lands.
  */
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
-import { mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Logger } from '../lib/logger.ts';
 import type { KvLayout } from '../model/types.ts';
 import type { KvBudget } from './budget.ts';
 import { dequantizeKv, int8Bytes as int8BytesExact, int8FixedBytes, int8BytesPerToken, quantizeKv, type KeyScaleMode } from './int8.ts';
-import { Session, type Tier } from './session.ts';
+import type { PrefixSnapshots } from './prefix-snapshots.ts';
+import { SessionFiles, toTranscriptOnly } from './session-files.ts';
+import type { Session, Tier } from './session.ts';
 import type { SessionStore } from './session-store.ts';
-import { decodeSnapshotHead, decodeSnapshotPayload, encodeSession, SnapshotFormatError, type SnapshotHeader } from './snapshot.ts';
-import { readHead, scanSnapshotDir, snapshotFileName, SnapshotIndex, type SnapshotEntry } from './snapshot-index.ts';
+import type { SnapshotWriterOptions } from './snapshot-writer.ts';
 
 export interface TierOptions {
   layout: KvLayout;
@@ -33,6 +29,10 @@ export interface TierOptions {
   idleTtlMs?: number;
   /** Most bytes the snapshot folder may hold (SNAPSHOT_MAX_BYTES); least recently used files go first; 0 = no cap. */
   maxSnapshotBytes?: number;
+  /** The background snapshot writer: its queue bound (SNAPSHOT_WRITE_QUEUE) and test hooks. */
+  writer?: Partial<SnapshotWriterOptions>;
+  /** A fleet's shared, content-addressed prefix snapshots (SESSION_STORE_URL with SNAPSHOT_DIR); null: none. */
+  prefixes?: PrefixSnapshots | null;
   now?: () => number;
 }
 
@@ -45,24 +45,30 @@ export interface TierCounts {
 }
 
 export class TierManager {
-  private snapshotDir: string | null;
-  private index = new SnapshotIndex();
-  private readonly now: () => number;
+  /** The disk tier: snapshot files, their index and the background writer. */
+  readonly disk: SessionFiles;
 
   constructor(
     private readonly store: SessionStore,
     private readonly options: TierOptions,
   ) {
-    this.snapshotDir = options.snapshotDir;
-    this.now = options.now ?? Date.now;
+    this.disk = new SessionFiles(store, options);
     store.setDemoter((session) => this.demote(session), (session) => this.demote(session, false));
-    store.setFinder((owner, id) => this.find(owner, id));
-    store.setDiskIds((owner) => this.index.ids(owner));
+    store.setFinder((owner, id) => this.disk.find(owner, id));
+    store.setDiskIds((owner) => this.disk.ids(owner));
+    const prefixes = options.prefixes;
+    if (prefixes) {
+      // Every committed turn leaves its cache's prefix on shared storage, for whichever replica serves the next one.
+      store.onTurnCommitted((session) => {
+        if (session.tier !== 'hot' || !session.kv || session.window.droppedTokens > 0) return;
+        void prefixes.save(session).catch((error: Error) => this.options.logger.warn({ sessionId: session.id, err: error.message }, 'prefix snapshot not saved'));
+      });
+    }
   }
 
   /** Snapshot files and their bytes. */
   get files(): { count: number; bytes: number } {
-    return { count: this.index.size, bytes: this.index.totalBytes };
+    return this.disk.files;
   }
 
   get budget(): KvBudget {
@@ -70,30 +76,13 @@ export class TierManager {
   }
 
   get snapshotsEnabled(): boolean {
-    return this.snapshotDir !== null;
+    return this.disk.enabled;
   }
 
   /** Checks that the snapshot directory is usable; if not, warns and runs memory-only. */
   async init(): Promise<void> {
-    const dir = this.snapshotDir;
-    if (!dir) return;
-    try {
-      await mkdir(dir, { recursive: true });
-      const probe = join(dir, `.warmkv-write-test-${process.pid}-${randomBytes(4).toString('hex')}`);
-      await writeFile(probe, 'ok');
-      await unlink(probe);
-    } catch (error) {
-      this.options.logger.warn({ snapshotDir: dir, err: (error as Error).message }, 'SNAPSHOT_DIR is not writable: running memory-only');
-      this.snapshotDir = null;
-      return;
-    }
-    const started = performance.now();
-    const { index, removed } = await scanSnapshotDir(dir, this.options.logger);
-    this.index = index;
-    const expired = await this.expireFiles();
-    const trimmed = await this.trim();
-    const scanMs = Math.round(performance.now() - started);
-    this.options.logger.info({ snapshotDir: dir, files: index.size, bytes: index.totalBytes, removed, expired, trimmed, scanMs }, 'session snapshots enabled');
+    await this.disk.init();
+    await this.options.prefixes?.init();
   }
 
   hotBytes(length: number): number {
@@ -105,19 +94,16 @@ export class TierManager {
     return this.budget.blocksFor(length) * this.budget.blockTokens * int8BytesPerToken(layout, keyMode) + int8FixedBytes(layout, keyMode);
   }
 
-  /** One tier down for an idle session (`int8` false: skip the lossy tier); where it landed and the bytes it now holds. */
+  /**
+   * One tier down for an idle session (`int8` false: skip the lossy tier); where it is now and the bytes
+   * it now holds. A move to disk is only queued: the session keeps its tier and bytes until the file has
+   * landed (see session-files.ts); with the writer's queue full it falls to its transcript instead.
+   */
   demote(session: Session, int8 = this.options.int8): { tier: Tier; bytes: number } {
     if (session.tier === 'hot' && session.kv && int8) return this.quantize(session);
-    if ((session.tier === 'int8' || session.tier === 'hot') && this.snapshotDir) {
-      try {
-        this.writeSync(session);
-        session.toDisk();
-        // The cap may take this very file (the folder holds only newer ones): then it is the transcript.
-        this.trimSync();
-        return { tier: session.tier, bytes: 0 };
-      } catch (error) {
-        this.options.logger.warn({ sessionId: session.id, err: (error as Error).message }, 'snapshot write failed: evicting to the transcript');
-      }
+    if ((session.tier === 'int8' || session.tier === 'hot') && this.disk.enabled) {
+      if (this.disk.beginDemotion(session)) return { tier: session.tier, bytes: session.reservedBytes };
+      this.options.logger.debug({ sessionId: session.id, queued: this.disk.writer.size }, 'snapshot queue full: evicting to the transcript');
     }
     session.toEvicted();
     return { tier: 'evicted', bytes: 0 };
@@ -138,17 +124,17 @@ export class TierManager {
     const sweep = () => {
       const time = now();
       for (const session of [...this.store.inLruOrder()]) {
-        if (session.busy || session.pinned) continue;
+        if (session.busy || session.pinned || session.snapshotPending) continue;
         const idle = time - session.lastUsedAt;
         if (options.idleTtlMs > 0 && idle >= options.idleTtlMs) {
           this.store.delete(session);
-          void this.forget(session.owner, session.id);
+          void this.disk.forget(session.owner, session.id);
           this.options.logger.debug({ sessionId: session.id, idleMs: idle }, 'idle session expired');
         } else if (options.int8AfterMs > 0 && this.options.int8 && idle >= options.int8AfterMs && session.tier === 'hot' && session.kv) {
           this.store.demote(session, () => this.quantize(session));
         }
       }
-      if (options.idleTtlMs > 0) void this.expireFiles(options.idleTtlMs, time);
+      if (options.idleTtlMs > 0) void this.disk.expire(options.idleTtlMs, time);
     };
     const intervals = [options.int8AfterMs, options.idleTtlMs].filter((ms) => ms > 0);
     if (intervals.length === 0) return () => {};
@@ -163,25 +149,21 @@ export class TierManager {
    * A snapshot that cannot be read leaves the session evicted: it is recomputed from its transcript.
    */
   async restore(session: Session): Promise<void> {
+    if (session.tier === 'evicted' && session.prefixLookup) return this.restoreSharedPrefix(session);
     if (session.tier === 'int8' && session.int8) {
       if (!this.store.reserve(session, Math.max(session.reservedBytes, this.hotBytes(session.cachedLength)))) return;
+      // Its snapshot may still be on its way to disk: the session is in use again, so it stays here.
+      if (session.snapshotPending) void this.disk.cancelWrite(session);
       session.toHot(dequantizeKv(this.options.layout, session.int8), session.cachedLength);
       return;
     }
     if (session.tier !== 'disk') return;
-    const path = this.pathOf(session.owner, session.id);
     try {
-      const data = await readFile(path);
-      const head = decodeSnapshotHead(data);
-      this.checkIdentity(head.header, session.owner, session.id);
-      if ((head.header.sessionVersion ?? 0) !== session.snapshotVersion) {
-        throw new SnapshotFormatError(`snapshot holds version ${head.header.sessionVersion ?? 0}, the session is at ${session.snapshotVersion}`);
-      }
-      const { kv, int8 } = decodeSnapshotPayload(data, head, this.options.layout);
+      const { kv, int8 } = await this.disk.readPayload(session);
       const restored = kv ?? (int8 ? dequantizeKv(this.options.layout, int8) : null);
       if (session.tier !== 'disk') return;
       if (!restored) {
-        this.toTranscriptOnly(session);
+        toTranscriptOnly(this.store, session);
         return;
       }
       if (!this.store.reserve(session, Math.max(session.reservedBytes, this.hotBytes(restored.length)))) return;
@@ -189,115 +171,43 @@ export class TierManager {
       session.toHot(restored, restored.length);
     } catch (error) {
       this.options.logger.warn({ sessionId: session.id, err: (error as Error).message }, 'snapshot unreadable: recomputing the session from its transcript');
-      this.toTranscriptOnly(session);
+      toTranscriptOnly(this.store, session);
     }
+  }
+
+  /** A session adopted from the shared store: its cache starts from the longest shared prefix snapshot, if any. */
+  private async restoreSharedPrefix(session: Session): Promise<void> {
+    session.prefixLookup = false;
+    const kv = await this.options.prefixes?.loadLongest(session.tokens);
+    if (!kv || session.tier !== 'evicted') return;
+    if (!this.store.reserve(session, Math.max(session.reservedBytes, this.hotBytes(kv.length)))) return;
+    session.toHot(kv, kv.length);
   }
 
   /** A session on disk but not in memory (e.g. after a restart), with its transcript; payload stays on disk. */
-  async find(owner: string, id: string): Promise<Session | undefined> {
-    if (!this.snapshotDir) return undefined;
-    const path = this.pathOf(owner, id);
-    const known = this.index.get(path);
-    const ttl = this.options.idleTtlMs ?? 0;
-    const expired = (entry: SnapshotEntry) => ttl > 0 && this.now() - entry.lastUsedAt >= ttl;
-    if (known && expired(known)) {
-      await this.removeEntry(known);
-      return undefined;
-    }
-    // Not in the index: another server sharing the folder may have written it since the start, so look.
-    let head;
-    try {
-      head = await readHead(path);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') this.index.delete(path);
-      else this.options.logger.warn({ sessionId: id, err: (error as Error).message }, 'snapshot skipped');
-      return undefined;
-    }
-    const { header, tokens } = head;
-    try {
-      this.checkIdentity(header, owner, id);
-      if (header.tokenizerFingerprint !== this.options.tokenizerFingerprint) throw new SnapshotFormatError('snapshot from a model with another tokenizer');
-    } catch (error) {
-      this.options.logger.warn({ sessionId: id, err: (error as Error).message }, 'snapshot skipped');
-      return undefined;
-    }
-    if (!known) {
-      const bytes = (await stat(path).catch(() => ({ size: 0 }))).size;
-      const entry = { owner, id, path, version: header.sessionVersion ?? 0, lastUsedAt: header.lastUsedAt, bytes };
-      this.index.set(entry);
-      if (expired(entry)) {
-        await this.removeEntry(entry);
-        return undefined;
-      }
-    }
-    const session = new Session(id, owner, header.createdAt);
-    session.lastUsedAt = header.lastUsedAt;
-    session.requests = header.requests;
-    session.version = header.sessionVersion ?? 0;
-    session.snapshotVersion = session.version;
-    session.tokens = tokens;
-    session.window = { ...header.window };
-    if (header.modelFingerprint !== this.options.modelFingerprint) {
-      this.options.logger.warn({ sessionId: id }, 'snapshot from another model: the session will be recomputed from its transcript');
-      this.toTranscriptOnly(session);
-    } else if (header.payloadKind === 'none') {
-      this.toTranscriptOnly(session);
-    } else {
-      session.toDisk(header.cachedLength);
-    }
-    return session;
+  find(owner: string, id: string): Promise<Session | undefined> {
+    return this.disk.find(owner, id);
   }
 
   /** Writes every session that holds KV in memory (hot or int8) or only a transcript; for shutdown. */
-  async flushAll(): Promise<{ written: number; failed: number }> {
-    let written = 0;
-    let failed = 0;
-    if (!this.snapshotDir) return { written, failed };
-    for (const session of [...this.store.inLruOrder()]) {
-      if (session.tier === 'disk') continue;
-      try {
-        const path = this.pathOf(session.owner, session.id);
-        const temp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
-        const data = encodeSession(session, this.options);
-        await writeFile(temp, data);
-        await rename(temp, path);
-        this.recordFile(session, path, data.length);
-        written++;
-      } catch (error) {
-        failed++;
-        this.options.logger.warn({ sessionId: session.id, err: (error as Error).message }, 'snapshot write failed');
-      }
-    }
-    await this.trim();
-    return { written, failed };
+  flushAll(): Promise<{ written: number; failed: number }> {
+    return this.disk.flushAll();
+  }
+
+  /** Lets every queued snapshot write land (Runtime.close awaits it). */
+  async flush(): Promise<void> {
+    await this.disk.writer.flush();
+    await this.options.prefixes?.writer.flush();
   }
 
   /** Removes a deleted session's snapshot. */
-  async forget(owner: string, id: string): Promise<void> {
-    if (!this.snapshotDir) return;
-    const path = this.pathOf(owner, id);
-    this.index.delete(path);
-    await unlink(path).catch(() => {});
+  forget(owner: string, id: string): Promise<void> {
+    return this.disk.forget(owner, id);
   }
 
-  /**
-   * Before a request changes a session (the engine awaits it at admission): removes its snapshot file,
-   * whatever its version, so no crash can bring back a transcript older than this request's reply.
-   * Null when there is no file. The unlink runs off the event loop; rejects when it fails.
-   */
+  /** Before a request changes a session: see SessionFiles.supersede. */
   supersede(session: Session): Promise<void> | null {
-    if (!this.snapshotDir || session.ephemeral) return null;
-    const path = this.pathOf(session.owner, session.id);
-    if (session.snapshotVersion === null && !this.index.get(path)) return null;
-    return (async () => {
-      try {
-        await unlink(path);
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-      }
-      this.index.delete(path);
-      this.fileGone(session);
-    })();
+    return this.disk.supersede(session);
   }
 
   /** Bytes a session's KV actually occupies in memory (reserved bytes include the unused rest of blocks). */
@@ -325,92 +235,6 @@ export class TierManager {
   }
 
   pathOf(owner: string, id: string): string {
-    return join(this.snapshotDir!, snapshotFileName(owner, id));
-  }
-
-  /** Removes files of sessions not in memory that were last used `ttlMs` ago (in-memory ones expire with their session). */
-  private async expireFiles(ttlMs = this.options.idleTtlMs ?? 0, time = this.now()): Promise<number> {
-    if (ttlMs <= 0) return 0;
-    let expired = 0;
-    for (const entry of this.index.oldestFirst()) {
-      if (time - entry.lastUsedAt < ttlMs) break;
-      if (this.store.get(entry.owner, entry.id)) continue;
-      await this.removeEntry(entry);
-      expired++;
-    }
-    return expired;
-  }
-
-  /** Removes least recently used files until the folder is under its byte cap (async, for start and flush). */
-  private async trim(): Promise<number> {
-    const victims = this.overCap();
-    for (const entry of victims) await this.removeEntry(entry);
-    return victims.length;
-  }
-
-  /** The same inside a demotion, which is synchronous. */
-  private trimSync(): void {
-    for (const entry of this.overCap()) {
-      this.index.delete(entry.path);
-      rmSync(entry.path, { force: true });
-      this.dropped(entry);
-    }
-  }
-
-  /** The least recently used files whose removal brings the folder under the cap; a busy session's file stays. */
-  private overCap(): SnapshotEntry[] {
-    return this.index.overCap(this.options.maxSnapshotBytes ?? 0, (entry) => Boolean(this.store.get(entry.owner, entry.id)?.busy));
-  }
-
-  private async removeEntry(entry: SnapshotEntry): Promise<void> {
-    this.index.delete(entry.path);
-    await unlink(entry.path).catch(() => {});
-    this.dropped(entry);
-  }
-
-  /** A file was removed by expiry or the cap: a loaded session that relied on it keeps its transcript. */
-  private dropped(entry: SnapshotEntry): void {
-    const session = this.store.get(entry.owner, entry.id);
-    if (session) this.fileGone(session);
-    this.options.logger.debug({ sessionId: entry.id, bytes: entry.bytes }, 'snapshot file removed');
-  }
-
-  private fileGone(session: Session): void {
-    session.snapshotVersion = null;
-    if (session.tier === 'disk') this.toTranscriptOnly(session);
-  }
-
-  private recordFile(session: Session, path: string, bytes: number): void {
-    this.index.set({ owner: session.owner, id: session.id, path, version: session.version, lastUsedAt: session.lastUsedAt, bytes });
-    session.snapshotVersion = session.version;
-  }
-
-  private checkIdentity(header: SnapshotHeader, owner: string, id: string): void {
-    if (header.owner !== owner || header.sessionId !== id) throw new SnapshotFormatError('snapshot belongs to another session');
-  }
-
-  private toTranscriptOnly(session: Session): void {
-    session.toEvicted();
-    this.budget.resize(session, 0);
-  }
-
-  /** Demotion runs inside a reservation, which is synchronous: write with sync calls, then rename. */
-  private writeSync(session: Session): void {
-    const path = this.pathOf(session.owner, session.id);
-    const temp = `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
-    try {
-      mkdirSync(this.snapshotDir!, { recursive: true });
-      const data = encodeSession(session, this.options);
-      writeFileSync(temp, data);
-      renameSync(temp, path);
-      this.recordFile(session, path, data.length);
-    } catch (error) {
-      try {
-        unlinkSync(temp);
-      } catch {
-        // nothing was written
-      }
-      throw error;
-    }
+    return this.disk.pathOf(owner, id);
   }
 }

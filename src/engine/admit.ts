@@ -16,6 +16,8 @@ import type { Sequence } from './sequence.ts';
 export class Admitter {
   restorer: TierRestorer | null = null;
   superseder: SessionSuperseder | null = null;
+  /** Where a waiting request's cache was restored from in an earlier pass that then found no room to run. */
+  private readonly restoredEarlier = new WeakMap<Sequence, Tier>();
 
   constructor(private readonly parts: EngineParts) {}
 
@@ -29,9 +31,15 @@ export class Admitter {
       const restoreStart = performance.now();
       // Await only when there is something to wait for: a request that finds its session hot and room
       // free is admitted in the very tick it was submitted (engine.stats() sees it running at once).
-      const restoredFrom = this.restorable(session) ? await this.restore(session) : session.tier;
+      const restoredFrom = this.restorable(session) ? await this.restore(sequence) : (this.restoredEarlier.get(sequence) ?? session.tier);
       // The restorer awaited: the sequence may have been cancelled meanwhile.
       if (scheduler.waiting[0] !== sequence) continue;
+      // No room yet to bring the cache back, but snapshot writes under way will free some: wait for them
+      // (the store wakes the engine) rather than give up the cache and recompute the session.
+      if (restoredFrom === 'evicted' && this.restorable(session) && store.writingSnapshots()) {
+        scheduler.decideRoom(sequence, 'no_room');
+        return;
+      }
       const superseding = this.superseder?.(session);
       if (superseding && !(await this.supersede(sequence, superseding))) continue;
 
@@ -80,11 +88,12 @@ export class Admitter {
   }
 
   private restorable(session: Session): boolean {
-    return (session.tier === 'int8' || session.tier === 'disk') && this.restorer !== null;
+    return (session.tier === 'int8' || session.tier === 'disk' || (session.tier === 'evicted' && session.prefixLookup)) && this.restorer !== null;
   }
 
   /** Brings an int8 or disk session back to hot (pinned meanwhile); the tier its cache came from. */
-  private async restore(session: Session): Promise<Tier> {
+  private async restore(sequence: Sequence): Promise<Tier> {
+    const session = sequence.session;
     const from = session.tier;
     session.pinned = true;
     try {
@@ -92,7 +101,9 @@ export class Admitter {
     } finally {
       session.pinned = false;
     }
-    return (session.tier as Tier) !== 'hot' ? 'evicted' : from;
+    if ((session.tier as Tier) !== 'hot') return 'evicted';
+    this.restoredEarlier.set(sequence, from);
+    return from;
   }
 
   /**

@@ -131,6 +131,8 @@ export class Engine {
     private readonly now: () => number = Date.now,
   ) {
     this.scheduler = new Scheduler(options, () => this.capabilities);
+    // A snapshot write that landed freed KV room: a request waiting for it may be admitted now.
+    store.onRoomFreed(() => this.wake());
     // The step costs the scheduler sizes chunks by, measured on every call.
     this.observers.push({
       decodeStep: (info) => this.scheduler.cost.recordDecode(info.durationMs),

@@ -59,6 +59,8 @@ export function syncLocal(store: SessionStore, owner: string, id: string, record
   if (!(windowsUnslid && prefix && cacheEnd > 0)) {
     session.toEvicted();
     store.budget.resize(session, 0);
+    // Another replica may have left a snapshot of this transcript's prefix on shared storage.
+    session.prefixLookup = record.window.droppedTokens === 0;
   }
   session.tokens = record.tokens.slice();
   session.window = { ...record.window };
@@ -109,6 +111,7 @@ export async function* committing(
         outcome = error as Error;
       }
       if (outcome === 'committed') {
+        store.turnCommitted(session);
         yield event;
         continue;
       }

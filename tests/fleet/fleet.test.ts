@@ -1,9 +1,13 @@
 /**
- * Three server processes on one real redis-server (SESSION_STORE_URL): conversations whose every turn
- * goes to a random replica (native append and OpenAI-style resend), races on one session, SIGKILL of a
- * replica mid-turn, and Redis restarted mid-run.
+ * Three server processes on one real redis-server (SESSION_STORE_URL) and one shared SNAPSHOT_DIR:
+ * conversations whose every turn goes to a random replica (native append and OpenAI-style resend), a
+ * turn on a replica that never saw its session starting from another replica's prefix snapshot, races
+ * on one session, SIGKILL of a replica mid-turn, and Redis restarted mid-run.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Rng } from '../../src/lib/rng.ts';
 import { LLAMA, randomTokens, testModelDir } from '../support/fixtures.ts';
@@ -20,10 +24,11 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
   let replicas: ServerProcess[] = [];
   let urls: string[] = [];
   let env: Record<string, string>;
+  const snapshotDir = mkdtempSync(join(tmpdir(), 'warmkv-fleet-snapshots-'));
   const args = ['--port', '0', '--host', '127.0.0.1'];
   before(async () => {
     redis = await startRedis();
-    env = { MODEL_DIR: await testModelDir(LLAMA), SESSION_STORE_URL: redis.url, SESSION_LEASE_SECONDS: '1', INT8_TIER: 'false', LOG_LEVEL: 'info' };
+    env = { MODEL_DIR: await testModelDir(LLAMA), SESSION_STORE_URL: redis.url, SESSION_LEASE_SECONDS: '1', INT8_TIER: 'false', LOG_LEVEL: 'info', SNAPSHOT_DIR: snapshotDir };
     replicas = [0, 1, 2].map(() => startServerProcess({ args, env }));
     urls = await Promise.all(replicas.map((r) => r.ready(30_000)));
   });
@@ -78,6 +83,24 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
         transcript += body.choices[0].text;
       }
     }));
+  });
+
+  test('a turn on a replica that never saw the session starts from the shared prefix snapshot and equals the conversation on one replica', async () => {
+    for (const [name, url] of [['shared-prefix', urls[0]], ['shared-base', urls[2]]]) {
+      assert.equal((await fetch(`${url}/v1/sessions`, { method: 'POST', headers: json, body: JSON.stringify({ session_id: name }) })).status, 201);
+    }
+    const history = randomTokens(150, 77);
+    assert.equal((await append(urls[0], 'shared-prefix', history)).status, 200);
+    assert.equal((await append(urls[2], 'shared-base', history)).status, 200);
+    // The snapshot is written in the background after the commit: wait until it is on shared storage.
+    for (let i = 0; i < 100 && !readdirSync(snapshotDir).some((name) => name.endsWith('.wkvp')); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+    const followUp = randomTokens(6, 78);
+    const res = await append(urls[1], 'shared-prefix', followUp, 5);
+    assert.equal(res.status, 200);
+    const body = (await res.json()) as { choices: Array<{ text: string }>; usage: { prompt_tokens_details?: { cached_tokens: number } } };
+    assert.equal(body.usage.prompt_tokens_details?.cached_tokens, 128, 'the two whole 64-token blocks of the first turn came from the snapshot');
+    const reference = (await (await append(urls[2], 'shared-base', followUp, 5)).json()) as { choices: Array<{ text: string }> };
+    assert.equal(body.choices[0].text, reference.choices[0].text);
   });
 
   test('two replicas racing on one session: one commits, the other gets 409 session_busy; history stays linear', async () => {

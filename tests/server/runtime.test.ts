@@ -1,5 +1,8 @@
 /** Runtime.close(): the pair of the runtime's construction (tier sweeps, resumable streams, the decoder). */
 import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import type { Decoder } from '../../src/model/index.ts';
 import { createApp } from '../../src/server/app.ts';
@@ -43,5 +46,21 @@ describe('Runtime.close', () => {
     assert.equal(open.serving!.store.get('', 'idle'), undefined, 'the sweep expires idle sessions');
     assert.ok(closed.serving!.store.get('', 'idle'), 'no sweep runs after close');
     await open.close();
+  });
+
+  test('lets queued snapshot writes land before it resolves', async () => {
+    const snapshotDir = mkdtempSync(join(tmpdir(), 'warmkv-close-'));
+    const runtime = await makeRuntime({ settings: { 'snapshot-dir': snapshotDir, 'int8-tier': 'false' }, wrapDecoder: countingDispose });
+    const app = createApp(runtime, {});
+    assert.equal((await app.request('/v1/sessions', post({ session_id: 's' }))).status, 201);
+    assert.equal((await app.request('/v1/sessions/s/completions', post({ prompt: 'Hello there', max_tokens: 4 }))).status, 200);
+    const { store, tiers } = runtime.serving!;
+    assert.ok(store.demoteOne(), 'a demotion to disk is queued');
+    const session = store.get('', 's')!;
+    assert.ok(session.snapshotPending);
+    assert.ok(!existsSync(tiers.pathOf('', 's')), 'the write runs in the background');
+    await runtime.close();
+    assert.equal(session.tier, 'disk');
+    assert.ok(existsSync(tiers.pathOf('', 's')));
   });
 });

@@ -9,6 +9,7 @@ import { SessionStore } from '../../src/cache/session-store.ts';
 import { resolveWindowPolicy, type WindowSettings } from '../../src/cache/window.ts';
 import type { KeyScaleMode } from '../../src/cache/int8.ts';
 import { TierManager } from '../../src/cache/tiers.ts';
+import type { SnapshotWriterOptions } from '../../src/cache/snapshot-writer.ts';
 import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { GREEDY, type SamplingParams } from '../../src/engine/sampler.ts';
 import type { GenerationEvent, GenerationRequest, SubmitResult, Usage } from '../../src/engine/types.ts';
@@ -54,7 +55,7 @@ export interface EngineFixtureOptions extends Partial<Omit<EngineOptions, 'windo
   wrapDecoder?: (decoder: Decoder) => Decoder;
   eos?: number[];
   /** Enables the int8 / disk tiers (disk only with a snapshot directory). */
-  tiers?: { snapshotDir?: string; keyMode?: KeyScaleMode; int8?: boolean; idleTtlMs?: number; maxSnapshotBytes?: number; now?: () => number };
+  tiers?: { snapshotDir?: string; keyMode?: KeyScaleMode; int8?: boolean; idleTtlMs?: number; maxSnapshotBytes?: number; now?: () => number; writer?: Partial<SnapshotWriterOptions> };
 }
 
 export interface EngineFixture {
@@ -109,6 +110,7 @@ export async function makeEngine(options: EngineFixtureOptions = {}): Promise<En
       idleTtlMs: options.tiers.idleTtlMs,
       maxSnapshotBytes: options.tiers.maxSnapshotBytes,
       now: options.tiers.now,
+      writer: options.tiers.writer,
     });
     await tiers.init();
     engine.setTierRestorer((session) => tiers!.restore(session));

@@ -1,6 +1,7 @@
 /**
  * Three server processes on one real redis-server (SESSION_STORE_URL) and one shared SNAPSHOT_DIR:
- * conversations whose every turn goes to a random replica (native append and OpenAI-style resend), a
+ * conversations whose every turn goes to a random replica (native append and OpenAI-style resend; 20 at
+ * once, most first visits of a replica starting from a snapshot), a
  * turn on a replica that never saw its session starting from another replica's prefix snapshot, races
  * on one session, SIGKILL of a replica mid-turn, and Redis restarted mid-run.
  */
@@ -101,6 +102,61 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
     assert.equal(body.usage.prompt_tokens_details?.cached_tokens, 128, 'the two whole 64-token blocks of the first turn came from the snapshot');
     const reference = (await (await append(urls[2], 'shared-base', followUp, 5)).json()) as { choices: Array<{ text: string }> };
     assert.equal(body.choices[0].text, reference.choices[0].text);
+  });
+
+  test('20 concurrent conversations, native and resend, each turn on another replica: every turn equals its reference, no 404, and most first visits start from a snapshot', async () => {
+    const rng = new Rng(2020);
+    type Completion = { session_id?: string; choices: Array<{ text: string }>; usage: { prompt_tokens_details?: { cached_tokens: number } } };
+    const cachedOf = (body: Completion) => body.usage.prompt_tokens_details?.cached_tokens ?? 0;
+    const complete = (url: string, prompt: string, sessionId?: string) =>
+      fetch(`${url}/v1/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt, max_tokens: 3, temperature: 0, ...(sessionId ? { session_id: sessionId } : {}) }) });
+    const words = ['the', 'king', 'castle', 'river', 'walked', 'slowly', 'towards', 'a', 'bright', 'morning', 'stone', 'bridge'];
+    const phrase = (seed: number, count: number) => Array.from({ length: count }, (_, i) => words[(seed * 7 + i * 5 + (i >> 2)) % words.length]).join(' ');
+    /** Per turn on a replica that had never served the conversation: the tokens it did not have to prefill. */
+    const firstVisits: number[] = [];
+    await Promise.all(Array.from({ length: 20 }, async (_, c) => {
+      // Turns 0-2 visit the three replicas in a random order (so turns 1 and 2 land where the
+      // conversation has never been); turn 3 goes to any replica but the one before.
+      const order = [0, 1, 2].sort(() => rng.next() - 0.5);
+      const replicaOf = (turn: number) => (turn < 3 ? order[turn] : (order[2] + 1 + Math.floor(rng.next() * 2)) % 3);
+      if (c % 2 === 0) {
+        const [id, baseline] = [`many-${c}`, `many-base-${c}`];
+        for (const [name, url] of [[id, urls[order[0]]], [baseline, urls[order[0]]]]) {
+          assert.equal((await fetch(`${url}/v1/sessions`, { method: 'POST', headers: json, body: JSON.stringify({ session_id: name }) })).status, 201);
+        }
+        for (let turn = 0; turn < 4; turn++) {
+          // A first turn over one 64-token block, so the next replica has a snapshot to start from.
+          const prompt = randomTokens(turn === 0 ? 80 : 6, 500 + c * 10 + turn);
+          const replica = replicaOf(turn);
+          const res = await append(urls[replica], id, prompt);
+          assert.equal(res.status, 200, `conversation ${c} turn ${turn} on replica ${replica}: ${await res.clone().text()}`);
+          const body = (await res.json()) as Completion;
+          if (turn === 1 || turn === 2) firstVisits.push(cachedOf(body));
+          const reference = (await (await append(urls[order[0]], baseline, prompt)).json()) as Completion;
+          assert.equal(body.choices[0].text, reference.choices[0].text, `conversation ${c} turn ${turn}`);
+        }
+        return;
+      }
+      const id = `many-resend-${c}`;
+      let transcript = phrase(c, 60);
+      for (let turn = 0; turn < 4; turn++) {
+        if (turn > 0) transcript += ` ${phrase(c + turn, 4)}`;
+        const replica = replicaOf(turn);
+        const res = await complete(urls[replica], transcript, id);
+        assert.equal(res.status, 200, `conversation ${c} turn ${turn} on replica ${replica}: ${await res.clone().text()}`);
+        const body = (await res.json()) as Completion;
+        assert.equal(body.session_id, id);
+        if (turn === 1 || turn === 2) firstVisits.push(cachedOf(body));
+        const oneShot = (await (await complete(urls[(replica + 1) % 3], transcript)).json()) as Completion;
+        assert.equal(body.choices[0].text, oneShot.choices[0].text, `conversation ${c} turn ${turn}`);
+        transcript += body.choices[0].text;
+      }
+    }));
+    assert.equal(firstVisits.length, 40);
+    // A snapshot is written after its turn commits, in the background: a next turn that arrives first
+    // prefills from the transcript (slower, as correct). Most must find it.
+    const fromSnapshot = firstVisits.filter((cached) => cached >= 64).length;
+    assert.ok(fromSnapshot > firstVisits.length / 2, `${fromSnapshot} of ${firstVisits.length} first visits started from a snapshot (cached tokens: ${firstVisits.join(',')})`);
   });
 
   test('two replicas racing on one session: one commits, the other gets 409 session_busy; history stays linear', async () => {

@@ -16,11 +16,9 @@
  */
 import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
-import { addNewRowOutputs, detectDecoderIo, type DecoderIo } from '../../src/model/index.ts';
-import type { ValueInfo } from '../../src/model/layout.ts';
 import { argmax } from '../../src/engine/sampler.ts';
-import { buildModelBytes } from '../../tools/model-builder/index.ts';
 import { median, table, writeResult } from '../common.ts';
+import { openRewrittenPair, syntheticKv } from './rewritten-pair.ts';
 
 const { values } = parseArgs({
   options: { threads: { type: 'string', default: '2' }, block: { type: 'string', default: '256' }, steps: { type: 'string', default: '12' } },
@@ -34,42 +32,8 @@ const WARMUP = 2;
 /** Fewer timed steps where one step moves hundreds of MB (32 rows x 2048): the CPU is shared. */
 const stepsFor = (rows: number, context: number) => (rows * context >= 32 * 2048 ? Math.max(3, baseSteps >> 2) : rows * context >= 8 * 2048 ? Math.max(4, baseSteps >> 1) : baseSteps);
 
-const modelOptions = { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, intermediateSize: 688, vocabSize: 4096, maxPositions: 4096 } as const;
-const built = buildModelBytes(modelOptions);
-const sessionOptions: ort.InferenceSession.SessionOptions = {
-  executionProviders: ['cpu'],
-  graphOptimizationLevel: 'all',
-  intraOpNumThreads: threads,
-  interOpNumThreads: 1,
-  enableCpuMemArena: true,
-  enableMemPattern: true,
-};
-const optimum = await ort.InferenceSession.create(built.onnx, sessionOptions);
-const io: DecoderIo = detectDecoderIo(optimum.inputMetadata as readonly ValueInfo[], optimum.outputMetadata as readonly ValueInfo[], {});
-const rewritten = addNewRowOutputs(built.onnx, io.names);
-if (!rewritten.ok) throw new Error(`not rewritable: ${rewritten.reason}`);
-const rewrite = rewritten;
-const inplace = await ort.InferenceSession.create(rewrite.model, sessionOptions);
+const { modelOptions, io, vocab, exported: optimum, rewritten: inplace, leanFetches, newRows } = await openRewrittenPair(4096, threads);
 const { names, kv } = io;
-const vocab = built.options.vocabSize;
-const leanFetches = [names.logits, ...rewrite.newKeys, ...rewrite.newValues];
-
-/** Seeded N(0,1)-ish values (sum of uniforms), cheap enough for 200 MB of synthetic KV. */
-function syntheticKv(length: number, seed: number): Float32Array {
-  const out = new Float32Array(length);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    const a = (s >>> 0) / 2 ** 32;
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = (a + (s >>> 0) / 2 ** 32 - 1) * 2.45;
-  }
-  return out;
-}
 
 function greedy(logits: Float32Array, rows: number): number[] {
   return Array.from({ length: rows }, (_, r) => argmax(logits.subarray(r * vocab, (r + 1) * vocab), vocab));
@@ -152,8 +116,8 @@ async function measure(rows: number, context: number): Promise<Cell> {
     const outB = await inplace.run(feedsB, leanFetches);
     for (let layer = 0; layer < numLayers; layer++) {
       for (const [pastName, rowsName] of [
-        [names.pastKeys[layer], rewrite.newKeys[layer]],
-        [names.pastValues[layer], rewrite.newValues[layer]],
+        [names.pastKeys[layer], newRows.keys[layer]],
+        [names.pastValues[layer], newRows.values[layer]],
       ] as const) {
         const buffer = buffers.get(pastName)!;
         const newRows = outB[rowsName].data as Float32Array; // [rows, heads, 1, hd]

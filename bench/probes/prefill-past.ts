@@ -17,10 +17,8 @@
  */
 import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
-import { addNewRowOutputs, detectDecoderIo, type DecoderIo } from '../../src/model/index.ts';
-import type { ValueInfo } from '../../src/model/layout.ts';
-import { buildModelBytes } from '../../tools/model-builder/index.ts';
 import { median, table, writeResult } from '../common.ts';
+import { openRewrittenPair, syntheticKv } from './rewritten-pair.ts';
 
 const { values } = parseArgs({
   options: { threads: { type: 'string', default: '2' }, block: { type: 'string', default: '256' }, growth: { type: 'string', default: 'block' }, repeats: { type: 'string', default: '5' } },
@@ -34,42 +32,8 @@ const PASTS = [0, 1024, 2048, 4096];
 const CHUNKS = [16, 64, 256];
 const WARMUP = 1;
 
-const modelOptions = { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, intermediateSize: 688, vocabSize: 4096, maxPositions: 8192 } as const;
-const built = buildModelBytes(modelOptions);
-const sessionOptions: ort.InferenceSession.SessionOptions = {
-  executionProviders: ['cpu'],
-  graphOptimizationLevel: 'all',
-  intraOpNumThreads: threads,
-  interOpNumThreads: 1,
-  enableCpuMemArena: true,
-  enableMemPattern: true,
-};
-const concatSession = await ort.InferenceSession.create(built.onnx, sessionOptions);
-const io: DecoderIo = detectDecoderIo(concatSession.inputMetadata as readonly ValueInfo[], concatSession.outputMetadata as readonly ValueInfo[], {});
-const rewritten = addNewRowOutputs(built.onnx, io.names);
-if (!rewritten.ok) throw new Error(`not rewritable: ${rewritten.reason}`);
-const rewrite = rewritten;
-const inPlaceSession = await ort.InferenceSession.create(rewrite.model, sessionOptions);
+const { modelOptions, io, vocab, exported: concatSession, rewritten: inPlaceSession, leanFetches, newRows } = await openRewrittenPair(8192, threads);
 const { names, kv } = io;
-const vocab = built.options.vocabSize;
-const leanFetches = [names.logits, ...rewrite.newKeys, ...rewrite.newValues];
-
-/** Seeded values in about [-2.45, 2.45] (sum of two uniforms), cheap enough for the synthetic past. */
-function syntheticKv(length: number, seed: number): Float32Array {
-  const out = new Float32Array(length);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    const a = (s >>> 0) / 2 ** 32;
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = (a + (s >>> 0) / 2 ** 32 - 1) * 2.45;
-  }
-  return out;
-}
 
 /** The engine's rule (src/engine/inplace-kv.ts): whole blocks; or one block doubled until `slots` fit. */
 const capacityFor = (slots: number) => {
@@ -138,8 +102,8 @@ async function measure(past: number, chunk: number): Promise<Cell> {
     // The engine writes the chunk's rows after the valid slots; the next repeat reuses the same past (the mask does not cover them).
     for (let layer = 0; layer < numLayers; layer++) {
       for (const [pastName, rowsName] of [
-        [names.pastKeys[layer], rewrite.newKeys[layer]],
-        [names.pastValues[layer], rewrite.newValues[layer]],
+        [names.pastKeys[layer], newRows.keys[layer]],
+        [names.pastValues[layer], newRows.values[layer]],
       ] as const) {
         const buffer = buffers.get(pastName)!;
         const rows = outB[rowsName].data as Float32Array; // [1, heads, chunk, hd]

@@ -11,23 +11,9 @@ import { InPlaceKv } from '../../src/engine/inplace-kv.ts';
 import { argmax } from '../../src/engine/sampler.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
 import { halfArrayToFloat } from '../../src/lib/float16.ts';
-import { loadModel, type Decoder, type KvData, type KvLayout, type KvTensors, type LoadedModel } from '../../src/model/index.ts';
+import { loadModel, type Decoder, type KvData, type LoadedModel } from '../../src/model/index.ts';
 import { fullRecompute, randomTokens, runFromScratch, testModelDir } from '../support/fixtures.ts';
-
-/** One layer, two heads of size 1: a row's cache is its slots' values per head. */
-const LAYOUT: KvLayout = { numLayers: 1, numKvHeads: 2, headDim: 1, dtype: 'float32', bytesPerToken: 16 };
-
-/** A sequence's own KV: head 0 holds `values`, head 1 their negatives; values are the negatives of keys. */
-function ownKv(values: number[]): KvTensors {
-  const key = Float32Array.from([...values, ...values.map((v) => -v)]);
-  return { batchSize: 1, length: values.length, layers: [{ key, value: key.map((v) => 10 * v) }] };
-}
-
-/** Row `row`, head `head` of the buffer's keys over the whole capacity. */
-function slots(kv: InPlaceKv, row: number, head: number): number[] {
-  const start = (row * 2 + head) * kv.capacity;
-  return Array.from(kv.layers[0].key.subarray(start, start + kv.capacity));
-}
+import { LAYOUT, ownKv, slots } from '../support/inplace-arrays.ts';
 
 describe('in-place KV buffers on plain arrays', () => {
   test('join copies once into the row; the mask covers valid slots and the new token; append writes after them', () => {

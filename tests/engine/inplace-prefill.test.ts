@@ -13,24 +13,10 @@ import type { BuildOptions } from '../../tools/model-builder/index.ts';
 import { InPlaceKv } from '../../src/engine/inplace-kv.ts';
 import { OwnBuffers, settleOwnBuffer, type BufferOwner } from '../../src/engine/own-buffer.ts';
 import { halfArrayToFloat } from '../../src/lib/float16.ts';
-import { emptyKv, type Decoder, type KvData, type KvLayout, type KvTensors } from '../../src/model/index.ts';
+import { emptyKv, type Decoder, type KvData, type KvTensors } from '../../src/model/index.ts';
 import { collect, fullRecompute, makeEngine, randomTokens, request, sampling, testModel } from '../support/fixtures.ts';
+import { LAYOUT, ownKv, slots } from '../support/inplace-arrays.ts';
 import { type TestDecoder, wrapDecoder } from '../support/test-decoder.ts';
-
-/** One layer, two heads of size 1: a row's cache is its slots' values per head. */
-const LAYOUT: KvLayout = { numLayers: 1, numKvHeads: 2, headDim: 1, dtype: 'float32', bytesPerToken: 16 };
-
-/** A sequence's own KV: head 0 holds `values`, head 1 their negatives; values are 10x the keys. */
-function ownKv(values: number[]): KvTensors {
-  const key = Float32Array.from([...values, ...values.map((v) => -v)]);
-  return { batchSize: 1, length: values.length, layers: [{ key, value: key.map((v) => 10 * v) }] };
-}
-
-/** Row `row`, head `head` of the buffer's keys over the whole capacity. */
-function slots(kv: InPlaceKv, row: number, head: number): number[] {
-  const start = (row * 2 + head) * kv.capacity;
-  return Array.from(kv.layers[0].key.subarray(start, start + kv.capacity));
-}
 
 describe('own in-place buffers on plain arrays', () => {
   test('a chunk of several tokens: mask over valid slots and the chunk, new rows written after the valid slots', () => {

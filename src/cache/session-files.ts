@@ -289,7 +289,9 @@ export class SessionFiles {
   /** Removes least recently used files until the folder is under its byte cap; a busy session's file stays. */
   private async trim(): Promise<number> {
     const victims = this.index.overCap(this.options.maxSnapshotBytes ?? 0, (entry) => Boolean(this.store.get(entry.owner, entry.id)?.busy));
-    for (const entry of victims) await this.removeEntry(entry);
+    // Out of the index together, before any unlink is awaited, so the cap holds for every reader meanwhile.
+    for (const entry of victims) this.index.delete(entry.path);
+    await Promise.all(victims.map((entry) => this.removeEntry(entry)));
     return victims.length;
   }
 

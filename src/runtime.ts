@@ -146,6 +146,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
       tiers: () => tiers.counts(),
       int8: () => ({ enabled: int8.enabled, agreement: int8.gate?.agreement ?? null, perplexityDrift: int8.gate?.perplexityDrift ?? null }),
       snapshotFiles: () => tiers.files,
+      snapshotWrites: () => tiers.writeCounts(),
       grammar: () => engine.grammarCounters(),
       prefixCache: () => prefixCache?.counters() ?? null,
     },

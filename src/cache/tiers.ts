@@ -13,7 +13,7 @@ import type { PrefixSnapshots } from './prefix-snapshots.ts';
 import { SessionFiles, toTranscriptOnly } from './session-files.ts';
 import type { Session, Tier } from './session.ts';
 import type { SessionStore } from './session-store.ts';
-import type { SnapshotWriterOptions } from './snapshot-writer.ts';
+import type { SnapshotWriter, SnapshotWriterOptions } from './snapshot-writer.ts';
 
 export interface TierOptions {
   layout: KvLayout;
@@ -192,6 +192,13 @@ export class TierManager {
   /** Writes every session that holds KV in memory (hot or int8) or only a transcript; for shutdown. */
   flushAll(): Promise<{ written: number; failed: number }> {
     return this.disk.flushAll();
+  }
+
+  /** The background writers' backlog and totals: session snapshots (demotions, shutdown) and shared prefix snapshots. */
+  writeCounts(): Array<{ kind: 'session' | 'prefix'; pending: number; written: number; refused: number }> {
+    const writers: Array<{ kind: 'session' | 'prefix'; writer: SnapshotWriter }> = [{ kind: 'session', writer: this.disk.writer }];
+    if (this.options.prefixes) writers.push({ kind: 'prefix', writer: this.options.prefixes.writer });
+    return writers.map(({ kind, writer }) => ({ kind, pending: writer.size, ...writer.counters }));
   }
 
   /** Lets every queued snapshot write land (Runtime.close awaits it). */

@@ -27,6 +27,8 @@ export interface MetricsSources {
   int8?(): { enabled: boolean; agreement: number | null; perplexityDrift: number | null };
   /** Snapshot files and their bytes (the SNAPSHOT_MAX_BYTES cap applies). */
   snapshotFiles?(): { count: number; bytes: number };
+  /** The background snapshot writers (SNAPSHOT_WRITE_QUEUE): writes queued or under way, written, refused for a full queue. */
+  snapshotWrites?(): Array<{ kind: string; pending: number; written: number; refused: number }>;
   /** Constrained decoding's grammar counters (null while no grammar service exists). */
   grammar?(): GrammarCountersSource | null;
   /** The stateless prefix cache's counters (null when PREFIX_CACHE=off). */
@@ -105,6 +107,25 @@ export class Metrics implements EngineObserver {
     if (files) {
       gauge('warmkv_snapshot_files', 'Session snapshot files in SNAPSHOT_DIR.', (g) => g.set(files().count));
       gauge('warmkv_snapshot_bytes', 'Bytes of the session snapshot files (capped by SNAPSHOT_MAX_BYTES).', (g) => g.set(files().bytes));
+    }
+    const writes = sources.snapshotWrites;
+    if (writes) {
+      gauge('warmkv_snapshot_writes_pending', 'Snapshot writes queued or under way in the background writer, per kind (session, prefix).', (g) => {
+        for (const w of writes()) g.set({ kind: w.kind }, w.pending);
+      }, ['kind']);
+      new Counter({
+        name: 'warmkv_snapshot_writes_total',
+        help: 'Background snapshot writes by kind and result: written, or refused because SNAPSHOT_WRITE_QUEUE was full.',
+        labelNames: ['kind', 'result'],
+        registers,
+        collect(this: Counter<string>) {
+          this.reset();
+          for (const w of writes()) {
+            this.inc({ kind: w.kind, result: 'written' }, w.written);
+            this.inc({ kind: w.kind, result: 'refused' }, w.refused);
+          }
+        },
+      });
     }
     if (sources.grammar) registerGrammarMetrics(this.registry, sources.modelId, sources.grammar);
     registerPrefixCacheMetrics(this.registry, () => sources.prefixCache?.() ?? null);

@@ -1,7 +1,7 @@
 /**
  * Three server processes on one real redis-server (SESSION_STORE_URL) and one shared SNAPSHOT_DIR:
- * conversations whose every turn goes to a random replica (native append and OpenAI-style resend; 20 at
- * once, most first visits of a replica starting from a snapshot), a
+ * conversations whose every turn goes to a random replica (native append, OpenAI-style resend and
+ * Responses chains with a branch; 20 at once, most first visits of a replica starting from a snapshot), a
  * turn on a replica that never saw its session starting from another replica's prefix snapshot, races
  * on one session, SIGKILL of a replica mid-turn, and Redis restarted mid-run.
  */
@@ -18,6 +18,17 @@ import { startServerProcess, type ServerProcess } from '../support/server-proces
 const json = { 'Content-Type': 'application/json' };
 const append = (url: string, id: string, prompt: number[], maxTokens = 3) =>
   fetch(`${url}/v1/sessions/${id}/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt, max_tokens: maxTokens, temperature: 0 }) });
+/**
+ * A client that thinks until the replica that answered it has written its snapshots (the background
+ * writer's backlog, from /metrics), so the next turn elsewhere can find them; at most `limitMs`.
+ */
+async function snapshotsLanded(url: string, limitMs = 5000): Promise<void> {
+  for (const started = Date.now(); Date.now() - started < limitMs; await new Promise((resolve) => setTimeout(resolve, 20))) {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    const pending = [...text.matchAll(/^warmkv_snapshot_writes_pending\{[^}]*\} (\d+)$/gm)].reduce((sum, match) => sum + Number(match[1]), 0);
+    if (pending === 0) return;
+  }
+}
 const sessionOf = async (url: string, id: string) => (await fetch(`${url}/v1/sessions/${id}`)).json() as Promise<{ version: number; tokens: number }>;
 
 describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 240_000 }, () => {
@@ -104,22 +115,33 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
     assert.equal(body.choices[0].text, reference.choices[0].text);
   });
 
-  test('20 concurrent conversations, native and resend, each turn on another replica: every turn equals its reference, no 404, and most first visits start from a snapshot', async () => {
+  test('20 concurrent conversations, native, resend and Responses chains, each turn on another replica: every turn equals its reference, no 404, and most first visits start from a snapshot', async () => {
     const rng = new Rng(2020);
     type Completion = { session_id?: string; choices: Array<{ text: string }>; usage: { prompt_tokens_details?: { cached_tokens: number } } };
+    type Response = { id: string; output: Array<{ content?: Array<{ text: string }> }>; usage: { input_tokens_details: { cached_tokens: number } } };
     const cachedOf = (body: Completion) => body.usage.prompt_tokens_details?.cached_tokens ?? 0;
     const complete = (url: string, prompt: string, sessionId?: string) =>
       fetch(`${url}/v1/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt, max_tokens: 3, temperature: 0, ...(sessionId ? { session_id: sessionId } : {}) }) });
+    const respond = async (url: string, input: string, previous: string | undefined, where: string): Promise<Response> => {
+      const res = await fetch(`${url}/v1/responses`, {
+        method: 'POST',
+        headers: json,
+        body: JSON.stringify({ input, max_output_tokens: 3, temperature: 0, ...(previous ? { previous_response_id: previous } : {}) }),
+      });
+      assert.equal(res.status, 200, `${where}: ${await res.clone().text()}`);
+      return (await res.json()) as Response;
+    };
+    const textOf = (response: Response) => response.output.map((item) => item.content?.map((part) => part.text).join('') ?? '').join('');
     const words = ['the', 'king', 'castle', 'river', 'walked', 'slowly', 'towards', 'a', 'bright', 'morning', 'stone', 'bridge'];
     const phrase = (seed: number, count: number) => Array.from({ length: count }, (_, i) => words[(seed * 7 + i * 5 + (i >> 2)) % words.length]).join(' ');
-    /** Per turn on a replica that had never served the conversation: the tokens it did not have to prefill. */
-    const firstVisits: number[] = [];
+    /** Per kind of conversation, per turn on a replica that had never served it: the tokens it did not have to prefill. */
+    const firstVisits: Record<'native' | 'resend' | 'responses', number[]> = { native: [], resend: [], responses: [] };
     await Promise.all(Array.from({ length: 20 }, async (_, c) => {
       // Turns 0-2 visit the three replicas in a random order (so turns 1 and 2 land where the
       // conversation has never been); turn 3 goes to any replica but the one before.
       const order = [0, 1, 2].sort(() => rng.next() - 0.5);
       const replicaOf = (turn: number) => (turn < 3 ? order[turn] : (order[2] + 1 + Math.floor(rng.next() * 2)) % 3);
-      if (c % 2 === 0) {
+      if (c % 3 === 0) {
         const [id, baseline] = [`many-${c}`, `many-base-${c}`];
         for (const [name, url] of [[id, urls[order[0]]], [baseline, urls[order[0]]]]) {
           assert.equal((await fetch(`${url}/v1/sessions`, { method: 'POST', headers: json, body: JSON.stringify({ session_id: name }) })).status, 201);
@@ -131,9 +153,30 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
           const res = await append(urls[replica], id, prompt);
           assert.equal(res.status, 200, `conversation ${c} turn ${turn} on replica ${replica}: ${await res.clone().text()}`);
           const body = (await res.json()) as Completion;
-          if (turn === 1 || turn === 2) firstVisits.push(cachedOf(body));
+          if (turn === 1 || turn === 2) firstVisits.native.push(cachedOf(body));
           const reference = (await (await append(urls[order[0]], baseline, prompt)).json()) as Completion;
           assert.equal(body.choices[0].text, reference.choices[0].text, `conversation ${c} turn ${turn}`);
+          await snapshotsLanded(urls[replica]);
+        }
+        return;
+      }
+      if (c % 3 === 2) {
+        // A Responses chain (previous_response_id), its reference the same chain on one replica; turn 3
+        // branches from turn 1's response, which is no longer the head of its session.
+        const ids: string[] = [];
+        const referenceIds: string[] = [];
+        for (let turn = 0; turn < 4; turn++) {
+          const input = phrase(c + turn, turn === 0 ? 60 : 4);
+          const parentTurn = turn === 3 ? 1 : turn - 1;
+          const replica = replicaOf(turn);
+          const where = `chain ${c} turn ${turn} on replica ${replica}`;
+          const response = await respond(urls[replica], input, ids[parentTurn], where);
+          if (turn === 1 || turn === 2) firstVisits.responses.push(response.usage.input_tokens_details.cached_tokens);
+          const reference = await respond(urls[order[0]], input, referenceIds[parentTurn], `${where}, reference`);
+          assert.equal(textOf(response), textOf(reference), where);
+          ids.push(response.id);
+          referenceIds.push(reference.id);
+          await snapshotsLanded(urls[replica]);
         }
         return;
       }
@@ -146,17 +189,42 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
         assert.equal(res.status, 200, `conversation ${c} turn ${turn} on replica ${replica}: ${await res.clone().text()}`);
         const body = (await res.json()) as Completion;
         assert.equal(body.session_id, id);
-        if (turn === 1 || turn === 2) firstVisits.push(cachedOf(body));
+        if (turn === 1 || turn === 2) firstVisits.resend.push(cachedOf(body));
         const oneShot = (await (await complete(urls[(replica + 1) % 3], transcript)).json()) as Completion;
         assert.equal(body.choices[0].text, oneShot.choices[0].text, `conversation ${c} turn ${turn}`);
         transcript += body.choices[0].text;
+        await snapshotsLanded(urls[replica]);
       }
     }));
-    assert.equal(firstVisits.length, 40);
-    // A snapshot is written after its turn commits, in the background: a next turn that arrives first
-    // prefills from the transcript (slower, as correct). Most must find it.
-    const fromSnapshot = firstVisits.filter((cached) => cached >= 64).length;
-    assert.ok(fromSnapshot > firstVisits.length / 2, `${fromSnapshot} of ${firstVisits.length} first visits started from a snapshot (cached tokens: ${firstVisits.join(',')})`);
+    assert.deepEqual(Object.values(firstVisits).map((visits) => visits.length), [14, 14, 12]);
+    // A snapshot is written after its turn commits, in the background: a next turn that arrives before it
+    // (or one whose write a full SNAPSHOT_WRITE_QUEUE refused) prefills from the transcript, slower and as
+    // correct. The clients above think until the writes landed, so most must find it, in every kind.
+    for (const [kind, visits] of Object.entries(firstVisits)) {
+      const fromSnapshot = visits.filter((cached) => cached >= 64).length;
+      assert.ok(fromSnapshot > visits.length / 2, `${kind}: ${fromSnapshot} of ${visits.length} first visits started from a snapshot (cached tokens: ${visits.join(',')})`);
+    }
+  });
+
+  test('two children of one response at once on two replicas: both answer, each equal to the same child on one replica', async () => {
+    type Response = { id: string; output: Array<{ content?: Array<{ text: string }> }> };
+    const respond = async (url: string, input: string, previous?: string) => {
+      const res = await fetch(`${url}/v1/responses`, { method: 'POST', headers: json, body: JSON.stringify({ input, max_output_tokens: 4, temperature: 0, ...(previous ? { previous_response_id: previous } : {}) }) });
+      assert.equal(res.status, 200, await res.clone().text());
+      const body = (await res.json()) as Response;
+      return { id: body.id, text: body.output.map((item) => item.content?.map((part) => part.text).join('') ?? '').join('') };
+    };
+    const opening = 'the king walked towards the castle on a bright morning and the river ran slowly under the stone bridge';
+    const parent = await respond(urls[0], opening);
+    // Both may see the parent as its session's head: one takes the session over, the other finds it
+    // leased (or already moved on) and branches, seeded from the shared prefix snapshot.
+    const [left, right] = await Promise.all([respond(urls[1], 'and then the king said', parent.id), respond(urls[2], 'a bright morning came', parent.id)]);
+    const reference = await respond(urls[0], opening);
+    assert.equal(reference.text, parent.text);
+    assert.equal((await respond(urls[0], 'and then the king said', reference.id)).text, left.text);
+    assert.equal((await respond(urls[0], 'a bright morning came', reference.id)).text, right.text);
+    // Each child's chain goes on from either replica.
+    assert.equal((await respond(urls[2], 'slowly', left.id)).text, (await respond(urls[1], 'slowly', left.id)).text);
   });
 
   test('two replicas racing on one session: one commits, the other gets 409 session_busy; history stays linear', async () => {

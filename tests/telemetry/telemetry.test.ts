@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { describe, test } from 'node:test';
 import { propagation } from '@opentelemetry/api';
@@ -157,5 +160,33 @@ describe('metrics', () => {
     assert.ok(utilization > 0 && utilization < 1);
     assert.equal(after.get('warmkv_queue_size'), 0);
     assert.ok((after.get('warmkv_decode_step_seconds_count{gen_ai_request_model="tiny"}') ?? 0) >= 8);
+  });
+
+  test('the background snapshot writer: its backlog while a demotion is written, then the write counted', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const fixture = await makeEngine({ tiers: { snapshotDir: mkdtempSync(join(tmpdir(), 'warmkv-metrics-')), int8: false, writer: { beforeChunk: () => held } } });
+    const tiers = fixture.tiers!;
+    const metrics = new Metrics(
+      {
+        modelId: 'tiny',
+        engineStats: () => fixture.engine.stats(),
+        budget: () => ({ capacityBytes: fixture.store.budget.capacityBytes, reservedBytes: fixture.store.budget.reservedBytes }),
+        tiers: () => tiers.counts(),
+        snapshotWrites: () => tiers.writeCounts(),
+      },
+      { processMetrics: false },
+    );
+    await collect(fixture.engine.submit(request(randomTokens(12, 3), { sessionId: 'w', maxTokens: 2 })));
+    fixture.store.demoteOne();
+    const writing = parsePrometheus((await metrics.render()).body);
+    assert.equal(writing.get('warmkv_snapshot_writes_pending{kind="session"}'), 1);
+    assert.equal(writing.get('warmkv_snapshot_writes_total{kind="session",result="written"}'), 0);
+    release();
+    await tiers.flush();
+    const written = parsePrometheus((await metrics.render()).body);
+    assert.equal(written.get('warmkv_snapshot_writes_pending{kind="session"}'), 0);
+    assert.equal(written.get('warmkv_snapshot_writes_total{kind="session",result="written"}'), 1);
+    assert.equal(written.get('warmkv_snapshot_writes_total{kind="session",result="refused"}'), 0);
   });
 });

@@ -21,6 +21,7 @@ import type { Serving } from '../../serving.ts';
 import { readJsonBody } from '../body.ts';
 import { generationContext, ownerOf, servingFor, type AppEnv, type Ctx, type ServerDeps } from '../context.ts';
 import { ApiError } from '../errors.ts';
+import { storeCall } from '../shared-turns.ts';
 import { parseResponseBody, responseFormatOf } from '../responses-body.ts';
 import { callIdsOf, callerTranscript, inputItemsOf, storedItem } from '../responses-items.ts';
 import { responseObject, runResponse, whenFinished } from '../responses-run.ts';
@@ -106,9 +107,14 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
     // The session: the parent's when this is a child of its head, else a new one (a branch or a new chain).
     let sessionId: string | undefined = store ? id : undefined;
     let branchFrom: Session | undefined;
+    // In a fleet the parent may have run on another replica: its session's committed transcript decides.
+    let takeOver = false;
     if (parent) {
       const parentSession = await parts.store.find(owner, parent.sessionId);
-      if ((responses.isHead(parent) || holds(parentSession, parent)) && !parentSession?.busy) sessionId = parent.sessionId;
+      takeOver = parts.shared?.shared
+        ? parent.sessionId !== '' && holdsTokens((await storeCall(() => parts.shared!.load(owner, parent!.sessionId)))?.tokens, parent)
+        : responses.isHead(parent) || holds(parentSession, parent);
+      if (takeOver && !parentSession?.busy) sessionId = parent.sessionId;
       else if (store) branchFrom = parentSession;
     }
     const translator = new Translator(config, parts);
@@ -143,18 +149,24 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
     try {
       admitted = await deps.admission.admit(parts, owner, sessionId);
     } catch (error) {
-      // A temporary session over the key's session limit: run the request without a cache instead.
-      if (!temporary || !(error instanceof ApiError)) throw error;
-      temporary = false;
-      branchFrom = undefined;
-      sessionId = undefined;
+      if (!(error instanceof ApiError)) throw error;
+      if (takeOver && sessionId === parent?.sessionId && error.kind === 'session_busy') {
+        // Another replica runs a child of the same parent on its session right now: this one branches.
+        sessionId = store ? id : undefined;
+      } else if (temporary) {
+        // A temporary session over the key's session limit: run the request without a cache instead.
+        temporary = false;
+        branchFrom = undefined;
+        sessionId = undefined;
+      } else throw error;
       job = { ...job, request: { ...job.request, sessionId } };
       admitted = await deps.admission.admit(parts, owner, sessionId);
     }
     let forked: Session | undefined;
-    if (branchFrom && admitted.created && sessionId !== undefined) {
+    if (admitted.created && sessionId !== undefined) {
       const target = parts.store.get(owner, sessionId);
-      if (target && forkPrefix(parts.store, parts.engine.layout, branchFrom, target, job.request.input)) forked = target;
+      if (target && branchFrom && forkPrefix(parts.store, parts.engine.layout, branchFrom, target, job.request.input)) forked = target;
+      else if (target && parent && parts.shared?.shared) seedFromSharedPrefix(target, parent);
     }
     const sampling = job.request.sampling;
     const record: StoredResponse = {
@@ -252,10 +264,27 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
  * end-of-sequence token): how a chain finds its head again after a restart, from the session's tokens.
  */
 function holds(session: Session | undefined, record: StoredResponse): boolean {
+  return holdsTokens(session?.tokens, record);
+}
+
+/** `holds` for a transcript: the session's own tokens, or its committed ones in the shared store. */
+function holdsTokens(sessionTokens: readonly number[] | undefined, record: StoredResponse): boolean {
   const tokens = record.transcript?.tokens;
-  if (!session || !tokens || session.tokens.length < tokens.length || session.tokens.length > tokens.length + 1) return false;
-  for (let i = 0; i < tokens.length; i++) if (session.tokens[i] !== tokens[i]) return false;
+  if (!sessionTokens || !tokens || sessionTokens.length < tokens.length || sessionTokens.length > tokens.length + 1) return false;
+  for (let i = 0; i < tokens.length; i++) if (sessionTokens[i] !== tokens[i]) return false;
   return true;
+}
+
+/**
+ * A branch in a fleet whose parent's KV is not on this replica: the new session starts as the parent's
+ * transcript with no KV (what an evicted session is), marked to look for the longest prefix snapshot
+ * another replica left on shared storage; the request's prompt then replaces it, reusing what matches.
+ */
+function seedFromSharedPrefix(target: Session, parent: StoredResponse): void {
+  const tokens = parent.transcript?.tokens;
+  if (!tokens || target.tokens.length > 0) return;
+  target.tokens = tokens.slice();
+  target.prefixLookup = true;
 }
 
 /**

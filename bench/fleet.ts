@@ -8,9 +8,12 @@
  *   content-addressed prefix snapshot the owner left in SNAPSHOT_DIR, and prefills the rest),
  * - as a cold one-shot prefill of the whole transcript under another key,
  *
- * and Redis's share of the warm turn's TTFT: the time spent in session-store calls (lease, load,
- * commit, release), measured around each call (which includes waiting for a busy event loop), and the
- * same calls on an idle loop (Redis's own round trips).
+ * and Redis's share of the warm turn's TTFT: the time spent in the session-store calls a turn awaits
+ * before its first token (lease, load), measured around each call (which includes waiting for a busy
+ * event loop), besides those after its last (commit, release) and the same calls on an idle loop
+ * (Redis's own round trips). The owner's warm turn comes after its background snapshot writes landed,
+ * as a client that read the reply first sees it; a turn sent the moment the previous one committed is
+ * timed too (the writes then share its event loop).
  *
  *   npm run bench -- fleet [--model DIR] [--threads N] [--sizes 512,2048] [--repeats 5]
  *
@@ -42,29 +45,34 @@ const FOLLOW_UP_TOKENS = 8;
 const FLEET_KEY = 'bench-fleet-key-0000';
 const COLD_KEY = 'bench-cold-key-00000';
 
-/** A store that adds up the time its calls take: Redis's part of a turn. */
-function timed(inner: SharedSessions): { store: SharedSessions; spentMs: () => number; reset: () => void } {
-  let spent = 0;
-  const wrap = <A extends unknown[], R>(call: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
+/**
+ * A store that adds up the time its calls take: Redis's part of a turn, split into the calls a turn
+ * awaits before its first token (lease, load) and those after its last (commit, release).
+ */
+function timed(inner: SharedSessions): { store: SharedSessions; spentMs: () => { beforeFirstToken: number; afterLast: number }; reset: () => void } {
+  let beforeFirstToken = 0;
+  let afterLast = 0;
+  const wrap = <A extends unknown[], R>(phase: 'before' | 'after', call: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
     const started = performance.now();
     try {
       return await call(...args);
     } finally {
-      spent += performance.now() - started;
+      if (phase === 'before') beforeFirstToken += performance.now() - started;
+      else afterLast += performance.now() - started;
     }
   };
   const store: SharedSessions = {
     shared: inner.shared,
     connect: () => inner.connect(),
-    load: wrap((owner, id) => inner.load(owner, id)),
-    acquire: wrap((owner, id) => inner.acquire(owner, id)),
-    commit: wrap((lease, expected, record) => inner.commit(lease, expected, record)),
-    createIfAbsent: wrap((record) => inner.createIfAbsent(record)),
-    release: wrap((lease) => inner.release(lease)),
-    delete: wrap((owner, id) => inner.delete(owner, id)),
+    load: wrap('before', (owner, id) => inner.load(owner, id)),
+    acquire: wrap('before', (owner, id) => inner.acquire(owner, id)),
+    commit: wrap('after', (lease, expected, record) => inner.commit(lease, expected, record)),
+    createIfAbsent: wrap('before', (record) => inner.createIfAbsent(record)),
+    release: wrap('after', (lease) => inner.release(lease)),
+    delete: wrap('after', (owner, id) => inner.delete(owner, id)),
     close: () => inner.close(),
   };
-  return { store, spentMs: () => spent, reset: () => (spent = 0) };
+  return { store, spentMs: () => ({ beforeFirstToken, afterLast }), reset: () => (beforeFirstToken = afterLast = 0) };
 }
 
 function tokens(count: number, seed: number, vocab: number): number[] {
@@ -108,29 +116,47 @@ async function main(): Promise<void> {
   const vocab = model.vocabSize;
   const rows: Array<Record<string, number>> = [];
   for (const size of sizes) {
-    const samples = { warm: [] as number[], nonOwner: [] as number[], cold: [] as number[], redis: [] as number[], nonOwnerCached: [] as number[], warmCached: [] as number[] };
+    const samples = {
+      immediate: [] as number[],
+      warm: [] as number[],
+      nonOwner: [] as number[],
+      cold: [] as number[],
+      redisBefore: [] as number[],
+      redisAfter: [] as number[],
+      redisBeforeImmediate: [] as number[],
+      nonOwnerCached: [] as number[],
+      warmCached: [] as number[],
+    };
     for (let r = -1; r < repeats; r++) {
       const id = `fleet-${size}-${r + 1}`;
       const history = tokens(size, size * 100 + r + 2, vocab);
       await post(owner.app, '/v1/sessions', { session_id: id });
       await post(owner.app, `/v1/sessions/${id}/completions`, { prompt: history, max_tokens: 1, temperature: 0 });
+      // A follow-up the moment the prefill committed: its prefix snapshot is still being written on this loop.
+      owner.shared.reset();
+      const immediate = await post(owner.app, `/v1/sessions/${id}/completions`, { prompt: tokens(FOLLOW_UP_TOKENS, size + r + 5, vocab), max_tokens: 1, temperature: 0 });
+      const redisImmediate = owner.shared.spentMs();
+      // Then a client that read the reply first: the owner's background writes have landed (untimed).
+      await owner.parts.tiers.flush();
       const followUp = tokens(FOLLOW_UP_TOKENS, size + r + 3, vocab);
       owner.shared.reset();
       const warm = await post(owner.app, `/v1/sessions/${id}/completions`, { prompt: followUp, max_tokens: 1, temperature: 0 });
       const redisMs = owner.shared.spentMs();
-      // The owner's prefix snapshots are written in the background after each commit: let them land (untimed).
       await owner.parts.tiers.flush();
       const second = tokens(FOLLOW_UP_TOKENS, size + r + 4, vocab);
       const nonOwner = await post(other.app, `/v1/sessions/${id}/completions`, { prompt: second, max_tokens: 1, temperature: 0 });
       // The committed transcript in one stateless call under another key: nothing cached anywhere.
       const record = await other.shared.store.load(fleetOwner, id);
-      if (!record || record.tokens.length !== size + 2 * FOLLOW_UP_TOKENS + 3) throw new Error(`session ${id} holds ${record?.tokens.length} tokens`);
+      if (!record || record.tokens.length !== size + 3 * FOLLOW_UP_TOKENS + 4) throw new Error(`session ${id} holds ${record?.tokens.length} tokens`);
       const cold = await post(owner.app, '/v1/completions', { prompt: record.tokens.slice(0, -1), max_tokens: 1, temperature: 0 }, COLD_KEY);
       if (cold.cached !== 0) throw new Error('the cold call found a cache');
       if (r < 0) continue; // the first round warms the code paths
+      samples.immediate.push(immediate.ms);
+      samples.redisBeforeImmediate.push(redisImmediate.beforeFirstToken);
       samples.warm.push(warm.ms);
       samples.warmCached.push(warm.cached);
-      samples.redis.push(redisMs);
+      samples.redisBefore.push(redisMs.beforeFirstToken);
+      samples.redisAfter.push(redisMs.afterLast);
       samples.nonOwner.push(nonOwner.ms);
       samples.nonOwnerCached.push(nonOwner.cached);
       samples.cold.push(cold.ms);
@@ -139,12 +165,15 @@ async function main(): Promise<void> {
       cachedTokens: size,
       warmOwnerMs: median(samples.warm),
       warmCachedTokens: median(samples.warmCached),
+      immediateOwnerMs: median(samples.immediate),
       nonOwnerMs: median(samples.nonOwner),
       nonOwnerCachedTokens: median(samples.nonOwnerCached),
       coldMs: median(samples.cold),
       nonOwnerOverCold: median(samples.nonOwner) / median(samples.cold),
-      redisMsPerWarmTurn: median(samples.redis),
-      redisShareOfWarm: median(samples.redis) / median(samples.warm),
+      redisBeforeFirstTokenMs: median(samples.redisBefore),
+      redisAfterLastTokenMs: median(samples.redisAfter),
+      redisBeforeFirstTokenImmediateMs: median(samples.redisBeforeImmediate),
+      redisShareOfWarm: median(samples.redisBefore) / median(samples.warm),
     });
   }
   // The same calls with nothing else on the event loop: Redis's own round trips, without the wait for a busy loop.
@@ -155,7 +184,8 @@ async function main(): Promise<void> {
     const lease = await owner.shared.store.acquire(fleetOwner, probeId);
     await owner.shared.store.load(fleetOwner, probeId);
     if (lease) await owner.shared.store.release(lease);
-    idle.push(owner.shared.spentMs());
+    const spent = owner.shared.spentMs();
+    idle.push(spent.beforeFirstToken + spent.afterLast);
   }
   const idleLoopMs = median(idle);
   for (const replica of replicas) {
@@ -167,8 +197,18 @@ async function main(): Promise<void> {
   const round = (x: number, digits = 1) => Number(x.toFixed(digits));
   console.log(
     table(
-      ['cached tokens', 'warm owner TTFT ms', 'non-owner TTFT ms (cached)', 'cold TTFT ms', 'non-owner / cold', 'Redis ms per warm turn', 'Redis share of warm'],
-      rows.map((row) => [row.cachedTokens, round(row.warmOwnerMs), `${round(row.nonOwnerMs)} (${row.nonOwnerCachedTokens})`, round(row.coldMs), round(row.nonOwnerOverCold, 2), round(row.redisMsPerWarmTurn, 2), round(row.redisShareOfWarm, 3)]),
+      ['cached tokens', 'warm owner ms', 'non-owner ms (cached)', 'cold ms', 'non-owner / cold', 'Redis before 1st token ms', 'its share of warm', 'Redis after last ms', 'owner right after a commit ms (Redis before)'],
+      rows.map((row) => [
+        row.cachedTokens,
+        round(row.warmOwnerMs),
+        `${round(row.nonOwnerMs)} (${row.nonOwnerCachedTokens})`,
+        round(row.coldMs),
+        round(row.nonOwnerOverCold, 2),
+        round(row.redisBeforeFirstTokenMs, 2),
+        round(row.redisShareOfWarm, 3),
+        round(row.redisAfterLastTokenMs, 2),
+        `${round(row.immediateOwnerMs)} (${round(row.redisBeforeFirstTokenImmediateMs, 2)})`,
+      ]),
     ),
   );
   const file = writeResult('fleet', { model: source, threads, repeats, followUpTokens: FOLLOW_UP_TOKENS, rows, idleLoopStoreMs: idleLoopMs });

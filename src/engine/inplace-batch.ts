@@ -82,11 +82,14 @@ export class InPlaceBatch<T extends InPlaceMember> {
     return rebuilt;
   }
 
-  /** Copies `sequence`'s KV out of the batch into its own tensors and frees its row. */
+  /**
+   * Copies `sequence`'s KV out of the batch into its own tensors and frees its row; none when the
+   * buffers were lost with a decoder thread (the session is then recomputed from its transcript).
+   */
   leave(sequence: T): void {
     const current = this.current;
     if (!current || sequence.batchRow < 0) return;
-    sequence.kv = current.kv.extract(sequence.batchRow);
+    sequence.kv = current.kv.takeOut(sequence.batchRow);
     current.rows[sequence.batchRow] = null;
     sequence.batchRow = -1;
     if (current.rows.every((r) => r === null)) this.current = null;

@@ -12,7 +12,7 @@
  * few milliseconds. A row joins by one copy of its own cache and leaves by one copy out (`extract`).
  * Works on plain arrays, unit-tested in tests/engine/inplace-kv.test.ts and inplace-prefill.test.ts.
  */
-import { allocateKvData, type KvData, type KvLayout, type KvTensors } from '../model/types.ts';
+import { allocateKvData, kvIntact, type KvData, type KvLayout, type KvTensors } from '../model/types.ts';
 
 export class InPlaceKv {
   /** Slots per row in the buffers: a multiple of the block, or `maxCapacity`. */
@@ -75,6 +75,22 @@ export class InPlaceKv {
     }
     this.lengths[row] = length;
     this.live[row] = true;
+  }
+
+  /**
+   * Whether the buffers still hold their bytes: a step lends them to the decoder (`lendPast`), and a
+   * decoder thread that died mid-step takes them with it.
+   */
+  get intact(): boolean {
+    return kvIntact(this.layout, this.past);
+  }
+
+  /** Row `row`'s cache as `extract` gives it, or null (and the row freed) when the buffers were lost. */
+  takeOut(row: number): KvTensors | null {
+    if (this.intact) return this.extract(row);
+    this.lengths[row] = 0;
+    this.live[row] = false;
+    return null;
   }
 
   /** Row `row`'s cache as its own tensors `// [1, numKvHeads, length, headDim]`, and the row freed. */

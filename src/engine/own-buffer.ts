@@ -51,7 +51,7 @@ export class OwnBuffers {
 /** Gives the owner its tight cache back out of its buffer (no-op without one), for the window and commit code. */
 export function settleOwnBuffer(owner: Partial<BufferOwner> & Pick<BufferOwner, 'kv'>): void {
   if (!owner.buffer) return;
-  owner.kv = owner.buffer.extract(0);
+  owner.kv = owner.buffer.takeOut(0);
   owner.buffer = null;
 }
 

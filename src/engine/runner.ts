@@ -107,6 +107,7 @@ export class Runner {
   /**
    * One decode step of every row of an in-place batch: the buffers are the past (unused capacity
    * masked out), only logits and the new rows are fetched, and those are written into the buffers.
+   * The buffers are the batch's alone, so they are lent to the call (a decoder thread moves them).
    */
   async decodeInPlace(batch: InPlaceRows<Sequence>): Promise<StepResult> {
     const { rows: slots, kv } = batch;
@@ -121,7 +122,7 @@ export class Runner {
       positionIds[r] = BigInt(sequence.cacheLength);
     }
     const attentionMask = kv.attentionMask(); // [batch, capacity + 1]
-    const call = await this.timed(() => this.decoder.run({ batchSize, seqLength: 1, inputIds, attentionMask, positionIds, past: kv.past, fetch: 'new-rows' }));
+    const call = await this.timed(() => this.decoder.run({ batchSize, seqLength: 1, inputIds, attentionMask, positionIds, past: kv.past, fetch: 'new-rows', lendPast: true }));
     if (!call.ok) return call;
     const { output, startMs, durationMs } = call;
     kv.append(output.present);
@@ -199,7 +200,7 @@ export class Runner {
       positionIds[i] = BigInt(sequence.cacheLength + i);
     }
     const attentionMask = buffer.attentionMask(count); // [1, capacity + count]
-    const call = await this.timed(() => this.decoder.run({ batchSize: 1, seqLength: count, inputIds, attentionMask, positionIds, past: buffer.past, fetch: 'new-rows' }));
+    const call = await this.timed(() => this.decoder.run({ batchSize: 1, seqLength: count, inputIds, attentionMask, positionIds, past: buffer.past, fetch: 'new-rows', lendPast: true }));
     if (!call.ok) return call;
     buffer.append(call.output.present);
     sequence.cacheLength += count;

@@ -36,11 +36,14 @@ port.on('message', async (message: ToWorker) => {
     port.postMessage({ kind: 'disposed' } satisfies FromWorker);
     return;
   }
+  // A lent past goes back with the result or the failure, moved as it came.
+  const past = message.lent ? message.step.past.layers : undefined;
+  const back = past ? past.flatMap(({ key, value }) => [key.buffer as ArrayBuffer, value.buffer as ArrayBuffer]) : [];
   try {
     const output = await decoder.run(message.step, { quiet: message.quiet });
     // The outputs are this thread's own copies: moved, not copied, to the main thread.
-    port.postMessage({ kind: 'result', id: message.id, output } satisfies FromWorker, outputTransfers(output));
+    port.postMessage({ kind: 'result', id: message.id, output, past } satisfies FromWorker, [...outputTransfers(output), ...back]);
   } catch (error) {
-    port.postMessage({ kind: 'failed', id: message.id, name: (error as Error).name, message: (error as Error).message } satisfies FromWorker);
+    port.postMessage({ kind: 'failed', id: message.id, name: (error as Error).name, message: (error as Error).message, past } satisfies FromWorker, back);
   }
 });

@@ -91,6 +91,13 @@ export interface DecoderStep {
    * slots and the past's bytes are never copied out of the runtime.
    */
   fetch?: 'present' | 'new-rows';
+  /**
+   * The past's buffers belong to this call alone (the engine's in-place buffers, nothing else holds a
+   * view of them), so a decoder on another thread may move them there and back instead of copying them.
+   * `past.layers[i].key` / `.value` then hold the same bytes in new views once the call settles; views
+   * of length 0 afterwards mean the bytes were lost with the thread (see `kvIntact`).
+   */
+  lendPast?: boolean;
 }
 
 export interface DecoderOutput {
@@ -98,6 +105,12 @@ export interface DecoderOutput {
   logits: KvData;
   vocabSize: number;
   present: KvTensors;
+}
+
+/** Whether every layer of `kv` still has its bytes (a past lent to a decoder thread that died has none). */
+export function kvIntact(layout: KvLayout, kv: KvTensors): boolean {
+  const elements = kvElementCount(layout, kv.batchSize, kv.length);
+  return kv.layers.every(({ key, value }) => key.length === elements && value.length === elements);
 }
 
 export function kvElementCount(layout: KvLayout, batchSize: number, length: number): number {

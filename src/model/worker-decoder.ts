@@ -10,7 +10,7 @@ import * as ort from 'onnxruntime-node';
 import type { Logger } from '../lib/logger.ts';
 import type { ConfigHints } from './layout.ts';
 import { ExecutionProviderError, type DecoderOptions } from './onnx-decoder.ts';
-import { stepForPosting, type FromWorker, type ToWorker, type WorkerLoad } from './worker-protocol.ts';
+import { lentTransfers, stepForPosting, type FromWorker, type LentLayers, type ToWorker, type WorkerLoad } from './worker-protocol.ts';
 import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, RunOptions } from './types.ts';
 
 const RUNNING_TYPESCRIPT = import.meta.url.endsWith('.ts');
@@ -30,6 +30,8 @@ function startWorker(workerData: WorkerLoad): Worker {
 interface Pending {
   resolve: (output: DecoderOutput) => void;
   reject: (error: Error) => void;
+  /** The engine's layer objects of a lent past: they get the moved-back views. */
+  lent: LentLayers | null;
 }
 
 export class WorkerDecoder implements Decoder {
@@ -84,16 +86,18 @@ export class WorkerDecoder implements Decoder {
 
   run(step: DecoderStep, options: RunOptions = {}): Promise<DecoderOutput> {
     if (this.exited) return Promise.reject(this.exited);
+    // A lent past moves to the thread and back (no copy either way); the engine does not touch it meanwhile.
+    const transfers = step.lendPast ? lentTransfers(step.past.layers) : null;
     let posted: DecoderStep;
     try {
-      posted = stepForPosting(step);
+      posted = stepForPosting(step, transfers !== null);
     } catch (error) {
       return Promise.reject(error);
     }
     const id = this.nextId++;
     return new Promise<DecoderOutput>((resolve, reject) => {
-      this.pendingById.set(id, { resolve, reject });
-      this.worker.postMessage({ kind: 'run', id, step: posted, quiet: options.quiet === true } satisfies ToWorker);
+      this.pendingById.set(id, { resolve, reject, lent: transfers ? step.past.layers : null });
+      this.worker.postMessage({ kind: 'run', id, step: posted, quiet: options.quiet === true, lent: transfers !== null } satisfies ToWorker, transfers ?? []);
     });
   }
 
@@ -124,6 +128,12 @@ export class WorkerDecoder implements Decoder {
     const pending = this.pendingById.get(message.id);
     if (!pending) return;
     this.pendingById.delete(message.id);
+    if (pending.lent && message.past) {
+      message.past.forEach(({ key, value }, layer) => {
+        pending.lent![layer].key = key;
+        pending.lent![layer].value = value;
+      });
+    }
     if (message.kind === 'result') pending.resolve(message.output);
     else pending.reject(Object.assign(new Error(message.message), { name: message.name }));
   }

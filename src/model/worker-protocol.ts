@@ -1,7 +1,9 @@
 /**
  * Messages between WorkerDecoder (the main thread) and decoder-worker.ts. Only a step's inputs and its
- * outputs cross: the inputs are copied (the past included), the outputs are moved. Nothing is kept
- * across steps on the worker side, so the KV the engine holds stays its own.
+ * outputs cross: the inputs are copied, the outputs are moved. A past the engine lends (`lendPast`: its
+ * in-place buffers, which nothing else views) is moved instead of copied, and moved back with the
+ * result or the failure. Nothing is kept across steps on the worker side, so the KV the engine holds
+ * stays its own.
  */
 import type { ConfigHints } from './layout.ts';
 import type { DecoderOptions } from './onnx-decoder.ts';
@@ -16,15 +18,15 @@ export interface WorkerLoad {
 }
 
 export type ToWorker =
-  | { kind: 'run'; id: number; step: DecoderStep; quiet: boolean }
+  | { kind: 'run'; id: number; step: DecoderStep; quiet: boolean; lent: boolean }
   | { kind: 'dispose' };
 
 export type FromWorker =
   | { kind: 'loaded'; io: DecoderIo; executionProvider: string; intraOpThreads: number }
   | { kind: 'load-failed'; name: string; message: string }
   | { kind: 'log'; level: 'debug' | 'info' | 'warn' | 'error'; fields: Record<string, unknown>; message: string }
-  | { kind: 'result'; id: number; output: DecoderOutput }
-  | { kind: 'failed'; id: number; name: string; message: string }
+  | { kind: 'result'; id: number; output: DecoderOutput; past?: LentLayers }
+  | { kind: 'failed'; id: number; name: string; message: string; past?: LentLayers }
   | { kind: 'disposed' };
 
 /**
@@ -38,15 +40,38 @@ export function crossing<T extends KvData | BigInt64Array>(view: T): T {
   return view.slice() as T;
 }
 
+/** A lent past's layers, on their way to the worker or back. */
+export type LentLayers = Array<{ key: KvData; value: KvData }>;
+
+/** Whether a view covers its whole buffer, so moving that buffer moves exactly the view's bytes. */
+function whole(view: KvData): boolean {
+  return view.buffer instanceof ArrayBuffer && view.byteOffset === 0 && view.byteLength === view.buffer.byteLength;
+}
+
+/**
+ * The buffers to move for a lent past, or null when it cannot be moved as it is (a view of part of a
+ * buffer, two layers sharing one, a shared buffer): the past is then copied as any other.
+ */
+export function lentTransfers(layers: LentLayers): ArrayBuffer[] | null {
+  const buffers = new Set<ArrayBuffer>();
+  for (const { key, value } of layers) {
+    for (const view of [key, value]) {
+      if (!whole(view) || buffers.has(view.buffer as ArrayBuffer)) return null;
+      buffers.add(view.buffer as ArrayBuffer);
+    }
+  }
+  return [...buffers];
+}
+
 /** The step with every array ready to post (see `crossing`). */
-export function stepForPosting(step: DecoderStep): DecoderStep {
+export function stepForPosting(step: DecoderStep, lent = false): DecoderStep {
   if (step.past.device) throw new Error('KV on the device cannot cross to the decoder thread (DECODER_THREAD=worker runs with host KV)');
   return {
     ...step,
     inputIds: crossing(step.inputIds),
     attentionMask: crossing(step.attentionMask),
     positionIds: crossing(step.positionIds),
-    past: { ...step.past, layers: step.past.layers.map(({ key, value }) => ({ key: crossing(key), value: crossing(value) })) },
+    past: { ...step.past, layers: lent ? step.past.layers.map(({ key, value }) => ({ key, value })) : step.past.layers.map(({ key, value }) => ({ key: crossing(key), value: crossing(value) })) },
   };
 }
 

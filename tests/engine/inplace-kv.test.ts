@@ -36,6 +36,21 @@ describe('in-place KV buffers on plain arrays', () => {
     assert.deepEqual(slots(kv, 2, 1), [-5, -6, 0, 0]);
   });
 
+  test('buffers lost with a decoder thread (lent to a step that never came back) give no cache, never stale bytes', () => {
+    const kv = new InPlaceKv(LAYOUT, 2, 4);
+    kv.join(0, ownKv([1, 2, 3]));
+    kv.join(1, ownKv([4]));
+    assert.ok(kv.intact);
+    // What a worker that died mid-step leaves: every buffer moved away (detached), as postMessage's transfer does.
+    structuredClone(kv.layers, { transfer: kv.layers.flatMap(({ key, value }) => [key.buffer as ArrayBuffer, value.buffer as ArrayBuffer]) });
+    assert.equal(kv.intact, false);
+    assert.equal(kv.takeOut(0), null);
+    assert.equal(kv.live[0], false, 'the row is freed');
+    const whole = new InPlaceKv(LAYOUT, 1, 4);
+    whole.join(0, ownKv([7, 8]));
+    assert.deepEqual(whole.takeOut(0), ownKv([7, 8]), 'an intact buffer gives its row back');
+  });
+
   test('capacity grows by whole blocks and keeps every row; extract returns a row as its own cache and frees it', () => {
     const kv = new InPlaceKv(LAYOUT, 2, 4);
     kv.join(0, ownKv([1, 2, 3]));

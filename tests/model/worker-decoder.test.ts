@@ -103,6 +103,49 @@ describe('WorkerDecoder: onnxruntime on its own thread', () => {
     }
   });
 
+  test('a lent past (the engine in-place buffers) moves to the thread and back, not copied: the same bytes in new views', async () => {
+    const { main, worker } = await bothDecoders(LLAMA, true);
+    try {
+      const [prefill] = await greedyRun(main, randomTokens(9, 7, 200), 0);
+      const own = () => prefill.present.layers.map(({ key, value }) => ({ key: key.slice(), value: value.slice() }));
+      const step = (layers: KvTensors['layers'], lendPast: boolean) => ({
+        batchSize: 1,
+        seqLength: 1,
+        inputIds: BigInt64Array.of(17n),
+        attentionMask: new BigInt64Array(10).fill(1n),
+        positionIds: BigInt64Array.of(9n),
+        past: { batchSize: 1, length: 9, layers },
+        fetch: 'new-rows' as const,
+        lendPast,
+      });
+      const expected = await main.run(step(own(), false));
+      const lent = own();
+      const originals = lent.map(({ key, value }) => ({ key, value }));
+      const running = worker.run(step(lent, true));
+      // While the step runs, the bytes are on the worker's side: the engine's views are empty.
+      assert.ok(originals.every(({ key, value }) => key.length === 0 && value.length === 0), 'the past was moved, not copied');
+      const got = await running;
+      assert.deepEqual(got.logits, expected.logits);
+      assert.deepEqual(got.present.layers, expected.present.layers);
+      assert.ok(lent.every(({ key }, layer) => key !== originals[layer].key), 'the layers hold new views');
+      assert.deepEqual(lent, own(), 'the same bytes came back');
+      // A failed step hands the past back too.
+      const failing = own();
+      await assert.rejects(worker.run({ ...step(failing, true), attentionMask: BigInt64Array.of(1n) }, { quiet: true }));
+      assert.deepEqual(failing, own());
+      // A past that cannot move whole (two layers in one buffer) is copied, as without lending.
+      const shared = own();
+      const joined = new Float32Array(shared[0].key.length * 2);
+      shared[0] = { key: joined.subarray(0, shared[0].key.length), value: joined.subarray(shared[0].key.length) };
+      shared[0].key.set(prefill.present.layers[0].key as Float32Array);
+      shared[0].value.set(prefill.present.layers[0].value as Float32Array);
+      assert.deepEqual((await worker.run(step(shared, true))).logits, expected.logits);
+      assert.equal(shared[0].key.length, prefill.present.layers[0].key.length, 'a copied past stays where it was');
+    } finally {
+      await Promise.all([main.dispose(), worker.dispose()]);
+    }
+  });
+
   test('the event loop keeps running while a step computes', async () => {
     const dir = await testModelDir({ family: 'llama', seed: 3, hiddenSize: 256, numLayers: 4, maxPositions: 4096 });
     const { decoder } = await loadModel(dir, { logger: silentLogger, intraOpThreads: 1, decoderThread: 'worker' });
@@ -150,22 +193,28 @@ describe('WorkerDecoder: onnxruntime on its own thread', () => {
     await assert.rejects(greedyRun(decoder, [1, 2], 0), /disposed/);
   });
 
-  test('an engine on the worker decoder streams the same tokens as on the main thread', async () => {
-    const dir = await testModelDir(LLAMA);
-    const onWorker = await loadModel(dir, { logger: silentLogger, intraOpThreads: 1, decoderThread: 'worker' });
-    try {
-      const onMain = await makeEngine({ model: LLAMA });
-      const viaWorker = await makeEngine({ model: LLAMA, wrapDecoder: () => onWorker.decoder });
-      const prompts = [randomTokens(40, 1, 200), randomTokens(7, 2, 200), randomTokens(90, 4, 200)];
-      const expected = await Promise.all(prompts.map((input, i) => collect(onMain.engine.submit(request(input, { sessionId: `m${i}`, maxTokens: 20 })))));
-      const got = await Promise.all(prompts.map((input, i) => collect(viaWorker.engine.submit(request(input, { sessionId: `w${i}`, maxTokens: 20 })))));
-      assert.deepEqual(got.map((c) => c.tokens), expected.map((c) => c.tokens));
-      const next = await collect(viaWorker.engine.submit(request([...prompts[0], ...got[0].tokens, 9, 10], { sessionId: 'w0', maxTokens: 10 })));
-      const nextMain = await collect(onMain.engine.submit(request([...prompts[0], ...expected[0].tokens, 9, 10], { sessionId: 'm0', maxTokens: 10 })));
-      assert.deepEqual(next.tokens, nextMain.tokens);
-      assert.ok(next.usage.cachedTokens > 0, 'the second turn reused the cache');
-    } finally {
-      await onWorker.decoder.dispose();
-    }
-  });
+  for (const kvMode of ['inplace', 'concat'] as const) {
+    test(`an engine on the worker decoder streams the same tokens as on the main thread (KV_MODE=${kvMode})`, async () => {
+      const dir = await testModelDir(LLAMA);
+      const onWorker = await loadModel(dir, { logger: silentLogger, intraOpThreads: 1, decoderThread: 'worker', newRowOutputs: kvMode === 'inplace' });
+      try {
+        const onMain = await makeEngine({ model: LLAMA, kvMode });
+        const viaWorker = await makeEngine({ model: LLAMA, kvMode, wrapDecoder: () => onWorker.decoder });
+        const prompts = [randomTokens(40, 1, 200), randomTokens(7, 2, 200), randomTokens(90, 4, 200)];
+        const expected = await Promise.all(prompts.map((input, i) => collect(onMain.engine.submit(request(input, { sessionId: `m${i}`, maxTokens: 20 })))));
+        const got = await Promise.all(prompts.map((input, i) => collect(viaWorker.engine.submit(request(input, { sessionId: `w${i}`, maxTokens: 20 })))));
+        assert.deepEqual(got.map((c) => c.tokens), expected.map((c) => c.tokens));
+        const next = await collect(viaWorker.engine.submit(request([...prompts[0], ...got[0].tokens, 9, 10], { sessionId: 'w0', maxTokens: 10 })));
+        const nextMain = await collect(onMain.engine.submit(request([...prompts[0], ...expected[0].tokens, 9, 10], { sessionId: 'm0', maxTokens: 10 })));
+        assert.deepEqual(next.tokens, nextMain.tokens);
+        assert.ok(next.usage.cachedTokens > 0, 'the second turn reused the cache');
+        // In place, a decode step copies out only logits and one new row per layer: far less than the past.
+        const { decodeBytesOut, decodeRows } = viaWorker.engine.counters();
+        const pastBytes = 90 * onWorker.decoder.io.kv.bytesPerToken;
+        if (kvMode === 'inplace') assert.ok(decodeBytesOut / decodeRows < pastBytes / 4, `${decodeBytesOut / decodeRows} bytes out per decode row`);
+      } finally {
+        await onWorker.decoder.dispose();
+      }
+    });
+  }
 });

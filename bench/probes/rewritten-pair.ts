@@ -4,7 +4,7 @@
  * src/model/kv-rewrite.ts with new-row outputs), and seeded synthetic KV so no past needs prefilling.
  */
 import * as ort from 'onnxruntime-node';
-import { addNewRowOutputs, detectDecoderIo, type DecoderIo } from '../../src/model/index.ts';
+import { addNewRowOutputs, detectDecoderIo, withPatch, type DecoderIo } from '../../src/model/index.ts';
 import type { ValueInfo } from '../../src/model/layout.ts';
 import { buildModelBytes } from '../../tools/model-builder/index.ts';
 
@@ -37,7 +37,7 @@ export async function openRewrittenPair(maxPositions: number, threads: number): 
   const io = detectDecoderIo(exported.inputMetadata as readonly ValueInfo[], exported.outputMetadata as readonly ValueInfo[], {});
   const rewrite = addNewRowOutputs(built.onnx, io.names);
   if (!rewrite.ok) throw new Error(`not rewritable: ${rewrite.reason}`);
-  const rewritten = await ort.InferenceSession.create(rewrite.model, sessionOptions);
+  const rewritten = await ort.InferenceSession.create(withPatch(built.onnx, rewrite.patch), sessionOptions);
   return { modelOptions, io, vocab: built.options.vocabSize, exported, rewritten, leanFetches: [io.names.logits, ...rewrite.newKeys, ...rewrite.newValues], newRows: { keys: rewrite.newKeys, values: rewrite.newValues } };
 }
 

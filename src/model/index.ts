@@ -9,7 +9,7 @@ import type { Decoder, ModelCapabilities } from './types.ts';
 export * from './types.ts';
 export { readModelFolder, ModelFolderError, type ModelFolder, type GenerationDefaults } from './model-folder.ts';
 export { detectDecoderIo, UnsupportedModelError } from './layout.ts';
-export { addNewRowOutputs, newRowsName, type KvNames, type NewRowsRewrite } from './kv-rewrite.ts';
+export { addNewRowOutputs, newRowsName, withPatch, type KvNames, type NewRowsRewrite } from './kv-rewrite.ts';
 export { OnnxDecoder, ExecutionProviderError, type ExecutionProvider } from './onnx-decoder.ts';
 export { TextTokenizer } from './tokenizer.ts';
 export { WorkerDecoder } from './worker-decoder.ts';

@@ -38,8 +38,14 @@ export interface KvNames {
 export type NewRowsRewrite =
   | {
       ok: true;
-      /** serialized ModelProto with the extra outputs */
-      model: Uint8Array;
+      /**
+       * A serialized ModelProto holding only a graph with the added nodes and outputs. Appended to the
+       * model's bytes (`withPatch`) it gives the rewritten model: a message field that appears twice is
+       * merged by every protobuf parser, and the graph's repeated `node` and `output` fields are appended
+       * to, so the initializers are never decoded into new buffers or written again (a model of several
+       * GB would otherwise be held two or three times while it loads).
+       */
+      patch: Uint8Array;
       /** per layer, `[batch, kv_heads, sequence_length, head_dim]` in the dtype of present.* */
       newKeys: string[];
       newValues: string[];
@@ -171,7 +177,14 @@ export function addNewRowOutputs(modelBytes: Uint8Array, names: KvNames): NewRow
       (kind === 'key' ? newKeys : newValues).push(outName);
     }
   }
-  graph.node = [...nodes, ...added];
-  graph.output = [...(graph.output ?? []), ...addedOutputs];
-  return { ok: true, model: onnx.ModelProto.encode(model).finish(), newKeys, newValues };
+  const patch = onnx.ModelProto.encode({ graph: { node: added, output: addedOutputs } }).finish();
+  return { ok: true, patch, newKeys, newValues };
+}
+
+/** The rewritten model: the original bytes with the patch appended (see NewRowsRewrite). */
+export function withPatch(modelBytes: Uint8Array, patch: Uint8Array): Uint8Array {
+  const bytes = new Uint8Array(modelBytes.length + patch.length);
+  bytes.set(modelBytes);
+  bytes.set(patch, modelBytes.length);
+  return bytes;
 }

@@ -1,8 +1,9 @@
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import type { Logger } from '../lib/logger.ts';
-import { addNewRowOutputs } from './kv-rewrite.ts';
+import { addNewRowOutputs, withPatch } from './kv-rewrite.ts';
 import { calibrateThreads } from './thread-calibration.ts';
 import { detectDecoderIo, type ConfigHints, type ValueInfo } from './layout.ts';
 import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, DeviceKv, KvData, KvTensors, RunOptions } from './types.ts';
@@ -114,10 +115,20 @@ export class OnnxDecoder implements Decoder {
       io = detectDecoderIo(session.inputMetadata as readonly ValueInfo[], session.outputMetadata as readonly ValueInfo[], hints);
     }
     if (options.newRowOutputs) {
-      const rewritten = await withNewRowOutputs(source, io, provider, (bytes) => ort.InferenceSession.create(bytes, sessionOptions(provider, threads, [])), options.logger);
+      const rewritten = newRowOutputsModel(source, io, provider, options.logger);
       if (rewritten) {
+        // The plain session only told the graph's inputs and outputs: it goes before the rewritten one
+        // loads, so the weights are never held by two sessions at once.
         await session.release();
-        ({ session, io } = rewritten);
+        // From bytes, onnxruntime finds external weight files (model.onnx_data) only when told their folder.
+        const external = typeof source === 'string' ? { extra: { session: { model_external_initializers_file_folder_path: dirname(source) } } } : {};
+        try {
+          session = await ort.InferenceSession.create(rewritten.bytes, { ...sessionOptions(provider, threads, []), ...external });
+          io = { ...io, newRows: rewritten.newRows };
+        } catch (error) {
+          options.logger.info({ kvPath: 'concat', reason: `the rewritten graph does not load: ${(error as Error).message.split('\n')[0]}` }, 'in-place KV unavailable, the decoder runs the concat path');
+          session = await create(provider);
+        }
       }
     }
     return new OnnxDecoder(session, io, provider, threads);
@@ -199,30 +210,48 @@ export class OnnxDecoder implements Decoder {
   }
 }
 
+/** Room read after a model file for the rewrite's patch (a few hundred bytes a layer), so it needs no second copy of the file. */
+const PATCH_ROOM = 1 << 20;
+
 /**
- * The session made again from the graph with new-row outputs, or null (with the reason logged) when the
- * KV is stacked or on the device, the graph has no Concat shape, or the rewritten graph does not load.
+ * The model's bytes with new-row outputs (kv-rewrite.ts) and their names, or null (with the reason
+ * logged) when the KV is stacked or on the device, or the graph has no Concat shape. A file is read into
+ * a buffer with room after it, where the patch goes: the weights are read once, never copied.
  */
-async function withNewRowOutputs(
-  source: string | Uint8Array,
-  io: DecoderIo,
-  provider: ExecutionProvider,
-  create: (bytes: Uint8Array) => Promise<ort.InferenceSession>,
-  logger: Logger,
-): Promise<{ session: ort.InferenceSession; io: DecoderIo } | null> {
+function newRowOutputsModel(source: string | Uint8Array, io: DecoderIo, provider: ExecutionProvider, logger: Logger): { bytes: Uint8Array; newRows: NonNullable<DecoderIo['newRows']> } | null {
   const keep = (reason: string) => {
     logger.info({ kvPath: 'concat', reason }, 'in-place KV unavailable, the decoder runs the concat path');
     return null;
   };
   if (io.names.kvPacking !== 'separate') return keep('the KV is stacked per layer (past_N), not past_key_values.N.key/value');
   if (provider === 'webgpu') return keep('the WebGPU provider keeps the KV on the device already');
-  const rewrite = addNewRowOutputs(typeof source === 'string' ? readFileSync(source) : source, io.names);
+  const { buffer, size } = typeof source === 'string' ? readWithRoom(source, PATCH_ROOM) : { buffer: source, size: source.length };
+  const rewrite = addNewRowOutputs(buffer.subarray(0, size), io.names);
   if (!rewrite.ok) return keep(rewrite.reason);
+  let bytes: Uint8Array;
+  if (buffer.length - size >= rewrite.patch.length) {
+    buffer.set(rewrite.patch, size);
+    bytes = buffer.subarray(0, size + rewrite.patch.length);
+  } else {
+    bytes = withPatch(buffer.subarray(0, size), rewrite.patch);
+  }
+  return { bytes, newRows: { keys: rewrite.newKeys, values: rewrite.newValues } };
+}
+
+/** A file's bytes in a buffer `room` bytes longer than the file. */
+function readWithRoom(path: string, room: number): { buffer: Uint8Array; size: number } {
+  const handle = openSync(path, 'r');
   try {
-    const session = await create(rewrite.model);
-    return { session, io: { ...io, newRows: { keys: rewrite.newKeys, values: rewrite.newValues } } };
-  } catch (error) {
-    return keep(`the rewritten graph does not load: ${(error as Error).message.split('\n')[0]}`);
+    const size = fstatSync(handle).size;
+    const buffer = Buffer.allocUnsafe(size + room);
+    for (let read = 0; read < size; ) {
+      const n = readSync(handle, buffer, read, size - read, read);
+      if (n === 0) throw new Error(`${path} ended after ${read} of ${size} bytes`);
+      read += n;
+    }
+    return { buffer, size };
+  } finally {
+    closeSync(handle);
   }
 }
 

@@ -4,7 +4,9 @@ import { describe, test } from 'node:test';
 import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import { buildModelBytes, type BuildOptions } from '../../tools/model-builder/index.ts';
-import { addNewRowOutputs, detectDecoderIo, type DecoderIo } from '../../src/model/index.ts';
+import { addNewRowOutputs, detectDecoderIo, emptyKv, loadModel, withPatch, type DecoderIo } from '../../src/model/index.ts';
+import { silentLogger } from '../../src/lib/logger.ts';
+import { LLAMA, testModelDir } from '../support/fixtures.ts';
 import type { ValueInfo } from '../../src/model/layout.ts';
 
 const onnx = onnxProto.onnx;
@@ -32,7 +34,7 @@ async function checkRewrite(bytes: Uint8Array, vocab: number): Promise<void> {
   const rewrite = addNewRowOutputs(bytes, io.names);
   if (!rewrite.ok) assert.fail(rewrite.reason);
   const original = await ort.InferenceSession.create(bytes, sessionOptions);
-  const rewritten = await ort.InferenceSession.create(rewrite.model, sessionOptions);
+  const rewritten = await ort.InferenceSession.create(withPatch(bytes, rewrite.patch), sessionOptions);
   const { names, kv } = io;
   const batch = 2;
   const past: Record<string, ort.Tensor> = {};
@@ -117,6 +119,20 @@ describe('addNewRowOutputs on builder models', () => {
     await checkRewrite(onnx.ModelProto.encode(model).finish(), m.options.vocabSize);
   });
 
+  test('the patch appended to the bytes adds the nodes and outputs, as protobuf merges a repeated message field', async () => {
+    const m = buildModelBytes({ ...small, family: 'llama' });
+    const io = await ioOf(m.onnx);
+    const rewrite = addNewRowOutputs(m.onnx, io.names);
+    if (!rewrite.ok) assert.fail(rewrite.reason);
+    // A few hundred bytes a layer, whatever the weights weigh: they are neither decoded into copies nor written again.
+    assert.ok(rewrite.patch.length < 1024, `a ${rewrite.patch.length}-byte patch for two layers`);
+    const original = await ort.InferenceSession.create(m.onnx, sessionOptions);
+    const patched = await ort.InferenceSession.create(withPatch(m.onnx, rewrite.patch), sessionOptions);
+    assert.deepEqual(patched.inputNames, original.inputNames);
+    assert.deepEqual(patched.outputNames, [...original.outputNames, ...rewrite.newKeys.flatMap((key, i) => [key, rewrite.newValues[i]])]);
+    await Promise.all([original.release(), patched.release()]);
+  });
+
   test('the committed default model (a PyTorch export) is rewritable', async () => {
     const bytes = readFileSync('models/warmkv-brown/onnx/model.onnx');
     const config = JSON.parse(readFileSync('models/warmkv-brown/config.json', 'utf8')) as { vocab_size: number };
@@ -170,5 +186,30 @@ describe('addNewRowOutputs refuses graphs without the Concat shape', () => {
     const result = addNewRowOutputs(onnx.ModelProto.encode(model).finish(), names);
     assert.equal(result.ok, false);
     assert.match(result.ok ? '' : result.reason, /concatenates the past with itself/);
+  });
+});
+
+describe('loading with new-row outputs', () => {
+  test('a model whose weights are in an external file (model.onnx_data, every export over 2 GB) loads in place, with the same outputs as inline', async () => {
+    const inline = await loadModel(await testModelDir(LLAMA), { logger: silentLogger, intraOpThreads: 1, newRowOutputs: true });
+    const external = await loadModel(await testModelDir({ ...LLAMA, externalData: true }), { logger: silentLogger, intraOpThreads: 1, newRowOutputs: true });
+    try {
+      assert.ok(inline.decoder.io.newRows, 'inline weights: in place');
+      assert.ok(external.decoder.io.newRows, 'external weights: in place too (onnxruntime is told the folder of the weights)');
+      const step = {
+        batchSize: 1,
+        seqLength: 4,
+        inputIds: BigInt64Array.of(5n, 9n, 2n, 7n),
+        attentionMask: new BigInt64Array(4).fill(1n),
+        positionIds: BigInt64Array.of(0n, 1n, 2n, 3n),
+        past: emptyKv(inline.decoder.io.kv, 1),
+        fetch: 'new-rows' as const,
+      };
+      const [a, b] = [await inline.decoder.run(step), await external.decoder.run(step)];
+      assert.deepEqual(b.logits, a.logits);
+      assert.deepEqual(b.present.layers, a.present.layers);
+    } finally {
+      await Promise.all([inline.decoder.dispose(), external.decoder.dispose()]);
+    }
   });
 });

@@ -51,10 +51,13 @@ export const configSchema = z.object({
   executionProviderFallback: boolish.default(false),
   intraOpThreads: int(1).optional(),
   /**
-   * Where onnxruntime runs a step: `main` (the event loop's thread: nothing else runs during a step) or
-   * `worker` (a thread of its own; the event loop serves HTTP meanwhile, for a message each way per step).
+   * Where onnxruntime runs a step: `main` (the event loop's thread: nothing else runs during a step),
+   * `worker` (a thread of its own; the event loop serves HTTP meanwhile, for a message each way per step),
+   * or `auto`: the worker when a probe decode step at load takes at least DECODER_WORKER_MIN_STEP_MS.
    */
-  decoderThread: z.enum(['main', 'worker']).default('main'),
+  decoderThread: z.enum(['main', 'worker', 'auto']).default('auto'),
+  /** `DECODER_THREAD=auto`: the probe step length (ms) from which a step on the main thread costs more than the worker's messages. */
+  decoderWorkerMinStepMs: int(0).default(10),
 
   /** Bytes all in-memory KV caches may use together; default half the free memory at start. */
   kvCacheBytes: byteSize.optional(),

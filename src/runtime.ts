@@ -204,6 +204,7 @@ export class Runtime implements ServingSource {
       intraOpThreads: c.intraOpThreads,
       newRowOutputs: c.kvMode === 'inplace',
       decoderThread: c.decoderThread,
+      workerMinStepMs: c.decoderWorkerMinStepMs,
       logger,
     }));
     this.ready = (async () => {

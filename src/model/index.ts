@@ -1,6 +1,8 @@
 import type { Logger } from '../lib/logger.ts';
 import { readModelFolder, type ModelFolder } from './model-folder.ts';
-import { OnnxDecoder, type ExecutionProvider } from './onnx-decoder.ts';
+import type { ConfigHints } from './layout.ts';
+import { OnnxDecoder, type DecoderOptions, type ExecutionProvider } from './onnx-decoder.ts';
+import { probeStepMs } from './thread-calibration.ts';
 import { TextTokenizer } from './tokenizer.ts';
 import { WorkerDecoder } from './worker-decoder.ts';
 import { probeCapabilities } from './probe.ts';
@@ -32,26 +34,37 @@ export interface LoadModelOptions {
   intraOpThreads?: number;
   /** Load the graph with new-row outputs for in-place KV (see OnnxDecoder's `newRowOutputs`). */
   newRowOutputs?: boolean;
-  /** Where onnxruntime runs: on the calling thread (`main`), or on a thread of its own (`worker`, see worker-decoder.ts). */
-  decoderThread?: 'main' | 'worker';
+  /**
+   * Where onnxruntime runs: on the calling thread (`main`), on a thread of its own (`worker`, see
+   * worker-decoder.ts), or `auto` (default `main` when omitted): the worker when a probe decode step
+   * takes at least `workerMinStepMs`.
+   */
+  decoderThread?: 'main' | 'worker' | 'auto';
+  /** `auto` only: the probe step length, in ms, from which the decoder runs on a worker (default 10). */
+  workerMinStepMs?: number;
   logger: Logger;
 }
+
+/**
+ * Below this a step on the main thread blocks the event loop less than the worker's message each way
+ * per step costs (measured: a 4.8 ms step streamed at 0.97x of a bare loop on the main thread and
+ * 0.87x on the worker; a 13-15 ms step at 0.83x and 0.95x; docs/benchmarks.md, "Fourth pass").
+ */
+export const WORKER_MIN_STEP_MS = 10;
 
 export async function loadModel(dir: string, options: LoadModelOptions): Promise<LoadedModel> {
   const folder = readModelFolder(dir, options.id);
   const tokenizer = new TextTokenizer(folder.tokenizerJson, folder.tokenizerConfig);
-  const open = options.decoderThread === 'worker' ? WorkerDecoder.load : OnnxDecoder.load;
-  const decoder = await open(
-    folder.onnxPath,
-    { numKvHeads: folder.numKvHeadsHint, headDim: folder.headDimHint },
-    {
-      executionProvider: options.executionProvider ?? 'cpu',
-      fallbackToCpu: options.fallbackToCpu ?? false,
-      intraOpThreads: options.intraOpThreads,
-      newRowOutputs: options.newRowOutputs,
-      logger: options.logger,
-    },
-  );
+  const hints = { numKvHeads: folder.numKvHeadsHint, headDim: folder.headDimHint };
+  const decoderOptions = {
+    executionProvider: options.executionProvider ?? 'cpu',
+    fallbackToCpu: options.fallbackToCpu ?? false,
+    intraOpThreads: options.intraOpThreads,
+    newRowOutputs: options.newRowOutputs,
+    logger: options.logger,
+  } as const;
+  let decoder: Decoder = await (options.decoderThread === 'worker' ? WorkerDecoder.load : OnnxDecoder.load)(folder.onnxPath, hints, decoderOptions);
+  if (options.decoderThread === 'auto') decoder = await placeDecoder(decoder as OnnxDecoder, folder.onnxPath, hints, decoderOptions, options.workerMinStepMs ?? WORKER_MIN_STEP_MS);
   const vocabSize = folder.vocabSize ?? tokenizer.size;
   let probe;
   try {
@@ -63,4 +76,21 @@ export async function loadModel(dir: string, options: LoadModelOptions): Promise
   const reasons = Object.keys(probe.reasons).length > 0 ? { reasons: probe.reasons } : {};
   options.logger.info({ ...probe.capabilities, probeMs: Math.round(probe.durationMs * 10) / 10, ...reasons }, 'model capabilities probed');
   return { folder, decoder, tokenizer, vocabSize, capabilities: probe.capabilities };
+}
+
+/**
+ * DECODER_THREAD=auto: times a probe decode step on the main-thread decoder and moves the model to a
+ * worker (opened again there, at the same thread count) when the step is long enough for the event loop
+ * to lose more waiting for it than the worker's messages cost. WebGPU stays where it is: its KV stays on
+ * the device only on the main thread.
+ */
+async function placeDecoder(decoder: OnnxDecoder, source: string, hints: ConfigHints, options: DecoderOptions, minStepMs: number): Promise<Decoder> {
+  let stepMs: number | null = null;
+  if (decoder.executionProvider !== 'webgpu') stepMs = await probeStepMs(decoder).catch(() => null);
+  const toWorker = stepMs !== null && stepMs >= minStepMs;
+  options.logger.info({ decoderThread: toWorker ? 'worker' : 'main', probeStepMs: stepMs === null ? null : Math.round(stepMs * 100) / 100, minStepMs }, 'decoder thread chosen (DECODER_THREAD=auto)');
+  if (!toWorker) return decoder;
+  const threads = decoder.intraOpThreads;
+  await decoder.dispose();
+  return WorkerDecoder.load(source, hints, { ...options, executionProvider: decoder.executionProvider as DecoderOptions['executionProvider'], intraOpThreads: threads });
 }

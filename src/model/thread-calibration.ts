@@ -68,6 +68,11 @@ async function stepCost(decoder: Decoder, step: DecoderStep): Promise<number> {
   return median(times);
 }
 
+/** Median ms of one probe decode step (one token after PROBE_PAST cached ones) on `decoder`, after a warm-up. */
+export function probeStepMs(decoder: Decoder): Promise<number> {
+  return stepCost(decoder, probeStep(decoder.io.kv));
+}
+
 /** Opens the decoder at rising thread counts and keeps the fastest (see the file comment). */
 export async function calibrateThreads<D extends Decoder>(open: (threads: number) => Promise<D>, cores: number): Promise<ThreadChoice<D>> {
   const candidates = threadCandidates(cores);

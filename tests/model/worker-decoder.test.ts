@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import * as ort from 'onnxruntime-node';
 import { describe, test } from 'node:test';
 import { silentLogger, type Logger } from '../../src/lib/logger.ts';
-import { emptyKv, ExecutionProviderError, loadModel, WorkerDecoder, type Decoder, type DecoderOutput, type KvTensors } from '../../src/model/index.ts';
+import { emptyKv, ExecutionProviderError, loadModel, OnnxDecoder, WorkerDecoder, type Decoder, type DecoderOutput, type KvTensors } from '../../src/model/index.ts';
 import { GPT2, LLAMA, collect, makeEngine, randomTokens, request, testModelDir } from '../support/fixtures.ts';
 import type { BuildOptions } from '../../tools/model-builder/index.ts';
 
@@ -191,6 +191,30 @@ describe('WorkerDecoder: onnxruntime on its own thread', () => {
     assert.ok(warnings.some((message) => /falling back to cpu/.test(message)), 'the worker\'s warning reaches the main thread\'s logger');
     await decoder.dispose();
     await assert.rejects(greedyRun(decoder, [1, 2], 0), /disposed/);
+  });
+
+  test('DECODER_THREAD=auto: a probe step under the threshold stays on the main thread, one over it moves to a worker, and the log says why', async () => {
+    const dir = await testModelDir(LLAMA);
+    const place = async (workerMinStepMs: number) => {
+      const records: Array<Record<string, unknown>> = [];
+      const logger: Logger = { ...silentLogger, info: (fields, message) => message.startsWith('decoder thread chosen') && records.push(fields), child: () => logger };
+      const { decoder } = await loadModel(dir, { logger, intraOpThreads: 1, decoderThread: 'auto', workerMinStepMs });
+      return { decoder, record: records[0] };
+    };
+    const stays = await place(60_000);
+    const moves = await place(0);
+    try {
+      assert.ok(stays.decoder instanceof OnnxDecoder, 'a step far under the threshold stays on the main thread');
+      assert.equal(stays.record.decoderThread, 'main');
+      assert.ok(moves.decoder instanceof WorkerDecoder, 'a threshold of 0 ms moves any model to the worker');
+      assert.equal(moves.record.decoderThread, 'worker');
+      assert.ok(typeof moves.record.probeStepMs === 'number' && moves.record.probeStepMs > 0);
+      assert.equal(moves.decoder.intraOpThreads, 1, 'the worker keeps the thread count');
+      const prompt = randomTokens(12, 9, 200);
+      assert.deepEqual((await greedyRun(moves.decoder, prompt, 3)).map((o) => o.logits), (await greedyRun(stays.decoder, prompt, 3)).map((o) => o.logits));
+    } finally {
+      await Promise.all([stays.decoder.dispose(), moves.decoder.dispose()]);
+    }
   });
 
   for (const kvMode of ['inplace', 'concat'] as const) {

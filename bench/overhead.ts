@@ -146,6 +146,13 @@ async function postJson(url: string, body: unknown): Promise<Record<string, any>
   return json;
 }
 
+/** Deletes a session once its sample is taken, so the server holds the caches a bare loop holds (RSS is compared). */
+async function deleteSession(url: string, id: string): Promise<void> {
+  const response = await fetch(`${url}/v1/sessions/${id}`, { method: 'DELETE' });
+  if (response.status !== 200) throw new Error(`DELETE session ${id}: HTTP ${response.status}`);
+  await response.arrayBuffer();
+}
+
 /**
  * Time to the first body bytes of a streamed completion over a plain keep-alive node:http client: the
  * server's part of a warm TTFT (the openai client's own request building and SSE parsing add about
@@ -259,6 +266,7 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
       await postJson(server.url, { prompt: base, max_tokens: 1, temperature: 0, session_id: session });
       const run = await streamCompletion(client, [...base, ...follow], 1, { session_id: session });
       if (run.cached < cachedTokens) throw new Error(`the follow-up found ${run.cached} cached tokens, not ${cachedTokens}`);
+      await deleteSession(server.url, session);
       return run.firstMs;
     },
     rawWarm: async () => {
@@ -267,6 +275,7 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
       const run = await rawStreamFirstMs(server.url, { model: servedModel, prompt: [...base, ...follow], max_tokens: 1, temperature: 0, stream: true, stream_options: { include_usage: true }, session_id: session });
       const cached = /"cached_tokens":(\d+)/.exec(run.text);
       if (!cached || Number(cached[1]) < cachedTokens) throw new Error(`the raw follow-up found ${cached?.[1]} cached tokens, not ${cachedTokens}`);
+      await deleteSession(server.url, session);
       return run.firstMs;
     },
   };
@@ -303,7 +312,7 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
   }
   const memory = await server.ask('sample');
   const bareRss = JSON.parse(
-    execFileSync(process.execPath, ['--import', 'tsx', 'bench/probes/bare-rss.ts', '--model', dir, '--threads', String(threads), '--prompt', prompt.join(','), '--tokens', String(tokens), '--caches', String(clients + 1)], { encoding: 'utf8' }),
+    execFileSync(process.execPath, ['--import', 'tsx', 'bench/probes/bare-rss.ts', '--model', dir, '--threads', String(threads), '--prompt', prompt.join(','), '--tokens', String(tokens), '--caches', String(clients), '--warm', base.join(','), '--follow', follow.join(',')], { encoding: 'utf8' }),
   ) as { maxRssMiB: number };
 
   // The warm-up round above is not counted.

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import * as ort from 'onnxruntime-node';
 import { describe, test } from 'node:test';
 import { silentLogger, type Logger } from '../../src/lib/logger.ts';
-import { emptyKv, ExecutionProviderError, loadModel, OnnxDecoder, WorkerDecoder, type Decoder, type DecoderOutput, type KvTensors } from '../../src/model/index.ts';
+import { emptyKv, ExecutionProviderError, loadModel, OnnxDecoder, WorkerDecoder, type Decoder, type DecoderOutput, type DecoderStep, type KvTensors } from '../../src/model/index.ts';
 import { GPT2, LLAMA, collect, makeEngine, randomTokens, request, testModelDir } from '../support/fixtures.ts';
 import type { BuildOptions } from '../../tools/model-builder/index.ts';
 
@@ -36,6 +36,19 @@ async function greedyRun(decoder: Decoder, prompt: number[], steps: number): Pro
     ids = [best];
   }
   return outputs;
+}
+
+/** One token (17) after a 9-token past `layers`, fetching logits and new rows. */
+function tokenAfterNine(layers: KvTensors['layers']): DecoderStep {
+  return {
+    batchSize: 1,
+    seqLength: 1,
+    inputIds: BigInt64Array.of(17n),
+    attentionMask: new BigInt64Array(10).fill(1n),
+    positionIds: BigInt64Array.of(9n),
+    past: { batchSize: 1, length: 9, layers },
+    fetch: 'new-rows',
+  };
 }
 
 // The CUDA load below is expected to fail on this CPU-only machine; onnxruntime (on both threads) would print it.
@@ -81,15 +94,7 @@ describe('WorkerDecoder: onnxruntime on its own thread', () => {
         sharedValue.set(value as Float32Array);
         return { key: sharedKey, value: sharedValue };
       });
-      const step = (layers: KvTensors['layers']) => ({
-        batchSize: 1,
-        seqLength: 1,
-        inputIds: BigInt64Array.of(17n),
-        attentionMask: new BigInt64Array(10).fill(1n),
-        positionIds: BigInt64Array.of(9n),
-        past: { batchSize: 1, length: 9, layers },
-        fetch: 'new-rows' as const,
-      });
+      const step = (layers: KvTensors['layers']) => tokenAfterNine(layers);
       const expected = await main.run(step(prefill.present.layers));
       for (const layers of [inLarger, inShared]) {
         const got = await worker.run(step(layers));
@@ -108,16 +113,7 @@ describe('WorkerDecoder: onnxruntime on its own thread', () => {
     try {
       const [prefill] = await greedyRun(main, randomTokens(9, 7, 200), 0);
       const own = () => prefill.present.layers.map(({ key, value }) => ({ key: key.slice(), value: value.slice() }));
-      const step = (layers: KvTensors['layers'], lendPast: boolean) => ({
-        batchSize: 1,
-        seqLength: 1,
-        inputIds: BigInt64Array.of(17n),
-        attentionMask: new BigInt64Array(10).fill(1n),
-        positionIds: BigInt64Array.of(9n),
-        past: { batchSize: 1, length: 9, layers },
-        fetch: 'new-rows' as const,
-        lendPast,
-      });
+      const step = (layers: KvTensors['layers'], lendPast: boolean) => ({ ...tokenAfterNine(layers), lendPast });
       const expected = await main.run(step(own(), false));
       const lent = own();
       const originals = lent.map(({ key, value }) => ({ key, value }));

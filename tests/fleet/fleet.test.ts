@@ -10,6 +10,7 @@ import { mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import OpenAI from 'openai';
 import { Rng } from '../../src/lib/rng.ts';
 import { LLAMA, randomTokens, testModelDir } from '../support/fixtures.ts';
 import { REDIS_SKIP, startRedis, type RedisProcess } from '../support/redis-server.ts';
@@ -225,6 +226,33 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
     assert.equal((await respond(urls[0], 'a bright morning came', reference.id)).text, right.text);
     // Each child's chain goes on from either replica.
     assert.equal((await respond(urls[2], 'slowly', left.id)).text, (await respond(urls[1], 'slowly', left.id)).text);
+  });
+
+  test('the official openai client: a Responses chain across replicas, a stream aborted on one and the next turn on another', async () => {
+    const clients = urls.map((url) => new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 }));
+    const greedy = { max_output_tokens: 6, temperature: 0 } as const;
+    const first = await clients[0].responses.create({ input: 'the king walked towards the castle on a bright morning', ...greedy });
+    const second = await clients[1].responses.create({ input: 'and then the river', previous_response_id: first.id, ...greedy });
+    assert.ok(second.usage!.input_tokens > first.usage!.input_tokens);
+    // A long streamed turn on replica 2, dropped by the client (Stop) after its first delta.
+    const stream = await clients[2].responses.create({ input: 'slowly', previous_response_id: second.id, max_output_tokens: 200, temperature: 0, stream: true });
+    let deltas = 0;
+    for await (const event of stream) {
+      if (event.type !== 'response.output_text.delta') continue;
+      deltas++;
+      stream.controller.abort();
+      break;
+    }
+    assert.equal(deltas, 1);
+    // The next turn, from the last completed response, on another replica: it answers as a one-replica chain does.
+    const next = await clients[0].responses.create({ input: 'a bright morning', previous_response_id: second.id, ...greedy });
+    const reference = await (async () => {
+      const a = await clients[1].responses.create({ input: 'the king walked towards the castle on a bright morning', ...greedy });
+      const b = await clients[1].responses.create({ input: 'and then the river', previous_response_id: a.id, ...greedy });
+      return clients[1].responses.create({ input: 'a bright morning', previous_response_id: b.id, ...greedy });
+    })();
+    assert.equal(next.output_text, reference.output_text);
+    assert.equal(second.output_text, (await clients[2].responses.retrieve(second.id)).output_text, 'any replica retrieves a stored response');
   });
 
   test('two replicas racing on one session: one commits, the other gets 409 session_busy; history stays linear', async () => {

@@ -55,7 +55,7 @@ export const WORKER_MIN_STEP_MS = 10;
 export async function loadModel(dir: string, options: LoadModelOptions): Promise<LoadedModel> {
   const folder = readModelFolder(dir, options.id);
   const tokenizer = new TextTokenizer(folder.tokenizerJson, folder.tokenizerConfig);
-  const hints = { numKvHeads: folder.numKvHeadsHint, headDim: folder.headDimHint };
+  const hints = { numKvHeads: folder.numKvHeadsHint, headDim: folder.headDimHint, numHeads: folder.numHeadsHint };
   const decoderOptions = {
     executionProvider: options.executionProvider ?? 'cpu',
     fallbackToCpu: options.fallbackToCpu ?? false,

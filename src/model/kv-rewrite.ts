@@ -15,6 +15,7 @@
  * session must be created with that file passed along (`externalData` session option).
  */
 import onnxProto from 'onnx-proto';
+import { attendOverKvHeads } from './gqa-rewrite.ts';
 
 const onnx = onnxProto.onnx;
 type NodeProto = onnxProto.onnx.INodeProto;
@@ -135,14 +136,17 @@ function newRowsValueInfo(name: string, present: ValueInfoProto | undefined): Va
   };
 }
 
-/**
- * Adds `new_rows.N.key/value` outputs to a decoder ModelProto (bytes); `names` are the past/present names
- * read from the model's metadata. Nothing is changed when any layer does not have the Concat shape.
- */
-export function addNewRowOutputs(modelBytes: Uint8Array, names: KvNames): NewRowsRewrite {
-  const model = onnx.ModelProto.decode(modelBytes);
+interface NewRowAdditions {
+  nodes: NodeProto[];
+  outputs: ValueInfoProto[];
+  newKeys: string[];
+  newValues: string[];
+}
+
+/** The nodes and outputs that give `new_rows.N.key/value`, or why the graph cannot have them. */
+function newRowAdditions(model: onnxProto.onnx.IModelProto, names: KvNames): NewRowAdditions | string {
   const graph = model.graph;
-  if (!graph) return { ok: false, reason: 'the model has no graph' };
+  if (!graph) return 'the model has no graph';
   const nodes = graph.node ?? [];
   const producers = new Map<string, NodeProto>();
   for (const node of nodes) for (const output of node.output ?? []) producers.set(output, node);
@@ -150,7 +154,7 @@ export function addNewRowOutputs(modelBytes: Uint8Array, names: KvNames): NewRow
   const taken = new Set([...producers.keys(), ...(graph.input ?? []).map((i) => i.name ?? ''), ...(graph.initializer ?? []).map((t) => t.name ?? '')]);
   const layers = names.presentKeys.length;
   if (layers === 0 || names.presentValues.length !== layers || names.pastKeys.length !== layers || names.pastValues.length !== layers) {
-    return { ok: false, reason: 'past/present names do not pair up layer by layer' };
+    return 'past/present names do not pair up layer by layer';
   }
 
   const added: NodeProto[] = [];
@@ -162,9 +166,9 @@ export function addNewRowOutputs(modelBytes: Uint8Array, names: KvNames): NewRow
       const present = kind === 'key' ? names.presentKeys[layer] : names.presentValues[layer];
       const past = kind === 'key' ? names.pastKeys[layer] : names.pastValues[layer];
       const found = findNewRows(present, past, producers);
-      if (typeof found === 'string') return { ok: false, reason: found };
+      if (typeof found === 'string') return found;
       const outName = newRowsName(layer, kind);
-      if (taken.has(outName) || outputsByName.has(outName)) return { ok: false, reason: `the graph already has a value named ${outName}` };
+      if (taken.has(outName) || outputsByName.has(outName)) return `the graph already has a value named ${outName}`;
       // Apply the same layout ops to the new rows as to the concatenation, so they come out in present's layout and dtype.
       let current = found.newRows;
       found.chain.forEach((node, i) => {
@@ -177,8 +181,54 @@ export function addNewRowOutputs(modelBytes: Uint8Array, names: KvNames): NewRow
       (kind === 'key' ? newKeys : newValues).push(outName);
     }
   }
-  const patch = onnx.ModelProto.encode({ graph: { node: added, output: addedOutputs } }).finish();
-  return { ok: true, patch, newKeys, newValues };
+  return { nodes: added, outputs: addedOutputs, newKeys, newValues };
+}
+
+/**
+ * Adds `new_rows.N.key/value` outputs to a decoder ModelProto (bytes); `names` are the past/present names
+ * read from the model's metadata. Nothing is changed when any layer does not have the Concat shape.
+ */
+export function addNewRowOutputs(modelBytes: Uint8Array, names: KvNames): NewRowsRewrite {
+  const additions = newRowAdditions(onnx.ModelProto.decode(modelBytes), names);
+  if (typeof additions === 'string') return { ok: false, reason: additions };
+  const patch = onnx.ModelProto.encode({ graph: { node: additions.nodes, output: additions.outputs } }).finish();
+  return { ok: true, patch, newKeys: additions.newKeys, newValues: additions.newValues };
+}
+
+export type DecoderRewrite =
+  | {
+      ok: true;
+      /** The whole rewritten model, when existing nodes changed (grouped attention); else null and `patch` applies. */
+      model: Uint8Array | null;
+      /** With `model` null: the patch to append to the bytes (see NewRowsRewrite). */
+      patch: Uint8Array;
+      newKeys: string[];
+      newValues: string[];
+      /** MatMuls that attend over the KV heads instead of a repeated copy (gqa-rewrite.ts). */
+      groupedMatmuls: number;
+    }
+  | { ok: false; reason: string };
+
+/**
+ * The in-place rewrite: new-row outputs, and attention over the unrepeated KV heads where the graph
+ * repeats them (`heads` query heads over the layout's `kvHeads`). Decoded once; the model is encoded
+ * whole only when nodes changed, else the new-row additions are a patch.
+ */
+export function rewriteDecoder(modelBytes: Uint8Array, names: KvNames, heads: number | undefined, kvHeads: number): DecoderRewrite {
+  const model = onnx.ModelProto.decode(modelBytes);
+  const additions = newRowAdditions(model, names);
+  if (typeof additions === 'string') return { ok: false, reason: additions };
+  const { newKeys, newValues } = additions;
+  const graph = model.graph!;
+  const presents = new Set([...names.presentKeys, ...names.presentValues]);
+  const groupedMatmuls = heads === undefined ? 0 : attendOverKvHeads(graph, heads, kvHeads, presents);
+  if (groupedMatmuls === 0) {
+    const patch = onnx.ModelProto.encode({ graph: { node: additions.nodes, output: additions.outputs } }).finish();
+    return { ok: true, model: null, patch, newKeys, newValues, groupedMatmuls };
+  }
+  graph.node = [...(graph.node ?? []), ...additions.nodes];
+  graph.output = [...(graph.output ?? []), ...additions.outputs];
+  return { ok: true, model: onnx.ModelProto.encode(model).finish(), patch: new Uint8Array(0), newKeys, newValues, groupedMatmuls };
 }
 
 /** The rewritten model: the original bytes with the patch appended (see NewRowsRewrite). */

@@ -11,6 +11,8 @@ export interface ValueInfo {
 export interface ConfigHints {
   numKvHeads?: number;
   headDim?: number;
+  /** Query heads (config's num_attention_heads): what grouped attention's KV heads are shared by. */
+  numHeads?: number;
 }
 
 export class UnsupportedModelError extends Error {

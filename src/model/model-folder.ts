@@ -39,6 +39,7 @@ export interface ModelFolder {
   generationDefaults: GenerationDefaults;
   numKvHeadsHint?: number;
   headDimHint?: number;
+  numHeadsHint?: number;
   tokenizerJson: Record<string, unknown>;
   tokenizerConfig: Record<string, unknown>;
   /** Changes when the weights or config change: snapshots from another model are refused. */
@@ -172,6 +173,7 @@ export function readModelFolder(dirArg: string, id?: string): ModelFolder {
     generationDefaults,
     numKvHeadsHint,
     headDimHint,
+    numHeadsHint: numHeads,
     tokenizerJson,
     tokenizerConfig,
     modelFingerprint: modelHash.digest('hex').slice(0, 32),

@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import { availableParallelism } from 'node:os';
 import * as ort from 'onnxruntime-node';
 import type { Logger } from '../lib/logger.ts';
-import { addNewRowOutputs, withPatch } from './kv-rewrite.ts';
+import { rewriteDecoder, withPatch } from './kv-rewrite.ts';
 import { calibrateThreads } from './thread-calibration.ts';
 import { detectDecoderIo, type ConfigHints, type ValueInfo } from './layout.ts';
 import type { Decoder, DecoderIo, DecoderOutput, DecoderStep, DeviceKv, KvData, KvTensors, RunOptions } from './types.ts';
@@ -115,7 +115,7 @@ export class OnnxDecoder implements Decoder {
       io = detectDecoderIo(session.inputMetadata as readonly ValueInfo[], session.outputMetadata as readonly ValueInfo[], hints);
     }
     if (options.newRowOutputs) {
-      const rewritten = newRowOutputsModel(source, io, provider, options.logger);
+      const rewritten = newRowOutputsModel(source, io, hints, provider, options.logger);
       if (rewritten) {
         // The plain session only told the graph's inputs and outputs: it goes before the rewritten one
         // loads, so the weights are never held by two sessions at once.
@@ -125,6 +125,7 @@ export class OnnxDecoder implements Decoder {
         try {
           session = await ort.InferenceSession.create(rewritten.bytes, { ...sessionOptions(provider, threads, []), ...external });
           io = { ...io, newRows: rewritten.newRows };
+          if (rewritten.groupedMatmuls > 0) options.logger.info({ matmuls: rewritten.groupedMatmuls }, 'grouped attention reads the KV heads without repeating them');
         } catch (error) {
           options.logger.info({ kvPath: 'concat', reason: `the rewritten graph does not load: ${(error as Error).message.split('\n')[0]}` }, 'in-place KV unavailable, the decoder runs the concat path');
           session = await create(provider);
@@ -218,7 +219,13 @@ const PATCH_ROOM = 1 << 20;
  * logged) when the KV is stacked or on the device, or the graph has no Concat shape. A file is read into
  * a buffer with room after it, where the patch goes: the weights are read once, never copied.
  */
-function newRowOutputsModel(source: string | Uint8Array, io: DecoderIo, provider: ExecutionProvider, logger: Logger): { bytes: Uint8Array; newRows: NonNullable<DecoderIo['newRows']> } | null {
+function newRowOutputsModel(
+  source: string | Uint8Array,
+  io: DecoderIo,
+  hints: ConfigHints,
+  provider: ExecutionProvider,
+  logger: Logger,
+): { bytes: Uint8Array; newRows: NonNullable<DecoderIo['newRows']>; groupedMatmuls: number } | null {
   const keep = (reason: string) => {
     logger.info({ kvPath: 'concat', reason }, 'in-place KV unavailable, the decoder runs the concat path');
     return null;
@@ -226,8 +233,11 @@ function newRowOutputsModel(source: string | Uint8Array, io: DecoderIo, provider
   if (io.names.kvPacking !== 'separate') return keep('the KV is stacked per layer (past_N), not past_key_values.N.key/value');
   if (provider === 'webgpu') return keep('the WebGPU provider keeps the KV on the device already');
   const { buffer, size } = typeof source === 'string' ? readWithRoom(source, PATCH_ROOM) : { buffer: source, size: source.length };
-  const rewrite = addNewRowOutputs(buffer.subarray(0, size), io.names);
+  const rewrite = rewriteDecoder(buffer.subarray(0, size), io.names, hints.numHeads, io.kv.numKvHeads);
   if (!rewrite.ok) return keep(rewrite.reason);
+  const newRows = { keys: rewrite.newKeys, values: rewrite.newValues };
+  // Grouped attention changed existing nodes: the model was encoded whole.
+  if (rewrite.model) return { bytes: rewrite.model, newRows, groupedMatmuls: rewrite.groupedMatmuls };
   let bytes: Uint8Array;
   if (buffer.length - size >= rewrite.patch.length) {
     buffer.set(rewrite.patch, size);
@@ -235,7 +245,7 @@ function newRowOutputsModel(source: string | Uint8Array, io: DecoderIo, provider
   } else {
     bytes = withPatch(buffer.subarray(0, size), rewrite.patch);
   }
-  return { bytes, newRows: { keys: rewrite.newKeys, values: rewrite.newValues } };
+  return { bytes, newRows, groupedMatmuls: 0 };
 }
 
 /** A file's bytes in a buffer `room` bytes longer than the file. */

@@ -69,6 +69,8 @@ export class InPlaceBatch<T extends InPlaceMember> {
     for (const sequence of decoding) if (sequence.batchRow >= 0) this.leave(sequence);
     const alone = decoding.length === 1 ? decoding[0] : null;
     if (alone?.buffer) {
+      // Decoding, the buffer grows block by block again: every slot of slack costs each step attention.
+      alone.buffer.growthShare = 0;
       this.current = { rows: [alone], kv: alone.buffer };
       alone.buffer = null;
       alone.batchRow = 0;

@@ -17,6 +17,11 @@ import { allocateKvData, kvIntact, type KvData, type KvLayout, type KvTensors } 
 export class InPlaceKv {
   /** Slots per row in the buffers: a multiple of the block, or `maxCapacity`. */
   capacity = 0;
+  /**
+   * Each growth adds at least this share of the capacity (rounded to blocks): 0 grows block by block;
+   * a prefilling buffer (own-buffer.ts) grows faster, so a long prompt is not copied at every block.
+   */
+  growthShare = 0;
   /** Valid slots of each row; 0 for a free row. */
   readonly lengths: number[];
   /** Rows that hold a sequence (a free row is computed on a dummy token, but nothing is written for it). */
@@ -120,7 +125,9 @@ export class InPlaceKv {
   ensureCapacity(slots: number): void {
     if (slots <= this.capacity) return;
     if (slots > this.maxCapacity) throw new Error(`${slots} slots exceed the buffer's cap of ${this.maxCapacity}`);
-    this.resize(Math.min(Math.ceil(slots / this.block) * this.block, this.maxCapacity));
+    const needed = Math.ceil(slots / this.block) * this.block;
+    const grown = Math.ceil((this.capacity * (1 + this.growthShare)) / this.block) * this.block;
+    this.resize(Math.min(Math.max(needed, grown), this.maxCapacity));
   }
 
   /**

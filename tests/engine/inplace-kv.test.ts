@@ -36,6 +36,26 @@ describe('in-place KV buffers on plain arrays', () => {
     assert.deepEqual(slots(kv, 2, 1), [-5, -6, 0, 0]);
   });
 
+  test('a growth share grows the capacity by at least that share of it, in whole blocks, never past the cap', () => {
+    const kv = new InPlaceKv(LAYOUT, 1, 4, 40);
+    kv.growthShare = 0.25;
+    kv.join(0, ownKv([1, 2, 3]));
+    assert.equal(kv.capacity, 4);
+    const capacities = [kv.capacity];
+    for (let length = 4; length < 40; length++) {
+      kv.ensureCapacity(length + 1);
+      if (kv.capacity !== capacities.at(-1)) capacities.push(kv.capacity);
+    }
+    // 4 -> 8 (one block is more than a quarter) ... 16 -> 20, 20 -> 28 (a quarter of 20, rounded up to blocks), up to the cap.
+    assert.deepEqual(capacities, [4, 8, 12, 16, 20, 28, 36, 40]);
+    assert.deepEqual(slots(kv, 0, 0).slice(0, 3), [1, 2, 3], 'the rows survive every growth');
+    kv.growthShare = 0;
+    const blockwise = new InPlaceKv(LAYOUT, 1, 4);
+    blockwise.join(0, ownKv([1, 2, 3]));
+    blockwise.ensureCapacity(21);
+    assert.equal(blockwise.capacity, 24, 'without a share: the next whole block');
+  });
+
   test('buffers lost with a decoder thread (lent to a step that never came back) give no cache, never stale bytes', () => {
     const kv = new InPlaceKv(LAYOUT, 2, 4);
     kv.join(0, ownKv([1, 2, 3]));

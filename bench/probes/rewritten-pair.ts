@@ -1,10 +1,12 @@
 /**
  * What the in-place probes (inplace-kv.ts, prefill-past.ts) share: a builder llama sized like
- * models/warmkv-brown, opened twice in bare onnxruntime (the graph as exported, and rewritten by
- * src/model/kv-rewrite.ts with new-row outputs), and seeded synthetic KV so no past needs prefilling.
+ * models/warmkv-brown, opened twice in bare onnxruntime (the graph as exported, and rewritten as the
+ * engine loads it: src/model/kv-rewrite.ts's new-row outputs, and attention over the unrepeated KV heads
+ * where the builder's graph repeats them), and seeded synthetic KV so no past needs prefilling.
  */
 import * as ort from 'onnxruntime-node';
-import { addNewRowOutputs, detectDecoderIo, withPatch, type DecoderIo } from '../../src/model/index.ts';
+import { detectDecoderIo, withPatch, type DecoderIo } from '../../src/model/index.ts';
+import { rewriteDecoder } from '../../src/model/kv-rewrite.ts';
 import type { ValueInfo } from '../../src/model/layout.ts';
 import { buildModelBytes } from '../../tools/model-builder/index.ts';
 
@@ -35,9 +37,9 @@ export async function openRewrittenPair(maxPositions: number, threads: number): 
   };
   const exported = await ort.InferenceSession.create(built.onnx, sessionOptions);
   const io = detectDecoderIo(exported.inputMetadata as readonly ValueInfo[], exported.outputMetadata as readonly ValueInfo[], {});
-  const rewrite = addNewRowOutputs(built.onnx, io.names);
+  const rewrite = rewriteDecoder(built.onnx, io.names, modelOptions.numHeads, modelOptions.numKvHeads);
   if (!rewrite.ok) throw new Error(`not rewritable: ${rewrite.reason}`);
-  const rewritten = await ort.InferenceSession.create(withPatch(built.onnx, rewrite.patch), sessionOptions);
+  const rewritten = await ort.InferenceSession.create(rewrite.model ?? withPatch(built.onnx, rewrite.patch), sessionOptions);
   return { modelOptions, io, vocab: built.options.vocabSize, exported, rewritten, leanFetches: [io.names.logits, ...rewrite.newKeys, ...rewrite.newValues], newRows: { keys: rewrite.newKeys, values: rewrite.newValues } };
 }
 

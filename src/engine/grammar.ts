@@ -7,8 +7,12 @@ import type { EngineError } from './types.ts';
 export type GrammarSpec =
   | { kind: 'json_object' }
   | { kind: 'json_schema'; schema: Record<string, unknown> }
-  /** Tool calls: one of `tags` (`begin`, JSON matching `schema`, `end`), or with a separator one or more. */
-  | { kind: 'tagged_json'; tags: TaggedJson[]; separator: string | null };
+  /**
+   * Tool calls: one of `tags` (`begin`, JSON matching `schema`, `end`), or with a separator one or more.
+   * With `triggers` (tool_choice auto): free text, where any trigger (a prefix of the tags' `begin`)
+   * starts a call that must then be one of the tags; calls are optional.
+   */
+  | { kind: 'tagged_json'; tags: TaggedJson[]; separator: string | null; triggers?: string[] };
 
 export interface TaggedJson {
   begin: string;
@@ -165,7 +169,11 @@ export class GrammarService {
         end: tag.end,
       })),
     );
-    const format = spec.separator === null ? { type: 'or', elements: tags } : { type: 'tags_with_separator', tags, separator: spec.separator, at_least_one: true };
+    const format = spec.triggers
+      ? { type: 'triggered_tags', triggers: spec.triggers, tags, at_least_one: false, stop_after_first: spec.separator === null }
+      : spec.separator === null
+        ? { type: 'or', elements: tags }
+        : { type: 'tags_with_separator', tags, separator: spec.separator, at_least_one: true };
     const grammar = await compiler.compileStructuralTag(JSON.stringify({ type: 'structural_tag', format }));
     this.recordCompile(start);
     return grammar;

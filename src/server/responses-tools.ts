@@ -40,7 +40,8 @@ export function responseToolsOf(b: ResponseToolFields, format: ToolCallFormat): 
     return chat;
   });
   const choice = toolChoiceOf(b.tool_choice);
-  const plan = planTools(declared, choice, b.parallel_tool_calls, format, (i) => `tools[${i}].parameters`);
+  const strict = (b.tools ?? []).map((tool) => (tool as { strict?: boolean | null }).strict ?? true);
+  const plan = planTools(declared, choice, b.parallel_tool_calls, format, (i) => `tools[${i}].parameters`, strict);
   return { plan, tools: echoed, toolChoice: b.tool_choice ?? 'auto', parallelToolCalls: b.parallel_tool_calls ?? true };
 }
 

@@ -39,7 +39,8 @@ export function toolPlanOf(tools: unknown[] | null | undefined, choice: unknown,
   if (choice == null || choice === 'none' || choice === 'auto' || choice === 'required') named = choice;
   else if (isObject(choice) && choice.type === 'function' && isObject(choice.function) && typeof choice.function.name === 'string') named = { name: choice.function.name };
   else throw new ApiError('invalid_request', "Invalid value for 'tool_choice': must be 'none', 'auto', 'required' or {type: 'function', function: {name}}.", 'tool_choice');
-  return planTools(declared, named, parallel, format, (i) => `tools[${i}].function.parameters`);
+  const strict = (tools ?? []).map((tool) => (tool as { function: { strict?: unknown } }).function.strict === true);
+  return planTools(declared, named, parallel, format, (i) => `tools[${i}].function.parameters`, strict);
 }
 
 /** One function tool (`fields` holds name, description, parameters; `param` is where it sits in the body). */
@@ -54,29 +55,47 @@ export function declaredTool(fields: Record<string, unknown>, param: string): Ch
  * Declared tools and a choice as what the template renders and the grammar enforces (chat completions
  * and Responses alike); `schemaParam(i)` names tool i's schema in the request, for grammar errors.
  */
-export function planTools(declared: ChatTool[], choice: ToolChoice, parallel: boolean | null | undefined, format: ToolCallFormat, schemaParam: (i: number) => string): ToolPlan | null {
+export function planTools(
+  declared: ChatTool[],
+  choice: ToolChoice,
+  parallel: boolean | null | undefined,
+  format: ToolCallFormat,
+  schemaParam: (i: number) => string,
+  /** Per declared tool, `strict: true`: under `auto` its calls are held to its schema too. */
+  strict: readonly boolean[] = [],
+): ToolPlan | null {
   if (declared.length === 0) {
     if (choice != null && choice !== 'none' && choice !== 'auto') throw new ApiError('invalid_request', "Invalid value for 'tool_choice': no tools are declared.", 'tool_choice');
     return null;
   }
   if (choice === 'none') return { tools: [], parse: false, format };
-  if (choice == null || choice === 'auto') return { tools: declared, parse: true, format };
+  // Llama 3.x writes one call per turn; Hermes puts one block per call on its own line.
+  const separator = parallel !== false && format === 'hermes' ? '\n' : null;
+  if (choice == null || choice === 'auto') {
+    if (!strict.some(Boolean)) return { tools: declared, parse: true, format };
+    // Free text, and a call, once the model starts one, in the template's format: a strict tool's
+    // arguments match its schema, another tool's are any JSON object.
+    const tags = declared.map((tool, i) => callTag(tool, format, schemaParam(i), strict[i] ? tool.function.parameters : ANY_OBJECT));
+    return { tools: declared, parse: true, format, grammar: { kind: 'tagged_json', tags, separator, triggers: [format === 'hermes' ? '<tool_call>' : '{"name": '] } };
+  }
   let chosen: ChatTool[];
   if (choice === 'required') chosen = declared;
   else {
     chosen = declared.filter((t) => t.function.name === choice.name);
     if (chosen.length === 0) throw new ApiError('invalid_request', `Invalid value for 'tool_choice': no declared tool is named '${choice.name}'.`, 'tool_choice');
   }
-  const tags: TaggedJson[] = chosen.map((tool) => {
-    const name = JSON.stringify(tool.function.name);
-    const param = schemaParam(declared.indexOf(tool));
-    return format === 'hermes'
-      ? { begin: `<tool_call>\n{"name": ${name}, "arguments": `, schema: tool.function.parameters, end: '}\n</tool_call>', param }
-      : { begin: `{"name": ${name}, "parameters": `, schema: tool.function.parameters, end: '}', param };
-  });
-  // Llama 3.x writes one call per turn; Hermes puts one block per call on its own line.
-  const separator = parallel !== false && format === 'hermes' ? '\n' : null;
+  const tags = chosen.map((tool) => callTag(tool, format, schemaParam(declared.indexOf(tool)), tool.function.parameters));
   return { tools: declared, parse: true, format, grammar: { kind: 'tagged_json', tags, separator } };
+}
+
+const ANY_OBJECT = { type: 'object' };
+
+/** One call as the template writes it: the name fixed, the arguments JSON matching `schema`. */
+function callTag(tool: ChatTool, format: ToolCallFormat, param: string, schema: Record<string, unknown>): TaggedJson {
+  const name = JSON.stringify(tool.function.name);
+  return format === 'hermes'
+    ? { begin: `<tool_call>\n{"name": ${name}, "arguments": `, schema, end: '}\n</tool_call>', param }
+    : { begin: `{"name": ${name}, "parameters": `, schema, end: '}', param };
 }
 
 function toolCall(name: unknown, args: unknown): ToolCall | null {

@@ -4,8 +4,8 @@ import { describe, test } from 'node:test';
 import { Ajv } from 'ajv';
 import fc from 'fast-check';
 import { checkSchema, canonicalJson } from '../../src/engine/grammar-schema.ts';
-import type { GrammarSpec } from '../../src/engine/grammar.ts';
-import { collect, GPT2, LLAMA, makeEngine, request, sampling } from '../support/fixtures.ts';
+import { GrammarService, type GrammarSpec } from '../../src/engine/grammar.ts';
+import { collect, GPT2, LLAMA, makeEngine, request, sampling, testModel } from '../support/fixtures.ts';
 
 const ajv = new Ajv({ strict: false });
 
@@ -134,4 +134,38 @@ test('property: for random supported schemas and seeds, the output validates', a
 test('canonical JSON sorts keywords but keeps the order of properties', () => {
   assert.equal(canonicalJson({ type: 'object', properties: { b: { type: 'string' }, a: {} } }), '{"properties":{"b":{"type":"string"},"a":{}},"type":"object"}');
   assert.equal(canonicalJson({ required: ['x'], type: 'object' }), canonicalJson({ type: 'object', required: ['x'] }));
+});
+
+test('triggered tool calls (tool_choice auto, strict): free text is free, a started call must match its schema', async () => {
+  const model = await testModel(LLAMA);
+  const tokenizer = model.tokenizer;
+  const service = new GrammarService(tokenizer.encodedVocabulary(), model.vocabSize, model.folder.eosTokenIds);
+  const schema = { type: 'object', properties: { city: { type: 'string', enum: ['Paris', 'Oslo'] } }, required: ['city'], additionalProperties: false };
+  const spec: GrammarSpec = {
+    kind: 'tagged_json',
+    tags: [{ begin: '<tool_call>\n{"name": "get_weather", "arguments": ', schema, end: '}\n</tool_call>', param: 'tools[0]' }],
+    separator: '\n',
+    triggers: ['<tool_call>'],
+  };
+  /** How many of `text`'s tokens the grammar accepts, in order, before the first it refuses. */
+  const accepted = async (text: string) => {
+    const made = await service.constraint(spec);
+    if (!made.ok) assert.fail(made.error.message);
+    const ids = tokenizer.encode(text, false);
+    let n = 0;
+    for (const id of ids) {
+      if (!made.constraint.accept(id)) break;
+      n++;
+    }
+    made.constraint.dispose();
+    return { n, of: ids.length };
+  };
+  const free = await accepted('the king walked towards the castle, and then');
+  assert.equal(free.n, free.of, 'text without a call is not constrained');
+  const valid = await accepted('Let me look. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>');
+  assert.equal(valid.n, valid.of, 'a call that matches the schema');
+  const unknownCity = await accepted('Let me look. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>');
+  assert.ok(unknownCity.n < unknownCity.of, 'a value outside the enum is refused');
+  const otherTool = await accepted('<tool_call>\n{"name": "search", "arguments": {}}');
+  assert.ok(otherTool.n < otherTool.of, 'an undeclared tool name is refused');
 });

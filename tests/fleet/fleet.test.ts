@@ -257,9 +257,9 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
 
   test('two replicas racing on one session: one commits, the other gets 409 session_busy; history stays linear', async () => {
     await fetch(`${urls[0]}/v1/sessions`, { method: 'POST', headers: json, body: JSON.stringify({ session_id: 'race' }) });
-    // The first turn is streamed and read until it is under way, so the second always arrives while
-    // the first holds the session, however fast the replica decodes.
-    const first = await fetch(`${urls[1]}/v1/sessions/race/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: [5, 6, 7], max_tokens: 40, temperature: 0, ignore_eos: true, stream: true }) });
+    // The first turn is streamed and read until it is under way, and long (600 tokens, hundreds of ms
+    // even on a fast replica), so the second arrives while the first holds the session.
+    const first = await fetch(`${urls[1]}/v1/sessions/race/completions`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: [5, 6, 7], max_tokens: 600, temperature: 0, ignore_eos: true, stream: true }) });
     assert.equal(first.status, 200);
     const reader = first.body!.getReader();
     await reader.read();
@@ -269,7 +269,7 @@ describe('a fleet of three replicas on one Redis', { skip: REDIS_SKIP, timeout: 
     while (!(await reader.read()).done);
     const seen = await sessionOf(urls[0], 'race');
     assert.equal(seen.version, 1);
-    assert.equal(seen.tokens, 3 + 40);
+    assert.equal(seen.tokens, 3 + 600);
   });
 
   test('SIGKILL of a replica mid-turn: the session stays at its last committed turn and continues elsewhere', async () => {

@@ -123,6 +123,8 @@ export class Engine {
   /** The decoding sequences' shared KV (see batch.ts). */
   private readonly decodeBatch: DecodeBatch<Sequence> | InPlaceBatch<Sequence>;
 
+  /** How running sequences keep their KV: in place (new rows written into buffers) or concat. */
+  readonly kvPath: 'inplace' | 'concat';
   constructor(
     readonly model: EngineModel,
     readonly store: SessionStore,
@@ -139,6 +141,7 @@ export class Engine {
       prefillChunk: (_sequence, info) => this.scheduler.cost.recordPrefill(info.tokens, info.kvTokens - info.tokens, info.durationMs),
     });
     const kvPath = inPlaceKv(model, options, logger);
+    this.kvPath = kvPath;
     const layout = model.decoder.io.kv;
     const block = options.kvCapacityBlock ?? 64;
     this.decodeBatch = kvPath === 'inplace' ? new InPlaceBatch(layout, block, this.counterValues, options.window.capacity) : new DecodeBatch(layout, this.counterValues);

@@ -47,6 +47,8 @@ function sessionOptions(provider: ExecutionProvider, threads: number, deviceOutp
 
 /** onnxruntime-node session for an Optimum-style decoder; the only place the runtime is touched. */
 export class OnnxDecoder implements Decoder {
+  readonly thread = 'main' as const;
+
   private constructor(
     private readonly session: ort.InferenceSession,
     readonly io: DecoderIo,
@@ -124,7 +126,7 @@ export class OnnxDecoder implements Decoder {
         const external = typeof source === 'string' ? { extra: { session: { model_external_initializers_file_folder_path: dirname(source) } } } : {};
         try {
           session = await ort.InferenceSession.create(rewritten.bytes, { ...sessionOptions(provider, threads, []), ...external });
-          io = { ...io, newRows: rewritten.newRows };
+          io = { ...io, newRows: rewritten.newRows, groupedAttention: rewritten.groupedMatmuls };
           if (rewritten.groupedMatmuls > 0) options.logger.info({ matmuls: rewritten.groupedMatmuls }, 'grouped attention reads the KV heads without repeating them');
         } catch (error) {
           options.logger.info({ kvPath: 'concat', reason: `the rewritten graph does not load: ${(error as Error).message.split('\n')[0]}` }, 'in-place KV unavailable, the decoder runs the concat path');

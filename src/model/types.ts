@@ -72,6 +72,8 @@ export interface DecoderIo {
    * added at load by kv-rewrite.ts when asked for and the graph has the Concat shape; absent otherwise.
    */
   newRows?: { keys: readonly string[]; values: readonly string[] };
+  /** MatMuls the load-time rewrite made attend over the unrepeated KV heads (gqa-rewrite.ts); 0 or absent: none. */
+  groupedAttention?: number;
   inputTypes: DecoderInputTypes;
   kv: KvLayout;
   logitsDtype: KvDtype;
@@ -155,6 +157,10 @@ export interface Decoder {
   readonly io: DecoderIo;
   /** The execution provider actually in use (after any fallback). */
   readonly executionProvider: string;
+  /** onnxruntime's intra-op threads (set, or calibrated at load); absent for decoders that do not say. */
+  readonly intraOpThreads?: number;
+  /** Where steps compute: the calling thread or a worker (DECODER_THREAD); absent for decoders that do not say. */
+  readonly thread?: 'main' | 'worker';
   /**
    * Runs one step. A `past` on the device is consumed: once the step succeeded it must not be used
    * again (its buffers may be reused or freed); after a failure it is still valid.

@@ -35,6 +35,7 @@ interface Pending {
 }
 
 export class WorkerDecoder implements Decoder {
+  readonly thread = 'worker' as const;
   private nextId = 0;
   private readonly pendingById = new Map<number, Pending>();
   /** Set once the worker has exited (crashed or disposed): every later run fails with it. */

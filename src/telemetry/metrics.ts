@@ -27,6 +27,8 @@ export interface MetricsSources {
   int8?(): { enabled: boolean; agreement: number | null; perplexityDrift: number | null };
   /** Snapshot files and their bytes (the SNAPSHOT_MAX_BYTES cap applies). */
   snapshotFiles?(): { count: number; bytes: number };
+  /** What runs the model, as an info metric's labels (kv_path, decoder_thread, execution_provider, ...). */
+  modelInfo?: Record<string, string>;
   /** The background snapshot writers (SNAPSHOT_WRITE_QUEUE): writes queued or under way, written, refused for a full queue. */
   snapshotWrites?(): Array<{ kind: string; pending: number; written: number; refused: number }>;
   /** Constrained decoding's grammar counters (null while no grammar service exists). */
@@ -107,6 +109,11 @@ export class Metrics implements EngineObserver {
     if (files) {
       gauge('warmkv_snapshot_files', 'Session snapshot files in SNAPSHOT_DIR.', (g) => g.set(files().count));
       gauge('warmkv_snapshot_bytes', 'Bytes of the session snapshot files (capped by SNAPSHOT_MAX_BYTES).', (g) => g.set(files().bytes));
+    }
+    const info = sources.modelInfo;
+    if (info) {
+      const labelNames = Object.keys(info);
+      new Gauge({ name: 'warmkv_model_info', help: 'What runs the model: always 1, the labels say how (KV path, decoder thread, execution provider, threads, grouped attention).', labelNames, registers }).set(info, 1);
     }
     const writes = sources.snapshotWrites;
     if (writes) {

@@ -30,7 +30,8 @@ export async function makeRuntime(options: TestServerOptions = {}): Promise<Runt
   const config = loadConfig({}, argv);
   const runtime = new Runtime(config, {
     load: async () => {
-      const model = await testModel(modelOptions);
+      // Loaded as main.ts loads it: with new-row outputs unless the settings ask for the concat path.
+      const model = await testModel(modelOptions, config.kvMode === 'inplace');
       await options.loadGate;
       return model;
     },

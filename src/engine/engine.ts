@@ -67,6 +67,8 @@ export interface EngineCounters {
   repacks: number;
   inPlaceJoins: number;
   repackMs: number;
+  /** Window shifts done inside in-place buffers (no copy of the row out and back in). */
+  inPlaceWindowShifts: number;
 }
 
 /** Hooks for telemetry; the engine itself knows nothing of spans or metrics. */
@@ -118,7 +120,7 @@ export class Engine {
   private readonly idleWaiters: Array<() => void> = [];
   private readonly counterValues: EngineCounters = {
     decodeSteps: 0, decodeRows: 0, decodeMs: 0, batchSlots: 0, paddingSlots: 0,
-    decodeBytesOut: 0, prefillBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0,
+    decodeBytesOut: 0, prefillBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0, inPlaceWindowShifts: 0,
   };
   /** The decoding sequences' shared KV (see batch.ts). */
   private readonly decodeBatch: DecodeBatch<Sequence> | InPlaceBatch<Sequence>;
@@ -161,6 +163,7 @@ export class Engine {
       decodeBatch: this.decodeBatch,
       ownBuffers: kvPath === 'inplace' ? new OwnBuffers(layout, block, options.window.capacity) : null,
       runner: new Runner(model.decoder, model.vocabSize, this.counterValues, now),
+      counters: this.counterValues,
       observers: this.observers,
       logger,
       now,

@@ -12,6 +12,7 @@
  * few milliseconds. A row joins by one copy of its own cache and leaves by one copy out (`extract`).
  * Works on plain arrays, unit-tested in tests/engine/inplace-kv.test.ts and inplace-prefill.test.ts.
  */
+import { shiftRotaryKeys } from '../cache/kv-ops.ts';
 import { allocateKvData, kvIntact, type KvData, type KvLayout, type KvTensors } from '../model/types.ts';
 
 export class InPlaceKv {
@@ -96,6 +97,26 @@ export class InPlaceKv {
     this.lengths[row] = 0;
     this.live[row] = false;
     return null;
+  }
+
+  /**
+   * The sliding window's shift inside the buffers: removes slots `[start, start + count)` of row `row`,
+   * moves the slots after them back and rotates those keys back by `count` positions (as
+   * cache/kv-ops.ts's dropAndShift does on a tight cache), with no copy of the row out and back in.
+   */
+  shiftRow(row: number, start: number, count: number, inverseFrequencies: Float32Array): void {
+    const { numKvHeads: heads, headDim: dim } = this.layout;
+    const length = this.lengths[row];
+    const kept = length - count;
+    for (const layer of this.layers) {
+      for (let h = 0; h < heads; h++) {
+        const base = (row * heads + h) * this.capacity * dim;
+        layer.key.copyWithin(base + start * dim, base + (start + count) * dim, base + length * dim);
+        layer.value.copyWithin(base + start * dim, base + (start + count) * dim, base + length * dim);
+      }
+      shiftRotaryKeys(this.layout, layer.key, this.capacity, row, start, kept, -count, inverseFrequencies);
+    }
+    this.lengths[row] = kept;
   }
 
   /** Row `row`'s cache as its own tensors `// [1, numKvHeads, length, headDim]`, and the row freed. */

@@ -8,7 +8,7 @@ import type { WindowPolicy } from '../cache/window.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { KvLayout, ModelCapabilities } from '../model/types.ts';
 import type { DecodeBatch } from './batch.ts';
-import type { EngineModel, EngineObserver } from './engine.ts';
+import type { EngineCounters, EngineModel, EngineObserver } from './engine.ts';
 import type { InPlaceBatch } from './inplace-batch.ts';
 import type { OwnBuffers } from './own-buffer.ts';
 import type { Runner } from './runner.ts';
@@ -31,6 +31,8 @@ export interface EngineParts {
   /** KV_MODE=inplace: the prefilling and lone sequences' own buffers; null in concat mode. */
   readonly ownBuffers: OwnBuffers | null;
   readonly runner: Runner;
+  /** The engine's counters (engine.counters() copies them). */
+  readonly counters: EngineCounters;
   readonly observers: readonly EngineObserver[];
   readonly logger: Logger;
   readonly now: () => number;

@@ -15,7 +15,7 @@ import { settleOwnBuffer } from './own-buffer.ts';
 import type { EngineParts } from './parts.ts';
 import type { Sequence } from './sequence.ts';
 import type { EngineError } from './types.ts';
-import { dropWindow } from './window-drop.ts';
+import { dropWindow, shiftWindowInBuffer } from './window-drop.ts';
 
 export class StepExecutor {
   constructor(private readonly parts: EngineParts) {}
@@ -130,12 +130,22 @@ export class StepExecutor {
     }
   }
 
-  /** The cache is full: the sequence leaves the batch or its own buffer (holding its own tight KV again) and drops per the window policy. */
+  /**
+   * The cache is full: drops per the window policy. `shift` on in-place buffers happens inside them;
+   * otherwise the sequence leaves the batch or its own buffer (holding its own tight KV again) first.
+   */
   private dropWindow(sequence: Sequence): void {
     const { decodeBatch, window, layout, inverseFrequencies, observers } = this.parts;
-    decodeBatch.leave(sequence);
-    settleOwnBuffer(sequence);
-    dropWindow(sequence, window, layout, inverseFrequencies);
+    const inBatch = decodeBatch instanceof InPlaceBatch && sequence.batchRow >= 0 ? decodeBatch.current!.kv : null;
+    const buffer = inBatch ?? sequence.buffer;
+    if (window.strategy === 'shift' && inverseFrequencies && buffer) {
+      shiftWindowInBuffer(sequence, window, buffer, inBatch ? sequence.batchRow : 0, inverseFrequencies);
+      this.parts.counters.inPlaceWindowShifts++;
+    } else {
+      decodeBatch.leave(sequence);
+      settleOwnBuffer(sequence);
+      dropWindow(sequence, window, layout, inverseFrequencies);
+    }
     for (const o of observers) o.windowDrop?.(sequence, { droppedTokens: window.dropTokens, strategy: window.strategy });
   }
 

@@ -9,6 +9,7 @@ import { dropAndShift } from '../cache/kv-ops.ts';
 import type { WindowState } from '../cache/session.ts';
 import { cachedTranscript, planDrop, type WindowPolicy } from '../cache/window.ts';
 import type { KvLayout, KvTensors } from '../model/types.ts';
+import type { InPlaceKv } from './inplace-kv.ts';
 import type { SequenceState } from './sequence.ts';
 
 /** What a drop changes on a running sequence (a Sequence has all of it; the unit tests use plain objects). */
@@ -23,6 +24,19 @@ export interface DropMember {
   state: SequenceState;
   /** The transcript, which already holds every token the cache holds. */
   readonly session: { readonly tokens: readonly number[] };
+}
+
+/**
+ * `shift` on a sequence whose KV is row `row` of in-place buffers (the decode batch's, or its own):
+ * the same drop, done inside the buffers, so the row is neither copied out nor back in.
+ */
+export function shiftWindowInBuffer(member: Omit<DropMember, 'kv'>, policy: WindowPolicy, buffer: InPlaceKv, row: number, inverseFrequencies: Float32Array): void {
+  const drop = planDrop(policy, member.window, member.cacheLength);
+  const [start, end] = drop.slots;
+  buffer.shiftRow(row, start, end - start, inverseFrequencies);
+  member.window = drop.window;
+  member.droppedDuringRequest += policy.dropTokens;
+  member.cacheLength = drop.keptLength;
 }
 
 /** Drops `policy.dropTokens` tokens after the sinks. `inverseFrequencies`: the rotary frequencies, needed by `shift`. */

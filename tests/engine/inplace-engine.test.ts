@@ -1,8 +1,8 @@
 /**
  * The engine with KV_MODE=inplace (issue 25) against the default concat mode on the same requests:
  * concurrent streams of different lengths (joins, leaves, free rows, capacity growth), a session's
- * next turn on its kept cache, and window drops, give the same tokens in both modes, token for token;
- * float16 KV too. The in-place steps copy far fewer bytes out of onnxruntime per decode step.
+ * next turn on its kept cache, and window drops (a shift inside the buffers), give the same tokens in
+ * both modes, token for token; float16 KV too. The in-place steps copy far fewer bytes out of onnxruntime per decode step.
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -41,6 +41,10 @@ describe('engine with in-place KV', () => {
       assert.ok(inplace.cached.every((n) => n > 0), 'the next turns reuse the kept cache');
       assert.deepEqual(inplace.dropped, concat.dropped);
       assert.ok(concat.dropped.some((n) => n > 0), 'some stream slid its window');
+      // A shift slides the window inside the buffers (no copy out and back); recompute drops the cache.
+      if (name.includes('recompute')) assert.equal(inplace.counters.inPlaceWindowShifts, 0);
+      else assert.ok(inplace.counters.inPlaceWindowShifts > 0, 'the window shifted inside the buffers');
+      assert.equal(concat.counters.inPlaceWindowShifts, 0);
       const perStep = (c: typeof concat.counters) => c.decodeBytesOut / c.decodeSteps;
       assert.ok(perStep(inplace.counters) * 3 < perStep(concat.counters), `bytes out per step: in place ${perStep(inplace.counters)}, concat ${perStep(concat.counters)}`);
     });

@@ -7,11 +7,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { BuildOptions } from '../../tools/model-builder/index.ts';
+import { dropAndShift, rotaryInverseFrequencies } from '../../src/cache/kv-ops.ts';
 import { InPlaceKv } from '../../src/engine/inplace-kv.ts';
 import { argmax } from '../../src/engine/sampler.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
 import { halfArrayToFloat } from '../../src/lib/float16.ts';
-import { loadModel, type Decoder, type KvData, type LoadedModel } from '../../src/model/index.ts';
+import { loadModel, type Decoder, type KvData, type KvLayout, type KvTensors, type LoadedModel } from '../../src/model/index.ts';
 import { fullRecompute, randomTokens, runFromScratch, testModelDir } from '../support/fixtures.ts';
 import { LAYOUT, ownKv, slots } from '../support/inplace-arrays.ts';
 
@@ -54,6 +55,35 @@ describe('in-place KV buffers on plain arrays', () => {
     blockwise.join(0, ownKv([1, 2, 3]));
     blockwise.ensureCapacity(21);
     assert.equal(blockwise.capacity, 24, 'without a share: the next whole block');
+  });
+
+  test('a window shift inside the buffers equals dropAndShift on the row as its own cache (other rows untouched)', () => {
+    const layout: KvLayout = { numLayers: 2, numKvHeads: 2, headDim: 4, dtype: 'float32', bytesPerToken: 64 };
+    const own = (length: number, seed: number): KvTensors => ({
+      batchSize: 1,
+      length,
+      layers: Array.from({ length: 2 }, (_, l) => ({
+        key: Float32Array.from({ length: 2 * length * 4 }, (_, i) => Math.sin(seed + l * 7 + i * 0.37)),
+        value: Float32Array.from({ length: 2 * length * 4 }, (_, i) => Math.cos(seed + l * 5 + i * 0.21)),
+      })),
+    });
+    const frequencies = rotaryInverseFrequencies(10000, 4);
+    const kv = new InPlaceKv(layout, 2, 8);
+    kv.join(0, own(13, 1));
+    kv.join(1, own(9, 2));
+    const before = own(9, 2);
+    kv.shiftRow(0, 2, 5, frequencies);
+    assert.equal(kv.lengths[0], 8);
+    const expected = dropAndShift(layout, own(13, 1), 2, 5, frequencies);
+    const got = kv.extract(0);
+    for (let l = 0; l < 2; l++) {
+      for (const part of ['key', 'value'] as const) {
+        const [a, b] = [got.layers[l][part] as Float32Array, expected.layers[l][part] as Float32Array];
+        assert.equal(a.length, b.length);
+        assert.ok(a.every((x, i) => Math.abs(x - b[i]) < 1e-6), `layer ${l} ${part}s`);
+      }
+    }
+    assert.deepEqual(kv.extract(1), before, 'the other row is as it was');
   });
 
   test('buffers lost with a decoder thread (lent to a step that never came back) give no cache, never stale bytes', () => {

@@ -63,8 +63,10 @@ export async function loadModel(dir: string, options: LoadModelOptions): Promise
     newRowOutputs: options.newRowOutputs,
     logger: options.logger,
   } as const;
-  let decoder: Decoder = await (options.decoderThread === 'worker' ? WorkerDecoder.load : OnnxDecoder.load)(folder.onnxPath, hints, decoderOptions);
-  if (options.decoderThread === 'auto') decoder = await placeDecoder(decoder as OnnxDecoder, folder.onnxPath, hints, decoderOptions, options.workerMinStepMs ?? WORKER_MIN_STEP_MS);
+  const decoder =
+    options.decoderThread === 'auto' && decoderOptions.executionProvider !== 'webgpu'
+      ? await placeDecoder(folder.onnxPath, hints, decoderOptions, options.workerMinStepMs ?? WORKER_MIN_STEP_MS)
+      : await (options.decoderThread === 'worker' ? WorkerDecoder.load : OnnxDecoder.load)(folder.onnxPath, hints, decoderOptions);
   const vocabSize = folder.vocabSize ?? tokenizer.size;
   let probe;
   try {
@@ -79,18 +81,19 @@ export async function loadModel(dir: string, options: LoadModelOptions): Promise
 }
 
 /**
- * DECODER_THREAD=auto: times a probe decode step on the main-thread decoder and moves the model to a
- * worker (opened again there, at the same thread count) when the step is long enough for the event loop
- * to lose more waiting for it than the worker's messages cost. WebGPU stays where it is: its KV stays on
- * the device only on the main thread.
+ * DECODER_THREAD=auto: opens the model on a worker, times a probe decode step there, and keeps it when
+ * the step is long enough for the event loop to lose more waiting for it than the worker's messages
+ * cost; a shorter step is opened again on the main thread (same thread count). Long steps mean large
+ * models, which are loaded once; only a small model, quick to load, is loaded twice. WebGPU is not
+ * placed (its KV stays on the device only on the main thread): the caller opens it on the main thread.
  */
-async function placeDecoder(decoder: OnnxDecoder, source: string, hints: ConfigHints, options: DecoderOptions, minStepMs: number): Promise<Decoder> {
-  let stepMs: number | null = null;
-  if (decoder.executionProvider !== 'webgpu') stepMs = await probeStepMs(decoder).catch(() => null);
-  const toWorker = stepMs !== null && stepMs >= minStepMs;
-  options.logger.info({ decoderThread: toWorker ? 'worker' : 'main', probeStepMs: stepMs === null ? null : Math.round(stepMs * 100) / 100, minStepMs }, 'decoder thread chosen (DECODER_THREAD=auto)');
-  if (!toWorker) return decoder;
-  const threads = decoder.intraOpThreads;
-  await decoder.dispose();
-  return WorkerDecoder.load(source, hints, { ...options, executionProvider: decoder.executionProvider as DecoderOptions['executionProvider'], intraOpThreads: threads });
+async function placeDecoder(source: string, hints: ConfigHints, options: DecoderOptions, minStepMs: number): Promise<Decoder> {
+  const worker = await WorkerDecoder.load(source, hints, options);
+  const stepMs = await probeStepMs(worker).catch(() => null);
+  const onWorker = stepMs !== null && stepMs >= minStepMs;
+  options.logger.info({ decoderThread: onWorker ? 'worker' : 'main', probeStepMs: stepMs === null ? null : Math.round(stepMs * 100) / 100, minStepMs }, 'decoder thread chosen (DECODER_THREAD=auto)');
+  if (onWorker) return worker;
+  const { executionProvider, intraOpThreads } = worker;
+  await worker.dispose();
+  return OnnxDecoder.load(source, hints, { ...options, executionProvider: executionProvider as DecoderOptions['executionProvider'], intraOpThreads });
 }

@@ -189,10 +189,9 @@ function newRowAdditions(model: onnxProto.onnx.IModelProto, names: KvNames): New
  * read from the model's metadata. Nothing is changed when any layer does not have the Concat shape.
  */
 export function addNewRowOutputs(modelBytes: Uint8Array, names: KvNames): NewRowsRewrite {
-  const additions = newRowAdditions(onnx.ModelProto.decode(modelBytes), names);
-  if (typeof additions === 'string') return { ok: false, reason: additions };
-  const patch = onnx.ModelProto.encode({ graph: { node: additions.nodes, output: additions.outputs } }).finish();
-  return { ok: true, patch, newKeys: additions.newKeys, newValues: additions.newValues };
+  const rewrite = rewriteDecoder(modelBytes, names, undefined, 0);
+  if (!rewrite.ok) return rewrite;
+  return { ok: true, patch: rewrite.patch, newKeys: rewrite.newKeys, newValues: rewrite.newValues };
 }
 
 export type DecoderRewrite =

@@ -219,7 +219,9 @@ const PATCH_ROOM = 1 << 20;
 /**
  * The model's bytes with new-row outputs (kv-rewrite.ts) and their names, or null (with the reason
  * logged) when the KV is stacked or on the device, or the graph has no Concat shape. A file is read into
- * a buffer with room after it, where the patch goes: the weights are read once, never copied.
+ * a buffer with room after it, where the patch goes: the weights are read once, never copied. Grouped
+ * attention over the unrepeated KV heads changes existing nodes, so that model is encoded whole (for
+ * exports with external weights, only the graph).
  */
 function newRowOutputsModel(
   source: string | Uint8Array,

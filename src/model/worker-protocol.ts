@@ -36,15 +36,14 @@ export type FromWorker =
  * shared memory ("Invalid argument"), so the past cannot be shared with the worker without a copy.
  */
 export function crossing<T extends KvData | BigInt64Array>(view: T): T {
-  if (view.buffer instanceof ArrayBuffer && view.byteOffset === 0 && view.byteLength === view.buffer.byteLength) return view;
-  return view.slice() as T;
+  return whole(view) ? view : (view.slice() as T);
 }
 
 /** A lent past's layers, on their way to the worker or back. */
 export type LentLayers = Array<{ key: KvData; value: KvData }>;
 
 /** Whether a view covers its whole buffer, so moving that buffer moves exactly the view's bytes. */
-function whole(view: KvData): boolean {
+function whole(view: KvData | BigInt64Array): boolean {
   return view.buffer instanceof ArrayBuffer && view.byteOffset === 0 && view.byteLength === view.buffer.byteLength;
 }
 

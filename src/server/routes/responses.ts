@@ -112,8 +112,8 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
     if (parent) {
       const parentSession = await parts.store.find(owner, parent.sessionId);
       takeOver = parts.shared?.shared
-        ? parent.sessionId !== '' && holdsTokens((await storeCall(() => parts.shared!.load(owner, parent!.sessionId)))?.tokens, parent)
-        : responses.isHead(parent) || holds(parentSession, parent);
+        ? parent.sessionId !== '' && holds((await storeCall(() => parts.shared!.load(owner, parent!.sessionId)))?.tokens, parent)
+        : responses.isHead(parent) || holds(parentSession?.tokens, parent);
       if (takeOver && !parentSession?.busy) sessionId = parent.sessionId;
       else if (store) branchFrom = parentSession;
     }
@@ -260,15 +260,11 @@ export function responseRoutes(deps: ServerDeps): Hono<AppEnv> {
 }
 
 /**
- * Whether the session holds exactly this response's transcript (its prompt and reply, plus at most the
- * end-of-sequence token): how a chain finds its head again after a restart, from the session's tokens.
+ * Whether a session's tokens (its own, or its committed ones in a fleet's shared store) are exactly this
+ * response's transcript (its prompt and reply, plus at most the end-of-sequence token): how a chain finds
+ * its head again after a restart or on another replica.
  */
-function holds(session: Session | undefined, record: StoredResponse): boolean {
-  return holdsTokens(session?.tokens, record);
-}
-
-/** `holds` for a transcript: the session's own tokens, or its committed ones in the shared store. */
-function holdsTokens(sessionTokens: readonly number[] | undefined, record: StoredResponse): boolean {
+function holds(sessionTokens: readonly number[] | undefined, record: StoredResponse): boolean {
   const tokens = record.transcript?.tokens;
   if (!sessionTokens || !tokens || sessionTokens.length < tokens.length || sessionTokens.length > tokens.length + 1) return false;
   for (let i = 0; i < tokens.length; i++) if (sessionTokens[i] !== tokens[i]) return false;

@@ -10,9 +10,12 @@
  * Both prefill orders are measured: `shortest` (the default: the prefilling request with the fewest
  * prompt tokens left gets the next chunk) and `arrival` (the earliest admitted, the order before).
  *
- *   npm run bench -- fairness [--model DIR] [--threads N] [--long 4096] [--short 16] [--repeats 3] [--kv-mode inplace|concat]
+ *   npm run bench -- fairness [--model DIR] [--threads N] [--long 4096] [--short 16] [--repeats 3] [--kv-mode inplace|concat] [--lane-threads N]
  *
- * Writes bench/results/fairness-<kv-mode>.json.
+ * `--lane-threads N` (N > 0) runs with the prefill lane (PREFILL_LANE=worker, src/engine/prefill-lane.ts):
+ * long prompts' chunks on a second session with N threads, beside the decode steps.
+ *
+ * Writes bench/results/fairness-<kv-mode>[-lane].json (or `--tag`'s name).
  */
 import { tmpdir } from 'node:os';
 import { existsSync } from 'node:fs';
@@ -33,7 +36,10 @@ const values = parseBenchArgs('fairness', SUMMARY, {
   short: { type: 'string', default: '16', value: 'N', help: 'tokens of the short request' },
   repeats: { type: 'string', default: '3', value: 'N', help: 'long prefills per prefill order (one short request each)' },
   ...KV_MODE_OPTION,
+  'lane-threads': { type: 'string', default: '0', value: 'N', help: 'the prefill lane with N intra-op threads (0: no lane)' },
+  tag: { type: 'string', value: 'NAME', help: 'result file name (default fairness-<kv-mode>[-lane])' },
 });
+const laneThreads = Number(values['lane-threads']);
 const kvMode = kvModeOf(values['kv-mode']);
 
 const longTokens = Number(values.long);
@@ -49,7 +55,7 @@ async function model() {
       await buildModelFolder(dir, { family: 'llama', hiddenSize: 256, numLayers: 6, numHeads: 8, numKvHeads: 2, vocabSize: 4096, maxPositions: context });
     }
   }
-  return { dir, loaded: await loadModel(dir, { logger: silentLogger, intraOpThreads: Number(values.threads), newRowOutputs: kvMode === 'inplace' }) };
+  return { dir, loaded: await loadModel(dir, { logger: silentLogger, intraOpThreads: Number(values.threads), newRowOutputs: kvMode === 'inplace', prefillLaneThreads: laneThreads > 0 ? laneThreads : undefined }) };
 }
 
 const tokens = (n: number, salt: number) => Array.from({ length: n }, (_, i) => (i * 131 + salt * 17) % 4000 + 1);
@@ -89,6 +95,11 @@ interface OrderResult {
   /** The running streams' ITL p99 over their idle windows (IDLE_WINDOW gaps before each long prompt). */
   idleItlP99Ms: number;
   itlRatio: number;
+  /** Chunks that ran on the prefill lane (0 without one). */
+  laneChunks: number;
+  /** The running stream's tokens per second while the long prompts prefilled, and alone (its idle windows). */
+  streamTokensPerSecondDuring: number;
+  streamTokensPerSecondIdle: number;
 }
 
 /** Gaps of the running stream measured before each long prompt arrives: its idle baseline. */
@@ -127,6 +138,7 @@ async function main(): Promise<void> {
     const chunkLog: Array<{ tokens: number; past: number; ms: number }> = [];
     const decodeMs: number[] = [];
     let longRunning = false;
+    let duringMs = 0;
     engine.addObserver({
       prefillChunk: (s, info) => {
         if (s.request.requestId.startsWith('long-')) chunkLog.push({ tokens: info.tokens, past: info.kvTokens - info.tokens, ms: info.durationMs });
@@ -152,6 +164,7 @@ async function main(): Promise<void> {
       const longTo = performance.now();
       longRunning = false;
       during.push(...gapsOf(stream.arrivals, longFrom, longTo));
+      duringMs += longTo - longFrom;
       await Promise.all([short.done, long.done]);
       // The stream runs until cancelled.
       stream.stop();
@@ -159,7 +172,8 @@ async function main(): Promise<void> {
       console.error(`${order} #${r + 1}: short TTFT ${shortTtft.at(-1)!.toFixed(1)} ms, long TTFT ${longTtft.at(-1)!.toFixed(0)} ms`);
     }
     const itlP99DuringMs = percentile(during, 99);
-    const idleItlP99Ms = percentile(idleGaps.splice(0), 99);
+    const idleWindows = idleGaps.splice(0);
+    const idleItlP99Ms = percentile(idleWindows, 99);
     const slowest = chunkLog.reduce((a, b) => (b.ms > a.ms ? b : a), chunkLog[0]);
     const longChunks = {
       count: chunkLog.length,
@@ -180,16 +194,20 @@ async function main(): Promise<void> {
       ttftRatio: median(shortTtft) / idleTtftMs,
       idleItlP99Ms,
       itlRatio: itlP99DuringMs / idleItlP99Ms,
+      laneChunks: engine.counters().laneChunks,
+      streamTokensPerSecondDuring: (during.length / duringMs) * 1000,
+      streamTokensPerSecondIdle: (idleWindows.length / idleWindows.reduce((a, b) => a + b, 0)) * 1000,
     });
   }
 
   const markdown = table(
-    ['prefill order', `short (${shortTokens}) TTFT median, ms`, 'TTFT / idle', `long (${longTokens}) TTFT median, ms`, 'stream ITL p99 idle / during, ms', 'ITL p99 / idle', 'long chunks: median tokens / median ms / max ms', 'decode step median, ms'],
-    results.map((r) => [r.order, median(r.shortTtftMs).toFixed(1), `${r.ttftRatio.toFixed(2)}x`, median(r.longTtftMs).toFixed(0), `${r.idleItlP99Ms.toFixed(1)} / ${r.itlP99DuringMs.toFixed(1)}`, `${r.itlRatio.toFixed(2)}x`, `${r.longChunks.medianTokens} / ${r.longChunks.medianMs.toFixed(1)} / ${r.longChunks.maxMs.toFixed(1)}`, r.decodeStepMedianMs.toFixed(1)]),
+    ['prefill order', `short (${shortTokens}) TTFT median, ms`, 'TTFT / idle', `long (${longTokens}) TTFT median, ms`, 'stream ITL p99 idle / during, ms', 'ITL p99 / idle', 'stream tok/s idle / during', 'long chunks: median tokens / median ms / max ms', 'decode step median, ms'],
+    results.map((r) => [r.order, median(r.shortTtftMs).toFixed(1), `${r.ttftRatio.toFixed(2)}x`, median(r.longTtftMs).toFixed(0), `${r.idleItlP99Ms.toFixed(1)} / ${r.itlP99DuringMs.toFixed(1)}`, `${r.itlRatio.toFixed(2)}x`, `${r.streamTokensPerSecondIdle.toFixed(0)} / ${r.streamTokensPerSecondDuring.toFixed(0)}`, `${r.longChunks.medianTokens} / ${r.longChunks.medianMs.toFixed(1)} / ${r.longChunks.maxMs.toFixed(1)}`, r.decodeStepMedianMs.toFixed(1)]),
   );
   console.log(`idle: short TTFT ${idleTtftMs.toFixed(1)} ms; a lone stream's ITL p99 ${loneItlP99Ms.toFixed(1)} ms; the ITL baseline is each running stream's own ${IDLE_WINDOW} gaps before its long prompt (goal: both ratios <= 3x)\n\n${markdown}`);
-  const file = writeResult(`fairness-${kvMode}`, {
+  const file = writeResult(values.tag ?? `fairness-${kvMode}${laneThreads > 0 ? '-lane' : ''}`, {
     kvMode,
+    laneThreads,
     model: values.model ?? `builder llama (hidden 256, 6 layers, 8 heads / 2 KV heads, vocab 4096, context ${context})`,
     modelDir: values.model ? dir : undefined,
     threads: Number(values.threads),
@@ -202,6 +220,8 @@ async function main(): Promise<void> {
     goal: { ttftRatio: 3, itlRatio: 3 },
   });
   console.error(`wrote ${file}`);
+  await loaded.prefillDecoder?.dispose();
+  await loaded.decoder.dispose();
 }
 
 await main();

@@ -58,6 +58,14 @@ export const configSchema = z.object({
   decoderThread: z.enum(['main', 'worker', 'auto']).default('auto'),
   /** `DECODER_THREAD=auto`: the probe step length (ms) from which a step on the main thread costs more than the worker's messages. */
   decoderWorkerMinStepMs: int(0).default(10),
+  /**
+   * `worker`: a second session of the model on a thread of its own runs long prompts' prefill chunks
+   * while the main decoder keeps stepping the running streams (src/engine/prefill-lane.ts), for the cost
+   * of a second copy of the weights and PREFILL_LANE_THREADS cores taken from the decoder. `off`: every
+   * chunk runs between the decode steps.
+   */
+  prefillLane: z.enum(['off', 'worker']).default('off'),
+  prefillLaneThreads: int(1).default(1),
 
   /** Bytes all in-memory KV caches may use together; default half the free memory at start. */
   kvCacheBytes: byteSize.optional(),

@@ -101,7 +101,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
   const decoder = options.wrapDecoder ? options.wrapDecoder(loaded.decoder) : loaded.decoder;
   const engine = new Engine(
     { decoder, tokenizer: loaded.tokenizer, vocabSize: loaded.vocabSize, eosTokenIds: folder.eosTokenIds, positionEncoding: folder.positionEncoding, capabilities: loaded.capabilities,
-      grammarVocabulary: () => loaded.tokenizer.encodedVocabulary() },
+      grammarVocabulary: () => loaded.tokenizer.encodedVocabulary(), prefillDecoder: loaded.prefillDecoder },
     store,
     {
       maxBatchSize: config.maxBatchSize,
@@ -154,6 +154,7 @@ export function assemble(config: Config, loaded: LoadedModel, options: RuntimeOp
         execution_provider: loaded.decoder.executionProvider,
         intra_op_threads: String(loaded.decoder.intraOpThreads ?? 'unknown'),
         grouped_attention: loaded.decoder.io.groupedAttention ? 'true' : 'false',
+        prefill_lane: loaded.prefillDecoder ? 'worker' : 'off',
       },
       grammar: () => engine.grammarCounters(),
       prefixCache: () => prefixCache?.counters() ?? null,
@@ -213,6 +214,7 @@ export class Runtime implements ServingSource {
       newRowOutputs: c.kvMode === 'inplace',
       decoderThread: c.decoderThread,
       workerMinStepMs: c.decoderWorkerMinStepMs,
+      prefillLaneThreads: c.prefillLane === 'worker' ? c.prefillLaneThreads : undefined,
       logger,
     }));
     this.ready = (async () => {
@@ -227,7 +229,7 @@ export class Runtime implements ServingSource {
         await parts.tiers.init();
         if (this.closing) {
           // Closed while loading: nothing was served with these parts.
-          await parts.engine.model.decoder.dispose();
+          await disposeDecoders(parts);
           throw new RuntimeError('the runtime was closed while the model loaded');
         }
         const stopTierSweeps = parts.tiers.startSweeps({ int8AfterMs: config.int8AfterSeconds * 1000, idleTtlMs: config.sessionIdleSeconds * 1000 });
@@ -292,8 +294,14 @@ export class Runtime implements ServingSource {
       // Snapshots still being written land before the process may exit.
       await parts.tiers.flush();
       await this.shared?.close();
-      await parts.engine.model.decoder.dispose();
+      await disposeDecoders(parts);
     })();
     return this.closing;
   }
+}
+
+/** The model's sessions: the decoder, and the prefill lane's when there is one (idle once the engine drained). */
+async function disposeDecoders(parts: Serving): Promise<void> {
+  await parts.engine.model.decoder.dispose();
+  await parts.engine.model.prefillDecoder?.dispose();
 }

@@ -13,6 +13,7 @@ import { GrammarService, type GrammarCounters, type GrammarVocabulary } from './
 import { InPlaceBatch } from './inplace-batch.ts';
 import { inPlaceKv, OwnBuffers } from './own-buffer.ts';
 import type { EngineParts } from './parts.ts';
+import { PrefillLane } from './prefill-lane.ts';
 import { Runner } from './runner.ts';
 import { Scheduler, type SchedulerOptions } from './scheduler.ts';
 import { Sequence } from './sequence.ts';
@@ -30,6 +31,11 @@ export interface EngineModel {
   capabilities?: ModelCapabilities;
   /** The tokenizer's vocabulary for constrained decoding (read on the first request with a grammar); absent: grammars are refused. */
   grammarVocabulary?: () => GrammarVocabulary;
+  /**
+   * `PREFILL_LANE=worker`: a second decoder of the same graph on its own thread, which runs long prompts'
+   * chunks while `decoder` steps the decode batch (prefill-lane.ts); absent: every chunk runs inline.
+   */
+  prefillDecoder?: Decoder;
 }
 
 /** The scheduler's options (queues, batch slots, chunk budget; see scheduler.ts) and the window policy. */
@@ -63,6 +69,8 @@ export interface EngineCounters {
   prefillChunks: number;
   prefillTokens: number;
   prefillMs: number;
+  /** Prefill chunks that ran on the prefill lane, beside the decode steps (counted in prefillChunks too). */
+  laneChunks: number;
   /** Batch re-packs (every row copied into a new tensor), newcomers copied into a free row, and the copy time. */
   repacks: number;
   inPlaceJoins: number;
@@ -75,7 +83,8 @@ export interface EngineCounters {
 export interface EngineObserver {
   requestQueued?(sequence: RequestRecord): void;
   requestStarted?(sequence: RequestRecord, info: { restoredFrom: Tier; restoreMs: number }): void;
-  prefillChunk?(sequence: RequestRecord, info: { tokens: number; kvTokens: number; startMs: number; durationMs: number }): void;
+  /** `lane`: the chunk ran on the prefill lane, beside the decode steps (its time delayed nobody's step). */
+  prefillChunk?(sequence: RequestRecord, info: { tokens: number; kvTokens: number; startMs: number; durationMs: number; lane: boolean }): void;
   decodeStep?(info: { sequences: readonly RequestRecord[]; kvTokens: number; startMs: number; durationMs: number }): void;
   windowDrop?(sequence: RequestRecord, info: { droppedTokens: number; strategy: WindowPolicy['strategy'] }): void;
   requestFinished?(sequence: RequestRecord): void;
@@ -120,7 +129,7 @@ export class Engine {
   private readonly idleWaiters: Array<() => void> = [];
   private readonly counterValues: EngineCounters = {
     decodeSteps: 0, decodeRows: 0, decodeMs: 0, batchSlots: 0, paddingSlots: 0,
-    decodeBytesOut: 0, prefillBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0, inPlaceWindowShifts: 0,
+    decodeBytesOut: 0, prefillBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0, laneChunks: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0, inPlaceWindowShifts: 0,
   };
   /** The decoding sequences' shared KV (see batch.ts). */
   private readonly decodeBatch: DecodeBatch<Sequence> | InPlaceBatch<Sequence>;
@@ -137,10 +146,10 @@ export class Engine {
     this.scheduler = new Scheduler(options, () => this.capabilities);
     // A snapshot write that landed freed KV room: a request waiting for it may be admitted now.
     store.onRoomFreed(() => this.wake());
-    // The step costs the scheduler sizes chunks by, measured on every call.
+    // The step costs the scheduler sizes inline chunks by, measured on every call of the loop's decoder.
     this.observers.push({
       decodeStep: (info) => this.scheduler.cost.recordDecode(info.durationMs),
-      prefillChunk: (_sequence, info) => this.scheduler.cost.recordPrefill(info.tokens, info.kvTokens - info.tokens, info.durationMs),
+      prefillChunk: (_sequence, info) => void (info.lane || this.scheduler.cost.recordPrefill(info.tokens, info.kvTokens - info.tokens, info.durationMs)),
     });
     const kvPath = inPlaceKv(model, options, logger);
     this.kvPath = kvPath;
@@ -163,6 +172,7 @@ export class Engine {
       decodeBatch: this.decodeBatch,
       ownBuffers: kvPath === 'inplace' ? new OwnBuffers(layout, block, options.window.capacity) : null,
       runner: new Runner(model.decoder, model.vocabSize, this.counterValues, now),
+      lane: model.prefillDecoder ? new PrefillLane(new Runner(model.prefillDecoder, model.vocabSize, this.counterValues, now), () => this.wake()) : null,
       counters: this.counterValues,
       observers: this.observers,
       logger,
@@ -383,6 +393,8 @@ export class Engine {
 
   private reapCancelled(): void {
     for (const sequence of [...this.waiting, ...this.running]) {
+      // Its cache is with the lane's call: reaped once the chunk lands.
+      if (sequence.inLane) continue;
       if (sequence.abortReason) this.finish(sequence, 'error', sequence.abortReason);
       else if (sequence.request.signal?.aborted) this.finish(sequence, 'cancelled');
     }

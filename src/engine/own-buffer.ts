@@ -28,6 +28,15 @@ export interface BufferOwner {
  */
 const PREFILL_GROWTH_SHARE = 0.25;
 
+/**
+ * A buffer prefilled on the prefill lane doubles: its 512-token chunks outgrew a quarter's growth at every
+ * chunk, and each growth copies the whole buffer on the loop's thread (3 ms at 4,096 slots, 25 ms at
+ * 32,768, with every running stream waiting); room for the whole prompt at once made each chunk attend
+ * over the whole capacity instead (a 32,768-token prompt took twice as long). Doubling copies a few
+ * times and leaves at most as much masked slack as valid slots.
+ */
+export const LANE_GROWTH_SHARE = 1;
+
 export class OwnBuffers {
   constructor(
     private readonly layout: KvLayout,
@@ -41,15 +50,15 @@ export class OwnBuffers {
    * The owner's buffer with room for `newTokens` more slots, made from its tight cache (or empty) on
    * first use; the owner's tight `kv` is then null.
    */
-  take(owner: BufferOwner, newTokens: number): InPlaceKv {
+  take(owner: BufferOwner, newTokens: number, growthShare = PREFILL_GROWTH_SHARE): InPlaceKv {
     let buffer = owner.buffer;
     if (!buffer) {
       buffer = new InPlaceKv(this.layout, 1, this.block, this.maxCapacity);
-      buffer.growthShare = PREFILL_GROWTH_SHARE;
       buffer.join(0, owner.kv ?? emptyKv(this.layout, 1), newTokens);
       owner.buffer = buffer;
       owner.kv = null;
     }
+    buffer.growthShare = growthShare;
     buffer.ensureCapacity(buffer.lengths[0] + newTokens);
     return buffer;
   }

@@ -11,6 +11,7 @@ import type { DecodeBatch } from './batch.ts';
 import type { EngineCounters, EngineModel, EngineObserver } from './engine.ts';
 import type { InPlaceBatch } from './inplace-batch.ts';
 import type { OwnBuffers } from './own-buffer.ts';
+import type { PrefillLane } from './prefill-lane.ts';
 import type { Runner } from './runner.ts';
 import type { Scheduler } from './scheduler.ts';
 import type { Sequence } from './sequence.ts';
@@ -31,6 +32,8 @@ export interface EngineParts {
   /** KV_MODE=inplace: the prefilling and lone sequences' own buffers; null in concat mode. */
   readonly ownBuffers: OwnBuffers | null;
   readonly runner: Runner;
+  /** `PREFILL_LANE=worker`: long prompts' chunks on a second decoder beside the decode steps; null otherwise. */
+  readonly lane: PrefillLane | null;
   /** The engine's counters (engine.counters() copies them). */
   readonly counters: EngineCounters;
   readonly observers: readonly EngineObserver[];

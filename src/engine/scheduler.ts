@@ -48,6 +48,8 @@ export interface Schedulable {
   /** Tokens in its cache so far (the past of its next chunk). */
   readonly cacheLength: number;
   readonly enqueuedAt: number;
+  /** A chunk of it runs on the prefill lane now (prefill-lane.ts): it gets no other chunk until that lands. */
+  readonly inLane?: boolean;
 }
 
 /** One iteration's work: a decode step of every decoding sequence, then at most one prefill chunk. */
@@ -165,7 +167,7 @@ export class Scheduler<T extends Schedulable> {
     let prefilling = 0;
     for (const s of this.running) {
       if (s.state === 'decode') decoding++;
-      else if (s.state === 'prefill') prefilling++;
+      else if (s.state === 'prefill' && !s.inLane) prefilling++;
     }
     return { sequence, tokens: this.chunkTokens(sequence, decoding, prefilling, batchRows) };
   }
@@ -177,12 +179,37 @@ export class Scheduler<T extends Schedulable> {
    * the short ones' few chunks. Ongoing decodes are unaffected (a decode step runs every iteration).
    */
   private nextPrefill(): T | undefined {
-    if (this.options.prefillOrder === 'arrival') return this.running.find((s) => s.state === 'prefill');
+    if (this.options.prefillOrder === 'arrival') return this.running.find((s) => s.state === 'prefill' && !s.inLane);
     let best: T | undefined;
     for (const s of this.running) {
-      if (s.state === 'prefill' && (!best || s.remainingPending < best.remainingPending)) best = s;
+      if (s.state === 'prefill' && !s.inLane && (!best || s.remainingPending < best.remainingPending)) best = s;
     }
     return best;
+  }
+
+  /**
+   * What the prefill lane (a second decoder on its own thread, prefill-lane.ts) runs next, when it is
+   * free: while streams decode, the prefilling sequence with the most prompt tokens left, in a full chunk,
+   * if the chunk the step budget would give it inline does not finish it. A prompt that one budgeted
+   * chunk finishes stays inline (its first token comes sooner from the loop's own decoder); a long one
+   * no longer holds the running streams' steps back, since the lane runs beside them. With nothing
+   * decoding there is nobody to hold back: chunks run inline, full size, on the loop's decoder.
+   */
+  lanePlan(batchRows: number): StepPlan<T>['prefill'] {
+    if (!this.capabilities().multiTokenOverPast) return null;
+    let decoding = 0;
+    let prefilling = 0;
+    let longest: T | undefined;
+    for (const s of this.running) {
+      if (s.state === 'decode') decoding++;
+      else if (s.state === 'prefill') {
+        prefilling++;
+        if (!s.inLane && (!longest || s.remainingPending > longest.remainingPending)) longest = s;
+      }
+    }
+    if (decoding === 0 || !longest) return null;
+    if (longest.remainingPending <= this.chunkTokens(longest, decoding, prefilling, batchRows)) return null;
+    return { sequence: longest, tokens: this.options.prefillChunkTokens };
   }
 
   /**

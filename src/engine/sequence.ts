@@ -40,6 +40,8 @@ export class Sequence {
   pendingIndex = 0;
   /** Row in the decode batch, or -1. */
   batchRow = -1;
+  /** A prefill chunk of this sequence is running on the prefill lane (prefill-lane.ts): nothing else may touch its cache. */
+  inLane = false;
 
   cachedTokens = 0;
   restoredFrom: Tier = 'evicted';

@@ -11,8 +11,10 @@ import { needsDrop } from '../cache/window.ts';
 import { kvOnHost } from '../model/types.ts';
 import type { BatchRows, DecodeBatch } from './batch.ts';
 import { InPlaceBatch } from './inplace-batch.ts';
-import { settleOwnBuffer } from './own-buffer.ts';
+import { LANE_GROWTH_SHARE, settleOwnBuffer } from './own-buffer.ts';
 import type { EngineParts } from './parts.ts';
+import type { PrefillLane } from './prefill-lane.ts';
+import type { Runner, StepResult } from './runner.ts';
 import type { Sequence } from './sequence.ts';
 import type { EngineError } from './types.ts';
 import { dropWindow, shiftWindowInBuffer } from './window-drop.ts';
@@ -20,14 +22,23 @@ import { dropWindow, shiftWindowInBuffer } from './window-drop.ts';
 export class StepExecutor {
   constructor(private readonly parts: EngineParts) {}
 
-  /** Runs this iteration's plan (its prefill half after the decode step); false when there was nothing to run. */
+  /**
+   * Runs this iteration's plan (its prefill half after the decode step); false when there was nothing to
+   * run. With a prefill lane, a chunk that landed there is applied first, and the lane gets its next
+   * chunk after the decode step, started without waiting: the inline chunk and the next iterations'
+   * decode steps run while it does.
+   */
   async iterate(): Promise<boolean> {
-    const { scheduler, decodeBatch } = this.parts;
+    const { scheduler, decodeBatch, lane } = this.parts;
+    const landed = lane ? await this.landLaneChunk(lane) : false;
     const decode = scheduler.decodePlan();
     if (decode.length > 0) await this.decodeStep(decode);
-    const prefill = scheduler.prefillPlan(decodeBatch.current?.rows.length ?? 1);
+    const batchRows = decodeBatch.current?.rows.length ?? 1;
+    const toLane = lane && !lane.busy ? scheduler.lanePlan(batchRows) : null;
+    if (toLane) this.startLaneChunk(lane!, toLane.sequence, toLane.tokens);
+    const prefill = scheduler.prefillPlan(batchRows);
     if (prefill) await this.prefillChunk(prefill.sequence, prefill.tokens);
-    return decode.length > 0 || prefill !== null;
+    return landed || decode.length > 0 || toLane !== null || prefill !== null;
   }
 
   /** Some KV (the batch's or a running sequence's) is in device memory. */
@@ -102,23 +113,61 @@ export class StepExecutor {
   }
 
   private async prefillChunk(sequence: Sequence, chunkTokens: number): Promise<void> {
-    const { window, runner, observers } = this.parts;
-    if (needsDrop(window, sequence.cacheLength)) {
-      await this.hostSequence(sequence);
-      this.dropWindow(sequence);
-    }
+    if (needsDrop(this.parts.window, sequence.cacheLength)) await this.hostSequence(sequence);
+    const { tokens, call } = this.chunkCall(this.parts.runner, sequence, chunkTokens);
+    await this.applyChunk(sequence, tokens, await call, false);
+  }
+
+  /** Starts a chunk of `sequence` on the lane (no window drop is pending: lane work is never on a device). */
+  private startLaneChunk(lane: PrefillLane, sequence: Sequence, chunkTokens: number): void {
+    const { tokens, call } = this.chunkCall(lane.runner, sequence, chunkTokens, true);
+    this.parts.counters.laneChunks++;
+    lane.start(sequence, tokens, call);
+  }
+
+  /**
+   * Applies the chunk that landed on the lane, if any (true then). A sequence cancelled meanwhile (the
+   * loop's reaping skipped it while its cache was on the lane) keeps the chunk in its cache and is
+   * reaped here, as the loop would have; one the loop ended meanwhile (its failure path) is left alone.
+   */
+  private async landLaneChunk(lane: PrefillLane): Promise<boolean> {
+    const landed = lane.take();
+    if (!landed) return false;
+    const { sequence, tokens, step } = landed;
+    if (sequence.state === 'finished') return true;
+    if (step.ok && sequence.abortReason) this.parts.finish(sequence, 'error', sequence.abortReason);
+    else if (step.ok && sequence.request.signal?.aborted) this.parts.finish(sequence, 'cancelled');
+    else await this.applyChunk(sequence, tokens, step, true);
+    return true;
+  }
+
+  /**
+   * Window drop if the cache is full, then the model call of the next chunk on `runner`: on the
+   * sequence's own buffer in place (a lane chunk's buffer doubles when it grows: LANE_GROWTH_SHARE),
+   * else on its own tight cache.
+   */
+  private chunkCall(runner: Runner, sequence: Sequence, chunkTokens: number, lane = false): { tokens: number; call: Promise<StepResult> } {
+    const { window } = this.parts;
+    if (needsDrop(window, sequence.cacheLength)) this.dropWindow(sequence);
     const count = Math.min(chunkTokens, window.capacity - sequence.cacheLength, sequence.remainingPending);
     const ownBuffers = this.parts.ownBuffers;
     // Over an empty cache the buffer's capacity is a past of masked slots, which an export that cannot
     // take several tokens over a past refuses: its whole-prompt chunk runs concat (the present is then just
     // the new rows), and its next steps, one token each, in place.
     const inPlace = ownBuffers && (sequence.cacheLength > 0 || this.parts.capabilities.multiTokenOverPast);
-    const step = inPlace ? await runner.prefillInPlace(sequence, ownBuffers.take(sequence, count), count) : await runner.prefill(sequence, count);
+    if (!inPlace) return { tokens: count, call: runner.prefill(sequence, count) };
+    const buffer = lane ? ownBuffers.take(sequence, count, LANE_GROWTH_SHARE) : ownBuffers.take(sequence, count);
+    return { tokens: count, call: runner.prefillInPlace(sequence, buffer, count) };
+  }
+
+  /** After a chunk's call: its observers, and at the prompt's end the first token (or the end). */
+  private async applyChunk(sequence: Sequence, count: number, step: StepResult, lane: boolean): Promise<void> {
+    const { runner, observers } = this.parts;
     if (!step.ok) {
       await this.failStep([sequence], step.error);
       return;
     }
-    for (const o of observers) o.prefillChunk?.(sequence, { tokens: count, kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs });
+    for (const o of observers) o.prefillChunk?.(sequence, { tokens: count, kvTokens: step.kvTokens, startMs: step.startMs, durationMs: step.durationMs, lane });
     if (sequence.remainingPending === 0) {
       // max_tokens 0 only fills the cache (the native API's session prefill).
       await sequence.constraint?.prepare();

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import type { Logger } from '../lib/logger.ts';
 import { readModelFolder, type ModelFolder } from './model-folder.ts';
 import type { ConfigHints } from './layout.ts';
@@ -25,6 +26,8 @@ export interface LoadedModel {
   vocabSize: number;
   /** What the export can do, probed at load; the engine adapts (one token per step, no batching). */
   capabilities: ModelCapabilities;
+  /** `prefillLane`: the same graph on a thread of its own, for long prompts' chunks beside the decode steps. */
+  prefillDecoder?: Decoder;
 }
 
 export interface LoadModelOptions {
@@ -42,6 +45,12 @@ export interface LoadModelOptions {
   decoderThread?: 'main' | 'worker' | 'auto';
   /** `auto` only: the probe step length, in ms, from which the decoder runs on a worker (default 10). */
   workerMinStepMs?: number;
+  /**
+   * `PREFILL_LANE=worker`: also open the graph on a thread of its own with this many intra-op threads,
+   * for the engine's prefill lane (src/engine/prefill-lane.ts); the main decoder's thread calibration
+   * then leaves those cores out. Refused on WebGPU (its KV lives on the device of one session).
+   */
+  prefillLaneThreads?: number;
   logger: Logger;
 }
 
@@ -56,10 +65,13 @@ export async function loadModel(dir: string, options: LoadModelOptions): Promise
   const folder = readModelFolder(dir, options.id);
   const tokenizer = new TextTokenizer(folder.tokenizerJson, folder.tokenizerConfig);
   const hints = { numKvHeads: folder.numKvHeadsHint, headDim: folder.headDimHint, numHeads: folder.numHeadsHint };
+  const laneThreads = options.prefillLaneThreads;
+  if (laneThreads !== undefined && options.executionProvider === 'webgpu') throw new Error('PREFILL_LANE=worker is not supported with EXECUTION_PROVIDER=webgpu');
   const decoderOptions = {
     executionProvider: options.executionProvider ?? 'cpu',
     fallbackToCpu: options.fallbackToCpu ?? false,
     intraOpThreads: options.intraOpThreads,
+    maxIntraOpThreads: laneThreads === undefined ? undefined : availableParallelism() - laneThreads,
     newRowOutputs: options.newRowOutputs,
     logger: options.logger,
   } as const;
@@ -77,7 +89,16 @@ export async function loadModel(dir: string, options: LoadModelOptions): Promise
   }
   const reasons = Object.keys(probe.reasons).length > 0 ? { reasons: probe.reasons } : {};
   options.logger.info({ ...probe.capabilities, probeMs: Math.round(probe.durationMs * 10) / 10, ...reasons }, 'model capabilities probed');
-  return { folder, decoder, tokenizer, vocabSize, capabilities: probe.capabilities };
+  if (laneThreads === undefined) return { folder, decoder, tokenizer, vocabSize, capabilities: probe.capabilities };
+  let prefillDecoder: Decoder;
+  try {
+    prefillDecoder = await WorkerDecoder.load(folder.onnxPath, hints, { ...decoderOptions, executionProvider: decoder.executionProvider as DecoderOptions['executionProvider'], intraOpThreads: laneThreads });
+  } catch (error) {
+    await decoder.dispose();
+    throw error;
+  }
+  options.logger.info({ prefillLaneThreads: laneThreads, decoderThreads: decoder.intraOpThreads }, 'prefill lane opened (PREFILL_LANE=worker)');
+  return { folder, decoder, tokenizer, vocabSize, capabilities: probe.capabilities, prefillDecoder };
 }
 
 /**

@@ -21,6 +21,11 @@ export interface DecoderOptions {
   fallbackToCpu: boolean;
   intraOpThreads?: number;
   /**
+   * Without `intraOpThreads`, the calibration tries thread counts up to this many (default: every
+   * core); a prefill lane beside the decoder keeps its own threads' cores out of it.
+   */
+  maxIntraOpThreads?: number;
+  /**
    * Rewrite the graph at load so that it also outputs just the new KV rows (kv-rewrite.ts), for
    * in-place KV (`fetch: 'new-rows'`). Graphs without the Concat shape load as they are, with the reason logged.
    */
@@ -62,7 +67,7 @@ export class OnnxDecoder implements Decoder {
    * (thread-calibration.ts): the fastest per decode step of 1, 2, 4 ... up to the available cores.
    */
   static async load(source: string | Uint8Array, hints: ConfigHints, options: DecoderOptions): Promise<OnnxDecoder> {
-    const cores = availableParallelism();
+    const cores = Math.max(1, Math.min(availableParallelism(), options.maxIntraOpThreads ?? Infinity));
     if (options.intraOpThreads !== undefined || options.executionProvider !== 'cpu' || cores < 2) {
       const decoder = await OnnxDecoder.open(source, hints, options, options.intraOpThreads ?? cores);
       decoder.logLoaded(options.logger, {});

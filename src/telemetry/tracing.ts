@@ -86,7 +86,7 @@ export class Tracing implements EngineObserver {
     span.end();
   }
 
-  private child(sequence: RequestRecord, name: string, start: number, end: number, attributes: Record<string, string | number>): void {
+  private child(sequence: RequestRecord, name: string, start: number, end: number, attributes: Record<string, string | number | boolean>): void {
     const parent = this.spans.get(sequence.request);
     if (!parent) return;
     this.tracer.startSpan(name, { startTime: start, attributes }, parent.context).end(end);
@@ -103,10 +103,11 @@ export class Tracing implements EngineObserver {
     });
   }
 
-  prefillChunk(sequence: RequestRecord, info: { tokens: number; kvTokens: number; startMs: number; durationMs: number }): void {
+  prefillChunk(sequence: RequestRecord, info: { tokens: number; kvTokens: number; startMs: number; durationMs: number; lane: boolean }): void {
     this.child(sequence, 'prefill', toEpoch(info.startMs), toEpoch(info.startMs + info.durationMs), {
       'warmkv.prefill.tokens': info.tokens,
       'warmkv.kv.tokens': info.kvTokens,
+      'warmkv.prefill.lane': info.lane,
     });
   }
 

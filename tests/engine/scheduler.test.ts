@@ -6,6 +6,7 @@ import { FULL_CAPABILITIES, type ModelCapabilities } from '../../src/model/types
 
 class Member implements Schedulable {
   state: Schedulable['state'] = 'queued';
+  inLane = false;
   constructor(
     readonly name: string,
     public remainingPending: number,
@@ -108,6 +109,41 @@ describe('scheduler step plans', () => {
     assert.equal(scheduler.plan(1).prefill!.tokens, 64);
     const limited = schedulerWith([running('p', 'prefill', 900, 300)], {}, { ...FULL_CAPABILITIES, multiTokenOverPast: false });
     assert.equal(limited.plan(1).prefill!.tokens, 1);
+  });
+});
+
+describe('scheduler plans for the prefill lane', () => {
+  test('the lane takes the longest prompt in a full chunk, only while streams decode and when one budgeted chunk would not finish it', () => {
+    const stream = running('s', 'decode', 0, 10);
+    const scheduler = schedulerWith([stream, running('short', 'prefill', 30), running('long', 'prefill', 4096), running('mid', 'prefill', 900)], { minPrefillChunkTokens: 16 });
+    scheduler.cost.recordDecode(1);
+    // 0.1 ms per prompt token: the budget, 1 ms x 4 / 1, fits 40 tokens inline.
+    measure(scheduler.cost, (tokens) => 0.1 * tokens);
+    const lane = scheduler.lanePlan(1)!;
+    assert.equal((lane.sequence as Member).name, 'long');
+    assert.equal(lane.tokens, 512, 'a full chunk: it holds no stream back');
+
+    // Alone with the stream its budget is 1 ms x 2 / 1: about 20 tokens inline.
+    const shortOnly = schedulerWith([running('s', 'decode', 0, 10), running('short', 'prefill', 16)], { minPrefillChunkTokens: 16 });
+    shortOnly.cost.recordDecode(1);
+    measure(shortOnly.cost, (tokens) => 0.1 * tokens);
+    assert.equal(shortOnly.lanePlan(1), null, 'one inline chunk finishes it: it stays on the loop');
+    assert.equal(schedulerWith([running('long', 'prefill', 4096)]).lanePlan(1), null, 'nothing decodes: full chunks inline');
+    const oneTokenSteps = schedulerWith([running('s', 'decode', 0, 10), running('long', 'prefill', 4096, 100)], {}, { ...FULL_CAPABILITIES, multiTokenOverPast: false });
+    assert.equal(oneTokenSteps.lanePlan(1), null, 'an export that steps one token over a past has no chunk to move');
+  });
+
+  test('a sequence in the lane gets no other chunk; the inline chunk goes to the shortest of the rest', () => {
+    const long = running('long', 'prefill', 4096);
+    const mid = running('mid', 'prefill', 900);
+    const scheduler = schedulerWith([running('s', 'decode', 0, 10), long, mid]);
+    long.inLane = true;
+    assert.equal((scheduler.lanePlan(1)!.sequence as Member).name, 'mid');
+    mid.inLane = true;
+    assert.equal(scheduler.lanePlan(1), null);
+    assert.equal(scheduler.plan(1).prefill, null, 'both are in flight: no inline chunk either');
+    long.inLane = false;
+    assert.equal((scheduler.plan(1).prefill!.sequence as Member).name, 'long');
   });
 });
 

@@ -14,7 +14,7 @@ import { Engine, type EngineOptions } from '../../src/engine/engine.ts';
 import { GREEDY, type SamplingParams } from '../../src/engine/sampler.ts';
 import type { GenerationEvent, GenerationRequest, SubmitResult, Usage } from '../../src/engine/types.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
-import { emptyKv, loadModel, type Decoder, type DecoderOutput, type LoadedModel } from '../../src/model/index.ts';
+import { emptyKv, loadModel, readModelFolder, WorkerDecoder, type Decoder, type DecoderOutput, type LoadedModel } from '../../src/model/index.ts';
 
 const building = new Map<string, Promise<string>>();
 
@@ -43,6 +43,30 @@ export function testModel(options: BuildOptions, newRowOutputs = false): Promise
   return model;
 }
 
+const lanes = new Map<string, Promise<Decoder>>();
+
+/** The prefill lane's decoder for a builder model: a worker thread, loaded once per option set; `closeLaneDecoders` ends them. */
+export function laneDecoder(options: BuildOptions, newRowOutputs: boolean): Promise<Decoder> {
+  const key = JSON.stringify(options) + (newRowOutputs ? ' new-rows' : '');
+  let decoder = lanes.get(key);
+  if (!decoder) {
+    decoder = testModelDir(options).then(async (dir) => {
+      const folder = readModelFolder(dir);
+      const hints = { numKvHeads: folder.numKvHeadsHint, headDim: folder.headDimHint, numHeads: folder.numHeadsHint };
+      return WorkerDecoder.load(folder.onnxPath, hints, { executionProvider: 'cpu', fallbackToCpu: false, intraOpThreads: 1, newRowOutputs, logger: silentLogger });
+    });
+    lanes.set(key, decoder);
+  }
+  return decoder;
+}
+
+/** Ends every lane decoder's thread (a test file's `after`: a live worker keeps the process running). */
+export async function closeLaneDecoders(): Promise<void> {
+  const open = [...lanes.values()];
+  lanes.clear();
+  for (const decoder of open) await (await decoder).dispose();
+}
+
 export const LLAMA: BuildOptions = { family: 'llama', seed: 7 };
 export const GPT2: BuildOptions = { family: 'gpt2', seed: 7 };
 
@@ -53,6 +77,8 @@ export interface EngineFixtureOptions extends Partial<Omit<EngineOptions, 'windo
   capacity?: number;
   window?: Partial<WindowSettings>;
   wrapDecoder?: (decoder: Decoder) => Decoder;
+  /** A prefill lane: the same model on a worker thread (one intra-op thread) for long prompts' chunks. */
+  prefillLane?: boolean;
   eos?: number[];
   /** Enables the int8 / disk tiers (disk only with a snapshot directory). */
   tiers?: { snapshotDir?: string; keyMode?: KeyScaleMode; int8?: boolean; idleTtlMs?: number; maxSnapshotBytes?: number; now?: () => number; writer?: Partial<SnapshotWriterOptions> };
@@ -85,6 +111,7 @@ export async function makeEngine(options: EngineFixtureOptions = {}): Promise<En
       positionEncoding: model.folder.positionEncoding,
       capabilities: model.capabilities,
       grammarVocabulary: () => model.tokenizer.encodedVocabulary(),
+      prefillDecoder: options.prefillLane ? await laneDecoder(options.model ?? LLAMA, options.kvMode !== 'concat') : undefined,
     },
     store,
     {

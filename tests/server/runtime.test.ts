@@ -1,10 +1,13 @@
 /** Runtime.close(): the pair of the runtime's construction (tier sweeps, resumable streams, the decoder). */
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import type { Decoder } from '../../src/model/index.ts';
+import { loadConfig } from '../../src/config.ts';
+import { emptyKv, WorkerDecoder, type Decoder } from '../../src/model/index.ts';
+import { Runtime } from '../../src/runtime.ts';
+import { LLAMA, testModelDir } from '../support/fixtures.ts';
 import { createApp } from '../../src/server/app.ts';
 import { StreamRegistry } from '../../src/server/streams.ts';
 import { wrapDecoder, type TestDecoder } from '../support/test-decoder.ts';
@@ -62,5 +65,27 @@ describe('Runtime.close', () => {
     await runtime.close();
     assert.equal(session.tier, 'disk');
     assert.ok(existsSync(tiers.pathOf('', 's')));
+  });
+});
+
+describe('PREFILL_LANE=worker', () => {
+  test('loads a second session on a thread of its own, serves with it, says so in warmkv_model_info, and closes both', async () => {
+    const dir = await testModelDir(LLAMA);
+    const config = loadConfig({}, ['--model', dir, '--kv-cache-bytes', '64MiB', '--prefill-lane', 'worker', '--int8-tier', 'false']);
+    const runtime = new Runtime(config, { processMetrics: false });
+    const serving = await runtime.ready;
+    const lane = serving.engine.model.prefillDecoder!;
+    assert.ok(lane instanceof WorkerDecoder, 'the lane runs on a worker thread');
+    assert.equal(lane.intraOpThreads, 1, 'PREFILL_LANE_THREADS defaults to 1');
+    assert.deepEqual(lane.io, serving.engine.model.decoder.io, 'the same graph, the same inputs and outputs');
+    assert.ok((serving.engine.model.decoder.intraOpThreads ?? 1) <= Math.max(1, availableParallelism() - 1), "the decoder's calibration left the lane's core out");
+    const app = createApp(runtime);
+    const res = await app.request('/v1/completions', post({ prompt: 'Hello there', max_tokens: 3, ignore_eos: true }));
+    assert.equal(res.status, 200);
+    const metrics = await (await app.request('/metrics')).text();
+    assert.match(metrics, /warmkv_model_info\{[^}]*prefill_lane="worker"/);
+    await runtime.close();
+    const step = { batchSize: 1, seqLength: 1, inputIds: BigInt64Array.of(1n), attentionMask: BigInt64Array.of(1n), positionIds: BigInt64Array.of(0n), past: emptyKv(lane.io.kv, 1) };
+    await assert.rejects(lane.run(step), /disposed/, 'close disposed the lane too');
   });
 });

@@ -16,6 +16,7 @@ const BENCHMARKS: Record<string, string> = {
   constrained: './constrained.ts',
   overhead: './overhead.ts',
   fleet: './fleet.ts',
+  'tool-stream': './tool-stream.ts',
 };
 
 /** One line per benchmark for the top-level help; each benchmark's own --help lists its options. */
@@ -32,6 +33,7 @@ const SUMMARIES: Record<keyof typeof BENCHMARKS, string> = {
   constrained: 'decode tok/s with a JSON-schema grammar against without, grammar compile time and cache hits',
   fleet: 'follow-up TTFT on a replica that never saw the session / the warm owner / cold, and Redis\'s share, on one redis-server',
   overhead: 'warmkv (engine, HTTP, SSE) against a bare onnxruntime loop: tok/s, warm TTFT, event-loop delay, RSS (--tag NAME)',
+  'tool-stream': "a named tool's call streamed: argument deltas and the token the first arrives at; the reader's cost per token",
 };
 
 function usage(): string {
@@ -47,7 +49,7 @@ function usage(): string {
     '  core --quick',
     '  load --concurrency 1,4 --requests-per-client 2 --level-seconds 30 --tag load-quick',
     '  soak --minutes 0.5 --clients 2 --tag soak-quick',
-    'constrained, fairness, fleet, logprobs, prefix-cache, tiers, tracing and window have no quick variant: they rewrite their committed result files.',
+    'constrained, fairness, fleet, logprobs, prefix-cache, tiers, tool-stream, tracing and window have no quick variant: they rewrite their committed result files.',
   ].join('\n');
 }
 

@@ -9,7 +9,10 @@ export interface ChatMessage {
   role: 'system' | 'user' | 'assistant' | 'tool';
   content: string;
   name?: string;
-  /** Assistant turns that called tools; `arguments` parsed (templates write them with `tojson`). */
+  /**
+   * Assistant turns that called tools; `arguments` parsed (templates write them with `tojson`), or the
+   * string as written when it is no JSON object (a cut call's).
+   */
   tool_calls?: Array<{ id: string; type: 'function'; function: { name: string; arguments: unknown } }>;
   tool_call_id?: string;
 }
@@ -117,7 +120,11 @@ function withToolsAsText(messages: readonly ChatMessage[], tools: readonly ChatT
       if (last?.role === 'user' && messages[i - 1]?.role === 'tool') last.content += `\n${block}`;
       else out.push({ role: 'user', content: block });
     } else if (m.tool_calls && m.tool_calls.length > 0) {
-      const calls = m.tool_calls.map((c) => `<tool_call>\n${JSON.stringify({ name: c.function.name, arguments: c.function.arguments })}\n</tool_call>`);
+      // Arguments that are no JSON object come as the string the model wrote: they go in as written.
+      const calls = m.tool_calls.map((c) => {
+        const args = typeof c.function.arguments === 'string' ? c.function.arguments : JSON.stringify(c.function.arguments);
+        return `<tool_call>\n{"name":${JSON.stringify(c.function.name)},"arguments":${args}}\n</tool_call>`;
+      });
       out.push({ role: 'assistant', content: [m.content, ...calls].filter((s) => s !== '').join('\n') });
     } else out.push({ role: m.role, content: m.content, ...(m.name !== undefined ? { name: m.name } : {}) });
   }

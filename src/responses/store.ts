@@ -17,7 +17,8 @@ export type ResponseStatus = 'queued' | 'in_progress' | 'completed' | 'incomplet
 /**
  * One message of a conversation as the chat template sees it (developer already mapped to system):
  * function_call items become an assistant message's `tool_calls` (arguments parsed, as templates
- * write them with `tojson`), function_call_output items `tool` messages.
+ * write them with `tojson`, or the string as written when it is no JSON object), function_call_output
+ * items `tool` messages.
  */
 export interface ConversationMessage {
   role: 'system' | 'user' | 'assistant' | 'tool';
@@ -117,6 +118,8 @@ export interface StoredResponse {
   outputText: string;
   /** The calls the reply made (absent or empty: the output is one message). */
   toolCalls?: StoredToolCall[];
+  /** Where the message sits among the output items: how many calls the reply opened before its first text (absent: first). */
+  messageIndex?: number;
   /** Set when the response ends, if its output tokens decode to exactly its output text; children continue it. */
   transcript: Transcript | null;
   /** The engine session holding this response's KV (shared along a chain). */

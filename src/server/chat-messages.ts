@@ -1,10 +1,12 @@
 /**
  * OpenAI chat messages into the template's roles: assistant tool calls and tool results are kept (a
- * tool message must answer a call made earlier in the conversation); non-text parts are refused.
+ * tool message must answer a call made earlier in the conversation; a call's arguments need not be
+ * JSON, as a cut call's are not); non-text parts are refused.
  */
 import type { ChatMessage } from '../model/chat-template.ts';
 import { ApiError } from './errors.ts';
 import type { MessageBody } from './schemas.ts';
+import { templateArguments } from './tool-calls.ts';
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
@@ -50,12 +52,6 @@ function toolCallsOf(calls: unknown[], role: ChatMessage['role'], param: string)
     if (!isObject(call) || typeof call.id !== 'string' || !isObject(call.function) || typeof call.function.name !== 'string' || typeof call.function.arguments !== 'string') {
       throw new ApiError('invalid_request', `Invalid value for '${at}': must be {id, type: 'function', function: {name, arguments}}.`, at);
     }
-    let args: unknown;
-    try {
-      args = JSON.parse(call.function.arguments);
-    } catch {
-      throw new ApiError('invalid_request', `Invalid value for '${at}.function.arguments': must be a JSON string.`, `${at}.function.arguments`);
-    }
-    return { id: call.id, type: 'function', function: { name: call.function.name, arguments: args } };
+    return { id: call.id, type: 'function', function: { name: call.function.name, arguments: templateArguments(call.function.arguments) } };
   });
 }

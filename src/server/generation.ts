@@ -23,7 +23,8 @@ import type { SessionRuns } from './session-runs.ts';
 import type { StreamRegistry } from './streams.ts';
 import { stepStatsOf, type StepStat } from './step-stats.ts';
 import type { ToolCallFormat } from '../model/chat-template.ts';
-import { parseToolCalls, toolCallDeltas } from './tool-calls.ts';
+import { ChatToolStream, chatToolAnswer } from './tool-calls.ts';
+import { TOOL_EVENTS_PER_TOKEN } from './tool-stream.ts';
 
 export type ResponseFormat = 'completion' | 'chat';
 
@@ -46,7 +47,7 @@ export interface GenerationJob {
   /** Completions `echo` with `logprobs`: the route scores the prompts (prompt-logprobs.ts) into `promptLogprobs`. */
   echoLogprobs?: boolean;
   promptLogprobs?: PromptLogprob[];
-  /** Chat with tools: the reply is read for tool calls in this format (a stream holds its text back until the end). */
+  /** Chat with tools: the reply is read for tool calls in this format (tool-stream.ts), as it streams. */
   toolCallFormat?: ToolCallFormat;
   /** `n` > 1: the choices share one prompt, prefilled once on sessions of the server's (choices.ts). */
   shared?: SharedPrompt;
@@ -289,8 +290,8 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
       choices: answers.map(({ choice, text, end }) => {
         const finishReason = choiceFinish(end!.finishReason);
         const logprobs = choice.logprobs?.take() ?? emptyLogprobs(choice);
-        const tools = job.toolCallFormat && end!.finishReason === 'stop' ? parseToolCalls(text, job.toolCallFormat) : null;
-        if (tools) return { index: choice.index, message: { role: 'assistant', content: tools.content, refusal: null, tool_calls: tools.calls }, logprobs, finish_reason: 'tool_calls' };
+        const tools = job.toolCallFormat ? chatToolAnswer(text, job.toolCallFormat, end!.finishReason) : null;
+        if (tools) return { index: choice.index, message: tools.message, logprobs, finish_reason: tools.finishReason };
         return job.format === 'chat'
           ? { index: choice.index, message: { role: 'assistant', content: text, refusal: null }, logprobs, finish_reason: finishReason }
           : { index: choice.index, text, logprobs, finish_reason: finishReason };
@@ -314,7 +315,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     return out;
   };
   /** A chunk's choice; it carries the logprobs of the tokens whose text it brings (and of held-back ones before). */
-  const textChoice = (choice: Choice, text: string, finishReason: 'stop' | 'length' | 'cancelled' | null = null) => {
+  const textChoice = (choice: Choice, text: string, finishReason: 'stop' | 'length' | 'tool_calls' | 'cancelled' | null = null) => {
     const logprobs = choice.logprobs?.take() ?? null;
     return job.format === 'chat'
       ? { index: choice.index, delta: text === '' && finishReason ? {} : { content: text }, logprobs, finish_reason: finishReason }
@@ -327,28 +328,24 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
     const ends = await Promise.all(
       choices.map(async (choice) => {
         let end: EndEvent | undefined;
-        let held = '';
+        const sendDelta = (delta: unknown) => writer.send(chunk([{ index: choice.index, delta, logprobs: choice.logprobs?.take() ?? null, finish_reason: null }]));
+        const tools = job.toolCallFormat ? new ChatToolStream(job.toolCallFormat, sendDelta) : null;
+        /** The text the engine's stop check held back (and all the reader did), then the finish reason. */
+        const sendRest = (text: string) => {
+          if (tools) return tools.finish(text, end!.finishReason);
+          if (text) writer.send(chunk([textChoice(choice, text)]));
+          return choiceFinish(end!.finishReason);
+        };
         try {
           if (job.format === 'chat') writer.send(chunk([{ index: choice.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
           if (choice.echo) writer.send(chunk([textChoice(choice, choice.echo)]));
           // Without per-token fields (logprobs, step stats) a token's chunk is a template around its text.
           const tokenChunk = choice.logprobs === null && !stepStats ? jsonTemplate((text) => chunk([textChoice(choice, text)])) : null;
           end = await pump(choice, (piece) => {
-            if (job.toolCallFormat) held += piece;
-            else if (piece && !failure) writer.sendJson(tokenChunk ? tokenChunk.prefix + JSON.stringify(piece) + tokenChunk.suffix : JSON.stringify(chunk([textChoice(choice, piece)])));
+            if (!piece || failure) return;
+            if (tools) tools.push(piece);
+            else writer.sendJson(tokenChunk ? tokenChunk.prefix + JSON.stringify(piece) + tokenChunk.suffix : JSON.stringify(chunk([textChoice(choice, piece)])));
           });
-          if (job.toolCallFormat && end) {
-            const text = held + end.text;
-            const tools = end.finishReason === 'stop' ? parseToolCalls(text, job.toolCallFormat) : null;
-            if (tools && !failure) {
-              if (tools.content) writer.send(chunk([textChoice(choice, tools.content)]));
-              for (const delta of toolCallDeltas(tools.calls)) writer.send(chunk([{ index: choice.index, delta, logprobs: null, finish_reason: null }]));
-              finished(choice, end);
-              writer.send(chunk([{ index: choice.index, delta: {}, logprobs: choice.logprobs?.take() ?? null, finish_reason: 'tool_calls' }]));
-              return end;
-            }
-            end = { ...end, text };
-          }
         } catch (error) {
           log.error({ err: (error as Error).message }, 'stream failed');
           endTrace(choice, { responseId: id, errorType: 'internal' });
@@ -369,13 +366,13 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
         }
         if (end.finishReason === 'cancelled' && !failure) {
           // Whoever reads or resumes the stream sees it was stopped, and why; never a silent close.
-          if (end.text) writer.send(chunk([textChoice(choice, end.text)]));
+          sendRest(end.text);
           writer.send({ ...chunk([textChoice(choice, '', 'cancelled')]), cancel_reason: cancelReasonOf(abort.signal) });
           return end;
         }
         if (end.finishReason === 'error' || failure) return end;
-        if (end.text) writer.send(chunk([textChoice(choice, end.text)]));
-        writer.send(chunk([textChoice(choice, '', choiceFinish(end.finishReason))]));
+        const finishReason = sendRest(end.text);
+        writer.send(chunk([textChoice(choice, '', finishReason)]));
         return end;
       }),
     );
@@ -388,7 +385,7 @@ export async function runGeneration(ctx: GenerationContext, job: GenerationJob):
   };
 
   const maxTokens = choices.reduce((sum, c) => sum + c.request.maxTokens, 0);
-  const eventLog = ctx.streams.open({ id, owner: job.request.owner, abort, maxTokens });
+  const eventLog = ctx.streams.open({ id, owner: job.request.owner, abort, maxTokens: maxTokens * (job.toolCallFormat ? TOOL_EVENTS_PER_TOKEN : 1) });
   streamLog = eventLog;
   // A resumable stream outlives its connection: only DELETE or the registry stop it from now on.
   // Otherwise the client signal and the connection's reader both stop it, as before.

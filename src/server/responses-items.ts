@@ -1,11 +1,13 @@
 /**
  * Responses' items both ways: `input` items (messages, function_call, function_call_output,
  * item_reference) into conversation messages for the chat template, as chat-messages.ts does for chat
- * (a call's arguments parsed, a result answering a call made earlier in the conversation); and a
- * stored response's `output` items (its message, its function calls) as OpenAI sends them.
+ * (a call's arguments parsed when they are a JSON object, a result answering a call made earlier in
+ * the conversation); and a stored response's `output` items (its message, its function calls) as
+ * OpenAI sends them.
  */
 import { newResponseId, type ConversationMessage, type FunctionCallItem, type InputItem, type MessageItem, type StoredResponse, type StoredToolCall, type Transcript } from '../responses/store.ts';
 import { ApiError } from './errors.ts';
+import { templateArguments } from './tool-calls.ts';
 
 const ROLES = new Set(['user', 'system', 'developer', 'assistant']);
 
@@ -34,21 +36,17 @@ export function inputItemsOf(input: string | unknown[], context: ItemContext): {
 
   const add = (item: InputItem, param: string): void => {
     items.push(item);
+    const last = messages.at(-1);
     if (item.type === 'message') {
       const text = item.content.map((p) => p.text).join('');
-      messages.push({ role: item.role === 'developer' ? 'system' : item.role, content: text });
+      // A reply that called before it wrote lists its calls first: its message is still that turn's text.
+      if (item.role === 'assistant' && last?.role === 'assistant' && last.tool_calls && last.content === '') last.content = text;
+      else messages.push({ role: item.role === 'developer' ? 'system' : item.role, content: text });
     } else if (item.type === 'function_call') {
-      let args: unknown;
-      try {
-        args = JSON.parse(item.arguments);
-      } catch {
-        throw new ApiError('invalid_request', `Invalid value for '${param}.arguments': must be a JSON string.`, `${param}.arguments`);
-      }
-      const call = { id: item.call_id, type: 'function' as const, function: { name: item.name, arguments: args } };
+      const call = { id: item.call_id, type: 'function' as const, function: { name: item.name, arguments: templateArguments(item.arguments) } };
       calledIds.add(item.call_id);
       // Calls right after an assistant message of this input (or after each other) are that turn's calls,
-      // as a reply's output lists its message, then its function_call items.
-      const last = messages.at(-1);
+      // as a reply's output lists them with its message.
       if (last?.role === 'assistant') last.tool_calls = [...(last.tool_calls ?? []), call];
       else messages.push({ role: 'assistant', content: '', tool_calls: [call] });
     } else {
@@ -148,11 +146,15 @@ export function storedItem(record: StoredResponse, id: string): InputItem | unde
   return record.input.find((item) => item.id === id);
 }
 
-/** The response's output items: its message (left out when it only made calls), then one function_call per call. */
+/**
+ * The response's output items in the order they streamed: one function_call per call, and its message
+ * where its first text came (left out when the reply only made calls).
+ */
 export function outputItems(r: StoredResponse, text = r.outputText): Array<Record<string, unknown>> {
-  const calls = r.toolCalls ?? [];
-  if (calls.length === 0) return [messageItem(r, text)];
-  return [...(text !== '' ? [messageItem(r, text)] : []), ...calls.map((c) => functionCallItem(c, 'completed'))];
+  const items = (r.toolCalls ?? []).map((c) => functionCallItem(c, 'completed'));
+  if (items.length === 0) return [messageItem(r, text)];
+  if (text !== '') items.splice(r.messageIndex ?? 0, 0, messageItem(r, text));
+  return items;
 }
 
 export function messageItem(r: StoredResponse, text = r.outputText): Record<string, unknown> {

@@ -9,13 +9,14 @@
  */
 import { performance } from 'node:perf_hooks';
 import type { GenerationEvent, GenerationRequest } from '../engine/types.ts';
-import { newResponseId, type ResponseStore, type StoredResponse, type StoredToolCall, type Transcript } from '../responses/store.ts';
-import type { EventLog } from '../streams/registry.ts';
+import type { ResponseStore, StoredResponse, Transcript } from '../responses/store.ts';
 import { ApiError } from './errors.ts';
 import { ClientGoneError, type GenerationContext, type GenerationJob } from './generation.ts';
-import { functionCallItem, messageItem, outputItems, outputText } from './responses-items.ts';
+import { outputItems } from './responses-items.ts';
+import { ResponseEvents, ResponseOutput } from './responses-output.ts';
 import { SSE_HEADERS } from './sse.ts';
-import { parseToolCalls } from './tool-calls.ts';
+import { templateArguments } from './tool-calls.ts';
+import { TOOL_EVENTS_PER_TOKEN } from './tool-stream.ts';
 import type { StreamRegistry } from './streams.ts';
 
 /** Events a response stream sends besides its deltas (created ... completed), with room to spare. */
@@ -83,16 +84,6 @@ export function responseObject(r: StoredResponse, snapshot: 'start' | 'current' 
   };
 }
 
-/** Writes a response's events into a stream log with OpenAI's `sequence_number` (= the log's event id). */
-class ResponseEvents {
-  constructor(private readonly log: EventLog | null) {}
-
-  emit(type: string, fields: Record<string, unknown>): void {
-    if (!this.log) return;
-    this.log.sendNamed(type, { type, sequence_number: this.log.nextSeq, ...fields });
-  }
-}
-
 export async function runResponse(ctx: GenerationContext, run: ResponseRun): Promise<Response> {
   const { job, record } = run;
   const { serving } = ctx;
@@ -140,7 +131,8 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
 
   const logs = job.stream || background;
   const registry = background ? run.backgroundStreams : ctx.streams;
-  const eventLog = logs ? registry.open({ id: record.id, owner: record.owner, abort, maxTokens: job.request.maxTokens + RESPONSE_EXTRA_EVENTS }) : null;
+  const perToken = job.toolCallFormat ? TOOL_EVENTS_PER_TOKEN : 1;
+  const eventLog = logs ? registry.open({ id: record.id, owner: record.owner, abort, maxTokens: job.request.maxTokens * perToken + RESPONSE_EXTRA_EVENTS }) : null;
   if (eventLog && registry.enabled) detach();
   const out = new ResponseEvents(eventLog);
 
@@ -149,23 +141,13 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
     let firstTokenMs: number | null = null;
     let end: EndEvent | undefined;
     const generated: number[] = [];
-    // With tools the reply is read for calls at its end, so its text is held back until then (as chat's is).
-    const format = job.toolCallFormat;
     let raw = '';
     out.emit('response.created', { response: responseObject(record, 'start') });
     out.emit('response.in_progress', { response: { ...responseObject(record, 'start'), status: 'in_progress' } });
-    const at = { item_id: record.outputItemId, output_index: 0, content_index: 0 };
-    const openMessage = () => {
-      out.emit('response.output_item.added', { output_index: 0, item: { id: record.outputItemId, type: 'message', status: 'in_progress', content: [], role: 'assistant' } });
-      out.emit('response.content_part.added', { ...at, part: outputText('') });
-    };
-    if (!format) openMessage();
+    const output = new ResponseOutput(record, out, job.toolCallFormat);
     const delta = (text: string) => {
-      if (text === '') return;
       raw += text;
-      if (format) return;
-      record.outputText += text;
-      out.emit('response.output_text.delta', { ...at, delta: text, logprobs: [] });
+      output.add(text);
     };
     try {
       for (let next = await events.next(); !next.done; next = await events.next()) {
@@ -186,11 +168,9 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
     detach();
     record.abort = null;
     record.completedAt = Math.floor(ctx.now() / 1000);
-    const parsed = format && end?.finishReason === 'stop' ? parseToolCalls(raw, format) : null;
-    if (parsed) record.toolCalls = parsed.calls.map((c): StoredToolCall => ({ id: newResponseId('fc'), callId: c.id, name: c.function.name, arguments: c.function.arguments }));
-    record.outputText = parsed ? (parsed.content ?? '') : raw;
+    output.finish();
     record.conversation = [...record.conversation, replyMessage(record)];
-    record.transcript = transcriptOf(serving, run, generated, raw, parsed !== null);
+    record.transcript = transcriptOf(serving, run, generated, raw, (record.toolCalls ?? []).length > 0);
     if (end) record.usage = { inputTokens: end.usage.promptTokens, cachedTokens: end.usage.cachedTokens, outputTokens: end.usage.completionTokens };
     if (!end || end.finishReason === 'error') {
       record.status = 'failed';
@@ -221,24 +201,7 @@ export async function runResponse(ctx: GenerationContext, run: ResponseRun): Pro
       if (record.status === 'failed') out.emit('response.failed', { response: responseObject(record) });
       return;
     }
-    const calls = record.toolCalls ?? [];
-    const message = calls.length === 0 || record.outputText !== '';
-    if (message) {
-      if (format) {
-        openMessage();
-        if (record.outputText !== '') out.emit('response.output_text.delta', { ...at, delta: record.outputText, logprobs: [] });
-      }
-      out.emit('response.output_text.done', { ...at, text: record.outputText, logprobs: [] });
-      out.emit('response.content_part.done', { ...at, part: outputText(record.outputText) });
-      out.emit('response.output_item.done', { output_index: 0, item: messageItem(record) });
-    }
-    calls.forEach((call, k) => {
-      const index = { item_id: call.id, output_index: k + (message ? 1 : 0) };
-      out.emit('response.output_item.added', { output_index: index.output_index, item: functionCallItem(call, 'in_progress') });
-      out.emit('response.function_call_arguments.delta', { ...index, delta: call.arguments });
-      out.emit('response.function_call_arguments.done', { ...index, name: call.name, arguments: call.arguments });
-      out.emit('response.output_item.done', { output_index: index.output_index, item: functionCallItem(call, 'completed') });
-    });
+    output.close();
     out.emit(record.status === 'completed' ? 'response.completed' : 'response.incomplete', { response: responseObject(record) });
   };
 
@@ -276,11 +239,11 @@ function transcriptOf(serving: GenerationContext['serving'], run: ResponseRun, g
   return { promptText: run.promptText, tokens: run.job.request.input.concat(visible), ...(madeCalls ? { replyText } : {}) };
 }
 
-/** The reply as the next turn's template sees it: its text, and its calls with their arguments parsed. */
+/** The reply as the next turn's template sees it: its text, and its calls with their arguments parsed (or as written, when broken). */
 function replyMessage(r: StoredResponse): StoredResponse['conversation'][number] {
   const calls = r.toolCalls ?? [];
   if (calls.length === 0) return { role: 'assistant', content: r.outputText };
-  return { role: 'assistant', content: r.outputText, tool_calls: calls.map((c) => ({ id: c.callId, type: 'function', function: { name: c.name, arguments: JSON.parse(c.arguments) as unknown } })) };
+  return { role: 'assistant', content: r.outputText, tool_calls: calls.map((c) => ({ id: c.callId, type: 'function', function: { name: c.name, arguments: templateArguments(c.arguments) } })) };
 }
 
 /** Generations still running, so cancel can wait for their end. */

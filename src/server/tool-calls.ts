@@ -3,10 +3,11 @@
  * renders and what the grammar enforces, and the model's output (in its template's format) back into
  * OpenAI's `tool_calls`.
  */
-import { randomBytes } from 'node:crypto';
 import type { GrammarSpec, TaggedJson } from '../engine/grammar.ts';
+import type { FinishReason } from '../engine/types.ts';
 import type { ChatTool, ToolCallFormat } from '../model/chat-template.ts';
 import { ApiError } from './errors.ts';
+import { ToolCallReader, type ToolReply, type ToolStreamEvent } from './tool-stream.ts';
 
 export interface ToolPlan {
   tools: ChatTool[];
@@ -15,12 +16,6 @@ export interface ToolPlan {
   format: ToolCallFormat;
   /** For `required` and a named function: the calls the output must be. */
   grammar?: GrammarSpec;
-}
-
-export interface ToolCall {
-  id: string;
-  type: 'function';
-  function: { name: string; arguments: string };
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -98,52 +93,70 @@ function callTag(tool: ChatTool, format: ToolCallFormat, param: string, schema: 
     : { begin: `{"name": ${name}, "parameters": `, schema, end: '}', param };
 }
 
-function toolCall(name: unknown, args: unknown): ToolCall | null {
-  if (typeof name !== 'string' || !isObject(args)) return null;
-  return { id: `call_${randomBytes(12).toString('hex')}`, type: 'function', function: { name, arguments: JSON.stringify(args) } };
+/** OpenAI's finish reason for a reply read for calls: a length cut stays `length`, even through a call. */
+function toolFinishReason(reply: ToolReply, finish: FinishReason): 'stop' | 'length' | 'tool_calls' {
+  if (finish === 'length') return 'length';
+  return reply.calls.length > 0 ? 'tool_calls' : 'stop';
 }
 
-/** The calls in a reply, and the text around them; null when the reply holds no well-formed call. */
-export function parseToolCalls(text: string, format: ToolCallFormat): { content: string | null; calls: ToolCall[] } | null {
-  const calls: ToolCall[] = [];
-  if (format === 'hermes') {
-    const pattern = /<tool_call>\s*([\s\S]*?)\s*<\/tool_call>/g;
-    let rest = text;
-    for (const match of text.matchAll(pattern)) {
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(match[1]);
-      } catch {
-        return null;
-      }
-      const call = isObject(parsed) ? toolCall(parsed.name, parsed.arguments ?? parsed.parameters) : null;
-      if (!call) return null;
-      calls.push(call);
-      rest = rest.replace(match[0], '');
-    }
-    if (calls.length === 0) return null;
-    const content = rest.trim();
-    return { content: content === '' ? null : content, calls };
-  }
-  const body = text.trim().replace(/^<\|python_tag\|>/, '');
-  for (const part of body.split(/;\s*(?=\{)/)) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(part);
-    } catch {
-      return null;
-    }
-    const call = isObject(parsed) ? toolCall(parsed.name, parsed.parameters ?? parsed.arguments) : null;
-    if (!call) return null;
-    calls.push(call);
-  }
-  return { content: null, calls };
+/** A whole chat reply read for calls, as a stream of it would be: the choice's message and finish reason. */
+export function chatToolAnswer(text: string, format: ToolCallFormat, finish: FinishReason): { message: Record<string, unknown>; finishReason: string } {
+  const reader = new ToolCallReader(format);
+  reader.push(text);
+  const reply = reader.finish();
+  const finishReason = toolFinishReason(reply, finish);
+  if (reply.calls.length === 0) return { message: { role: 'assistant', content: reply.content ?? '', refusal: null }, finishReason };
+  return { message: { role: 'assistant', content: reply.content, refusal: null, tool_calls: reply.calls }, finishReason };
 }
 
-/** OpenAI's streamed form of the calls: per call a delta with id, type, name and empty arguments, then the arguments. */
-export function toolCallDeltas(calls: ToolCall[]): Array<{ tool_calls: unknown[] }> {
-  return calls.flatMap((call, index) => [
-    { tool_calls: [{ index, id: call.id, type: 'function', function: { name: call.function.name, arguments: '' } }] },
-    { tool_calls: [{ index, function: { arguments: call.function.arguments } }] },
-  ]);
+export type ChatDelta = { content: string } | { tool_calls: unknown[] };
+
+/**
+ * A chat choice's reply read for calls as it streams, sent as OpenAI's deltas: text as `content`; per
+ * call a delta with index, id, type, name and empty arguments once its name is known, then one per
+ * piece of its arguments.
+ */
+export class ChatToolStream {
+  private readonly reader: ToolCallReader;
+
+  constructor(
+    format: ToolCallFormat,
+    private readonly send: (delta: ChatDelta) => void,
+  ) {
+    this.reader = new ToolCallReader(format);
+  }
+
+  push(text: string): void {
+    this.sendAll(this.reader.push(text));
+  }
+
+  /** The reply's last text: sends it and all held back; returns the choice's finish reason. */
+  finish(text: string, finish: FinishReason): 'stop' | 'length' | 'tool_calls' {
+    this.sendAll(this.reader.push(text));
+    const reply = this.reader.finish();
+    this.sendAll(reply.events);
+    return toolFinishReason(reply, finish);
+  }
+
+  private sendAll(events: readonly ToolStreamEvent[]): void {
+    for (const event of events) {
+      if (event.type === 'content') this.send({ content: event.text });
+      else if (event.type === 'call') this.send({ tool_calls: [{ index: event.index, id: event.id, type: 'function', function: { name: event.name, arguments: '' } }] });
+      else if (event.type === 'arguments') this.send({ tool_calls: [{ index: event.index, function: { arguments: event.text } }] });
+    }
+  }
+}
+
+/**
+ * A call's arguments as the template gets them: the parsed object (templates write it with `tojson`),
+ * or the string as sent when it is no JSON object (a cut or broken call: OpenAI takes any string).
+ */
+export function templateArguments(raw: string): unknown {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    return raw;
+  }
+  return isObject(parsed) ? parsed : raw;
 }

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ROOT } from './helpers.ts';
 
-const BENCHMARKS = ['core', 'load', 'soak', 'tracing', 'window', 'tiers', 'logprobs', 'prefix-cache'];
+const BENCHMARKS = ['core', 'load', 'soak', 'tracing', 'window', 'tiers', 'logprobs', 'prefix-cache', 'tool-stream'];
 
 function bench(...args: string[]) {
   return spawnSync(process.execPath, ['--import', 'tsx', 'bench/run.ts', ...args], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });

@@ -39,3 +39,16 @@ test('a template that does not compile falls back and says why; raise_exception 
   assert.throws(() => strict.render(messages), (e: unknown) => e instanceof ChatTemplateError && /must start with a user/.test((e as Error).message));
   assert.equal(strict.render([messages[1]]), 'ok');
 });
+
+test('the fallback tool rendering writes a call as compact JSON, and arguments that are no JSON object as written', () => {
+  const template = ChatTemplate.forTokenizer({ chatTemplate: null, bosToken: null, eosToken: null });
+  const call = (id: string, args: unknown) => ({ id, type: 'function' as const, function: { name: 'search', arguments: args } });
+  const rendered = template.render([
+    { role: 'user', content: 'Find cats' },
+    { role: 'assistant', content: 'Looking.', tool_calls: [call('a', { query: 'cats' }), call('b', '{"query": "ca')] },
+  ]);
+  assert.ok(
+    rendered.includes('assistant: Looking.\n<tool_call>\n{"name":"search","arguments":{"query":"cats"}}\n</tool_call>\n<tool_call>\n{"name":"search","arguments":{"query": "ca}\n</tool_call>\n'),
+    rendered,
+  );
+});

@@ -27,7 +27,6 @@ describe('responses: bad input', () => {
     ['an item that is not an object', { input: ['hi'] }, 400, 'invalid_value', 'input[0]'],
     ['a part without text', { input: [{ role: 'user', content: [{ type: 'input_text' }] }] }, 400, 'invalid_value', 'input[0].content[0].text'],
     ['an image part', { input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'data:,' }] }] }, 400, 'unsupported_parameter', 'input[0].content[0].type'],
-    ['a function_call item whose arguments are not JSON', { input: [{ type: 'function_call', call_id: 'c', name: 'f', arguments: '{' }] }, 400, 'invalid_value', 'input[0].arguments'],
     ['a function_call_output answering no call', { input: [{ type: 'function_call_output', call_id: 'c', output: '1' }] }, 400, 'invalid_value', 'input[0].call_id'],
     ['an unknown item_reference', { input: [{ type: 'item_reference', id: 'fc_1' }] }, 404, 'not_found', 'input[0].id'],
     ['a computer_call_output item', { input: [{ type: 'computer_call_output', call_id: 'c' }] }, 400, 'unsupported_parameter', 'input[0].type'],

@@ -84,23 +84,31 @@ for (const [label, start] of MODELS) {
       }
     });
 
-    test('responses.stream: the function_call item, its arguments delta and done events, in order; parsed_arguments for a strict tool', async () => {
+    test('responses.stream: the function_call item, its arguments deltas piece by piece and done events, in order; parsed_arguments for a strict tool', async () => {
       const stream = client.responses.stream({ model, input: 'Find cats', tools: TOOLS, tool_choice: { type: 'function', name: 'search' }, parallel_tool_calls: false, max_output_tokens: 200, seed: 3 });
       const types: string[] = [];
       const sequence: number[] = [];
       let deltas = '';
+      let pieces = 0;
       let done: OpenAI.Responses.ResponseFunctionCallArgumentsDoneEvent | undefined;
       let added: OpenAI.Responses.ResponseOutputItemAddedEvent | undefined;
       for await (const event of stream) {
         types.push(event.type);
         sequence.push(event.sequence_number);
-        if (event.type === 'response.function_call_arguments.delta') deltas += event.delta;
+        if (event.type === 'response.function_call_arguments.delta') {
+          deltas += event.delta;
+          pieces++;
+          assert.notEqual(event.delta, '');
+          assert.equal(event.output_index, 0);
+        }
         if (event.type === 'response.function_call_arguments.done') done = event;
         if (event.type === 'response.output_item.added') added = event;
       }
       const final = await stream.finalResponse();
       assert.deepEqual(sequence, sequence.map((_, i) => i));
-      assert.deepEqual(types, [
+      assert.ok(pieces > 1, `the arguments in ${pieces} deltas, as the tokens came`);
+      // One or more deltas in a row, in OpenAI's order around them.
+      assert.deepEqual(types.filter((type, i) => type !== 'response.function_call_arguments.delta' || types[i - 1] !== type), [
         'response.created',
         'response.in_progress',
         'response.output_item.added',
@@ -209,7 +217,7 @@ describe('responses tools: bad input', () => {
   after(() => server.close());
   const create = (body: Record<string, unknown>) => fetch(`${server.url}/v1/responses`, post({ model, max_output_tokens: 4, ...body }));
 
-  test('built-in tools, other tool_choice types, unknown call ids, malformed calls and references: errors naming the field', async () => {
+  test('built-in tools, other tool_choice types, unknown call ids and references: errors naming the field', async () => {
     const e1 = await expectError(await create({ input: 'hi', tools: [{ type: 'web_search' }] }), 400, 'unsupported_parameter', 'tools[0].type');
     assert.match(e1.message, /web_search/);
     await expectError(await create({ input: 'hi', tools: TOOLS, tool_choice: { type: 'web_search_preview' } }), 400, 'unsupported_parameter', 'tool_choice');
@@ -221,11 +229,54 @@ describe('responses tools: bad input', () => {
     await expectError(await create({ input: 'hi', tools: TOOLS, tool_choice: 'required', text: { format: { type: 'json_object' } } }), 400, 'unsupported_parameter', 'text.format');
     const orphan = [{ role: 'user', content: 'hi' }, { type: 'function_call_output', call_id: 'call_x', output: '1' }];
     await expectError(await create({ input: orphan }), 400, 'invalid_value', 'input[1].call_id');
-    const badArgs = [{ type: 'function_call', call_id: 'call_y', name: 'search', arguments: '{not json' }];
-    await expectError(await create({ input: badArgs }), 400, 'invalid_value', 'input[0].arguments');
     await expectError(await create({ input: [{ type: 'item_reference', id: 'fc_unknown' }] }), 404, 'not_found', 'input[0].id');
     await expectError(await create({ input: [{ type: 'computer_call_output', call_id: 'c' }] }), 400, 'unsupported_parameter', 'input[0].type');
     assert.equal((await fetch(`${server.url}/v1/responses/none`)).status, 404);
+  });
+
+  test('a call cut by max_output_tokens: an incomplete response whose call keeps its arguments as written; it goes back as history', async () => {
+    const request = { input: 'Find dogs', tools: TOOLS, tool_choice: { type: 'function', name: 'search' }, parallel_tool_calls: false, seed: 1 };
+    const full = (await (await create({ ...request, max_output_tokens: 200 })).json()) as OpenAI.Responses.Response;
+    const [whole] = callsOf(full);
+    assertValidCall(whole, 'search');
+    // Fewer tokens, one at a time, until the call is cut inside its arguments (the same seed writes the same tokens).
+    let cut: OpenAI.Responses.Response | undefined;
+    for (let tokens = full.usage!.output_tokens - 1; tokens > 0 && !cut; tokens--) {
+      const r = (await (await create({ ...request, max_output_tokens: tokens })).json()) as OpenAI.Responses.Response;
+      const [call] = callsOf(r);
+      if (call && call.arguments !== '' && !call.arguments.endsWith('}')) cut = r;
+    }
+    assert.ok(cut, 'a reply cut inside its arguments');
+    assert.equal(cut.status, 'incomplete');
+    assert.deepEqual(cut.incomplete_details, { reason: 'max_output_tokens' });
+    const [call] = callsOf(cut);
+    assert.equal(call.name, 'search');
+    assert.ok(whole.arguments.startsWith(call.arguments), `${call.arguments} begins ${whole.arguments}`);
+    assert.throws(() => JSON.parse(call.arguments));
+    const stored = (await (await fetch(`${server.url}/v1/responses/${cut.id}`)).json()) as OpenAI.Responses.Response;
+    assert.deepEqual(stored.output, cut.output, 'stored as answered');
+
+    const result = { type: 'function_call_output', call_id: call.call_id, output: 'none found' };
+    const chained = await create({ input: [result], previous_response_id: cut.id, tools: TOOLS, store: false });
+    assert.equal(chained.status, 200, await chained.clone().text());
+    // Resent by value (OpenAI takes any string as arguments), the template gets it as written.
+    const byValue = await create({ input: [{ role: 'user', content: 'Find dogs' }, { type: 'function_call', call_id: call.call_id, name: call.name, arguments: call.arguments }, result], tools: TOOLS, store: false });
+    assert.equal(byValue.status, 200, await byValue.clone().text());
+  });
+
+  test("a reply's items resent with its call before its message (the order it streamed in) render the same turn as message first", async () => {
+    const user = { role: 'user', content: 'Find dogs' };
+    const call = { type: 'function_call', call_id: 'call_1', name: 'search', arguments: '{"query": "dogs", "safe": true}' };
+    const text = { role: 'assistant', content: 'Searching.' };
+    const result = { type: 'function_call_output', call_id: 'call_1', output: 'none found' };
+    const tokens = async (input: unknown[]) => {
+      const res = await create({ input, tools: TOOLS, store: false });
+      assert.equal(res.status, 200, await res.clone().text());
+      return ((await res.json()) as OpenAI.Responses.Response).usage!.input_tokens;
+    };
+    const messageFirst = await tokens([user, text, call, result]);
+    assert.equal(await tokens([user, call, text, result]), messageFirst);
+    assert.notEqual(await tokens([user, call, result, text]), messageFirst, 'a message after the result is another turn');
   });
 
   test('item_reference to a stored call stands for the call; a result for it continues the conversation', async () => {

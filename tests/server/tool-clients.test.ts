@@ -38,7 +38,7 @@ for (const [label, start] of MODELS) {
     let server: Listening;
     let model: string;
     // One call per reply: with parallel calls allowed, the builder models' random weights keep adding
-    // calls until the token limit, and a reply cut at the limit carries no parsed calls.
+    // calls until the token limit, and a reply cut at the limit ends with a call cut short.
     const langchain = (seed: number) =>
       new ChatOpenAI({ model, apiKey: 'unused', configuration: { baseURL: `${server.url}/v1` }, maxRetries: 0, temperature: 1, maxTokens: 200, useResponsesApi: false, modelKwargs: { seed, parallel_tool_calls: false } });
     before(async () => ({ server, model } = openAiOn(await start())));

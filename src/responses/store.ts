@@ -61,6 +61,8 @@ export interface StoredToolCall {
   callId: string;
   name: string;
   arguments: string;
+  /** The reply ended inside the call's arguments (the token limit cut it): the item is `incomplete`, as OpenAI marks it. */
+  incomplete?: boolean;
 }
 
 /**

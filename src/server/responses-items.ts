@@ -151,7 +151,7 @@ export function storedItem(record: StoredResponse, id: string): InputItem | unde
  * where its first text came (left out when the reply only made calls).
  */
 export function outputItems(r: StoredResponse, text = r.outputText): Array<Record<string, unknown>> {
-  const items = (r.toolCalls ?? []).map((c) => functionCallItem(c, 'completed'));
+  const items = (r.toolCalls ?? []).map((c) => functionCallItem(c, 'ended'));
   if (items.length === 0) return [messageItem(r, text)];
   if (text !== '') items.splice(r.messageIndex ?? 0, 0, messageItem(r, text));
   return items;
@@ -162,8 +162,9 @@ export function messageItem(r: StoredResponse, text = r.outputText): Record<stri
   return { id: r.outputItemId, type: 'message', status, content: [outputText(text)], role: 'assistant' };
 }
 
-export function functionCallItem(c: StoredToolCall, status: 'in_progress' | 'completed'): Record<string, unknown> {
-  return { id: c.id, type: 'function_call', status, arguments: status === 'completed' ? c.arguments : '', call_id: c.callId, name: c.name };
+export function functionCallItem(c: StoredToolCall, state: 'in_progress' | 'ended'): Record<string, unknown> {
+  const status = state === 'in_progress' ? 'in_progress' : c.incomplete ? 'incomplete' : 'completed';
+  return { id: c.id, type: 'function_call', status, arguments: state === 'ended' ? c.arguments : '', call_id: c.callId, name: c.name };
 }
 
 export function outputText(text: string) {

@@ -104,7 +104,8 @@ export class ResponseOutput {
       this.emit('response.function_call_arguments.delta', { ...at, delta: event.text });
       return;
     }
+    if (!event.closed) call.incomplete = true;
     this.emit('response.function_call_arguments.done', { ...at, name: call.name, arguments: call.arguments });
-    this.emit('response.output_item.done', { output_index: call.outputIndex, item: functionCallItem(call, 'completed') });
+    this.emit('response.output_item.done', { output_index: call.outputIndex, item: functionCallItem(call, 'ended') });
   }
 }

@@ -26,7 +26,8 @@ export type ToolStreamEvent =
   | { type: 'content'; text: string }
   | { type: 'call'; index: number; id: string; name: string }
   | { type: 'arguments'; index: number; text: string }
-  | { type: 'call_end'; index: number; call: ToolCall };
+  /** `closed`: the call's JSON object closed; false when the reply (or its block) ended inside it. */
+  | { type: 'call_end'; index: number; call: ToolCall; closed: boolean };
 
 /** The reply as the response object carries it: the text around the calls (trimmed; null when empty) and the calls. */
 export interface ToolReply {
@@ -221,7 +222,7 @@ export class ToolCallReader {
       this.addArguments(object.args ?? '{}');
     }
     const call = this.call!;
-    this.events.push({ type: 'call_end', index: this.calls.indexOf(call), call });
+    this.events.push({ type: 'call_end', index: this.calls.indexOf(call), call, closed });
     this.call = null;
     this.mode = 'after';
   }

@@ -251,6 +251,8 @@ describe('responses tools: bad input', () => {
     assert.deepEqual(cut.incomplete_details, { reason: 'max_output_tokens' });
     const [call] = callsOf(cut);
     assert.equal(call.name, 'search');
+    assert.equal(call.status, 'incomplete', 'the item the limit cut is incomplete, as OpenAI marks it');
+    assert.equal(whole.status, 'completed');
     assert.ok(whole.arguments.startsWith(call.arguments), `${call.arguments} begins ${whole.arguments}`);
     assert.throws(() => JSON.parse(call.arguments));
     const stored = (await (await fetch(`${server.url}/v1/responses/${cut.id}`)).json()) as OpenAI.Responses.Response;

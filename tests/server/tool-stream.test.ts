@@ -109,6 +109,7 @@ describe('hermes', () => {
     assert.ok(args[0].piece < text.indexOf('}}'));
     const end = events.find((e) => e.type === 'call_end')!;
     assert.equal(end.piece, text.lastIndexOf('}'), 'the call ends with its object, not at </tool_call>');
+    assert.equal(end.type === 'call_end' && end.closed, true);
   });
 
   test('text streams at once except a suffix that may open a block; a `<tool` that is text stays text', () => {
@@ -164,8 +165,10 @@ describe('hermes', () => {
     const text = 'Sure. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Os';
     const { reply, events } = read(chars(text), 'hermes');
     assert.deepEqual(shape(reply), { content: 'Sure.', calls: [['get_weather', '{"city": "Os']] });
-    assert.equal(events.at(-1)!.type, 'call_end');
-    assert.equal(events.at(-1)!.piece, chars(text).length, 'ended by finish()');
+    const end = events.at(-1)!;
+    assert.equal(end.type, 'call_end');
+    assert.equal(end.piece, chars(text).length, 'ended by finish()');
+    assert.equal(end.type === 'call_end' && end.closed, false, 'its object never closed');
     assert.deepEqual(shape(read([text.slice(0, 30)], 'hermes').reply), { content: text.slice(0, 30), calls: [] }, 'no call before its name closed');
     assert.deepEqual(shape(read([text.slice(0, 45)], 'hermes').reply), { content: 'Sure.', calls: [['get_weather', '']] }, 'no arguments written yet');
   });

@@ -10,6 +10,12 @@
  *   npm run bench -- load [--concurrency 1,4,8,16,32] [--requests-per-client N] [--min-requests N] [--turns N]
  *     [--max-tokens N] [--prompt-tokens N] [--turn-tokens N] [--model DIR] [--in-process]
  *     [--set key=value ...] [--level-seconds S] [--skip-copy] [--tag NAME] [--plot FILE] [--kv-mode inplace|concat]
+ *     [--client openai|raw]
+ *
+ * The clients share the machine with the server: on 2 cores, 8 openai clients parsing their streams take
+ * CPU the server's decoder would use. `--client raw` sends the same requests over node:http keep-alive and
+ * reads the SSE frames with a JSON.parse each (what a light load generator does), so the server's own
+ * capacity shows; each level reports the client process's CPU time per wall second either way.
  *
  * `--set prefill-chunk-tokens=64` passes a server setting (config flag name without the dashes);
  * `--engine prefillStepShare=0.5` overrides an engine option that has no setting (with --in-process only).
@@ -24,6 +30,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { Agent, request as httpRequest } from 'node:http';
 import OpenAI from 'openai';
 import { serve } from '@hono/node-server';
 import { gatherRows } from '../src/cache/kv-ops.ts';
@@ -55,7 +62,11 @@ const values = parseBenchArgs('load', 'The real HTTP server under N concurrent s
   tag: { type: 'string', default: 'load', value: 'NAME', help: 'result name: bench/results/NAME.json' },
   plot: { type: 'string', value: 'FILE', help: 'also write an SVG plot to FILE' },
   ...KV_MODE_OPTION,
+  client: { type: 'string', default: 'openai', value: 'openai|raw', help: 'the streaming client: the openai npm client, or node:http with a plain SSE reader' },
 });
+if (values.client !== 'openai' && values.client !== 'raw') throw new Error(`--client must be openai or raw, not ${values.client}`);
+const rawClient = values.client === 'raw';
+const rawAgent = new Agent({ keepAlive: true, maxSockets: Infinity });
 
 const levels = values.concurrency.split(',').map(Number);
 const requestsPerClient = Number(values['requests-per-client']);
@@ -172,7 +183,7 @@ async function startChild(modelDir: string): Promise<Server> {
   const port = await freePort();
   const env: Record<string, string> = { ...(process.env as Record<string, string>), MODEL_DIR: modelDir, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'warn', DRAIN_SECONDS: '1' };
   for (const [key, value] of Object.entries(settings)) env[envName(camel(key))] = value;
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], { env, stdio: ['ignore', 'inherit', 'inherit'] });
+  const child: ChildProcess = spawn(process.execPath, ['--max-semi-space-size=64', '--import', 'tsx', 'src/main.ts'], { env, stdio: ['ignore', 'inherit', 'inherit'] });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const url = `http://127.0.0.1:${port}`;
   await Promise.race([waitReady(url), exited.then(() => Promise.reject(new Error('the server exited during start')))]);
@@ -248,6 +259,71 @@ interface RequestRecord {
   error?: string;
 }
 
+interface StreamedChunk {
+  choices: Array<{ delta?: { content?: string | null } }>;
+  usage?: { completion_tokens: number } | null;
+}
+
+/** One reply's content chunks as the client receives them: time to the first, the gaps after it, the text. */
+class ReplyClock {
+  reply = '';
+  private last = 0;
+
+  constructor(
+    private readonly record: RequestRecord,
+    private readonly sent: number,
+  ) {}
+
+  chunk(chunk: StreamedChunk): void {
+    const content = chunk.choices[0]?.delta?.content;
+    if (content) {
+      const now = performance.now();
+      if (this.last === 0) this.record.ttftMs = now - this.sent;
+      else this.record.gapsMs.push(now - this.last);
+      this.last = now;
+      this.reply += content;
+    }
+    if (chunk.usage) this.record.outputTokens = chunk.usage.completion_tokens;
+  }
+}
+
+/** The same streaming request over node:http, its SSE frames read with one JSON.parse each. */
+function runRawRequest(url: string, params: Record<string, unknown>, signal: AbortSignal): Promise<{ record: RequestRecord; reply: string }> {
+  const sent = performance.now();
+  const record: RequestRecord = { ttftMs: NaN, gapsMs: [], outputTokens: 0, queueMs: NaN };
+  const clock = new ReplyClock(record, sent);
+  return new Promise((resolve) => {
+    const body = JSON.stringify(params);
+    const req = httpRequest(`${url}/v1/chat/completions`, { method: 'POST', agent: rawAgent, signal, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) } }, (res) => {
+      record.queueMs = Number(res.headers['x-queue-time-ms'] ?? NaN);
+      if (res.statusCode !== 200) record.error = `HTTP ${res.statusCode}`;
+      res.setEncoding('utf8');
+      let buffered = '';
+      res.on('data', (text: string) => {
+        buffered += text;
+        for (let end = buffered.indexOf('\n\n'); end >= 0; end = buffered.indexOf('\n\n')) {
+          const frame = buffered.slice(0, end);
+          buffered = buffered.slice(end + 2);
+          // A frame may carry an `id:` line (resumable streams) before its data.
+          const data = frame.slice(frame.indexOf('data: ') + 6);
+          if (!frame.includes('data: ') || data === '[DONE]') continue;
+          clock.chunk(JSON.parse(data) as StreamedChunk);
+        }
+      });
+      res.on('end', () => resolve({ record, reply: clock.reply }));
+      res.on('error', (error) => {
+        record.error = error.message;
+        resolve({ record, reply: clock.reply });
+      });
+    });
+    req.on('error', (error) => {
+      record.error = error.message;
+      resolve({ record, reply: clock.reply });
+    });
+    req.end(body);
+  });
+}
+
 async function runRequest(client: OpenAI, modelId: string, messages: OpenAI.ChatCompletionMessageParam[], sessionId: string, signal: AbortSignal): Promise<{ record: RequestRecord; reply: string }> {
   const sent = performance.now();
   const params = {
@@ -260,27 +336,17 @@ async function runRequest(client: OpenAI, modelId: string, messages: OpenAI.Chat
     ignore_eos: true,
     session_id: sessionId,
   } as OpenAI.ChatCompletionCreateParamsStreaming;
+  if (rawClient) return runRawRequest(client.baseURL.replace(/\/v1$/, ''), params as unknown as Record<string, unknown>, signal);
   const record: RequestRecord = { ttftMs: NaN, gapsMs: [], outputTokens: 0, queueMs: NaN };
-  let reply = '';
+  const clock = new ReplyClock(record, sent);
   try {
     const { data: stream, response } = await client.chat.completions.create(params, { signal }).withResponse();
     record.queueMs = Number(response.headers.get('x-queue-time-ms') ?? NaN);
-    let last = 0;
-    for await (const chunk of stream) {
-      const content = chunk.choices[0]?.delta?.content;
-      if (content) {
-        const now = performance.now();
-        if (last === 0) record.ttftMs = now - sent;
-        else record.gapsMs.push(now - last);
-        last = now;
-        reply += content;
-      }
-      if (chunk.usage) record.outputTokens = chunk.usage.completion_tokens;
-    }
+    for await (const chunk of stream) clock.chunk(chunk);
   } catch (error) {
     record.error = (error as Error).message;
   }
-  return { record, reply };
+  return { record, reply: clock.reply };
 }
 
 interface LevelResult {
@@ -299,6 +365,8 @@ interface LevelResult {
   meanDecodeStepMs: number;
   /** Share of the wall time spent in decode steps (model calls of the decode batch). */
   decodeShare: number;
+  /** CPU seconds the client process (the load generator) used per wall second of the level. */
+  clientCpuShare: number;
   errorSamples: string[];
   /** In-process only: shares of the wall time and batch facts from the engine's counters. */
   profile?: {
@@ -328,6 +396,7 @@ async function runLevel(server: Server, modelId: string, concurrency: number, ne
   const before = await scrape(url);
   const countersBefore = server.counters?.();
   const started = performance.now();
+  const cpuBefore = process.cpuUsage();
   const perClient = Math.max(requestsPerClient, Math.ceil(minRequests / concurrency));
   const clientRun = async (c: number) => {
     let done = 0;
@@ -345,6 +414,7 @@ async function runLevel(server: Server, modelId: string, concurrency: number, ne
   };
   await Promise.all(Array.from({ length: concurrency }, (_, c) => clientRun(c)));
   const wallSeconds = (performance.now() - started) / 1000;
+  const cpu = process.cpuUsage(cpuBefore);
   clearTimeout(hardStop);
   const after = await scrape(url);
   const countersAfter = server.counters?.();
@@ -390,6 +460,7 @@ async function runLevel(server: Server, modelId: string, concurrency: number, ne
     meanBatchSize: steps > 0 ? (generated - finished) / steps : NaN,
     meanDecodeStepMs: steps > 0 ? (stepSeconds / steps) * 1000 : NaN,
     decodeShare: stepSeconds / wallSeconds,
+    clientCpuShare: (cpu.user + cpu.system) / 1e6 / wallSeconds,
     errorSamples: [...new Set(records.filter((r) => r.error).map((r) => r.error!))].slice(0, 3),
     profile,
   };
@@ -431,7 +502,7 @@ try {
     const result = await runLevel(server, modelId, concurrency, nextText);
     results.push(result);
     console.error(
-      `c=${concurrency}: ${round(result.outputTokensPerSecond)} tok/s, TTFT p50 ${round(result.ttftMs.p50)} ms, ITL p50 ${round(result.itlMs.p50, 2)} / p99 ${round(result.itlMs.p99, 2)} ms, batch ${round(result.meanBatchSize, 2)}, errors ${result.errors}`,
+      `c=${concurrency}: ${round(result.outputTokensPerSecond)} tok/s, TTFT p50 ${round(result.ttftMs.p50)} ms, ITL p50 ${round(result.itlMs.p50, 2)} / p99 ${round(result.itlMs.p99, 2)} ms, batch ${round(result.meanBatchSize, 2)}, client CPU ${round(result.clientCpuShare, 2)} s/s, errors ${result.errors}`,
     );
     await new Promise((r) => setTimeout(r, 500));
   }
@@ -453,7 +524,7 @@ const goals =
       }
     : null;
 
-const headers = ['clients', 'requests', 'output tok/s', 'TTFT p50 ms', 'TTFT p99 ms', 'ITL p50 ms', 'ITL p99 ms', 'queue mean ms', 'queue p99 ms', 'mean batch', 'decode step ms', 'errors'];
+const headers = ['clients', 'requests', 'output tok/s', 'TTFT p50 ms', 'TTFT p99 ms', 'ITL p50 ms', 'ITL p99 ms', 'queue mean ms', 'queue p99 ms', 'mean batch', 'decode step ms', 'client CPU s/s', 'errors'];
 const rows = results.map((r) => [
   r.concurrency,
   r.requests,
@@ -466,6 +537,7 @@ const rows = results.map((r) => [
   Number.isFinite(r.queueMs.p99) ? round(r.queueMs.p99) : '-',
   round(r.meanBatchSize, 2),
   round(r.meanDecodeStepMs, 2),
+  round(r.clientCpuShare, 2),
   r.errors,
 ]);
 const workload = {
@@ -478,7 +550,7 @@ const workload = {
   maxTokens,
   promptTokens,
   turnTokens,
-  client: 'openai npm client, streaming chat completions, ignore_eos, temperature 0',
+  client: `${rawClient ? 'node:http keep-alive with a plain SSE reader' : 'openai npm client'}, streaming chat completions, ignore_eos, temperature 0`,
 };
 let markdown = `${table(headers, rows)}\n`;
 if (results.some((r) => r.profile)) {

@@ -83,7 +83,7 @@ EXPOSE 8080
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
   CMD ["node", "/app/infra/docker/healthcheck.mjs"]
-ENTRYPOINT ["node", "--max-semi-space-size=64", "/app/dist/main.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=64", "--initial-old-space-size=128", "/app/dist/main.js"]
 
 # ---------------------------------------------------------------------------------------------
 # cuda (default target): NVIDIA CUDA 12 + cuDNN 9 runtime, Ubuntu 24.04.
@@ -124,4 +124,4 @@ EXPOSE 8080
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
   CMD ["node", "/app/infra/docker/healthcheck.mjs"]
-ENTRYPOINT ["node", "--max-semi-space-size=64", "/app/dist/main.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=64", "--initial-old-space-size=128", "/app/dist/main.js"]

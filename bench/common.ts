@@ -17,6 +17,8 @@ import { buildModelFolder } from '../tools/model-builder/index.ts';
 
 export const DEFAULT_MODEL = 'models/warmkv-brown';
 export const RESULTS_DIR = 'bench/results';
+/** The node flags `npm start` and the images run the server with (package.json): bench server children use them too. */
+export const SERVER_NODE_FLAGS = ['--max-semi-space-size=64', '--initial-old-space-size=128'];
 
 /** Builds the benchmarks' stand-in model (a long-context builder llama) in `dir` unless it is there already. */
 async function ensureBuilderLlama(dir: string): Promise<void> {

@@ -41,7 +41,7 @@ import { Runtime } from '../src/runtime.ts';
 import { createApp } from '../src/server/app.ts';
 import { silentLogger } from '../src/lib/logger.ts';
 import { listBrownFiles, readBrownDocuments } from '../tools/eval/brown.ts';
-import { RESULTS_DIR, benchModel, emptyKv, forward, median, percentile, table, writeResult } from './common.ts';
+import { RESULTS_DIR, SERVER_NODE_FLAGS, benchModel, emptyKv, forward, median, percentile, table, writeResult } from './common.ts';
 import { plotSvg } from './plot.ts';
 import { KV_MODE_OPTION, MODEL_OPTIONS, kvModeOf, parseBenchArgs } from './cli.ts';
 
@@ -62,6 +62,7 @@ const values = parseBenchArgs('load', 'The real HTTP server under N concurrent s
   tag: { type: 'string', default: 'load', value: 'NAME', help: 'result name: bench/results/NAME.json' },
   plot: { type: 'string', value: 'FILE', help: 'also write an SVG plot to FILE' },
   ...KV_MODE_OPTION,
+  'node-flags': { type: 'string', default: SERVER_NODE_FLAGS.join(' '), value: 'FLAGS', help: "the server child's node flags (npm start's by default)" },
   client: { type: 'string', default: 'openai', value: 'openai|raw', help: 'the streaming client: the openai npm client, or node:http with a plain SSE reader' },
 });
 if (values.client !== 'openai' && values.client !== 'raw') throw new Error(`--client must be openai or raw, not ${values.client}`);
@@ -183,7 +184,7 @@ async function startChild(modelDir: string): Promise<Server> {
   const port = await freePort();
   const env: Record<string, string> = { ...(process.env as Record<string, string>), MODEL_DIR: modelDir, PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'warn', DRAIN_SECONDS: '1' };
   for (const [key, value] of Object.entries(settings)) env[envName(camel(key))] = value;
-  const child: ChildProcess = spawn(process.execPath, ['--max-semi-space-size=64', '--import', 'tsx', 'src/main.ts'], { env, stdio: ['ignore', 'inherit', 'inherit'] });
+  const child: ChildProcess = spawn(process.execPath, [...values['node-flags'].split(' ').filter(Boolean), '--import', 'tsx', 'src/main.ts'], { env, stdio: ['ignore', 'inherit', 'inherit'] });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   const url = `http://127.0.0.1:${port}`;
   await Promise.race([waitReady(url), exited.then(() => Promise.reject(new Error('the server exited during start')))]);

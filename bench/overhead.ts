@@ -46,6 +46,7 @@ const values = parseBenchArgs('overhead', SUMMARY, {
   tag: { type: 'string', default: 'overhead', value: 'NAME', help: 'result name: bench/results/NAME.json' },
   'server-profile': { type: 'string', default: '', value: 'DIR', help: 'write the server child\'s CPU profile (node --cpu-prof) into DIR' },
   'semi-space': { type: 'string', default: '64', value: 'MB', help: 'the server child\'s --max-semi-space-size (npm start uses 64); 0: node\'s default' },
+  'old-space': { type: 'string', default: '128', value: 'MB', help: 'the server child\'s --initial-old-space-size (npm start uses 128); 0: node\'s default' },
 });
 const threads = Number(values.threads);
 const tokens = Number(values.tokens);
@@ -54,7 +55,8 @@ const clients = Number(values.clients);
 const cachedTokens = Number(values.cached);
 const newTokens = Number(values.new);
 const profileArgs = values['server-profile'] ? ['--cpu-prof', '--cpu-prof-dir', String(values['server-profile'])] : [];
-const semiSpaceArgs = Number(values['semi-space']) > 0 ? [`--max-semi-space-size=${Number(values['semi-space'])}`] : [];
+const heapArgs = Number(values['semi-space']) > 0 ? [`--max-semi-space-size=${Number(values['semi-space'])}`] : [];
+if (Number(values['old-space']) > 0) heapArgs.push(`--initial-old-space-size=${Number(values['old-space'])}`);
 const STORIES_DIR = '/tmp/warmkv-bench-stories260k';
 
 async function modelDir(name: string): Promise<string> {
@@ -111,7 +113,7 @@ interface Child {
 
 async function startServer(dir: string): Promise<Child> {
   const env = { ...process.env, MODEL_DIR: dir, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DRAIN_SECONDS: '1', INTRA_OP_THREADS: String(threads) };
-  const child = fork('src/main.ts', [], { env, execArgv: [...semiSpaceArgs, ...profileArgs, '--import', 'tsx', '--import', './bench/probes/server-probe.ts'], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const child = fork('src/main.ts', [], { env, execArgv: [...heapArgs, ...profileArgs, '--import', 'tsx', '--import', './bench/probes/server-probe.ts'], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const port = await new Promise<number>((resolve, reject) => {
     let buffer = '';

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Starts the compiled server the way the image does (node --max-semi-space-size=64 dist/main.js),
+# Starts the compiled server the way the image does (node --max-semi-space-size=64
+# --initial-old-space-size=128 dist/main.js),
 # in the current folder, on the port given as a flag, with the default model; waits for /readyz,
 # generates a few tokens through the OpenAI API, runs the image's HEALTHCHECK against it (which has
 # to find the port from the flag), then stops it with SIGTERM and expects a clean exit.
@@ -9,7 +10,7 @@ set -eu
 port="${1:?usage: smoke.sh PORT}"
 log="$(mktemp)"
 # An unrelated PORT in the environment: the flag must win, for the server and for the health check.
-PORT=1 HOST=127.0.0.1 node --max-semi-space-size=64 dist/main.js --port "$port" >"$log" 2>&1 &
+PORT=1 HOST=127.0.0.1 node --max-semi-space-size=64 --initial-old-space-size=128 dist/main.js --port "$port" >"$log" 2>&1 &
 server=$!
 stop() { kill "$server" 2>/dev/null || true; }
 trap stop EXIT

@@ -116,9 +116,9 @@ describe('healthcheck.mjs', () => {
   });
 
 
-  /** Starts the stand-in as `node --max-semi-space-size=64 main.js ARGS` and waits until it listens. */
+  /** Starts the stand-in as `node --max-semi-space-size=64 --initial-old-space-size=128 main.js ARGS` and waits until it listens. */
   async function startServer(args: string[], env: Record<string, string>): Promise<number> {
-    const child = spawn(process.execPath, ['--max-semi-space-size=64', standIn, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['--max-semi-space-size=64', '--initial-old-space-size=128', standIn, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
     servers.push(child);
     await once(child.stdout!, 'data');
     return child.pid!;

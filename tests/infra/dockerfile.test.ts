@@ -138,7 +138,7 @@ describe('Dockerfile: dependencies', () => {
     assert.equal(config.compilerOptions.rewriteRelativeImportExtensions, true);
     for (const stage of runtimeStages) {
       // A 64 MB young generation lets short-lived objects (spans, per-step arrays) die young: see docs/benchmarks.md.
-      assert.deepEqual(JSON.parse(instructionsOf(stage, 'ENTRYPOINT')[0].args), ['node', '--max-semi-space-size=64', '/app/dist/main.js']);
+      assert.deepEqual(JSON.parse(instructionsOf(stage, 'ENTRYPOINT')[0].args), ['node', '--max-semi-space-size=64', '--initial-old-space-size=128', '/app/dist/main.js']);
     }
   });
 });

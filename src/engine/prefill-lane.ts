@@ -57,9 +57,4 @@ export class PrefillLane {
     landed.sequence.inLane = false;
     return landed;
   }
-
-  /** Resolves when no chunk is in flight (the engine's shutdown waits for it before the decoder goes). */
-  async settled(): Promise<void> {
-    await this.inFlight;
-  }
 }

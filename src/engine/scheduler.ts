@@ -163,12 +163,7 @@ export class Scheduler<T extends Schedulable> {
   prefillPlan(batchRows: number): StepPlan<T>['prefill'] {
     const sequence = this.nextPrefill();
     if (!sequence) return null;
-    let decoding = 0;
-    let prefilling = 0;
-    for (const s of this.running) {
-      if (s.state === 'decode') decoding++;
-      else if (s.state === 'prefill' && !s.inLane) prefilling++;
-    }
+    const { decoding, prefilling } = this.rowCounts();
     return { sequence, tokens: this.chunkTokens(sequence, decoding, prefilling, batchRows) };
   }
 
@@ -197,19 +192,25 @@ export class Scheduler<T extends Schedulable> {
    */
   lanePlan(batchRows: number): StepPlan<T>['prefill'] {
     if (!this.capabilities().multiTokenOverPast) return null;
-    let decoding = 0;
-    let prefilling = 0;
     let longest: T | undefined;
     for (const s of this.running) {
-      if (s.state === 'decode') decoding++;
-      else if (s.state === 'prefill') {
-        prefilling++;
-        if (!s.inLane && (!longest || s.remainingPending > longest.remainingPending)) longest = s;
-      }
+      if (s.state === 'prefill' && !s.inLane && (!longest || s.remainingPending > longest.remainingPending)) longest = s;
     }
+    const { decoding, prefilling } = this.rowCounts();
     if (decoding === 0 || !longest) return null;
     if (longest.remainingPending <= this.chunkTokens(longest, decoding, prefilling, batchRows)) return null;
     return { sequence: longest, tokens: this.options.prefillChunkTokens };
+  }
+
+  /** Sequences decoding, and those waiting for an inline chunk (one on the lane waits for nobody's budget). */
+  private rowCounts(): { decoding: number; prefilling: number } {
+    let decoding = 0;
+    let prefilling = 0;
+    for (const s of this.running) {
+      if (s.state === 'decode') decoding++;
+      else if (s.state === 'prefill' && !s.inLane) prefilling++;
+    }
+    return { decoding, prefilling };
   }
 
   /**

@@ -118,7 +118,7 @@ export class StepExecutor {
     await this.applyChunk(sequence, tokens, await call, false);
   }
 
-  /** Starts a chunk of `sequence` on the lane (no window drop is pending: lane work is never on a device). */
+  /** Starts a chunk of `sequence` on the lane (its KV needs no host copy first: only WebGPU keeps KV on the device, and it has no lane). */
   private startLaneChunk(lane: PrefillLane, sequence: Sequence, chunkTokens: number): void {
     const { tokens, call } = this.chunkCall(lane.runner, sequence, chunkTokens, true);
     this.parts.counters.laneChunks++;

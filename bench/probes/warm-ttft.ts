@@ -9,6 +9,7 @@
  *   node --import tsx bench/probes/warm-ttft.ts [--model DIR] [--cached 400] [--new 16] [--requests 200]
  *   node --import tsx bench/probes/warm-ttft.ts --requests 400 --profile /tmp/warm.cpuprofile   # the timed part only
  *   node --import tsx bench/probes/warm-ttft.ts --requests 40 --tokens 128 [--stream false]        # per-token costs
+ *   node --import tsx bench/probes/warm-ttft.ts --fresh [--pause-ms 20]   # each follow-up on a new session, right after its first turn (as the overhead bench times it) or after a pause
  */
 import { request as httpRequest, Agent } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -38,6 +39,8 @@ const { values } = parseArgs({
     profile: { type: 'string', default: '' },
     tokens: { type: 'string', default: '1' },
     client: { type: 'string', default: 'http' },
+    fresh: { type: 'boolean', default: false },
+    'pause-ms': { type: 'string', default: '0' },
   },
 });
 const dir = values.model!;
@@ -156,10 +159,13 @@ for (let r = 0; r < total + 20; r++) {
     cpuStart = cpuMs();
     if (inspector) await inspector.post('Profiler.start');
   }
+  const sessionId = values.fresh ? `probe-${r}` : 'probe';
+  if (values.fresh) await post({ prompt: base, max_tokens: 1, temperature: 0, session_id: sessionId });
+  if (Number(values['pause-ms']) > 0) await new Promise((resolve) => setTimeout(resolve, Number(values['pause-ms'])));
   const line: Partial<Record<Stamp, number>> = {};
   current = line;
   line.clientWrite = performance.now();
-  const body = { prompt: [...base, ...follows[r % 2]], max_tokens: Number(values.tokens), temperature: 0, ignore_eos: true, session_id: 'probe', stream, stream_options: { include_usage: true } };
+  const body = { prompt: [...base, ...follows[r % 2]], max_tokens: Number(values.tokens), temperature: 0, ignore_eos: true, session_id: sessionId, stream, stream_options: { include_usage: true } };
   if (values.client === 'openai') {
     const events = await openai.completions.create({ ...body, model: serving.model.id, stream: true } as unknown as OpenAI.CompletionCreateParamsStreaming);
     for await (const chunk of events) if (chunk.choices[0]?.text || chunk.choices[0]?.finish_reason) stamp('clientFirst');

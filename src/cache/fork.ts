@@ -16,7 +16,7 @@ import type { KvLayout } from '../model/types.ts';
  */
 export function forkPrefix(store: SessionStore, layout: KvLayout, source: Session, target: Session, input: readonly number[]): boolean {
   if (source === target || source.owner !== target.owner) return false;
-  if (source.busy || target.busy || source.tier !== 'hot' || !source.kv || source.window.droppedTokens > 0) return false;
+  if (source.busy || target.busy || source.tier !== 'hot' || !source.hasKv || source.window.droppedTokens > 0) return false;
   if (target.tokens.length > 0 || target.cachedLength > 0) return false;
   const limit = Math.min(source.cachedLength, source.tokens.length, input.length - 1);
   let keep = 0;
@@ -32,7 +32,8 @@ export function forkPrefix(store: SessionStore, layout: KvLayout, source: Sessio
   }
   if (!reserved) return false;
   // A copy, never a shared tensor: the engine may rotate or overwrite either cache in place later.
-  target.toHot(gatherRows(layout, [{ kv: source.kv, row: 0, segments: [[0, keep]] }]).kv, keep); // [1, numKvHeads, keep, headDim] per layer
+  const copy = source.held ? source.held.prefixCopy(keep) : gatherRows(layout, [{ kv: source.kv!, row: 0, segments: [[0, keep]] }]).kv;
+  target.toHot(copy, keep); // [1, numKvHeads, keep, headDim] per layer
   target.tokens = source.tokens.slice(0, keep);
   store.touch(target);
   return true;

@@ -117,7 +117,7 @@ export class PrefixCache {
     for (const id of this.index.candidates(owner, input)) {
       const entry = this.store.get(owner, id);
       if (!entry || !this.store.isPrefixEntry(entry) || entry.busy) continue;
-      if (entry.tier !== 'hot' || !entry.kv || entry.window.droppedTokens > 0) {
+      if (entry.tier !== 'hot' || !entry.hasKv || entry.window.droppedTokens > 0) {
         if (!this.claimed.has(entry)) this.drop(entry);
         continue;
       }
@@ -142,7 +142,7 @@ export class PrefixCache {
   private bound(keep: Session): void {
     if (this.store.prefixEntryCount <= this.maxEntries) return;
     const idle = [...this.store.prefixEntriesInLruOrder()].filter((e) => e !== keep && !e.busy && !e.pinned && !this.claimed.has(e));
-    for (const entry of [...idle.filter((e) => !e.kv), ...idle.filter((e) => e.kv)]) {
+    for (const entry of [...idle.filter((e) => !e.hasKv), ...idle.filter((e) => e.hasKv)]) {
       if (this.store.prefixEntryCount <= this.maxEntries) return;
       this.drop(entry);
     }

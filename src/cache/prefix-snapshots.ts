@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import type { Logger } from '../lib/logger.ts';
 import type { KvTensors } from '../model/types.ts';
 import { prefixOf } from './kv-ops.ts';
-import { NO_WINDOW } from './session.ts';
+import { NO_WINDOW, type HeldKv } from './session.ts';
 import { decodeSnapshotHead, decodeSnapshotPayload, snapshotParts, type SnapshotIdentity } from './snapshot.ts';
 import { SnapshotWriter, type SnapshotWriterOptions } from './snapshot-writer.ts';
 
@@ -83,15 +83,19 @@ export class PrefixSnapshots {
   }
 
   /**
-   * Queues the snapshot of the longest whole-block prefix of a cache (`source.kv` holds
-   * `source.tokens[0, kv.length)`, unwindowed); nothing when that file already exists, the queue is
-   * full, or the cache moved on while the existence check ran. The KV is copied only for a new file
-   * (the session goes on changing while the file is written).
+   * Queues the snapshot of the longest whole-block prefix of a cache (`source.kv`, or the buffer
+   * `source.held`, holds `source.tokens[0, length)`, unwindowed); nothing when that file already
+   * exists, the queue is full, or the cache moved on while the existence check ran. The KV is copied
+   * only for a new file (the session goes on changing while the file is written); a held buffer is
+   * copied from as it is, never made tight.
    */
-  async save(source: { readonly tokens: readonly number[]; readonly kv: KvTensors | null }): Promise<void> {
-    const kv = source.kv;
-    if (!kv || !this.enabled) return;
-    const blocks = Math.floor(Math.min(kv.length, source.tokens.length) / PREFIX_BLOCK_TOKENS);
+  async save(source: { readonly tokens: readonly number[]; readonly kv: KvTensors | null; readonly held?: HeldKv | null; readonly version?: number }): Promise<void> {
+    const held = source.held ?? null;
+    const kv = held ? null : source.kv;
+    const version = source.version;
+    const cached = held ? held.heldLength : (kv?.length ?? 0);
+    if (cached === 0 || !this.enabled) return;
+    const blocks = Math.floor(Math.min(cached, source.tokens.length) / PREFIX_BLOCK_TOKENS);
     if (blocks === 0) return;
     const length = blocks * PREFIX_BLOCK_TOKENS;
     const prefix = source.tokens.slice(0, length);
@@ -101,9 +105,15 @@ export class PrefixSnapshots {
       await touch(path, this.now());
       return;
     }
-    // The next turn may have taken the cache meanwhile: then that turn's commit snapshots it.
-    if (source.kv !== kv || this.writer.has(hash)) return;
-    const copy = length === kv.length ? { ...kv, layers: kv.layers.map((l) => ({ key: l.key.slice(), value: l.value.slice() })) } : prefixOf(this.options.layout, kv, length);
+    // The next turn may have taken the cache meanwhile (a held buffer comes back as the same object,
+    // written on: the version tells): then that turn's commit snapshots it.
+    const movedOn = held ? source.held !== held || source.version !== version : source.kv !== kv;
+    if (movedOn || this.writer.has(hash)) return;
+    const copy = held
+      ? held.prefixCopy(length)
+      : length === kv!.length
+        ? { ...kv!, layers: kv!.layers.map((l) => ({ key: l.key.slice(), value: l.value.slice() })) }
+        : prefixOf(this.options.layout, kv!, length);
     const { layout } = this.options;
     const time = this.now();
     const parts = snapshotParts(

@@ -17,12 +17,30 @@ export interface WindowState {
 
 export const NO_WINDOW: WindowState = Object.freeze({ droppedTokens: 0, lastDropAt: 0, dropEvents: 0 });
 
+/**
+ * A hot cache kept as the engine's one-row in-place buffer between turns (engine/inplace-kv.ts): the
+ * next turn steps on it with no copy in, and finishing a turn needs no copy out (at 400 cached tokens
+ * the two copies were a fifth of a warm turn's server time, and they grow with the session). Code that
+ * needs the tight tensors reads `Session.kv`, which makes them once (one copy) and lets the buffer go.
+ */
+export interface HeldKv {
+  /** Valid slots, from the start of the buffer. */
+  readonly heldLength: number;
+  /** Slots the buffer has room for, valid or not: what it takes of memory. */
+  readonly capacity: number;
+  /** The valid slots as tight tensors `// [1, numKvHeads, heldLength, headDim]` (a copy), or null when the buffers were lost; the buffer is spent. */
+  toTight(): KvTensors | null;
+  /** A copy of the first `length` valid slots `// [1, numKvHeads, length, headDim]`; the buffer stays as it is. */
+  prefixCopy(length: number): KvTensors;
+}
+
 /** A conversation: the token transcript plus the KV of (a windowed prefix of) it. */
 export class Session {
   /** Every token of the conversation so far: inputs and generated tokens. */
   tokens: number[] = [];
-  /** Hot-tier KV, `// [1, numKvHeads, cachedLength, headDim]` per layer; null in other tiers. */
-  kv: KvTensors | null = null;
+  /** Hot-tier KV as tight tensors (`kv`), or as a held buffer (`held`); at most one of them set. */
+  private tight: KvTensors | null = null;
+  private heldKv: HeldKv | null = null;
   /** Int8-tier KV; null in other tiers. */
   int8: Int8Kv | null = null;
   /** Tokens the cache holds, whatever its tier. */
@@ -67,6 +85,42 @@ export class Session {
     this.lastUsedAt = createdAt;
   }
 
+  /**
+   * Hot-tier KV, `// [1, numKvHeads, cachedLength, headDim]` per layer; null in other tiers. A held
+   * buffer is turned into these tensors here, on first read.
+   */
+  get kv(): KvTensors | null {
+    const held = this.heldKv;
+    if (held) {
+      this.heldKv = null;
+      this.tight = held.toTight();
+      if (!this.tight) this.toEvicted();
+    }
+    return this.tight;
+  }
+
+  set kv(kv: KvTensors | null) {
+    this.tight = kv;
+    this.heldKv = null;
+  }
+
+  /** Whether a hot cache is here, tight or held, without making the tight tensors. */
+  get hasKv(): boolean {
+    return this.tight !== null || this.heldKv !== null;
+  }
+
+  /** The held buffer, if the hot cache is one (read only: `takeHeld` moves it). */
+  get held(): HeldKv | null {
+    return this.heldKv;
+  }
+
+  /** Moves the held buffer out (to the turn that steps on it); the session then holds no KV until it commits. */
+  takeHeld(): HeldKv | null {
+    const held = this.heldKv;
+    this.heldKv = null;
+    return held;
+  }
+
   /*
    * Tier moves: each sets kv, int8, cachedLength and tier together, so a session never holds KV of two
    * tiers or a tier that disagrees with its tensors. Budget accounting stays with the caller (KvBudget).
@@ -77,6 +131,15 @@ export class Session {
     this.kv = kv;
     this.int8 = null;
     this.cachedLength = cachedLength;
+    this.tier = 'hot';
+  }
+
+  /** Ready to run, the cache kept as the engine's buffer (`buffer.heldLength` valid slots). */
+  toHotHeld(buffer: HeldKv): void {
+    this.tight = null;
+    this.heldKv = buffer;
+    this.int8 = null;
+    this.cachedLength = buffer.heldLength;
     this.tier = 'hot';
   }
 

@@ -187,7 +187,9 @@ export interface SnapshotIdentity {
 /** The parts of a session's snapshot (see `snapshotParts`), for the background writer. */
 export function sessionSnapshotParts(session: Session, identity: SnapshotIdentity): SnapshotParts {
   const { layout } = identity;
-  const kind = session.tier === 'hot' && session.kv ? 'native' : session.tier === 'int8' && session.int8 ? 'int8' : 'none';
+  // Read first: a held buffer becomes tight tensors here (and a lost one leaves the session evicted).
+  const kv = session.tier === 'hot' ? session.kv : null;
+  const kind = session.tier === 'hot' && kv ? 'native' : session.tier === 'int8' && session.int8 ? 'int8' : 'none';
   return snapshotParts(
     {
       modelFingerprint: identity.modelFingerprint,
@@ -205,7 +207,7 @@ export function sessionSnapshotParts(session: Session, identity: SnapshotIdentit
       window: session.window,
     },
     session.tokens,
-    kind === 'native' ? session.kv : null,
+    kind === 'native' ? kv : null,
     kind === 'int8' ? session.int8 : null,
   );
 }

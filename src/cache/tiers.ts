@@ -60,7 +60,7 @@ export class TierManager {
     if (prefixes) {
       // Every committed turn leaves its cache's prefix on shared storage, for whichever replica serves the next one.
       store.onTurnCommitted((session) => {
-        if (session.tier !== 'hot' || !session.kv || session.window.droppedTokens > 0) return;
+        if (session.tier !== 'hot' || !session.hasKv || session.window.droppedTokens > 0) return;
         void prefixes.save(session).catch((error: Error) => this.options.logger.warn({ sessionId: session.id, err: error.message }, 'prefix snapshot not saved'));
       });
     }
@@ -100,7 +100,7 @@ export class TierManager {
    * landed (see session-files.ts); with the writer's queue full it falls to its transcript instead.
    */
   demote(session: Session, int8 = this.options.int8): { tier: Tier; bytes: number } {
-    if (session.tier === 'hot' && session.kv && int8) return this.quantize(session);
+    if (session.tier === 'hot' && session.hasKv && int8) return this.quantize(session);
     if ((session.tier === 'int8' || session.tier === 'hot') && this.disk.enabled) {
       if (this.disk.beginDemotion(session)) return { tier: session.tier, bytes: session.reservedBytes };
       this.options.logger.debug({ sessionId: session.id, queued: this.disk.writer.size }, 'snapshot queue full: evicting to the transcript');
@@ -130,7 +130,7 @@ export class TierManager {
           this.store.delete(session);
           void this.disk.forget(session.owner, session.id);
           this.options.logger.debug({ sessionId: session.id, idleMs: idle }, 'idle session expired');
-        } else if (options.int8AfterMs > 0 && this.options.int8 && idle >= options.int8AfterMs && session.tier === 'hot' && session.kv) {
+        } else if (options.int8AfterMs > 0 && this.options.int8 && idle >= options.int8AfterMs && session.tier === 'hot' && session.hasKv) {
           this.store.demote(session, () => this.quantize(session));
         }
       }

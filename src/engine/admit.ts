@@ -8,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { prefixOf } from '../cache/kv-ops.ts';
 import type { Session, Tier } from '../cache/session.ts';
 import { planCache } from './cache-plan.ts';
+import { InPlaceKv } from './inplace-kv.ts';
 import type { SessionSuperseder, TierRestorer } from './engine.ts';
 import type { EngineParts } from './parts.ts';
 import type { KvRoom } from './scheduler.ts';
@@ -45,7 +46,7 @@ export class Admitter {
 
       const request = sequence.request;
       const fullInput = request.mode === 'append' ? session.tokens.concat(request.input) : request.input;
-      const plan = planCache({ tokens: session.tokens, window: session.window, cachedLength: session.kv ? session.cachedLength : 0 }, fullInput, policy);
+      const plan = planCache({ tokens: session.tokens, window: session.window, cachedLength: session.hasKv ? session.cachedLength : 0 }, fullInput, policy);
       // Reserve for the longest the cache can get during this request: the window caps it.
       const finalLength = Math.min(plan.keep + plan.pending.length - plan.pendingIndex + request.maxTokens, policy.capacity);
       const bytes = store.budget.bytesFor(finalLength, layout.bytesPerToken);
@@ -60,7 +61,7 @@ export class Admitter {
       // No room now: the request stays at the head of the queue, and this admission pass ends.
       if (!scheduler.decideRoom(sequence, room)) return;
       sequence.fullInput = fullInput.slice();
-      sequence.kv = plan.keep > 0 ? prefixOf(layout, session.kv!, plan.keep) : null;
+      this.takeCache(sequence, plan.keep);
       sequence.cacheLength = plan.keep;
       sequence.window = plan.window;
       sequence.pending = plan.pending;
@@ -85,6 +86,23 @@ export class Admitter {
       const restoreMs = performance.now() - restoreStart;
       for (const o of observers) o.requestStarted?.(sequence, { restoredFrom: sequence.restoredFrom, restoreMs });
     }
+  }
+
+  /**
+   * Moves the first `keep` slots of the session's cache into the sequence: a held buffer as it is (its
+   * tail cut off by length alone), tight tensors as a prefix (a copy only when not all of them are kept).
+   */
+  private takeCache(sequence: Sequence, keep: number): void {
+    const session = sequence.session;
+    if (keep > 0 && session.held instanceof InPlaceKv && this.parts.ownBuffers) {
+      const held = session.takeHeld() as InPlaceKv;
+      held.truncate(0, keep);
+      sequence.buffer = held;
+      sequence.kv = null;
+      this.parts.counters.heldResumes++;
+      return;
+    }
+    sequence.kv = keep > 0 ? prefixOf(this.parts.layout, session.kv!, keep) : null;
   }
 
   private restorable(session: Session): boolean {

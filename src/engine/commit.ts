@@ -28,22 +28,22 @@ export function finishSequence(parts: EngineParts, sequence: Sequence, reason: F
     scheduler.remove(sequence);
   } else {
     decodeBatch.leave(sequence);
-    settleOwnBuffer(sequence);
     scheduler.remove(sequence);
-    if (reason === 'error') rollBack(sequence, layout);
-    else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) keepProcessed(sequence, layout, parts.window.sinkTokens);
-    else keepCache(sequence);
+    if (reason === 'error') {
+      settleOwnBuffer(sequence);
+      rollBack(sequence, layout);
+    } else if (reason === 'cancelled' && sequence.state === 'prefill' && sequence.generated.length === 0) {
+      settleOwnBuffer(sequence);
+      keepProcessed(sequence, layout, parts.window.sinkTokens);
+    } else keepCache(sequence);
   }
   sequence.state = 'finished';
   sequence.finishReason = reason;
   sequence.constraint?.dispose();
   sequence.constraint = null;
   sequence.error = error;
-  const budget = store.budget;
-  // A hot session keeps reserved what its cache now takes (at most what the request reserved); other tiers keep their reservation.
-  const cacheBytes = session.tier === 'hot' ? budget.bytesFor(session.cachedLength, layout.bytesPerToken) : session.reservedBytes;
-  if (session.ephemeral) budget.resize(session, 0);
-  else if (wasAdmitted) budget.resize(session, Math.min(cacheBytes, session.reservedBytes));
+  if (session.ephemeral) store.budget.resize(session, 0);
+  else if (wasAdmitted) settleBudget(parts, sequence);
   session.pinned = false;
   store.release(session);
   const text = wasAdmitted ? sequence.finalText() : '';
@@ -64,13 +64,45 @@ export function finishSequence(parts: EngineParts, sequence: Sequence, reason: F
   return true;
 }
 
+/**
+ * A session keeps its cache as the buffer it ran on only while the spare capacity is at most this share
+ * of the valid slots: the budget counts the spare slots too, and a short cache is cheap to copy tight.
+ */
+const HELD_SLACK_SHARE = 1 / 8;
+
+/**
+ * A hot session keeps reserved what its cache now takes: at most what the request reserved, except a
+ * held buffer's spare capacity, reserved when it is small and the budget has room; otherwise the buffer
+ * is made tight (one copy). Other tiers keep their reservation.
+ */
+function settleBudget(parts: EngineParts, sequence: Sequence): void {
+  const { store, layout } = parts;
+  const session = sequence.session;
+  const budget = store.budget;
+  const reserved = session.reservedBytes;
+  if (session.tier !== 'hot') return void budget.resize(session, reserved);
+  const held = session.held;
+  if (held) {
+    const heldBytes = budget.bytesFor(held.capacity, layout.bytesPerToken);
+    if (held.capacity - held.heldLength <= held.heldLength * HELD_SLACK_SHARE && budget.resize(session, heldBytes)) {
+      parts.counters.heldCommits++;
+      return;
+    }
+    void session.kv;
+  }
+  budget.resize(session, Math.min(budget.bytesFor(session.cachedLength, layout.bytesPerToken), reserved));
+}
+
+/** The session takes the sequence's whole cache: tight tensors, or its own buffer as it is (no copy). */
 export function keepCache(sequence: Sequence): void {
   const session = sequence.session;
-  if (sequence.cacheLength > 0 && sequence.kv) session.toHot(sequence.kv, sequence.cacheLength);
+  if (sequence.cacheLength > 0 && sequence.buffer) session.toHotHeld(sequence.buffer);
+  else if (sequence.cacheLength > 0 && sequence.kv) session.toHot(sequence.kv, sequence.cacheLength);
   else session.toEvicted();
   session.window = sequence.window;
   session.version++;
   sequence.kv = null;
+  sequence.buffer = null;
 }
 
 /**

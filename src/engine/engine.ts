@@ -77,6 +77,9 @@ export interface EngineCounters {
   repackMs: number;
   /** Window shifts done inside in-place buffers (no copy of the row out and back in). */
   inPlaceWindowShifts: number;
+  /** Turns that left their cache in the session as the buffer they ran on, and turns that ran on such a buffer: no copy out, no copy in. */
+  heldCommits: number;
+  heldResumes: number;
 }
 
 /** Hooks for telemetry; the engine itself knows nothing of spans or metrics. */
@@ -129,7 +132,7 @@ export class Engine {
   private readonly idleWaiters: Array<() => void> = [];
   private readonly counterValues: EngineCounters = {
     decodeSteps: 0, decodeRows: 0, decodeMs: 0, batchSlots: 0, paddingSlots: 0,
-    decodeBytesOut: 0, prefillBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0, laneChunks: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0, inPlaceWindowShifts: 0,
+    decodeBytesOut: 0, prefillBytesOut: 0, prefillChunks: 0, prefillTokens: 0, prefillMs: 0, laneChunks: 0, repacks: 0, inPlaceJoins: 0, repackMs: 0, inPlaceWindowShifts: 0, heldCommits: 0, heldResumes: 0,
   };
   /** The decoding sequences' shared KV (see batch.ts). */
   private readonly decodeBatch: DecodeBatch<Sequence> | InPlaceBatch<Sequence>;

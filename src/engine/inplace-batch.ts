@@ -3,8 +3,8 @@
  * same membership rules as batch.ts from the sequences' side (a member outside the batch owns its KV,
  * inside it owns none), but rows are right-padded and never re-packed on a step: a newcomer takes a
  * free row (one copy of its cache, tight or its own buffer), a leaver is copied out to a tight cache
- * (one copy), and the buffers are made anew only when newcomers find no free row or more than
- * REBUILD_FREE_SHARE of the rows are free. A batch made anew for one newcomer that owns a buffer takes
+ * (one copy; the row of a one-row batch takes the buffers as its own), and the buffers are made anew
+ * only when newcomers find no free row or more than REBUILD_FREE_SHARE of the rows are free. A batch made anew for one newcomer that owns a buffer takes
  * that buffer as it is (a lone stream after its prefill is never copied).
  */
 import { performance } from 'node:perf_hooks';
@@ -85,12 +85,21 @@ export class InPlaceBatch<T extends InPlaceMember> {
   }
 
   /**
-   * Copies `sequence`'s KV out of the batch into its own tensors and frees its row; none when the
-   * buffers were lost with a decoder thread (the session is then recomputed from its transcript).
+   * Copies `sequence`'s KV out of the batch into its own tensors and frees its row (the only row of a
+   * one-row batch leaves with the buffers themselves as its own); none when the buffers were lost with
+   * a decoder thread (the session is then recomputed from its transcript).
    */
   leave(sequence: T): void {
     const current = this.current;
     if (!current || sequence.batchRow < 0) return;
+    if (current.rows.length === 1 && current.kv.intact) {
+      // A batch of one row is that sequence's buffer: it takes it back as its own, with no copy.
+      sequence.buffer = current.kv;
+      sequence.kv = null;
+      this.current = null;
+      sequence.batchRow = -1;
+      return;
+    }
     sequence.kv = current.kv.takeOut(sequence.batchRow);
     current.rows[sequence.batchRow] = null;
     sequence.batchRow = -1;

@@ -13,9 +13,10 @@
  * Works on plain arrays, unit-tested in tests/engine/inplace-kv.test.ts and inplace-prefill.test.ts.
  */
 import { shiftRotaryKeys } from '../cache/kv-ops.ts';
+import type { HeldKv } from '../cache/session.ts';
 import { allocateKvData, kvIntact, type KvData, type KvLayout, type KvTensors } from '../model/types.ts';
 
-export class InPlaceKv {
+export class InPlaceKv implements HeldKv {
   /** Slots per row in the buffers: a multiple of the block, or `maxCapacity`. */
   capacity = 0;
   /**
@@ -91,6 +92,22 @@ export class InPlaceKv {
     return kvIntact(this.layout, this.past);
   }
 
+  /** A one-row buffer kept by its session between turns (cache/session.ts): its valid slots. */
+  get heldLength(): number {
+    return this.lengths[0];
+  }
+
+  /** A held one-row buffer's tight cache (one copy); the buffer is spent. */
+  toTight(): KvTensors | null {
+    return this.takeOut(0);
+  }
+
+  /** Keeps only row `row`'s first `length` slots (the rest become unused capacity): a turn that keeps a prefix of its session's cache. */
+  truncate(row: number, length: number): void {
+    if (!(length >= 0 && length <= this.lengths[row])) throw new Error(`row ${row} holds ${this.lengths[row]} slots, not ${length}`);
+    this.lengths[row] = length;
+  }
+
   /** Row `row`'s cache as `extract` gives it, or null (and the row freed) when the buffers were lost. */
   takeOut(row: number): KvTensors | null {
     if (this.intact) return this.extract(row);
@@ -121,8 +138,21 @@ export class InPlaceKv {
 
   /** Row `row`'s cache as its own tensors `// [1, numKvHeads, length, headDim]`, and the row freed. */
   extract(row: number): KvTensors {
+    const kv = this.copyRow(row, this.lengths[row]);
+    this.lengths[row] = 0;
+    this.live[row] = false;
+    return kv;
+  }
+
+  /** A held one-row buffer's first `length` slots, copied; the buffer stays. */
+  prefixCopy(length: number): KvTensors {
+    if (!(length >= 0 && length <= this.lengths[0])) throw new Error(`the buffer holds ${this.lengths[0]} slots, not ${length}`);
+    return this.copyRow(0, length);
+  }
+
+  /** The first `length` slots of row `row` as tight tensors `// [1, numKvHeads, length, headDim]`. */
+  private copyRow(row: number, length: number): KvTensors {
     const { numKvHeads: heads, headDim: dim, dtype } = this.layout;
-    const length = this.lengths[row];
     const span = length * dim;
     const layers = this.layers.map((buffers) => {
       const key = allocateKvData(dtype, heads * span);
@@ -134,8 +164,6 @@ export class InPlaceKv {
       }
       return { key, value };
     });
-    this.lengths[row] = 0;
-    this.live[row] = false;
     return { batchSize: 1, length, layers };
   }
 

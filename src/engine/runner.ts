@@ -31,11 +31,13 @@ export interface RunnerCounters {
   prefillBytesOut: number;
 }
 
-/** A model call that ran: its logits (`// [rows, seqLength, vocabSize]`) and when it ran. */
+/** A model call that ran: its logits (`// [rows, logitPositions, vocabSize]`) and when it ran. */
 export interface StepRan {
   ok: true;
   logits: KvData;
   vocabSize: number;
+  /** Positions of each row the logits hold (the call's last ones): 1 for a prefill chunk where the decoder cuts them. */
+  logitPositions: number;
   startMs: number;
   durationMs: number;
   /** Cache slots the call's rows hold afterwards (sum over live rows). */
@@ -101,7 +103,7 @@ export class Runner {
     batch.kv = output.present;
     const { rows, kvTokens } = advanceRows(slots);
     this.countDecode(rows, batchSize * totalLength, kvTokens, durationMs, output);
-    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens };
+    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, logitPositions: positionsOf(output, 1), startMs, durationMs, kvTokens };
   }
 
   /**
@@ -128,7 +130,7 @@ export class Runner {
     kv.append(output.present);
     const { rows, kvTokens } = advanceRows(slots);
     this.countDecode(rows, batchSize * (kv.capacity + 1), kvTokens, durationMs, output);
-    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens };
+    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, logitPositions: positionsOf(output, 1), startMs, durationMs, kvTokens };
   }
 
   /** One decode step of one sequence on its own cache (for exports that cannot batch rows). */
@@ -145,7 +147,7 @@ export class Runner {
     sequence.cacheLength = total;
     sequence.pendingIndex++;
     this.countDecode(1, total, total, durationMs, output);
-    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens: total };
+    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, logitPositions: positionsOf(output, 1), startMs, durationMs, kvTokens: total };
   }
 
   /** The next `count` pending tokens of `sequence` over its cache; on success its cache holds them. */
@@ -159,14 +161,14 @@ export class Runner {
       positionIds[i] = BigInt(sequence.cacheLength + i);
     }
     const attentionMask = new BigInt64Array(total).fill(1n); // [1, past + count]
-    const call = await this.timed(() => this.decoder.run({ batchSize: 1, seqLength: count, inputIds, attentionMask, positionIds, past }));
+    const call = await this.timed(() => this.decoder.run({ batchSize: 1, seqLength: count, inputIds, attentionMask, positionIds, past, logitsToKeep: 1 }));
     if (!call.ok) return call;
     const { output, startMs, durationMs } = call;
     this.countPrefill(count, durationMs, output);
     sequence.kv = output.present;
     sequence.cacheLength = total;
     sequence.pendingIndex += count;
-    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens: total };
+    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, logitPositions: positionsOf(output, count), startMs, durationMs, kvTokens: total };
   }
 
   /**
@@ -178,7 +180,7 @@ export class Runner {
     if (!call.ok) return call;
     const { output, startMs, durationMs } = call;
     this.countPrefill(count, durationMs, output);
-    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens: sequence.cacheLength };
+    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, logitPositions: positionsOf(output, count), startMs, durationMs, kvTokens: sequence.cacheLength };
   }
 
   /** One decode step of one sequence on its own in-place buffer (for exports that cannot batch rows). */
@@ -187,7 +189,7 @@ export class Runner {
     if (!call.ok) return call;
     const { output, startMs, durationMs } = call;
     this.countDecode(1, buffer.capacity + 1, sequence.cacheLength, durationMs, output);
-    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, startMs, durationMs, kvTokens: sequence.cacheLength };
+    return { ok: true, logits: output.logits, vocabSize: output.vocabSize, logitPositions: positionsOf(output, 1), startMs, durationMs, kvTokens: sequence.cacheLength };
   }
 
   /** Runs `count` pending tokens over row 0 of `buffer` (the unused capacity masked out) and writes their new rows into it. */
@@ -200,7 +202,7 @@ export class Runner {
       positionIds[i] = BigInt(sequence.cacheLength + i);
     }
     const attentionMask = buffer.attentionMask(count); // [1, capacity + count]
-    const call = await this.timed(() => this.decoder.run({ batchSize: 1, seqLength: count, inputIds, attentionMask, positionIds, past: buffer.past, fetch: 'new-rows', lendPast: true }));
+    const call = await this.timed(() => this.decoder.run({ batchSize: 1, seqLength: count, inputIds, attentionMask, positionIds, past: buffer.past, fetch: 'new-rows', lendPast: true, logitsToKeep: 1 }));
     if (!call.ok) return call;
     buffer.append(call.output.present);
     sequence.cacheLength += count;
@@ -295,4 +297,9 @@ function hostKvBytes(kv: KvTensors): number {
   let bytes = 0;
   for (const layer of kv.layers) bytes += layer.key.byteLength + layer.value.byteLength;
   return bytes;
+}
+
+/** Positions per row the call's logits hold: its last `seqLength` or fewer (`logitsToKeep`). */
+function positionsOf(output: DecoderOutput, seqLength: number): number {
+  return output.logitPositions ?? seqLength;
 }

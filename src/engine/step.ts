@@ -171,7 +171,7 @@ export class StepExecutor {
     if (sequence.remainingPending === 0) {
       // max_tokens 0 only fills the cache (the native API's session prefill).
       await sequence.constraint?.prepare();
-      const reason = sequence.request.maxTokens === 0 ? 'length' : runner.sampleNext(sequence, step.logits, count - 1, step.vocabSize);
+      const reason = sequence.request.maxTokens === 0 ? 'length' : runner.sampleNext(sequence, step.logits, step.logitPositions - 1, step.vocabSize);
       if (reason) {
         if (sequence.kv?.device) await this.hostSequence(sequence);
         this.parts.finish(sequence, reason);

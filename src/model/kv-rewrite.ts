@@ -16,6 +16,7 @@
  */
 import onnxProto from 'onnx-proto';
 import { attendOverKvHeads } from './gqa-rewrite.ts';
+import { keepLastLogits } from './logits-rewrite.ts';
 
 const onnx = onnxProto.onnx;
 type NodeProto = onnxProto.onnx.INodeProto;
@@ -30,6 +31,8 @@ const SEQ_AXIS = 2;
 const PRESENT_RANK = 4;
 
 export interface KvNames {
+  /** The logits output (only the LM head rewrite reads it). */
+  logits?: string;
   pastKeys: readonly string[];
   pastValues: readonly string[];
   presentKeys: readonly string[];
@@ -189,7 +192,7 @@ function newRowAdditions(model: onnxProto.onnx.IModelProto, names: KvNames): New
  * read from the model's metadata. Nothing is changed when any layer does not have the Concat shape.
  */
 export function addNewRowOutputs(modelBytes: Uint8Array, names: KvNames): NewRowsRewrite {
-  const rewrite = rewriteDecoder(modelBytes, names, undefined, 0);
+  const rewrite = rewriteDecoder(modelBytes, names, undefined, 0, false);
   if (!rewrite.ok) return rewrite;
   return { ok: true, patch: rewrite.patch, newKeys: rewrite.newKeys, newValues: rewrite.newValues };
 }
@@ -205,15 +208,19 @@ export type DecoderRewrite =
       newValues: string[];
       /** MatMuls that attend over the KV heads instead of a repeated copy (gqa-rewrite.ts). */
       groupedMatmuls: number;
+      /** The input that asks for the last positions' logits only (logits-rewrite.ts), or null with the reason. */
+      logitsToKeep: string | null;
+      logitsReason: string | null;
     }
   | { ok: false; reason: string };
 
 /**
- * The in-place rewrite: new-row outputs, and attention over the unrepeated KV heads where the graph
- * repeats them (`heads` query heads over the layout's `kvHeads`). Decoded once; the model is encoded
- * whole only when nodes changed, else the new-row additions are a patch.
+ * The in-place rewrite: new-row outputs, attention over the unrepeated KV heads where the graph
+ * repeats them (`heads` query heads over the layout's `kvHeads`), and an LM head that can give the last
+ * positions' logits only (`keepLogits`). Decoded once; the model is encoded whole only when nodes
+ * changed, else the new-row additions are a patch.
  */
-export function rewriteDecoder(modelBytes: Uint8Array, names: KvNames, heads: number | undefined, kvHeads: number): DecoderRewrite {
+export function rewriteDecoder(modelBytes: Uint8Array, names: KvNames, heads: number | undefined, kvHeads: number, keepLogits = true): DecoderRewrite {
   const model = onnx.ModelProto.decode(modelBytes);
   const additions = newRowAdditions(model, names);
   if (typeof additions === 'string') return { ok: false, reason: additions };
@@ -221,13 +228,16 @@ export function rewriteDecoder(modelBytes: Uint8Array, names: KvNames, heads: nu
   const graph = model.graph!;
   const presents = new Set([...names.presentKeys, ...names.presentValues]);
   const groupedMatmuls = heads === undefined ? 0 : attendOverKvHeads(graph, heads, kvHeads, presents);
-  if (groupedMatmuls === 0) {
+  const logits = keepLogits && names.logits ? keepLastLogits(graph, names.logits) : { reason: 'not asked for' };
+  const logitsToKeep = 'input' in logits ? logits.input : null;
+  const logitsReason = 'reason' in logits ? logits.reason : null;
+  if (groupedMatmuls === 0 && !logitsToKeep) {
     const patch = onnx.ModelProto.encode({ graph: { node: additions.nodes, output: additions.outputs } }).finish();
-    return { ok: true, model: null, patch, newKeys, newValues, groupedMatmuls };
+    return { ok: true, model: null, patch, newKeys, newValues, groupedMatmuls, logitsToKeep, logitsReason };
   }
   graph.node = [...(graph.node ?? []), ...additions.nodes];
   graph.output = [...(graph.output ?? []), ...additions.outputs];
-  return { ok: true, model: onnx.ModelProto.encode(model).finish(), patch: new Uint8Array(0), newKeys, newValues, groupedMatmuls };
+  return { ok: true, model: onnx.ModelProto.encode(model).finish(), patch: new Uint8Array(0), newKeys, newValues, groupedMatmuls, logitsToKeep, logitsReason };
 }
 
 /** The rewritten model: the original bytes with the patch appended (see NewRowsRewrite). */

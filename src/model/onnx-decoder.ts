@@ -131,8 +131,10 @@ export class OnnxDecoder implements Decoder {
         const external = typeof source === 'string' ? { extra: { session: { model_external_initializers_file_folder_path: dirname(source) } } } : {};
         try {
           session = await ort.InferenceSession.create(rewritten.bytes, { ...sessionOptions(provider, threads, []), ...external });
-          io = { ...io, newRows: rewritten.newRows, groupedAttention: rewritten.groupedMatmuls };
+          io = { ...io, newRows: rewritten.newRows, groupedAttention: rewritten.groupedMatmuls, logitsToKeep: rewritten.logitsToKeep ?? undefined };
           if (rewritten.groupedMatmuls > 0) options.logger.info({ matmuls: rewritten.groupedMatmuls }, 'grouped attention reads the KV heads without repeating them');
+          if (rewritten.logitsToKeep) options.logger.info({}, "prefill chunks compute only their last position's logits");
+          else options.logger.info({ reason: rewritten.logitsReason }, "the LM head was left as exported: prefill chunks compute every position's logits");
         } catch (error) {
           options.logger.info({ kvPath: 'concat', reason: `the rewritten graph does not load: ${(error as Error).message.split('\n')[0]}` }, 'in-place KV unavailable, the decoder runs the concat path');
           session = await create(provider);
@@ -154,6 +156,8 @@ export class OnnxDecoder implements Decoder {
     };
     if (names.positionIds) feeds[names.positionIds] = integerTensor(types.positionIds, step.positionIds, [batch, step.seqLength]);
     if (names.useCacheBranch) feeds[names.useCacheBranch] = new ort.Tensor('bool', Uint8Array.of(pastLength > 0 ? 1 : 0), [1]);
+    const logitPositions = Math.min(step.logitsToKeep ?? step.seqLength, step.seqLength);
+    if (this.io.logitsToKeep) feeds[this.io.logitsToKeep] = new ort.Tensor('int64', BigInt64Array.of(BigInt(logitPositions)), [1]);
     const pastDims = [batch, kv.numKvHeads, pastLength, kv.headDim];
     const onDevice = step.past.device instanceof GpuKv ? step.past.device : null;
     const stacked = names.kvPacking === 'stacked';
@@ -183,20 +187,20 @@ export class OnnxDecoder implements Decoder {
         const half = data.length / 2;
         present.layers.push({ key: data.subarray(0, half), value: data.subarray(half) });
       }
-      return { logits: logits.data as KvData, vocabSize: logits.dims[2], present };
+      return { logits: logits.data as KvData, vocabSize: logits.dims[2], logitPositions: logits.dims[1], present };
     }
     const outputs: ort.Tensor[] = [];
     for (let layer = 0; layer < kv.numLayers; layer++) {
       outputs.push(results[names.presentKeys[layer]] as ort.Tensor, results[names.presentValues[layer]] as ort.Tensor);
     }
     if (outputs[0].location === 'gpu-buffer') {
-      return { logits: logits.data as KvData, vocabSize: logits.dims[2], present: { batchSize: batch, length: total, layers: [], device: new GpuKv(outputs) } };
+      return { logits: logits.data as KvData, vocabSize: logits.dims[2], logitPositions: logits.dims[1], present: { batchSize: batch, length: total, layers: [], device: new GpuKv(outputs) } };
     }
     const present: KvTensors = { batchSize: batch, length: total, layers: [] };
     for (let layer = 0; layer < kv.numLayers; layer++) {
       present.layers.push({ key: outputs[2 * layer].data as KvData, value: outputs[2 * layer + 1].data as KvData });
     }
-    return { logits: logits.data as KvData, vocabSize: logits.dims[2], present };
+    return { logits: logits.data as KvData, vocabSize: logits.dims[2], logitPositions: logits.dims[1], present };
   }
 
   async dispose(): Promise<void> {
@@ -214,7 +218,7 @@ export class OnnxDecoder implements Decoder {
     for (let layer = 0; layer < this.io.kv.numLayers; layer++) {
       present.layers.push({ key: results[newRows.keys[layer]].data as KvData, value: results[newRows.values[layer]].data as KvData });
     }
-    return { logits: logits.data as KvData, vocabSize: logits.dims[2], present };
+    return { logits: logits.data as KvData, vocabSize: logits.dims[2], logitPositions: logits.dims[1], present };
   }
 }
 
@@ -234,7 +238,7 @@ function newRowOutputsModel(
   hints: ConfigHints,
   provider: ExecutionProvider,
   logger: Logger,
-): { bytes: Uint8Array; newRows: NonNullable<DecoderIo['newRows']>; groupedMatmuls: number } | null {
+): { bytes: Uint8Array; newRows: NonNullable<DecoderIo['newRows']>; groupedMatmuls: number; logitsToKeep: string | null; logitsReason: string | null } | null {
   const keep = (reason: string) => {
     logger.info({ kvPath: 'concat', reason }, 'in-place KV unavailable, the decoder runs the concat path');
     return null;
@@ -246,7 +250,8 @@ function newRowOutputsModel(
   if (!rewrite.ok) return keep(rewrite.reason);
   const newRows = { keys: rewrite.newKeys, values: rewrite.newValues };
   // Grouped attention changed existing nodes: the model was encoded whole.
-  if (rewrite.model) return { bytes: rewrite.model, newRows, groupedMatmuls: rewrite.groupedMatmuls };
+  const logits = { logitsToKeep: rewrite.logitsToKeep, logitsReason: rewrite.logitsReason };
+  if (rewrite.model) return { bytes: rewrite.model, newRows, groupedMatmuls: rewrite.groupedMatmuls, ...logits };
   let bytes: Uint8Array;
   if (buffer.length - size >= rewrite.patch.length) {
     buffer.set(rewrite.patch, size);
@@ -254,7 +259,7 @@ function newRowOutputsModel(
   } else {
     bytes = withPatch(buffer.subarray(0, size), rewrite.patch);
   }
-  return { bytes, newRows, groupedMatmuls: 0 };
+  return { bytes, newRows, groupedMatmuls: 0, ...logits };
 }
 
 /** A file's bytes in a buffer `room` bytes longer than the file. */

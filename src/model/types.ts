@@ -74,6 +74,8 @@ export interface DecoderIo {
   newRows?: { keys: readonly string[]; values: readonly string[] };
   /** MatMuls the load-time rewrite made attend over the unrepeated KV heads (gqa-rewrite.ts); 0 or absent: none. */
   groupedAttention?: number;
+  /** The input the load-time rewrite added that cuts the logits to the last positions (logits-rewrite.ts); absent: every position's. */
+  logitsToKeep?: string;
   inputTypes: DecoderInputTypes;
   kv: KvLayout;
   logitsDtype: KvDtype;
@@ -100,12 +102,19 @@ export interface DecoderStep {
    * of length 0 afterwards mean the bytes were lost with the thread (see `kvIntact`).
    */
   lendPast?: boolean;
+  /**
+   * Logits of the last this many positions only, where the decoder can cut them (`io.logitsToKeep`):
+   * a prefill chunk samples from its last position alone. Absent: every position's.
+   */
+  logitsToKeep?: number;
 }
 
 export interface DecoderOutput {
-  /** `// [batchSize, seqLength, vocabSize]`, float32 or float16 bits as the model emits it. */
+  /** `// [batchSize, logitPositions, vocabSize]`, float32 or float16 bits as the model emits it. */
   logits: KvData;
   vocabSize: number;
+  /** Positions the logits hold, the step's last ones: seqLength, or fewer when `logitsToKeep` cut them. Absent: seqLength. */
+  logitPositions?: number;
   present: KvTensors;
 }
 

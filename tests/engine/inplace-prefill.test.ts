@@ -186,11 +186,14 @@ describe('engine prefill in place against concat', () => {
       assert.ok(capacities.has(80), 'the buffers reached the context');
       assert.ok(inplace.inPlaceCalls.some((s) => s.seqLength > 1 && s.past.length > 0), 'chunks over a past ran in place');
 
-      // In place a chunk copies out its logits and its new rows only; concat the whole present as well.
-      const { kv: layout, logitsDtype } = inplace.fixture.decoder.io;
+      // In place a chunk copies out its last position's logits (the rewritten head) and its new rows
+      // only; concat every position's logits and the whole present as well.
+      const { kv: layout, logitsDtype, logitsToKeep } = inplace.fixture.decoder.io;
+      assert.ok(logitsToKeep, 'the in-place decoder can cut its logits');
       const logitBytes = inplace.fixture.model.vocabSize * (logitsDtype === 'float16' ? 2 : 4);
       const tokens = inplace.counters.prefillTokens;
-      assert.equal(inplace.counters.prefillBytesOut, tokens * (logitBytes + layout.bytesPerToken));
+      assert.equal(inplace.counters.prefillBytesOut, inplace.counters.prefillChunks * logitBytes + tokens * layout.bytesPerToken);
+      assert.ok(inplace.inPlaceCalls.filter((s) => s.seqLength > 1).every((s) => s.logitsToKeep === 1), 'every chunk asks for its last position only');
       const concatKvBytes = concat.counters.prefillBytesOut - tokens * logitBytes;
       assert.ok(concatKvBytes > 3 * tokens * layout.bytesPerToken, `KV bytes out of the prefill chunks: in place ${tokens * layout.bytesPerToken}, concat ${concatKvBytes}`);
     });

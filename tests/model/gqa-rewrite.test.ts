@@ -45,7 +45,7 @@ describe('grouped attention without repeating the KV heads', () => {
       const built = buildModelBytes({ ...small, ...options } as BuildOptions);
       const original = await sessionWithIo(built.onnx);
       const { io } = original;
-      const rewrite = rewriteDecoder(built.onnx, io.names, 8, io.kv.numKvHeads);
+      const rewrite = rewriteDecoder(built.onnx, io.names, 8, io.kv.numKvHeads, false);
       if (!rewrite.ok) assert.fail(rewrite.reason);
       assert.equal(rewrite.groupedMatmuls, 2 * io.kv.numLayers, 'keys and values of every layer');
       assert.ok(rewrite.model);
@@ -95,12 +95,12 @@ describe('grouped attention without repeating the KV heads', () => {
   test('graphs without a repeat are left as they are: multi-head attention, and the committed default model', async () => {
     const mha = buildModelBytes({ ...small, numKvHeads: 8 } as BuildOptions);
     const mhaIo = (await sessionWithIo(mha.onnx)).io;
-    const untouched = rewriteDecoder(mha.onnx, mhaIo.names, 8, 8);
+    const untouched = rewriteDecoder(mha.onnx, mhaIo.names, 8, 8, false);
     assert.ok(untouched.ok && untouched.groupedMatmuls === 0 && untouched.model === null);
     const brown = readFileSync('models/warmkv-brown/onnx/model.onnx');
     const config = JSON.parse(readFileSync('models/warmkv-brown/config.json', 'utf8')) as { num_attention_heads: number };
     const brownIo = (await sessionWithIo(brown)).io;
-    const grouped = rewriteDecoder(brown, brownIo.names, config.num_attention_heads, brownIo.kv.numKvHeads);
+    const grouped = rewriteDecoder(brown, brownIo.names, config.num_attention_heads, brownIo.kv.numKvHeads, false);
     assert.ok(grouped.ok, 'rewritable for new rows');
     assert.equal(grouped.groupedMatmuls, 0, 'its export already reads the KV heads as they are');
     assert.equal(grouped.model, null);

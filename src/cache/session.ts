@@ -90,13 +90,17 @@ export class Session {
    * buffer is turned into these tensors here, on first read.
    */
   get kv(): KvTensors | null {
-    const held = this.heldKv;
-    if (held) {
-      this.heldKv = null;
-      this.tight = held.toTight();
-      if (!this.tight) this.toEvicted();
-    }
+    this.makeTight();
     return this.tight;
+  }
+
+  /** Turns a held buffer into tight tensors (one copy); a buffer that lost its bytes leaves the session evicted. */
+  makeTight(): void {
+    const held = this.heldKv;
+    if (!held) return;
+    this.heldKv = null;
+    this.tight = held.toTight();
+    if (!this.tight) this.toEvicted();
   }
 
   set kv(kv: KvTensors | null) {

@@ -88,7 +88,7 @@ function settleBudget(parts: EngineParts, sequence: Sequence): void {
       parts.counters.heldCommits++;
       return;
     }
-    void session.kv;
+    session.makeTight();
   }
   budget.resize(session, Math.min(budget.bytesFor(session.cachedLength, layout.bytesPerToken), reserved));
 }

@@ -4,8 +4,9 @@
  * inside it owns none), but rows are right-padded and never re-packed on a step: a newcomer takes a
  * free row (one copy of its cache, tight or its own buffer), a leaver is copied out to a tight cache
  * (one copy; the row of a one-row batch takes the buffers as its own), and the buffers are made anew
- * only when newcomers find no free row or more than REBUILD_FREE_SHARE of the rows are free. A batch made anew for one newcomer that owns a buffer takes
- * that buffer as it is (a lone stream after its prefill is never copied).
+ * only when newcomers find no free row or more than REBUILD_FREE_SHARE of the rows are free. A batch
+ * made anew for one newcomer that owns a buffer takes that buffer as it is (a lone stream after its
+ * prefill is never copied).
  */
 import { performance } from 'node:perf_hooks';
 import type { KvLayout } from '../model/types.ts';

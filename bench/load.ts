@@ -35,7 +35,7 @@ import OpenAI from 'openai';
 import { serve } from '@hono/node-server';
 import { gatherRows } from '../src/cache/kv-ops.ts';
 import { envName, loadConfig } from '../src/config.ts';
-import type { EngineCounters } from '../src/engine/engine.ts';
+import type { EngineCounters } from '../src/engine/counters.ts';
 import type { LoadedModel } from '../src/model/index.ts';
 import { Runtime } from '../src/runtime.ts';
 import { createApp } from '../src/server/app.ts';

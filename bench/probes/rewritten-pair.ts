@@ -37,7 +37,8 @@ export async function openRewrittenPair(maxPositions: number, threads: number): 
   };
   const exported = await ort.InferenceSession.create(built.onnx, sessionOptions);
   const io = detectDecoderIo(exported.inputMetadata as readonly ValueInfo[], exported.outputMetadata as readonly ValueInfo[], {});
-  const rewrite = rewriteDecoder(built.onnx, io.names, modelOptions.numHeads, modelOptions.numKvHeads);
+  // The LM head stays whole: the probes compare every position's logits with the exported graph's.
+  const rewrite = rewriteDecoder(built.onnx, io.names, modelOptions.numHeads, modelOptions.numKvHeads, false);
   if (!rewrite.ok) throw new Error(`not rewritable: ${rewrite.reason}`);
   const rewritten = await ort.InferenceSession.create(rewrite.model ?? withPatch(built.onnx, rewrite.patch), sessionOptions);
   return { modelOptions, io, vocab: built.options.vocabSize, exported, rewritten, leanFetches: [io.names.logits, ...rewrite.newKeys, ...rewrite.newValues], newRows: { keys: rewrite.newKeys, values: rewrite.newValues } };

@@ -50,6 +50,16 @@ function sessionOptions(provider: ExecutionProvider, threads: number, deviceOutp
   };
 }
 
+/** What the first open of a model learned, for opening it again at another thread count. */
+interface PreparedModel {
+  /** The file, or the rewritten graph's bytes. */
+  model: string | Uint8Array;
+  extraOptions: ort.InferenceSession.SessionOptions;
+  deviceOutputs: string[];
+  provider: ExecutionProvider;
+  io: DecoderIo;
+}
+
 /** onnxruntime-node session for an Optimum-style decoder; the only place the runtime is touched. */
 export class OnnxDecoder implements Decoder {
   readonly thread = 'main' as const;
@@ -69,15 +79,33 @@ export class OnnxDecoder implements Decoder {
   static async load(source: string | Uint8Array, hints: ConfigHints, options: DecoderOptions): Promise<OnnxDecoder> {
     const cores = Math.max(1, Math.min(availableParallelism(), options.maxIntraOpThreads ?? Infinity));
     if (options.intraOpThreads !== undefined || options.executionProvider !== 'cpu' || cores < 2) {
-      const decoder = await OnnxDecoder.open(source, hints, options, options.intraOpThreads ?? cores);
+      const { decoder } = await OnnxDecoder.open(source, hints, options, options.intraOpThreads ?? cores);
       decoder.logLoaded(options.logger, {});
       return decoder;
     }
     const started = performance.now();
-    const choice = await calibrateThreads((threads) => OnnxDecoder.open(source, hints, options, threads), cores);
+    // The first open reads the graph and rewrites it; the other thread counts load those bytes as they are.
+    // Held only for the calibration: a model without external weights is whole in them.
+    let prepared: PreparedModel | undefined;
+    const openAt = async (threads: number): Promise<OnnxDecoder> => {
+      if (prepared) return OnnxDecoder.reopen(prepared, threads);
+      const opened = await OnnxDecoder.open(source, hints, options, threads);
+      prepared = opened.prepared;
+      return opened.decoder;
+    };
+    const choice = await calibrateThreads(openAt, cores);
+    prepared = undefined;
     const stepMs = Object.fromEntries(Object.entries(choice.stepMs).map(([threads, ms]) => [threads, Math.round(ms * 1000) / 1000]));
     choice.decoder.logLoaded(options.logger, { threadsCalibrated: true, calibrationStepMs: stepMs, calibrationMs: Math.round(performance.now() - started) });
     return choice.decoder;
+  }
+
+  /** Another session of an opened model at another thread count, from the bytes the first open loaded. */
+  private static async reopen(prepared: PreparedModel, threads: number): Promise<OnnxDecoder> {
+    const options = { ...sessionOptions(prepared.provider, threads, prepared.deviceOutputs), ...prepared.extraOptions };
+    const session =
+      typeof prepared.model === 'string' ? await ort.InferenceSession.create(prepared.model, options) : await ort.InferenceSession.create(prepared.model, options);
+    return new OnnxDecoder(session, prepared.io, prepared.provider, threads);
   }
 
   private logLoaded(logger: Logger, extra: Record<string, unknown>): void {
@@ -88,7 +116,12 @@ export class OnnxDecoder implements Decoder {
     );
   }
 
-  private static async open(source: string | Uint8Array, hints: ConfigHints, options: DecoderOptions, threads: number): Promise<OnnxDecoder> {
+  private static async open(
+    source: string | Uint8Array,
+    hints: ConfigHints,
+    options: DecoderOptions,
+    threads: number,
+  ): Promise<{ decoder: OnnxDecoder; prepared: PreparedModel }> {
     const requested = options.executionProvider;
     let session: ort.InferenceSession;
     let provider = requested;
@@ -135,13 +168,16 @@ export class OnnxDecoder implements Decoder {
           if (rewritten.groupedMatmuls > 0) options.logger.info({ matmuls: rewritten.groupedMatmuls }, 'grouped attention reads the KV heads without repeating them');
           if (rewritten.logitsToKeep) options.logger.info({}, "prefill chunks compute only their last position's logits");
           else options.logger.info({ reason: rewritten.logitsReason }, "the LM head was left as exported: prefill chunks compute every position's logits");
+          const prepared = { model: rewritten.bytes, extraOptions: external, deviceOutputs: [], provider, io };
+          return { decoder: new OnnxDecoder(session, io, provider, threads), prepared };
         } catch (error) {
           options.logger.info({ kvPath: 'concat', reason: `the rewritten graph does not load: ${(error as Error).message.split('\n')[0]}` }, 'in-place KV unavailable, the decoder runs the concat path');
           session = await create(provider);
         }
       }
     }
-    return new OnnxDecoder(session, io, provider, threads);
+    const prepared = { model: source, extraOptions: {}, deviceOutputs: deviceOutputs(provider, io.names.kvPacking === 'separate' ? io.kv.numLayers : 0), provider, io };
+    return { decoder: new OnnxDecoder(session, io, provider, threads), prepared };
   }
 
   async run(step: DecoderStep, options: RunOptions = {}): Promise<DecoderOutput> {

@@ -4,7 +4,7 @@
  * server is measured from the inside without anything of the bench in src/.
  *
  *   {type: 'reset'} -> {type: 'reset'}
- *   {type: 'sample'} -> {type: 'sample', loopDelayP99Ms, loopDelayMaxMs, loopDelayMeanMs, maxRssMiB, heapUsedMiB, cpuMs}
+ *   {type: 'sample'} -> {type: 'sample', loopDelayP99Ms, loopDelayMaxMs, loopDelayMeanMs, maxRssMiB, rssMiB, heapUsedMiB, heapTotalMiB, arrayBuffersMiB, externalMiB, cpuMs}
  *
  * cpuMs is this process's user + system CPU time so far: the difference over a request is what serving it
  * cost, which the load of other processes on shared cores barely changes (unlike wall time).
@@ -20,6 +20,12 @@ const cpuMs = () => {
 };
 const mib = (bytes: number) => Math.round((bytes / 1024 ** 2) * 10) / 10;
 
+/** Where the resident memory is: V8's heap (used, committed), ArrayBuffers (KV, logits) and other external memory V8 knows of; the rest is native (onnxruntime, code). */
+function memory() {
+  const usage = process.memoryUsage();
+  return { rssMiB: mib(usage.rss), heapUsedMiB: mib(usage.heapUsed), heapTotalMiB: mib(usage.heapTotal), arrayBuffersMiB: mib(usage.arrayBuffers), externalMiB: mib(usage.external) };
+}
+
 process.on('message', (message: { type?: string }) => {
   if (message.type === 'reset') {
     histogram.reset();
@@ -31,7 +37,7 @@ process.on('message', (message: { type?: string }) => {
       loopDelayMaxMs: histogram.max / 1e6,
       loopDelayMeanMs: histogram.mean / 1e6,
       maxRssMiB: mib(process.resourceUsage().maxRSS * 1024),
-      heapUsedMiB: mib(process.memoryUsage().heapUsed),
+      ...memory(),
       cpuMs: cpuMs(),
     });
   }

@@ -45,6 +45,8 @@ export interface LoadModelOptions {
   decoderThread?: 'main' | 'worker' | 'auto';
   /** `auto` only: the probe step length, in ms, from which the decoder runs on a worker (default 10). */
   workerMinStepMs?: number;
+  /** `auto` only: weights of at least this many bytes are probed on a worker, smaller ones on the main thread (default WORKER_PROBE_MIN_WEIGHT_BYTES). */
+  workerProbeMinWeightBytes?: number;
   /**
    * `PREFILL_LANE=worker`: also open the graph on a thread of its own with this many intra-op threads,
    * for the engine's prefill lane (src/engine/prefill-lane.ts); the main decoder's thread calibration
@@ -77,7 +79,7 @@ export async function loadModel(dir: string, options: LoadModelOptions): Promise
   } as const;
   const decoder =
     options.decoderThread === 'auto' && decoderOptions.executionProvider !== 'webgpu'
-      ? await placeDecoder(folder.onnxPath, hints, decoderOptions, options.workerMinStepMs ?? WORKER_MIN_STEP_MS)
+      ? await placeDecoder(folder.onnxPath, folder.weightBytes >= (options.workerProbeMinWeightBytes ?? WORKER_PROBE_MIN_WEIGHT_BYTES), hints, decoderOptions, options.workerMinStepMs ?? WORKER_MIN_STEP_MS)
       : await (options.decoderThread === 'worker' ? WorkerDecoder.load : OnnxDecoder.load)(folder.onnxPath, hints, decoderOptions);
   const vocabSize = folder.vocabSize ?? tokenizer.size;
   let probe;
@@ -102,19 +104,32 @@ export async function loadModel(dir: string, options: LoadModelOptions): Promise
 }
 
 /**
- * DECODER_THREAD=auto: opens the model on a worker, times a probe decode step there, and keeps it when
- * the step is long enough for the event loop to lose more waiting for it than the worker's messages
- * cost; a shorter step is opened again on the main thread (same thread count). Long steps mean large
- * models, which are loaded once; only a small model, quick to load, is loaded twice. WebGPU is not
- * placed (its KV stays on the device only on the main thread): the caller opens it on the main thread.
+ * DECODER_THREAD=auto for weights under this many bytes: opened on the main thread, and moved to a worker
+ * only if its probe step is long after all. A decode step reads every weight at least once, and 64 MiB
+ * (16M float32 or 32M float16 parameters) steps in well under 10 ms on the CPUs this serves (the 10 MB
+ * default model: 0.7 ms); a worker opened first only to be disposed left 26 MiB more resident (43 MiB
+ * more at peak) on the default model, since freed native memory is not all given back.
  */
-async function placeDecoder(source: string, hints: ConfigHints, options: DecoderOptions, minStepMs: number): Promise<Decoder> {
-  const worker = await WorkerDecoder.load(source, hints, options);
-  const stepMs = await probeStepMs(worker).catch(() => null);
+export const WORKER_PROBE_MIN_WEIGHT_BYTES = 64 * 1024 * 1024;
+
+/**
+ * DECODER_THREAD=auto: opens the model where it will likely run (small weights on the main thread, large
+ * ones on a worker), times a probe decode step there, and keeps it when the guess was right: the worker
+ * when the step is long enough for the event loop to lose more waiting for it than the worker's messages
+ * cost, else the main thread. A wrong guess opens the model again on the other side (same thread count).
+ * WebGPU is not placed (its KV stays on the device only on the main thread): the caller opens it on the main thread.
+ */
+async function placeDecoder(source: string, probeOnWorker: boolean, hints: ConfigHints, options: DecoderOptions, minStepMs: number): Promise<Decoder> {
+  const first: Decoder = probeOnWorker ? await WorkerDecoder.load(source, hints, options) : await OnnxDecoder.load(source, hints, options);
+  const stepMs = await probeStepMs(first).catch(() => null);
   const onWorker = stepMs !== null && stepMs >= minStepMs;
-  options.logger.info({ decoderThread: onWorker ? 'worker' : 'main', probeStepMs: stepMs === null ? null : Math.round(stepMs * 100) / 100, minStepMs }, 'decoder thread chosen (DECODER_THREAD=auto)');
-  if (onWorker) return worker;
-  const { executionProvider, intraOpThreads } = worker;
-  await worker.dispose();
-  return OnnxDecoder.load(source, hints, { ...options, executionProvider: executionProvider as DecoderOptions['executionProvider'], intraOpThreads });
+  options.logger.info(
+    { decoderThread: onWorker ? 'worker' : 'main', probeStepMs: stepMs === null ? null : Math.round(stepMs * 100) / 100, minStepMs, probedOn: first.thread },
+    'decoder thread chosen (DECODER_THREAD=auto)',
+  );
+  if (onWorker === (first.thread === 'worker')) return first;
+  const { executionProvider, intraOpThreads } = first;
+  await first.dispose();
+  const placed = { ...options, executionProvider: executionProvider as DecoderOptions['executionProvider'], intraOpThreads };
+  return onWorker ? WorkerDecoder.load(source, hints, placed) : OnnxDecoder.load(source, hints, placed);
 }

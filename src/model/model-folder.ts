@@ -42,6 +42,8 @@ export interface ModelFolder {
   numHeadsHint?: number;
   tokenizerJson: Record<string, unknown>;
   tokenizerConfig: Record<string, unknown>;
+  /** Bytes of the graph file and its external data files: what loading the weights reads. */
+  weightBytes: number;
   /** Changes when the weights or config change: snapshots from another model are refused. */
   modelFingerprint: string;
   tokenizerFingerprint: string;
@@ -78,8 +80,8 @@ function idList(value: unknown): number[] {
   return [];
 }
 
-/** Size plus the first and last MiB: cheap for multi-GB weights, and any re-export changes it. */
-function fileFingerprint(hash: ReturnType<typeof createHash>, path: string): void {
+/** Size plus the first and last MiB: cheap for multi-GB weights, and any re-export changes it. Returns the size. */
+function fileFingerprint(hash: ReturnType<typeof createHash>, path: string): number {
   const size = statSync(path).size;
   hash.update(`${basename(path)}:${size}:`);
   const window = Math.min(size, 1 << 20);
@@ -93,6 +95,7 @@ function fileFingerprint(hash: ReturnType<typeof createHash>, path: string): voi
   } finally {
     closeSync(fd);
   }
+  return size;
 }
 
 function positionEncodingOf(modelType: string, config: Record<string, unknown>, maxPositions: number | null, headDim?: number): PositionEncoding {
@@ -151,11 +154,11 @@ export function readModelFolder(dirArg: string, id?: string): ModelFolder {
   generationDefaults.repetitionPenalty = numberField(generationConfig, 'repetition_penalty');
 
   const modelHash = createHash('sha256').update(JSON.stringify(config));
-  fileFingerprint(modelHash, onnxPath);
+  let weightBytes = fileFingerprint(modelHash, onnxPath);
   // Weights may live in external data files next to the graph (model.onnx_data, model.onnx.data, ...).
   const onnxName = basename(onnxPath);
   for (const file of readdirSync(dirname(onnxPath)).sort()) {
-    if (file !== onnxName && file.startsWith(onnxName.replace(/\.onnx$/, ''))) fileFingerprint(modelHash, join(dirname(onnxPath), file));
+    if (file !== onnxName && file.startsWith(onnxName.replace(/\.onnx$/, ''))) weightBytes += fileFingerprint(modelHash, join(dirname(onnxPath), file));
   }
   const tokenizerHash = createHash('sha256').update(JSON.stringify(tokenizerJson)).update(JSON.stringify(tokenizerConfig));
 
@@ -176,6 +179,7 @@ export function readModelFolder(dirArg: string, id?: string): ModelFolder {
     numHeadsHint: numHeads,
     tokenizerJson,
     tokenizerConfig,
+    weightBytes,
     modelFingerprint: modelHash.digest('hex').slice(0, 32),
     tokenizerFingerprint: tokenizerHash.digest('hex').slice(0, 32),
   };

@@ -191,25 +191,35 @@ describe('WorkerDecoder: onnxruntime on its own thread', () => {
 
   test('DECODER_THREAD=auto: a probe step under the threshold stays on the main thread, one over it moves to a worker, and the log says why', async () => {
     const dir = await testModelDir(LLAMA);
-    const place = async (workerMinStepMs: number) => {
+    const place = async (workerMinStepMs: number, workerProbeMinWeightBytes?: number) => {
       const records: Array<Record<string, unknown>> = [];
       const logger: Logger = { ...silentLogger, info: (fields, message) => message.startsWith('decoder thread chosen') && records.push(fields), child: () => logger };
-      const { decoder } = await loadModel(dir, { logger, intraOpThreads: 1, decoderThread: 'auto', workerMinStepMs });
+      const { decoder } = await loadModel(dir, { logger, intraOpThreads: 1, decoderThread: 'auto', workerMinStepMs, workerProbeMinWeightBytes });
       return { decoder, record: records[0] };
     };
     const stays = await place(60_000);
     const moves = await place(0);
+    // Weights over the size limit are probed where large models run: on a worker, moved back when the step is short.
+    const movesBack = await place(60_000, 0);
+    const staysOnWorker = await place(0, 0);
     try {
       assert.ok(stays.decoder instanceof OnnxDecoder, 'a step far under the threshold stays on the main thread');
       assert.equal(stays.record.decoderThread, 'main');
+      assert.equal(stays.record.probedOn, 'main', 'small weights are probed on the main thread: one load');
       assert.ok(moves.decoder instanceof WorkerDecoder, 'a threshold of 0 ms moves any model to the worker');
       assert.equal(moves.record.decoderThread, 'worker');
+      assert.equal(moves.record.probedOn, 'main');
       assert.ok(typeof moves.record.probeStepMs === 'number' && moves.record.probeStepMs > 0);
       assert.equal(moves.decoder.intraOpThreads, 1, 'the worker keeps the thread count');
+      assert.ok(movesBack.decoder instanceof OnnxDecoder);
+      assert.deepEqual([movesBack.record.probedOn, movesBack.record.decoderThread], ['worker', 'main']);
+      assert.ok(staysOnWorker.decoder instanceof WorkerDecoder);
+      assert.deepEqual([staysOnWorker.record.probedOn, staysOnWorker.record.decoderThread], ['worker', 'worker']);
       const prompt = randomTokens(12, 9, 200);
-      assert.deepEqual((await greedyRun(moves.decoder, prompt, 3)).map((o) => o.logits), (await greedyRun(stays.decoder, prompt, 3)).map((o) => o.logits));
+      const expected = (await greedyRun(stays.decoder, prompt, 3)).map((o) => o.logits);
+      for (const placed of [moves, movesBack, staysOnWorker]) assert.deepEqual((await greedyRun(placed.decoder, prompt, 3)).map((o) => o.logits), expected);
     } finally {
-      await Promise.all([stays.decoder.dispose(), moves.decoder.dispose()]);
+      await Promise.all([stays, moves, movesBack, staysOnWorker].map((placed) => placed.decoder.dispose()));
     }
   });
 

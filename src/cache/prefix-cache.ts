@@ -24,9 +24,16 @@
 import { randomBytes } from 'node:crypto';
 import type { KvLayout } from '../model/types.ts';
 import { forkPrefix } from './fork.ts';
-import { PrefixIndex } from './prefix-index.ts';
+import { PREFIX_BLOCK, PrefixIndex } from './prefix-index.ts';
 import type { SessionStore } from './session-store.ts';
 import type { Session } from './session.ts';
+
+/** Whether `holder` serves every prompt `other` could: its transcript starts with all of other's, and it caches at least as much. */
+function holdsAllOf(holder: Session, other: Session): boolean {
+  if (holder.cachedLength < other.cachedLength || holder.tokens.length < other.tokens.length) return false;
+  for (let i = 0; i < other.tokens.length; i++) if (holder.tokens[i] !== other.tokens[i]) return false;
+  return true;
+}
 
 /** Prefix blocks the index keeps (about 40 bytes each). */
 const INDEX_BLOCKS = 65_536;
@@ -171,16 +178,30 @@ export class PrefixCache {
   }
 
   /**
-   * Engine observer: a request on an entry ended. Its transcript is indexed for the next request; an
-   * entry whose request committed nothing (made for a request that failed: the engine rolled it back
-   * to empty or to the copied prefix, which its source still holds) or that holds no plain prefix
-   * cache (no KV, a slid window) is dropped.
+   * Engine observer: a request on an entry ended. Its transcript is indexed for the next request. An
+   * entry is dropped instead when it is of no use to any later prompt: its request committed nothing
+   * (made for a request that failed: the engine rolled it back to empty or to the copied prefix, which
+   * its source still holds), it holds no plain prefix cache (no KV, a slid window), its transcript is
+   * shorter than one index block (no prompt can find it), or another idle entry already holds its whole
+   * transcript (identical requests, such as the same prompt sent by many clients, leave one entry, not
+   * one each). An idle entry whose whole transcript this one holds is dropped for the same reason.
    */
   requestFinished(record: PrefixRequestRecord): void {
     const entry = this.entryOf(record);
     if (!entry || entry.busy || this.claimed.has(entry)) return;
-    if (entry.version === 0 || entry.tier !== 'hot' || entry.window.droppedTokens > 0) this.drop(entry);
-    else this.index.add(entry.owner, entry.id, entry.tokens);
+    if (entry.version === 0 || !this.usable(entry) || entry.tokens.length < PREFIX_BLOCK) return this.drop(entry);
+    for (const id of this.index.candidates(entry.owner, entry.tokens)) {
+      const other = this.store.get(entry.owner, id);
+      if (!other || other === entry || !this.store.isPrefixEntry(other) || other.busy || other.pinned || this.claimed.has(other) || !this.usable(other)) continue;
+      if (holdsAllOf(other, entry)) return this.drop(entry);
+      if (holdsAllOf(entry, other)) this.drop(other);
+    }
+    this.index.add(entry.owner, entry.id, entry.tokens);
+  }
+
+  /** A hot, unwindowed cache: a plain prefix a later prompt can start from. */
+  private usable(entry: Session): boolean {
+    return entry.tier === 'hot' && entry.hasKv && entry.window.droppedTokens === 0;
   }
 
   /** Drops the idle entries last used `idleTtlMs` or more before `now` (as SESSION_IDLE_SECONDS does sessions). */

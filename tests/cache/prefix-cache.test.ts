@@ -153,6 +153,44 @@ describe('PrefixCache.claim', () => {
     third.release();
   });
 
+  test('entries of no use to a later prompt are not kept: a copy of another idle entry, one an entry extends, one under a block', () => {
+    const { store, cache } = setup();
+    /** A request on a new entry of its own (as concurrent requests get), finished with `tokens`. */
+    const run = (prompt: number[], tokens: number[]) => {
+      const claim = cache.claim('o', prompt);
+      claim.session.busy = true;
+      claim.release();
+      claim.session.busy = false;
+      finish(cache, store, claim.session, prompt, tokens);
+      return claim.session;
+    };
+    const first = run(turn1, reply1);
+    // The same prompt again runs on a copy of the first's prefix (its last token must be fed) and ends
+    // with the same reply: one entry is kept.
+    const duplicate = run(turn1, reply1);
+    assert.notEqual(duplicate, first);
+    assert.equal(store.get('o', duplicate.id), undefined, 'a transcript another idle entry holds whole');
+    assert.equal(store.get('o', first.id), first);
+    assert.equal(store.prefixEntryCount, 1);
+    // A request that ran on a copy while the first was busy, and went further: the first is now redundant.
+    first.busy = true;
+    const longer = run([...reply1, 7, 7], [...reply1, 7, 7, 8, 8]);
+    first.busy = false;
+    assert.equal(store.get('o', first.id), first, 'busy while the longer one finished: passed over');
+    const longest = run([...reply1, 7, 7], [...reply1, 7, 7, 8, 8, 9]);
+    assert.equal(store.get('o', longer.id), undefined, 'its whole transcript is in the longest');
+    assert.equal(store.get('o', first.id), undefined);
+    assert.equal(store.get('o', longest.id), longest);
+    // A different reply to the same prompt is a branch of its own: both stay.
+    const branch = run(turn1, [...turn1, 500, 501]);
+    assert.equal(store.get('o', branch.id), branch);
+    // Shorter than one index block: no prompt could find it.
+    const short = run(range(10, 3000), range(PREFIX_BLOCK - 1, 3000));
+    assert.equal(store.get('o', short.id), undefined);
+    assert.equal(store.prefixEntryCount, 2);
+    assert.equal(cache.claim('o', [...reply1, 7, 7, 8, 8, 9, 1]).kind, 'takeover');
+  });
+
   test('a failed request drops the entry made for it and keeps one it took over', () => {
     const { store, cache } = setup();
     const made = cache.claim('o', turn1);

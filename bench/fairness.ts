@@ -10,7 +10,7 @@
  * Both prefill orders are measured: `shortest` (the default: the prefilling request with the fewest
  * prompt tokens left gets the next chunk) and `arrival` (the earliest admitted, the order before).
  *
- *   npm run bench -- fairness [--model DIR] [--threads N] [--long 4096] [--short 16] [--repeats 3] [--kv-mode inplace|concat] [--lane-threads N]
+ *   npm run bench -- fairness [--model DIR] [--threads N] [--long 4096] [--short 16] [--repeats 3] [--kv-mode inplace|concat] [--lane-threads N] [--min-chunk N]
  *
  * `--lane-threads N` (N > 0) runs with the prefill lane (PREFILL_LANE=worker, src/engine/prefill-lane.ts):
  * long prompts' chunks on a second session with N threads, beside the decode steps.
@@ -37,6 +37,7 @@ const values = parseBenchArgs('fairness', SUMMARY, {
   repeats: { type: 'string', default: '3', value: 'N', help: 'long prefills per prefill order (one short request each)' },
   ...KV_MODE_OPTION,
   'lane-threads': { type: 'string', default: '0', value: 'N', help: 'the prefill lane with N intra-op threads (0: no lane)' },
+  'min-chunk': { type: 'string', value: 'N', help: "smallest prefill chunk while streams decode (the engine's minPrefillChunkTokens; default the engine's)" },
   tag: { type: 'string', value: 'NAME', help: 'result file name (default fairness-<kv-mode>[-lane])' },
 });
 const laneThreads = Number(values['lane-threads']);
@@ -110,7 +111,8 @@ async function main(): Promise<void> {
   const parts = serving(benchConfig({ KV_CACHE_BYTES: '2GiB', MAX_CONTEXT_TOKENS: String(context), KV_MODE: kvMode }), loaded);
   if (kvMode === 'inplace' && !loaded.decoder.io.newRows) throw new Error('the model has no new-row outputs: it cannot run KV_MODE=inplace');
   const base = parts.engine;
-  const engineFor = (order: 'shortest' | 'arrival') => new Engine(base.model, base.store, { ...base.options, prefillOrder: order });
+  const minChunk = values['min-chunk'] === undefined ? {} : { minPrefillChunkTokens: Number(values['min-chunk']) };
+  const engineFor = (order: 'shortest' | 'arrival') => new Engine(base.model, base.store, { ...base.options, ...minChunk, prefillOrder: order });
 
   // Idle baselines (on the default engine): short TTFT alone, and a stream's ITL alone.
   const idle = engineFor('shortest');
@@ -212,6 +214,7 @@ async function main(): Promise<void> {
     modelDir: values.model ? dir : undefined,
     threads: Number(values.threads),
     prefillChunkTokens: base.options.prefillChunkTokens,
+    minPrefillChunkTokens: minChunk.minPrefillChunkTokens ?? base.options.minPrefillChunkTokens ?? 16,
     longTokens,
     shortTokens,
     repeats,

@@ -13,9 +13,20 @@ import { ApiError, ClientGoneError, quoteForMessage } from './errors.ts';
 
 const REQUEST_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/** What the access log needs of @hono/node-server's `c.env.outgoing` (the ServerResponse). */
+interface OutgoingResponse {
+  once(event: 'close', listener: () => void): unknown;
+  readonly writableFinished: boolean;
+  /** Its 'close' has been emitted already (the client left while the body was read). */
+  readonly closed: boolean;
+}
+
 /**
  * Gives every request an id (a well-formed incoming X-Request-Id, else a random one) and a logger
  * that carries it; answers with X-Request-Id and logs one line per request (health probes at debug).
+ * Under @hono/node-server the line is written when the response has been sent or its connection
+ * closed, so `ms` is the whole request, a stream's included, and `complete: false` says the client
+ * left first; writing it there also keeps it off a stream's time to first token.
  */
 export function requestContext(baseLogger: Logger): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
@@ -27,9 +38,16 @@ export function requestContext(baseLogger: Logger): MiddlewareHandler<AppEnv> {
     const started = performance.now();
     await next();
     c.res.headers.set('X-Request-Id', requestId);
-    const fields = { method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) };
-    if (c.req.path === '/healthz' || c.req.path === '/readyz') logger.debug(fields, 'request');
-    else logger.info(fields, 'request');
+    const { method, path } = c.req;
+    const status = c.res.status;
+    const write = (complete?: boolean) => {
+      const fields = { method, path, status, ms: Math.round(performance.now() - started), ...(complete === false ? { complete } : {}) };
+      if (path === '/healthz' || path === '/readyz') logger.debug(fields, 'request');
+      else logger.info(fields, 'request');
+    };
+    const outgoing = (c.env as { outgoing?: OutgoingResponse } | undefined)?.outgoing;
+    if (outgoing && typeof outgoing.once === 'function' && !outgoing.closed) outgoing.once('close', () => write(outgoing.writableFinished));
+    else write(outgoing ? outgoing.writableFinished : undefined);
   };
 }
 

@@ -187,3 +187,29 @@ describe('slow clients and the connection cap', () => {
     assert.ok(slow.calls >= 40);
   });
 });
+
+describe('the access log', () => {
+  test("a stream's line is written when it has been sent, with its whole duration; a client that leaves mid-stream is complete: false", async () => {
+    const { server, log } = await start({}, { wrapDecoder: (d) => new TestDecoder(d, { decodeDelayMs: 10 }) });
+    const accessLines = () => log.lines.filter((l) => l.message === 'request' && l.fields.path === '/v1/completions');
+    const began = Date.now();
+    const res = await fetch(`${server.url}/v1/completions`, post({ prompt: 'x', max_tokens: 20, ignore_eos: true, stream: true }));
+    assert.equal(accessLines().length, 0, 'not at the headers: the stream is still running');
+    const { done } = chunksOf(await res.text());
+    const wallMs = Date.now() - began;
+    assert.ok(done);
+    await waitFor(() => accessLines().length === 1);
+    const [line] = accessLines();
+    assert.equal(line.fields.status, 200);
+    assert.equal(line.fields.complete, undefined, 'sent whole');
+    assert.ok((line.fields.ms as number) >= 150 && (line.fields.ms as number) <= wallMs + 5, `ms ${line.fields.ms}, the client saw ${wallMs}`);
+
+    const controller = new AbortController();
+    const left = await fetch(`${server.url}/v1/completions`, { ...post({ prompt: 'x', max_tokens: 200, ignore_eos: true, stream: true }), signal: controller.signal });
+    const reader = left.body!.getReader();
+    await reader.read();
+    controller.abort();
+    await waitFor(() => accessLines().length === 2);
+    assert.deepEqual([accessLines()[1].fields.status, accessLines()[1].fields.complete], [200, false]);
+  });
+});

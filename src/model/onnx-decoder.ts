@@ -85,7 +85,7 @@ export class OnnxDecoder implements Decoder {
     }
     const started = performance.now();
     // The first open reads the graph and rewrites it; the other thread counts load those bytes as they are.
-    // Held only for the calibration: a model without external weights is whole in them.
+    // Only this calibration holds them (a model without external weights is whole in them).
     let prepared: PreparedModel | undefined;
     const openAt = async (threads: number): Promise<OnnxDecoder> => {
       if (prepared) return OnnxDecoder.reopen(prepared, threads);
@@ -94,7 +94,6 @@ export class OnnxDecoder implements Decoder {
       return opened.decoder;
     };
     const choice = await calibrateThreads(openAt, cores);
-    prepared = undefined;
     const stepMs = Object.fromEntries(Object.entries(choice.stepMs).map(([threads, ms]) => [threads, Math.round(ms * 1000) / 1000]));
     choice.decoder.logLoaded(options.logger, { threadsCalibrated: true, calibrationStepMs: stepMs, calibrationMs: Math.round(performance.now() - started) });
     return choice.decoder;

@@ -10,8 +10,8 @@ import type { SharedSessions } from '../src/cache/shared-sessions.ts';
 import { createApp } from '../src/server/app.ts';
 import type { Serving, ServingSource } from '../src/serving.ts';
 import { silentLogger, type Logger } from '../src/lib/logger.ts';
-import { emptyKv, loadModel, type Decoder, type KvTensors, type LoadedModel } from '../src/model/index.ts';
-import { GREEDY, argmax } from '../src/engine/sampler.ts';
+import { loadModel, type LoadedModel } from '../src/model/index.ts';
+import { GREEDY } from '../src/engine/sampler.ts';
 import type { GenerationRequest } from '../src/engine/types.ts';
 import { buildModelFolder } from '../tools/model-builder/index.ts';
 
@@ -103,25 +103,7 @@ export function percentile(values: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
-/** One decoder call on a single row: `tokens` after `past`, positions continuing from it. */
-export async function forward(decoder: Decoder, tokens: readonly number[], past: KvTensors) {
-  const n = tokens.length;
-  return decoder.run({
-    batchSize: 1,
-    seqLength: n,
-    inputIds: BigInt64Array.from(tokens, (t) => BigInt(t)),
-    attentionMask: new BigInt64Array(past.length + n).fill(1n),
-    positionIds: BigInt64Array.from(tokens, (_, i) => BigInt(past.length + i)),
-    past,
-  });
-}
-
-export function lastArgmax(logits: Float32Array | Uint16Array, rows: number, vocab: number): number {
-  if (!(logits instanceof Float32Array)) throw new Error('benchmarks expect float32 logits');
-  return argmax(logits.subarray((rows - 1) * vocab, rows * vocab), vocab);
-}
-
-export { emptyKv };
+export { emptyKv, forward, lastArgmax } from './bare-loop.ts';
 
 export function table(headers: string[], rows: Array<Array<string | number>>): string {
   return [`| ${headers.join(' | ')} |`, `| ${headers.map(() => '---').join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');

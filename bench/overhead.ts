@@ -15,8 +15,11 @@
  *   process for as long, the machine's floor), and their aggregate tok/s over one's;
  * - the server's peak RSS over a bare loop's (bench/probes/bare-rss.ts) holding the same caches.
  *
+ * Both children (the server and the memory floor) run compiled to JavaScript, as the images run the
+ * server (bench/compiled.ts); `--runtime tsx` runs them as `npm start` does.
+ *
  *   npm run bench -- overhead [--models default,stories] [--model DIR] [--threads N] [--tokens 128]
- *     [--repeats 7] [--clients 8] [--tag overhead]
+ *     [--repeats 7] [--warm-samples 5] [--clients 8] [--runtime compiled|tsx] [--tag overhead]
  *
  * `stories` is a builder llama the size of Karpathy's stories260K (5 layers, 64 wide, 8/4 heads, vocab 512).
  */
@@ -29,6 +32,7 @@ import OpenAI from 'openai';
 import { silentLogger } from '../src/lib/logger.ts';
 import { loadModel, type LoadedModel } from '../src/model/index.ts';
 import { buildModelFolder } from '../tools/model-builder/index.ts';
+import { compileEntries } from './compiled.ts';
 import { parseBenchArgs } from './cli.ts';
 import { DEFAULT_MODEL, benchConfig, emptyKv, forward, greedyRequest, lastArgmax, median, serving, table, writeResult } from './common.ts';
 
@@ -42,11 +46,13 @@ const values = parseBenchArgs('overhead', SUMMARY, {
   cached: { type: 'string', default: '400', value: 'N', help: 'tokens in the session before the warm follow-up' },
   new: { type: 'string', default: '16', value: 'N', help: 'new tokens of the warm follow-up' },
   repeats: { type: 'string', default: '7', value: 'N', help: 'interleaved repetitions' },
+  'warm-samples': { type: 'string', default: '5', value: 'N', help: 'warm follow-ups per repetition and mode (each on a new session); a repetition counts their median' },
   clients: { type: 'string', default: '8', value: 'N', help: 'concurrent streaming clients' },
   tag: { type: 'string', default: 'overhead', value: 'NAME', help: 'result name: bench/results/NAME.json' },
   'server-profile': { type: 'string', default: '', value: 'DIR', help: 'write the server child\'s CPU profile (node --cpu-prof) into DIR' },
   'semi-space': { type: 'string', default: '64', value: 'MB', help: 'the server child\'s --max-semi-space-size (npm start uses 64); 0: node\'s default' },
   'old-space': { type: 'string', default: '128', value: 'MB', help: 'the server child\'s --initial-old-space-size (npm start uses 128); 0: node\'s default' },
+  runtime: { type: 'string', default: 'compiled', value: 'compiled|tsx', help: 'how the server child and the memory floor run: compiled to JavaScript as the images run it (bench/compiled.ts), or under tsx as npm start does' },
 });
 const threads = Number(values.threads);
 const tokens = Number(values.tokens);
@@ -54,10 +60,18 @@ const repeats = Number(values.repeats);
 const clients = Number(values.clients);
 const cachedTokens = Number(values.cached);
 const newTokens = Number(values.new);
+const warmSamples = Number(values['warm-samples']);
 const profileArgs = values['server-profile'] ? ['--cpu-prof', '--cpu-prof-dir', String(values['server-profile'])] : [];
 const heapArgs = Number(values['semi-space']) > 0 ? [`--max-semi-space-size=${Number(values['semi-space'])}`] : [];
 if (Number(values['old-space']) > 0) heapArgs.push(`--initial-old-space-size=${Number(values['old-space'])}`);
 const STORIES_DIR = '/tmp/warmkv-bench-stories260k';
+if (values.runtime !== 'compiled' && values.runtime !== 'tsx') throw new Error(`--runtime must be compiled or tsx, not ${values.runtime}`);
+/** How a child runs a repository .ts file: node's arguments before the file's own. */
+const childScript: (entry: string) => { file: string; preload: string[] } = (() => {
+  if (values.runtime === 'tsx') return (entry) => ({ file: entry, preload: ['--import', 'tsx'] });
+  const js = compileEntries(['src/main.ts', 'bench/probes/server-probe.ts', 'bench/probes/bare-rss.ts']);
+  return (entry) => ({ file: js(entry), preload: [] });
+})();
 
 async function modelDir(name: string): Promise<string> {
   if (name === 'default') return values.model;
@@ -100,6 +114,15 @@ async function bareLoopDelayP99(model: LoadedModel, prompt: number[], ms: number
   return histogram.percentile(99) / 1e6;
 }
 
+/** A timed mode that runs `sample` `count` times and counts the median: one warm follow-up is noise. */
+function medianOf(count: number, sample: () => Promise<number>): () => Promise<number> {
+  return async () => {
+    const times: number[] = [];
+    for (let i = 0; i < count; i++) times.push(await sample());
+    return median(times);
+  };
+}
+
 function ownCpuMs(): number {
   const { user, system } = process.cpuUsage();
   return (user + system) / 1000;
@@ -113,7 +136,9 @@ interface Child {
 
 async function startServer(dir: string): Promise<Child> {
   const env = { ...process.env, MODEL_DIR: dir, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DRAIN_SECONDS: '1', INTRA_OP_THREADS: String(threads) };
-  const child = fork('src/main.ts', [], { env, execArgv: [...heapArgs, ...profileArgs, '--import', 'tsx', '--import', './bench/probes/server-probe.ts'], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const main = childScript('src/main.ts');
+  const probe = `./${childScript('bench/probes/server-probe.ts').file}`;
+  const child = fork(main.file, [], { env, execArgv: [...heapArgs, ...profileArgs, ...main.preload, '--import', probe], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const port = await new Promise<number>((resolve, reject) => {
     let buffer = '';
@@ -256,22 +281,22 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
       cpuMs.sse.push((await server.ask('sample')).cpuMs - cpu);
       return run.ms;
     },
-    bareWarm: async () => {
+    bareWarm: medianOf(warmSamples, async () => {
       const past = (await forward(model.decoder, base, emptyKv(model.decoder.io.kv, 1))).present;
       const started = performance.now();
       const out = await forward(model.decoder, follow, past);
       lastArgmax(out.logits, follow.length, model.vocabSize);
       return performance.now() - started;
-    },
-    sseWarm: async () => {
+    }),
+    sseWarm: medianOf(warmSamples, async () => {
       const session = `warm-${Math.random().toString(36).slice(2)}`;
       await postJson(server.url, { prompt: base, max_tokens: 1, temperature: 0, session_id: session });
       const run = await streamCompletion(client, [...base, ...follow], 1, { session_id: session });
       if (run.cached < cachedTokens) throw new Error(`the follow-up found ${run.cached} cached tokens, not ${cachedTokens}`);
       await deleteSession(server.url, session);
       return run.firstMs;
-    },
-    rawWarm: async () => {
+    }),
+    rawWarm: medianOf(warmSamples, async () => {
       const session = `warm-${Math.random().toString(36).slice(2)}`;
       await postJson(server.url, { prompt: base, max_tokens: 1, temperature: 0, session_id: session });
       const run = await rawStreamFirstMs(server.url, { model: servedModel, prompt: [...base, ...follow], max_tokens: 1, temperature: 0, stream: true, stream_options: { include_usage: true }, session_id: session });
@@ -279,7 +304,7 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
       if (!cached || Number(cached[1]) < cachedTokens) throw new Error(`the raw follow-up found ${cached?.[1]} cached tokens, not ${cachedTokens}`);
       await deleteSession(server.url, session);
       return run.firstMs;
-    },
+    }),
   };
   type Mode = keyof typeof modes;
   const times = Object.fromEntries(Object.keys(modes).map((m) => [m, [] as number[]])) as Record<Mode, number[]>;
@@ -313,8 +338,9 @@ async function measureWith(name: string, dir: string, model: LoadedModel, server
     bareLoopP99.push(await bareLoopDelayP99(model, prompt, manyMs));
   }
   const memory = await server.ask('sample');
+  const floor = childScript('bench/probes/bare-rss.ts');
   const bareRss = JSON.parse(
-    execFileSync(process.execPath, ['--import', 'tsx', 'bench/probes/bare-rss.ts', '--model', dir, '--threads', String(threads), '--prompt', prompt.join(','), '--tokens', String(tokens), '--caches', String(clients), '--warm', base.join(','), '--follow', follow.join(',')], { encoding: 'utf8' }),
+    execFileSync(process.execPath, [...floor.preload, floor.file, '--model', dir, '--threads', String(threads), '--prompt', prompt.join(','), '--tokens', String(tokens), '--caches', String(clients), '--warm', base.join(','), '--follow', follow.join(',')], { encoding: 'utf8' }),
   ) as { maxRssMiB: number };
 
   // The warm-up round above is not counted.
@@ -359,5 +385,5 @@ const markdown = table(
     x(r.concurrency.ratio),
   ]),
 );
-console.log(`${threads} intra-op thread(s), ${tokens} tokens per request, medians of ${repeats} interleaved repetitions\n\n${markdown}`);
-console.error(`wrote ${writeResult(values.tag, { threads, tokens, repeats, results })}`);
+console.log(`${threads} intra-op thread(s), ${tokens} tokens per request, medians of ${repeats} interleaved repetitions (warm TTFT: ${warmSamples} follow-ups each), children run ${values.runtime === 'tsx' ? 'under tsx' : 'compiled'}\n\n${markdown}`);
+console.error(`wrote ${writeResult(values.tag, { runtime: values.runtime, threads, tokens, repeats, warmSamples, results })}`);

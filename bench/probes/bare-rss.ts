@@ -9,7 +9,7 @@
 import { parseArgs } from 'node:util';
 import { silentLogger } from '../../src/lib/logger.ts';
 import { loadModel, type KvTensors } from '../../src/model/index.ts';
-import { emptyKv, forward, lastArgmax } from '../common.ts';
+import { emptyKv, forward, lastArgmax } from '../bare-loop.ts';
 
 const { values } = parseArgs({
   options: {

@@ -5,16 +5,24 @@
  * of 8 concurrent 32 + 128-token requests. Prints peak and current RSS, V8's heap (used, committed),
  * ArrayBuffers and external memory at each phase; the rest of the RSS is native (onnxruntime, code).
  *
- *   node --import tsx bench/probes/server-memory.ts [MODEL_DIR] ['{"INT8_TIER":"false"}']   # extra server env as JSON
+ * The server runs compiled, as the images run it (bench/compiled.ts); `--tsx` runs it under tsx as
+ * `npm start` does (tsx's loader and source maps add about 20 MiB).
+ *
+ *   node --import tsx bench/probes/server-memory.ts [MODEL_DIR] ['{"INT8_TIER":"false"}'] [--tsx]   # extra server env as JSON
  */
 import { fork } from 'node:child_process';
+import { compileEntries } from '../compiled.ts';
+import { SERVER_NODE_FLAGS } from '../common.ts';
 
-const dir = process.argv[2] ?? 'models/warmkv-brown';
-const extraEnv = process.argv[3] ? (JSON.parse(process.argv[3]) as Record<string, string>) : {};
+const positional = process.argv.slice(2).filter((arg) => arg !== '--tsx');
+const underTsx = process.argv.includes('--tsx');
+const dir = positional[0] ?? 'models/warmkv-brown';
+const extraEnv = positional[1] ? (JSON.parse(positional[1]) as Record<string, string>) : {};
+const js = underTsx ? null : compileEntries(['src/main.ts', 'bench/probes/server-probe.ts']);
 const env = { ...process.env, MODEL_DIR: dir, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DRAIN_SECONDS: '1', INTRA_OP_THREADS: '1', ...extraEnv };
-const child = fork('src/main.ts', [], {
+const child = fork(js ? js('src/main.ts') : 'src/main.ts', [], {
   env,
-  execArgv: ['--max-semi-space-size=64', '--initial-old-space-size=128', '--import', 'tsx', '--import', './bench/probes/server-probe.ts'],
+  execArgv: [...SERVER_NODE_FLAGS, ...(js ? ['--import', `./${js('bench/probes/server-probe.ts')}`] : ['--import', 'tsx', '--import', './bench/probes/server-probe.ts'])],
   stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
 });
 const port = await new Promise<number>((resolve) => {

@@ -24,7 +24,7 @@
 import { randomBytes } from 'node:crypto';
 import type { KvLayout } from '../model/types.ts';
 import { forkPrefix } from './fork.ts';
-import { PREFIX_BLOCK, PrefixIndex } from './prefix-index.ts';
+import { PREFIX_BLOCK, PrefixIndex, hashBlocks } from './prefix-index.ts';
 import type { SessionStore } from './session-store.ts';
 import type { Session } from './session.ts';
 
@@ -190,13 +190,15 @@ export class PrefixCache {
     const entry = this.entryOf(record);
     if (!entry || entry.busy || this.claimed.has(entry)) return;
     if (entry.version === 0 || !this.usable(entry) || entry.tokens.length < PREFIX_BLOCK) return this.drop(entry);
-    for (const id of this.index.candidates(entry.owner, entry.tokens)) {
+    // One pass over the transcript serves both the duplicate check and the index.
+    const hashes = hashBlocks(entry.tokens);
+    for (const id of this.index.candidatesOf(entry.owner, hashes)) {
       const other = this.store.get(entry.owner, id);
       if (!other || other === entry || !this.store.isPrefixEntry(other) || other.busy || other.pinned || this.claimed.has(other) || !this.usable(other)) continue;
       if (holdsAllOf(other, entry)) return this.drop(entry);
       if (holdsAllOf(entry, other)) this.drop(other);
     }
-    this.index.add(entry.owner, entry.id, entry.tokens);
+    this.index.add(entry.owner, entry.id, entry.tokens, hashes);
   }
 
   /** A hot, unwindowed cache: a plain prefix a later prompt can start from. */

@@ -40,8 +40,9 @@ export class PrefixIndex {
    * Indexes `tokens`, the transcript the session now holds. A session's later, longer transcript
    * continues from where the last one stopped (a chain grows), so each turn hashes only its new blocks;
    * when the hashed tokens changed (a turn rendered afresh), the session is indexed from the start.
+   * `hashes`: the chained block hashes of `tokens` where the caller has them already (`hashBlocks`).
    */
-  add(owner: string, sessionId: string, tokens: readonly number[]): void {
+  add(owner: string, sessionId: string, tokens: readonly number[], hashes: readonly Hash[] = []): void {
     const at = sessionKey(owner, sessionId);
     let entry = this.indexed.get(at);
     if (!entry || !startsWith(tokens, entry.tokens, entry.blocks * PREFIX_BLOCK)) {
@@ -51,7 +52,7 @@ export class PrefixIndex {
     }
     entry.tokens = tokens;
     for (let block = entry.blocks; (block + 1) * PREFIX_BLOCK <= tokens.length; block++) {
-      entry.hash = blockHash(entry.hash, tokens, block * PREFIX_BLOCK);
+      entry.hash = hashes[block] ?? blockHash(entry.hash, tokens, block * PREFIX_BLOCK);
       entry.blocks = block + 1;
       const key = prefixKey(owner, entry.blocks, entry.hash);
       // The newest sessions with this prefix are kept: the likeliest to be hot.
@@ -70,13 +71,14 @@ export class PrefixIndex {
 
   /** Session ids of `owner` whose transcript may start with a prefix of `input`, the longest prefix (then the newest) first. */
   candidates(owner: string, input: readonly number[]): string[] {
+    return this.candidatesOf(owner, hashBlocks(input));
+  }
+
+  /** `candidates` for a prompt whose block hashes (`hashBlocks`) are known: they can go on to `add`. */
+  candidatesOf(owner: string, hashes: readonly Hash[]): string[] {
     const found: string[] = [];
-    let hash: Hash = [0, 0];
-    for (let block = 0; (block + 1) * PREFIX_BLOCK <= input.length; block++) {
-      hash = blockHash(hash, input, block * PREFIX_BLOCK);
-      // No stop at the first unknown block: the bound may have dropped a session's early blocks only.
-      found.push(...(this.sessionsByPrefix.get(prefixKey(owner, block + 1, hash)) ?? []));
-    }
+    // No stop at the first unknown block: the bound may have dropped a session's early blocks only.
+    for (const [block, hash] of hashes.entries()) found.push(...(this.sessionsByPrefix.get(prefixKey(owner, block + 1, hash)) ?? []));
     return [...new Set(found.reverse())];
   }
 
@@ -96,7 +98,15 @@ export class PrefixIndex {
 }
 
 /** Two independent 32-bit hashes: 64 bits against collisions, without BigInt's cost per token. */
-type Hash = [number, number];
+export type Hash = [number, number];
+
+/** The chained hash after each whole block of `tokens`, first block first. */
+export function hashBlocks(tokens: readonly number[]): Hash[] {
+  const hashes: Hash[] = [];
+  let hash: Hash = [0, 0];
+  for (let block = 0; (block + 1) * PREFIX_BLOCK <= tokens.length; block++) hashes.push((hash = blockHash(hash, tokens, block * PREFIX_BLOCK)));
+  return hashes;
+}
 
 /** FNV-1a and a multiply-rotate hash of one block of token ids, each seeded with the previous block's. */
 function blockHash(previous: Hash, tokens: readonly number[], start: number): Hash {

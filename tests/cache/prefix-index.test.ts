@@ -1,7 +1,7 @@
 /** The stateless-reuse index: prefix hashes at block boundaries to the session of the same owner holding them. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { PREFIX_BLOCK, PrefixIndex } from '../../src/cache/prefix-index.ts';
+import { PREFIX_BLOCK, PrefixIndex, hashBlocks } from '../../src/cache/prefix-index.ts';
 
 const tokens = (n: number, offset = 0) => Array.from({ length: n }, (_, i) => (i * 7 + offset) % 1000);
 
@@ -34,6 +34,27 @@ describe('PrefixIndex', () => {
     index.forget('a', 's');
     assert.equal(index.size, 0);
     assert.deepEqual(index.candidates('a', rewritten), []);
+  });
+
+  test('block hashes computed once serve candidates and add alike, on a fresh and on a growing transcript', () => {
+    const withHashes = new PrefixIndex(1000);
+    const plain = new PrefixIndex(1000);
+    const first = tokens(2 * PREFIX_BLOCK + 3);
+    const grown = [...first.slice(0, 2 * PREFIX_BLOCK), ...tokens(2 * PREFIX_BLOCK, 5)];
+    for (const transcript of [first, grown]) {
+      const hashes = hashBlocks(transcript);
+      assert.equal(hashes.length, Math.floor(transcript.length / PREFIX_BLOCK));
+      assert.deepEqual(withHashes.candidatesOf('a', hashes), withHashes.candidates('a', transcript));
+      withHashes.add('a', 's', transcript, hashes);
+      plain.add('a', 's', transcript);
+    }
+    assert.equal(withHashes.size, plain.size);
+    for (let blocks = 1; blocks <= 4; blocks++) {
+      const prompt = [...grown.slice(0, blocks * PREFIX_BLOCK), 1];
+      assert.deepEqual(withHashes.candidates('a', prompt), plain.candidates('a', prompt));
+      assert.deepEqual(withHashes.candidates('a', prompt), ['s']);
+    }
+    assert.notDeepEqual(hashBlocks(tokens(PREFIX_BLOCK, 1)), hashBlocks(tokens(PREFIX_BLOCK, 2)));
   });
 
   test('is bounded: the oldest entries go first, and a later block still finds its session', () => {

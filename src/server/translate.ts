@@ -5,8 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Config } from '../config.ts';
-import { GREEDY, type SamplingParams } from '../engine/sampler.ts';
-import type { GrammarSpec } from '../engine/grammar.ts';
+import { GREEDY } from '../engine/sampler.ts';
 import type { GenerationRequest } from '../engine/types.ts';
 import { ChatTemplateError, type ChatMessage, type ChatTool } from '../model/chat-template.ts';
 import { chatMessages } from './chat-messages.ts';
@@ -16,7 +15,8 @@ import type { Serving } from '../serving.ts';
 import { ApiError } from './errors.ts';
 import { checkScorable } from './prompt-logprobs.ts';
 import type { GenerationJob, ResponseFormat } from './generation.ts';
-import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type DetokenizeBody, type ResponseFormatBody, type TokenizeBody } from './schemas.ts';
+import { checkTokenId, grammarOf, samplingOf, type GenerationFields, type ResponseFields } from './sampling-fields.ts';
+import { checkSessionId, type AppendBody, type ChatBody, type CompletionBody, type CreateSessionBody, type DetokenizeBody, type TokenizeBody } from './schemas.ts';
 
 /** OpenAI's default for /v1/completions. */
 const COMPLETIONS_DEFAULT_MAX_TOKENS = 16;
@@ -29,44 +29,9 @@ export interface Caller {
   owner: string;
 }
 
-interface SamplingFields {
-  temperature?: number | null;
-  top_p?: number | null;
-  top_k?: number | null;
-  min_p?: number | null;
-  repetition_penalty?: number | null;
-  presence_penalty?: number | null;
-  frequency_penalty?: number | null;
-  logit_bias?: Record<string, number> | null;
-}
-
-interface GenerationFields extends SamplingFields {
-  seed?: number | null;
-  ignore_eos?: boolean | null;
-  truncation?: 'auto' | 'error' | null;
-  stream?: boolean | null;
-  stream_options?: { include_usage?: boolean | null; include_step_stats?: boolean | null } | null;
-  min_tokens?: number | null;
-  stop_token_ids?: number[] | null;
-  include_stop_str_in_output?: boolean | null;
-  response_format?: ResponseFormatBody | null;
-}
-
 /** A parent response's transcript, and where its reply sits among the child's messages. */
 export interface ParentTranscript extends Transcript {
   replyIndex: number;
-}
-
-/** What POST /v1/responses gives the engine besides its messages. */
-export interface ResponseFields extends SamplingFields {
-  max_output_tokens?: number | null;
-  truncation?: 'auto' | 'disabled' | null;
-  stream?: boolean | null;
-  seed?: number | null;
-  stop?: string | string[] | null;
-  ignore_eos?: boolean | null;
-  /** `text.format` in chat's terms (responses-body.ts maps it). */
-  response_format?: ResponseFormatBody | null;
 }
 
 /** `session_id` from the body or the X-Session-Id header (they must agree). */
@@ -272,7 +237,7 @@ export class Translator {
       throw new ApiError('unsupported_parameter', "'min_tokens' cannot be combined with a JSON 'response_format'.", 'min_tokens');
     }
     const stopTokenIds = b.stop_token_ids ?? [];
-    stopTokenIds.forEach((id, i) => this.checkTokenId(id, `stop_token_ids[${i}]`));
+    stopTokenIds.forEach((id, i) => checkTokenId(id, `stop_token_ids[${i}]`, this.parts.model.loaded.vocabSize));
     return {
       format: job.format,
       route: job.route,
@@ -282,7 +247,7 @@ export class Translator {
       echo: job.echo,
       request: {
         ...caller,
-        sampling: this.samplingOf(b),
+        sampling: samplingOf(b, this.parts.model.loaded.folder.generationDefaults, this.parts.model.loaded.vocabSize),
         seed: b.seed ?? undefined,
         ignoreEos: b.ignore_eos ?? false,
         truncation: this.truncationOf(b.truncation, job.sessionId),
@@ -300,11 +265,6 @@ export class Translator {
         grammar: grammarOf(b.response_format),
       },
     };
-  }
-
-  private checkTokenId(id: number, param: string): void {
-    const vocab = this.parts.model.loaded.vocabSize;
-    if (id >= vocab) throw new ApiError('invalid_request', `Invalid value for '${param}': token id ${id} is not below the vocabulary size ${vocab}.`, param);
   }
 
   private echoOf(prompt: string | number[]): string {
@@ -351,34 +311,6 @@ export class Translator {
     return list;
   }
 
-  /** The request's values, else the model's generation_config defaults, else OpenAI's (temperature 1, top_p 1). */
-  private samplingOf(b: SamplingFields): SamplingParams {
-    const defaults = this.parts.model.loaded.folder.generationDefaults;
-    const topK = b.top_k ?? defaults.topK ?? 0;
-    return {
-      temperature: b.temperature ?? defaults.temperature ?? 1,
-      topP: b.top_p ?? defaults.topP ?? 1,
-      topK: topK < 0 ? 0 : topK,
-      minP: b.min_p ?? defaults.minP ?? 0,
-      repetitionPenalty: b.repetition_penalty ?? defaults.repetitionPenalty ?? 1,
-      presencePenalty: b.presence_penalty ?? 0,
-      frequencyPenalty: b.frequency_penalty ?? 0,
-      logitBias: this.logitBiasOf(b.logit_bias),
-    };
-  }
-
-  /** OpenAI's map of id strings to biases as pairs, every id checked against the vocabulary. */
-  private logitBiasOf(bias: Record<string, number> | null | undefined): Array<[number, number]> | null {
-    if (bias == null) return null;
-    const pairs: Array<[number, number]> = [];
-    for (const [key, value] of Object.entries(bias)) {
-      const id = Number(key);
-      this.checkTokenId(id, `logit_bias.${key}`);
-      if (value !== 0) pairs.push([id, value]);
-    }
-    return pairs.length > 0 ? pairs : null;
-  }
-
   private encodePrompt(prompt: string | number[], atStart: boolean): number[] {
     if (typeof prompt !== 'string') return prompt;
     const ids = this.parts.model.loaded.tokenizer.encode(prompt, atStart);
@@ -408,11 +340,4 @@ export class Translator {
 function withTools(job: GenerationJob, tools: ToolPlan | null): GenerationJob {
   if (!tools?.parse) return job;
   return { ...job, toolCallFormat: tools.format, request: tools.grammar ? { ...job.request, grammar: tools.grammar } : job.request };
-}
-
-/** `response_format` as the engine's grammar: json_object is any JSON object; a json_schema without `schema` is too. */
-function grammarOf(format: ResponseFormatBody | null | undefined): GrammarSpec | undefined {
-  if (!format || format.type === 'text') return undefined;
-  if (format.type === 'json_object' || !format.json_schema.schema) return { kind: 'json_object' };
-  return { kind: 'json_schema', schema: format.json_schema.schema };
 }

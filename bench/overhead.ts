@@ -32,7 +32,7 @@ import OpenAI from 'openai';
 import { silentLogger } from '../src/lib/logger.ts';
 import { loadModel, type LoadedModel } from '../src/model/index.ts';
 import { buildModelFolder } from '../tools/model-builder/index.ts';
-import { compileEntries } from './compiled.ts';
+import { childScripts } from './compiled.ts';
 import { parseBenchArgs } from './cli.ts';
 import { DEFAULT_MODEL, benchConfig, emptyKv, forward, greedyRequest, lastArgmax, median, serving, table, writeResult } from './common.ts';
 
@@ -65,13 +65,7 @@ const profileArgs = values['server-profile'] ? ['--cpu-prof', '--cpu-prof-dir', 
 const heapArgs = Number(values['semi-space']) > 0 ? [`--max-semi-space-size=${Number(values['semi-space'])}`] : [];
 if (Number(values['old-space']) > 0) heapArgs.push(`--initial-old-space-size=${Number(values['old-space'])}`);
 const STORIES_DIR = '/tmp/warmkv-bench-stories260k';
-if (values.runtime !== 'compiled' && values.runtime !== 'tsx') throw new Error(`--runtime must be compiled or tsx, not ${values.runtime}`);
-/** How a child runs a repository .ts file: node's arguments before the file's own. */
-const childScript: (entry: string) => { file: string; preload: string[] } = (() => {
-  if (values.runtime === 'tsx') return (entry) => ({ file: entry, preload: ['--import', 'tsx'] });
-  const js = compileEntries(['src/main.ts', 'bench/probes/server-probe.ts', 'bench/probes/bare-rss.ts']);
-  return (entry) => ({ file: js(entry), preload: [] });
-})();
+const childScript = childScripts(values.runtime, ['src/main.ts', 'bench/probes/server-probe.ts', 'bench/probes/bare-rss.ts']);
 
 async function modelDir(name: string): Promise<string> {
   if (name === 'default') return values.model;

@@ -11,18 +11,19 @@
  *   node --import tsx bench/probes/server-memory.ts [MODEL_DIR] ['{"INT8_TIER":"false"}'] [--tsx]   # extra server env as JSON
  */
 import { fork } from 'node:child_process';
-import { compileEntries } from '../compiled.ts';
+import { childScripts } from '../compiled.ts';
 import { SERVER_NODE_FLAGS } from '../common.ts';
 
 const positional = process.argv.slice(2).filter((arg) => arg !== '--tsx');
 const underTsx = process.argv.includes('--tsx');
 const dir = positional[0] ?? 'models/warmkv-brown';
 const extraEnv = positional[1] ? (JSON.parse(positional[1]) as Record<string, string>) : {};
-const js = underTsx ? null : compileEntries(['src/main.ts', 'bench/probes/server-probe.ts']);
+const childScript = childScripts(underTsx ? 'tsx' : 'compiled', ['src/main.ts', 'bench/probes/server-probe.ts']);
+const main = childScript('src/main.ts');
 const env = { ...process.env, MODEL_DIR: dir, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', DRAIN_SECONDS: '1', INTRA_OP_THREADS: '1', ...extraEnv };
-const child = fork(js ? js('src/main.ts') : 'src/main.ts', [], {
+const child = fork(main.file, [], {
   env,
-  execArgv: [...SERVER_NODE_FLAGS, ...(js ? ['--import', `./${js('bench/probes/server-probe.ts')}`] : ['--import', 'tsx', '--import', './bench/probes/server-probe.ts'])],
+  execArgv: [...SERVER_NODE_FLAGS, ...main.preload, '--import', `./${childScript('bench/probes/server-probe.ts').file}`],
   stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
 });
 const port = await new Promise<number>((resolve) => {

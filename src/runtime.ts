@@ -52,7 +52,8 @@ export async function decideInt8(config: Config, loaded: LoadedModel, logger: Lo
   if (config.int8Tier !== 'auto') return { enabled: config.int8Tier, gate: null };
   let gate: Int8GateResult;
   try {
-    gate = await measureInt8(loaded.decoder, { vocabSize: loaded.vocabSize, keyMode: 'channel', multiTokenOverPast: loaded.capabilities.multiTokenOverPast });
+    const inPlace = loaded.decoder.io.newRows !== undefined && loaded.capabilities.leftPadding;
+    gate = await measureInt8(loaded.decoder, { vocabSize: loaded.vocabSize, keyMode: 'channel', multiTokenOverPast: loaded.capabilities.multiTokenOverPast, inPlace });
   } catch (error) {
     logger.warn({ err: (error as Error).message }, 'int8 tier disabled: the int8 gate could not run on this model');
     return { enabled: false, gate: null };

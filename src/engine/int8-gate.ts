@@ -12,6 +12,7 @@ import { dequantizeKv, quantizeKv, type KeyScaleMode } from '../cache/int8.ts';
 import { halfArrayToFloat } from '../lib/float16.ts';
 import { Rng } from '../lib/rng.ts';
 import { emptyKv, kvOnHost, type Decoder, type DecoderOutput, type KvTensors } from '../model/types.ts';
+import { InPlaceKv } from './inplace-kv.ts';
 
 export interface Int8GateOptions {
   vocabSize: number;
@@ -25,6 +26,14 @@ export interface Int8GateOptions {
   seed?: number;
   /** false: the export cannot take several tokens over a past (model probe); score one token per call. */
   multiTokenOverPast?: boolean;
+  /**
+   * The decoder has new-row outputs and honours masked slots (what in-place KV needs): token-by-token
+   * calls then run over one fixed-capacity buffer, one input shape for all of them, as serving does.
+   * Growing a concat past by one slot a call gave onnxruntime a new shape each call, and the memory
+   * patterns it planned for 63 shapes stayed in its arena: 24 MiB of resident memory for the server's
+   * life on warmkv-brown (bench/probes/server-memory.ts, docs/benchmarks.md).
+   */
+  inPlace?: boolean;
 }
 
 export interface Int8GateResult {
@@ -75,20 +84,47 @@ async function run(decoder: Decoder, tokens: readonly number[], start: number, p
   });
 }
 
+/**
+ * Token-by-token calls after `past` (which holds `start` tokens): feeds `first`, then each call's greedy
+ * choice (`follow: 'greedy'`) or the next of `tokens` (teacher-forced), `count` calls in all. Returns each
+ * call's logits row and the tokens fed. In place (`capacity` set, at least `start + count`), one buffer of
+ * `capacity` slots is the past of every call; otherwise each call's present becomes the next call's past.
+ */
+async function stepByStep(decoder: Decoder, past: KvTensors, start: number, tokens: readonly number[], count: number, vocab: number, capacity: number | null): Promise<{ rows: Float32Array[]; fed: number[] }> {
+  const rows: Float32Array[] = [];
+  const fed: number[] = [];
+  const buffer = capacity === null ? null : new InPlaceKv(decoder.io.kv, 1, capacity, capacity);
+  buffer?.join(0, past, count);
+  let cache = past;
+  for (let i = 0; i < count; i++) {
+    const token = tokens[i] ?? argmax(rows[i - 1]);
+    fed.push(token);
+    const step = {
+      batchSize: 1,
+      seqLength: 1,
+      inputIds: BigInt64Array.of(BigInt(token)), // [1, 1]
+      positionIds: BigInt64Array.of(BigInt(start + i)), // [1, 1]
+    };
+    if (buffer) {
+      const output = await decoder.run({ ...step, attentionMask: buffer.attentionMask(1), past: buffer.past, fetch: 'new-rows' });
+      buffer.append(await kvOnHost(output.present));
+      rows.push(rowOf(output, 0, vocab).slice());
+    } else {
+      const output = await decoder.run({ ...step, attentionMask: new BigInt64Array(start + i + 1).fill(1n), past: cache });
+      cache = await kvOnHost(output.present);
+      rows.push(rowOf(output, 0, vocab).slice());
+    }
+  }
+  return { rows, fed };
+}
+
 /** Logits rows of `tokens` fed after `past` (which holds `start` tokens), in one call or one call per token. */
-async function score(decoder: Decoder, tokens: readonly number[], start: number, past: KvTensors, vocab: number, oneCall: boolean): Promise<Float32Array[]> {
+async function score(decoder: Decoder, tokens: readonly number[], start: number, past: KvTensors, vocab: number, oneCall: boolean, capacity: number | null): Promise<Float32Array[]> {
   if (oneCall) {
     const output = await run(decoder, tokens, start, past);
     return tokens.map((_, i) => rowOf(output, i, vocab).slice());
   }
-  const rows: Float32Array[] = [];
-  let cache = past;
-  for (const [i, token] of tokens.entries()) {
-    const output = await run(decoder, [token], start + i, cache);
-    cache = await kvOnHost(output.present);
-    rows.push(rowOf(output, 0, vocab).slice());
-  }
-  return rows;
+  return (await stepByStep(decoder, past, start, tokens, tokens.length, vocab, capacity)).rows;
 }
 
 export async function measureInt8(decoder: Decoder, options: Int8GateOptions): Promise<Int8GateResult> {
@@ -102,18 +138,16 @@ export async function measureInt8(decoder: Decoder, options: Int8GateOptions): P
   const prefill = await run(decoder, prompt, 0, emptyKv(layout, 1));
   const promptKv = await kvOnHost(prefill.present);
   // The native greedy continuation, decoded step by step as the engine would.
-  const continuation = [argmax(rowOf(prefill, prompt.length - 1, vocab))];
-  let past = promptKv;
-  while (continuation.length < settings.continuationTokens) {
-    const step = await run(decoder, [continuation.at(-1)!], prompt.length + continuation.length - 1, past);
-    past = await kvOnHost(step.present);
-    continuation.push(argmax(rowOf(step, 0, vocab)));
-  }
+  // One capacity for the decoding and the scoring alike: one shape for every token-by-token call.
+  const capacity = options.inPlace ? prompt.length + settings.continuationTokens : null;
+  const first = argmax(rowOf(prefill, prompt.length - 1, vocab));
+  const decoded = await stepByStep(decoder, promptKv, prompt.length, [first], settings.continuationTokens - 1, vocab, capacity);
+  const continuation = decoded.rows.length > 0 ? [...decoded.fed, argmax(decoded.rows.at(-1)!)] : [first];
 
   const roundTrip = dequantizeKv(layout, quantizeKv(layout, promptKv, settings.keyMode));
   const oneCall = options.multiTokenOverPast ?? true;
-  const native = await score(decoder, continuation, prompt.length, promptKv, vocab, oneCall);
-  const lossy = await score(decoder, continuation, prompt.length, roundTrip, vocab, oneCall);
+  const native = await score(decoder, continuation, prompt.length, promptKv, vocab, oneCall, capacity);
+  const lossy = await score(decoder, continuation, prompt.length, roundTrip, vocab, oneCall, capacity);
   let agree = 0;
   let nativeNll = 0;
   let lossyNll = 0;

@@ -4,7 +4,8 @@ import { loadConfig } from '../../src/config.ts';
 import { measureInt8 } from '../../src/engine/int8-gate.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
 import { assemble, decideInt8 } from '../../src/runtime.ts';
-import { collect, LLAMA, randomTokens, request, testModel } from '../support/fixtures.ts';
+import type { Decoder } from '../../src/model/types.ts';
+import { collect, GPT2, LLAMA, randomTokens, request, testModel } from '../support/fixtures.ts';
 
 describe('the int8 gate', () => {
   test('measures greedy agreement and perplexity drift of an int8 round trip through the real decoder, deterministically', async () => {
@@ -36,6 +37,32 @@ describe('the int8 gate', () => {
     const perToken = await measureInt8(full.decoder, { ...options, multiTokenOverPast: false });
     assert.equal(perToken.agreement, oneCall.agreement);
     assert.ok(Math.abs(perToken.perplexityDrift - oneCall.perplexityDrift) < 1e-3);
+  });
+
+  test('in place, the token-by-token calls share one input shape and measure what the concat past measures', async () => {
+    for (const family of [LLAMA, GPT2]) {
+      const model = await testModel(family, true);
+      assert.ok(model.decoder.io.newRows, 'loaded with new-row outputs');
+      const maskWidths: number[] = [];
+      const counting: Decoder = { ...model.decoder, io: model.decoder.io, run: (step, runOptions) => {
+        if (step.seqLength === 1) maskWidths.push(step.attentionMask.length);
+        return model.decoder.run(step, runOptions);
+      } };
+      for (const multiTokenOverPast of [true, false]) {
+        const options = { vocabSize: model.vocabSize, keyMode: 'channel' as const, promptTokens: 40, continuationTokens: 16, multiTokenOverPast };
+        maskWidths.length = 0;
+        const inPlace = await measureInt8(counting, { ...options, inPlace: true });
+        assert.equal(maskWidths.length, multiTokenOverPast ? 15 : 15 + 2 * 16, 'one call per decoded (and, per token, scored) token');
+        assert.equal(new Set(maskWidths).size, 1, `every token-by-token call has the same shape: ${[...new Set(maskWidths)]}`);
+        maskWidths.length = 0;
+        const concat = await measureInt8(counting, { ...options, inPlace: false });
+        assert.ok(new Set(maskWidths).size >= 15, 'the concat past grows a slot a call: a new shape each');
+        assert.equal(inPlace.positions, concat.positions);
+        assert.equal(inPlace.agreement, concat.agreement);
+        assert.equal(inPlace.enabled, concat.enabled);
+        assert.ok(Math.abs(inPlace.perplexityDrift - concat.perplexityDrift) < 1e-4, `${inPlace.perplexityDrift} against ${concat.perplexityDrift}`);
+      }
+    }
   });
 
   test('INT8_TIER=true|false is taken as set; auto runs the gate; /metrics shows the decision and counts int8 resumes', async () => {

@@ -192,9 +192,12 @@ export class Runner {
     return { ok: true, logits: output.logits, vocabSize: output.vocabSize, logitPositions: positionsOf(output, 1), startMs, durationMs, kvTokens: sequence.cacheLength };
   }
 
-  /** Runs `count` pending tokens over row 0 of `buffer` (the unused capacity masked out) and writes their new rows into it. */
+  /**
+   * Runs `count` pending tokens over row 0 of `buffer` (the unused capacity masked out) and writes their
+   * new rows into it. An empty buffer is not grown first: its past stays empty, and `append` grows it.
+   */
   private async stepOnBuffer(sequence: Sequence, buffer: InPlaceKv, count: number) {
-    buffer.ensureCapacity(sequence.cacheLength + count);
+    if (sequence.cacheLength > 0) buffer.ensureCapacity(sequence.cacheLength + count);
     const inputIds = new BigInt64Array(count); // [1, count]
     const positionIds = new BigInt64Array(count); // [1, count]
     for (let i = 0; i < count; i++) {

@@ -151,11 +151,7 @@ export class StepExecutor {
     if (needsDrop(window, sequence.cacheLength)) this.dropWindow(sequence);
     const count = Math.min(chunkTokens, window.capacity - sequence.cacheLength, sequence.remainingPending);
     const ownBuffers = this.parts.ownBuffers;
-    // Over an empty cache the buffer's capacity is a past of masked slots, which an export that cannot
-    // take several tokens over a past refuses: its whole-prompt chunk runs concat (the present is then just
-    // the new rows), and its next steps, one token each, in place.
-    const inPlace = ownBuffers && (sequence.cacheLength > 0 || this.parts.capabilities.multiTokenOverPast);
-    if (!inPlace) return { tokens: count, call: runner.prefill(sequence, count) };
+    if (!ownBuffers) return { tokens: count, call: runner.prefill(sequence, count) };
     const buffer = lane ? ownBuffers.take(sequence, count, LANE_GROWTH_SHARE) : ownBuffers.take(sequence, count);
     return { tokens: count, call: runner.prefillInPlace(sequence, buffer, count) };
   }

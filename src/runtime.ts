@@ -15,6 +15,7 @@ import { PrefixSnapshots } from './cache/prefix-snapshots.ts';
 import { TierManager } from './cache/tiers.ts';
 import { Engine } from './engine/engine.ts';
 import { measureInt8, type Int8GateResult } from './engine/int8-gate.ts';
+import { inPlaceRefusal } from './engine/own-buffer.ts';
 import { silentLogger, type Logger } from './lib/logger.ts';
 import { loadModel, type Decoder, type LoadedModel } from './model/index.ts';
 import { ChatTemplate } from './model/chat-template.ts';
@@ -52,7 +53,7 @@ export async function decideInt8(config: Config, loaded: LoadedModel, logger: Lo
   if (config.int8Tier !== 'auto') return { enabled: config.int8Tier, gate: null };
   let gate: Int8GateResult;
   try {
-    const inPlace = loaded.decoder.io.newRows !== undefined && loaded.capabilities.leftPadding;
+    const inPlace = inPlaceRefusal(loaded) === null;
     gate = await measureInt8(loaded.decoder, { vocabSize: loaded.vocabSize, keyMode: 'channel', multiTokenOverPast: loaded.capabilities.multiTokenOverPast, inPlace });
   } catch (error) {
     logger.warn({ err: (error as Error).message }, 'int8 tier disabled: the int8 gate could not run on this model');

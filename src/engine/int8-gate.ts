@@ -85,9 +85,9 @@ async function run(decoder: Decoder, tokens: readonly number[], start: number, p
 }
 
 /**
- * Token-by-token calls after `past` (which holds `start` tokens): feeds `first`, then each call's greedy
- * choice (`follow: 'greedy'`) or the next of `tokens` (teacher-forced), `count` calls in all. Returns each
- * call's logits row and the tokens fed. In place (`capacity` set, at least `start + count`), one buffer of
+ * Token-by-token calls after `past` (which holds `start` tokens), `count` calls in all: call i feeds
+ * `tokens[i]`, or where `tokens` has run out the previous call's greedy choice. Returns each call's
+ * logits row and the tokens fed. In place (`capacity` set, at least `start + count`), one buffer of
  * `capacity` slots is the past of every call; otherwise each call's present becomes the next call's past.
  */
 async function stepByStep(decoder: Decoder, past: KvTensors, start: number, tokens: readonly number[], count: number, vocab: number, capacity: number | null): Promise<{ rows: Float32Array[]; fed: number[] }> {
@@ -99,21 +99,20 @@ async function stepByStep(decoder: Decoder, past: KvTensors, start: number, toke
   for (let i = 0; i < count; i++) {
     const token = tokens[i] ?? argmax(rows[i - 1]);
     fed.push(token);
-    const step = {
-      batchSize: 1,
-      seqLength: 1,
-      inputIds: BigInt64Array.of(BigInt(token)), // [1, 1]
-      positionIds: BigInt64Array.of(BigInt(start + i)), // [1, 1]
-    };
-    if (buffer) {
-      const output = await decoder.run({ ...step, attentionMask: buffer.attentionMask(1), past: buffer.past, fetch: 'new-rows' });
-      buffer.append(await kvOnHost(output.present));
-      rows.push(rowOf(output, 0, vocab).slice());
-    } else {
-      const output = await decoder.run({ ...step, attentionMask: new BigInt64Array(start + i + 1).fill(1n), past: cache });
-      cache = await kvOnHost(output.present);
-      rows.push(rowOf(output, 0, vocab).slice());
-    }
+    const output = buffer
+      ? await decoder.run({
+          batchSize: 1,
+          seqLength: 1,
+          inputIds: BigInt64Array.of(BigInt(token)), // [1, 1]
+          attentionMask: buffer.attentionMask(1), // [1, capacity + 1]
+          positionIds: BigInt64Array.of(BigInt(start + i)), // [1, 1]
+          past: buffer.past,
+          fetch: 'new-rows',
+        })
+      : await run(decoder, [token], start + i, cache);
+    if (buffer) buffer.append(await kvOnHost(output.present));
+    else cache = await kvOnHost(output.present);
+    rows.push(rowOf(output, 0, vocab).slice());
   }
   return { rows, fed };
 }

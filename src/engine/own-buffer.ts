@@ -85,12 +85,15 @@ export function settleOwnBuffer(owner: Partial<BufferOwner> & Pick<BufferOwner, 
  */
 export function inPlaceKv(model: EngineModel, options: Pick<EngineOptions, 'kvMode'>, logger: Logger): 'inplace' | 'concat' {
   if ((options.kvMode ?? 'inplace') === 'concat') return 'concat';
-  const reason = model.decoder.io.newRows === undefined
-    ? 'the decoder has no new-row outputs'
-    : model.capabilities && !model.capabilities.leftPadding
-      ? 'the export does not honour masked slots in attention_mask'
-      : null;
+  const reason = inPlaceRefusal(model);
   if (!reason) return 'inplace';
   logger.info({ kvMode: 'concat', reason }, 'in-place KV unavailable; the engine runs the concat path');
   return 'concat';
+}
+
+/** Why a decoder cannot run in place (no new-row outputs, or an export that ignores masked slots), or null. */
+export function inPlaceRefusal(model: Pick<EngineModel, 'decoder' | 'capabilities'>): string | null {
+  if (model.decoder.io.newRows === undefined) return 'the decoder has no new-row outputs';
+  if (model.capabilities && !model.capabilities.leftPadding) return 'the export does not honour masked slots in attention_mask';
+  return null;
 }
